@@ -1,0 +1,7 @@
+//! Types shared by the kernel programs (`agent-ebpf`) and the agent: one module per probe.
+#![no_std]
+
+pub mod syscalls;
+
+/// Length of a task command name (`TASK_COMM_LEN` in the kernel).
+pub const COMM_LEN: usize = 16;

@@ -1,0 +1,105 @@
+//! Kernel object build, release run, the full test run and lints.
+
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use crate::{
+    setup,
+    util::{cargo, is_root, root, run, target_dir},
+};
+
+pub const EBPF_TARGET: &str = "bpfel-unknown-none";
+
+/// Builds `agent-ebpf` and copies the object to `<target>/ebpf/agent.bpf.o`, where the agent's
+/// build script picks it up.
+pub fn build_ebpf() -> Result<()> {
+    setup::ensure(false)?;
+    run(Command::new("cargo")
+        .current_dir(root())
+        .args([
+            "+nightly",
+            "build",
+            "--package",
+            "agent-ebpf",
+            "--target",
+            EBPF_TARGET,
+            "-Z",
+            "build-std=core",
+            "--release",
+        ])
+        // A host RUSTFLAGS (e.g. -C target-cpu=native) must not leak into the BPF build.
+        .env_remove("RUSTFLAGS")
+        .env_remove("RUSTC"))
+    .context("kernel crate build failed")?;
+    let built = target_dir().join(EBPF_TARGET).join("release").join("agent-ebpf");
+    let dest_dir = target_dir().join("ebpf");
+    std::fs::create_dir_all(&dest_dir)?;
+    let dest = dest_dir.join("agent.bpf.o");
+    std::fs::copy(&built, &dest).with_context(|| format!("copy {built:?} to {dest:?}"))?;
+    eprintln!("kernel object: {}", dest.display());
+    Ok(())
+}
+
+/// The path of a built binary of this workspace.
+pub fn bin_path(profile: &str, name: &str) -> std::path::PathBuf {
+    target_dir().join(profile).join(name)
+}
+
+pub fn run_agent(args: &[String]) -> Result<()> {
+    build_ebpf()?;
+    run(cargo()
+        .current_dir(root())
+        .args(["build", "--release", "--package", "agent"]))?;
+    let agent = bin_path("release", "agent");
+    let mut cmd = if is_root() {
+        Command::new(&agent)
+    } else {
+        eprintln!("the agent needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN): using sudo");
+        let mut c = Command::new("sudo");
+        c.arg("-E").arg(&agent);
+        c
+    };
+    run(cmd.arg("run").args(args))
+}
+
+pub fn test(args: &[String]) -> Result<()> {
+    setup::ensure(true)?;
+    build_ebpf()?;
+    // Integration tests start the real agent binary and a workload binary.
+    run(cargo().current_dir(root()).args(["build", "--bins"]))?;
+    run(cargo()
+        .current_dir(root())
+        .arg("test")
+        .args(args)
+        .env("AGENT_BIN", bin_path("debug", "agent")))
+}
+
+pub fn lint() -> Result<()> {
+    build_ebpf()?;
+    run(cargo().current_dir(root()).args(["fmt", "--all", "--check"]))?;
+    run(cargo().current_dir(root()).args([
+        "clippy",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(Command::new("cargo")
+        .current_dir(root())
+        .args([
+            "+nightly",
+            "clippy",
+            "--package",
+            "agent-ebpf",
+            "--target",
+            EBPF_TARGET,
+            "-Z",
+            "build-std=core",
+            "--release",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .env_remove("RUSTFLAGS"))
+}

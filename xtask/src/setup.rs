@@ -1,0 +1,120 @@
+//! Toolchain bootstrap: idempotent, quick when everything is already there.
+//!
+//! Recipe (see the engineering notes): nightly + rust-src builds the kernel crate with
+//! `-Z build-std=core`; bpf-linker 0.13 links it and needs LLVM 22's dev packages.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{bail, Context, Result};
+
+use crate::util::{is_root, output, run};
+
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+const BPF_LINKER_VERSION: &str = "0.13";
+
+pub fn ensure(test_peers: bool) -> Result<()> {
+    ensure_nightly_rust_src()?;
+    let mut missing: Vec<&str> = Vec::new();
+    if !Path::new(LLVM_PREFIX).join("lib/libLLVM.so").exists() {
+        missing.extend(LLVM_PACKAGES);
+    }
+    if test_peers {
+        let have = |bin: &str| {
+            ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+                .iter()
+                .any(|d| Path::new(d).join(bin).exists())
+        };
+        // Tools the tests compare against or drive.
+        for (bin, pkg) in [
+            ("bpftool", "bpftool"),
+            ("syscount", "libbpf-tools"),
+            ("ss", "iproute2"),
+            ("iptables", "iptables"),
+        ] {
+            if !have(bin) {
+                missing.push(pkg);
+            }
+        }
+    }
+    apt_install(&missing)?;
+    ensure_bpf_linker()?;
+    Ok(())
+}
+
+fn ensure_nightly_rust_src() -> Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]));
+    match installed {
+        Some(list) if list.lines().any(|l| l.starts_with("rust-src")) => Ok(()),
+        Some(_) => run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ])),
+        None => {
+            eprintln!("no nightly toolchain found; installing it (minimal profile + rust-src)");
+            run(Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ]))
+            .context("the kernel crate needs a nightly toolchain with rust-src")
+        }
+    }
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    if packages.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing system packages: {}\nfix: sudo apt-get update && sudo apt-get install -y {}",
+            packages.join(" "),
+            packages.join(" ")
+        );
+    }
+    eprintln!("installing {}", packages.join(" "));
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn ensure_bpf_linker() -> Result<()> {
+    if let Some(v) = output(Command::new("bpf-linker").arg("--version")) {
+        if v.split_whitespace()
+            .nth(1)
+            .is_some_and(|v| v.starts_with(BPF_LINKER_VERSION))
+        {
+            return Ok(());
+        }
+    }
+    eprintln!("installing bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about 90 s)");
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--version",
+            &format!("~{BPF_LINKER_VERSION}"),
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ])
+        .env("LLVM_PREFIX", LLVM_PREFIX))
+    .context("bpf-linker install failed; it needs LLVM 22 dev packages (llvm-22-dev libpolly-22-dev)")
+}
