@@ -1,1 +1,2 @@
+//! `agent`: the command line (placeholder until the CLI lands).
 fn main() {}
