@@ -2,13 +2,13 @@
 
 pub mod config;
 pub mod ebpf;
-pub mod logging;
+// GATED pub mod logging;
 pub mod metrics;
 pub mod output;
-pub mod preflight;
-pub mod probes;
+// GATED pub mod preflight;
+// GATED pub mod probes;
 pub mod procinfo;
-pub mod runtime;
+// GATED pub mod runtime;
 pub mod selfstats;
 pub mod status;
 

@@ -1,2 +1,2 @@
-//! `agent`: the command line (placeholder until the CLI lands).
+//! `agent`: the command line (being wired up).
 fn main() {}

@@ -1,1 +1,138 @@
-//! placeholder
+//! `agent check`: what this host lets the agent do, and why not where it does not.
+//!
+//! Every probe is tried for real (loaded, verified, attached, then detached), so "ok" means it
+//! will run. The check fails (non-zero exit) only when no probe can run.
+
+use std::{fmt::Write as _, fs, path::Path};
+
+use crate::{config::Config, ebpf::tracefs, probes::syscalls, procinfo};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub item: String,
+    pub verdict: Verdict,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+fn row(item: &str, verdict: Verdict, detail: impl Into<String>, fix: Option<&str>) -> Row {
+    Row {
+        item: item.to_string(),
+        verdict,
+        detail: detail.into(),
+        fix: fix.map(str::to_string),
+    }
+}
+
+/// Capabilities the agent uses, by number (linux/capability.h).
+const CAPS: &[(u32, &str, &str)] = &[
+    (39, "CAP_BPF", "load programs and create maps"),
+    (38, "CAP_PERFMON", "tracing programs and perf events"),
+    (21, "CAP_SYS_ADMIN", "older kernels, tracefs mount, some map types"),
+    (12, "CAP_NET_ADMIN", "network probes and enforcement"),
+];
+
+fn effective_caps() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// Runs every check. `probes_ok` tells whether at least one probe can run.
+pub fn run(cfg: &Config) -> (Vec<Row>, bool) {
+    let mut rows = Vec::new();
+    let uname = nix_uname();
+    rows.push(row("kernel", Verdict::Ok, uname, None));
+
+    let btf = Path::new("/sys/kernel/btf/vmlinux");
+    rows.push(if btf.exists() {
+        row("btf", Verdict::Ok, btf.display().to_string(), None)
+    } else {
+        row("btf", Verdict::Warn, "no /sys/kernel/btf/vmlinux", Some("probes here do not need BTF; later CO-RE probes will (CONFIG_DEBUG_INFO_BTF=y)"))
+    });
+
+    rows.push(match tracefs::ensure() {
+        Ok(p) => row("tracefs", Verdict::Ok, p.display().to_string(), None),
+        Err(e) => row("tracefs", Verdict::Warn, e, Some("mount it: mount -t tracefs tracefs /sys/kernel/tracing (raw tracepoints work without it)")),
+    });
+
+    match effective_caps() {
+        Some(caps) => {
+            for (bit, name, why) in CAPS {
+                let has = caps & (1u64 << bit) != 0;
+                rows.push(if has {
+                    row(&format!("capability {name}"), Verdict::Ok, *why, None)
+                } else {
+                    row(
+                        &format!("capability {name}"),
+                        Verdict::Warn,
+                        format!("missing: needed to {why}"),
+                        Some("run as root or grant it (securityContext.capabilities / AmbientCapabilities)"),
+                    )
+                });
+            }
+        }
+        None => rows.push(row("capabilities", Verdict::Warn, "cannot read CapEff from /proc/self/status", None)),
+    }
+
+    rows.push(match procinfo::cgroup2_root() {
+        Some(p) => row("cgroup v2", Verdict::Ok, p.display().to_string(), None),
+        None => row("cgroup v2", Verdict::Warn, "not mounted: container ids only from /proc/<pid>/cgroup", None),
+    });
+
+    let mut probes_ok = false;
+    let sys = &cfg.probes.syscalls;
+    if !sys.enabled {
+        rows.push(row("probe syscalls", Verdict::Warn, "disabled in the config", None));
+    } else {
+        match syscalls::load_and_attach(sys) {
+            Ok((bpf, hooks)) => {
+                probes_ok = true;
+                let names: Vec<_> = hooks.iter().map(|h| h.hook.as_str()).collect();
+                rows.push(row("probe syscalls", Verdict::Ok, format!("{} attach", names.join(", ")), None));
+                drop(bpf);
+            }
+            Err((e, _)) => rows.push(Row {
+                item: "probe syscalls".into(),
+                verdict: Verdict::Fail,
+                detail: e.cause,
+                fix: Some(e.fix),
+            }),
+        }
+    }
+    (rows, probes_ok)
+}
+
+fn nix_uname() -> String {
+    let read = |f: &str| fs::read_to_string(f).map(|s| s.trim().to_string()).unwrap_or_default();
+    format!(
+        "{} {}",
+        read("/proc/sys/kernel/osrelease"),
+        std::env::consts::ARCH
+    )
+}
+
+/// The table as printed by `agent check`.
+pub fn render(rows: &[Row]) -> String {
+    let width = rows.iter().map(|r| r.item.len()).max().unwrap_or(0).max(5);
+    let mut out = format!("{:width$}  {:6}  DETAIL\n", "CHECK", "STATUS");
+    for r in rows {
+        let v = match r.verdict {
+            Verdict::Ok => "ok",
+            Verdict::Warn => "warn",
+            Verdict::Fail => "FAIL",
+        };
+        let _ = writeln!(out, "{:width$}  {:6}  {}", r.item, v, r.detail);
+        if let Some(fix) = &r.fix {
+            let _ = writeln!(out, "{:width$}  {:6}  fix: {}", "", "", fix);
+        }
+    }
+    out
+}

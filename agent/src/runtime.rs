@@ -1,1 +1,209 @@
-//! placeholder
+//! `agent run`: wires config, probes, the metric store, the output writer and the status server,
+//! reloads the config on SIGHUP and shuts down cleanly on SIGINT/SIGTERM.
+//!
+//! Invariants: a config that fails to load or validate on reload changes nothing (the old one
+//! keeps running); shutdown detaches every probe before the final drain and the final write.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::watch,
+    task::JoinHandle,
+};
+
+use crate::{
+    config::{Config, ConfigError},
+    ebpf::tracefs,
+    logging::LevelHandle,
+    metrics::Store,
+    output::{self, OutputSettings},
+    probes::Probes,
+    status::{self, state::AgentState, StatusContext},
+};
+
+/// Command-line overrides; they win over the file and the environment.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub status_addr: Option<SocketAddr>,
+    pub output_dir: Option<PathBuf>,
+}
+
+impl Overrides {
+    /// File (or embedded default), then environment, then these flags; validated.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut cfg = Config::load(self.config.as_deref())?;
+        if let Some(a) = self.status_addr {
+            cfg.status.listen = a;
+        }
+        if let Some(d) = &self.output_dir {
+            cfg.output.dir = d.clone();
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot install signal handlers: {0}\nfix: this is a bug; report it")]
+    Signals(std::io::Error),
+}
+
+fn output_settings(cfg: &Config) -> OutputSettings {
+    OutputSettings {
+        dir: cfg.output.dir.clone(),
+        interval: cfg.output.interval,
+        max_file_bytes: cfg.output.max_file_bytes,
+        max_files: cfg.output.max_files,
+    }
+}
+
+struct Writer {
+    settings: OutputSettings,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+fn spawn_writer(cfg: &Config, store: &Arc<Store>, state: &Arc<AgentState>) -> Writer {
+    let (stop, rx) = watch::channel(false);
+    let settings = output_settings(cfg);
+    let task = tokio::spawn(output::run(settings.clone(), store.clone(), state.clone(), rx));
+    Writer { settings, stop, task }
+}
+
+impl Writer {
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub async fn run(mut cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<(), RunError> {
+    let mut sighup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+
+    tracing::info!(version = crate::VERSION, config_hash = %cfg.hash(), "agent starting");
+    if let Err(e) = tracefs::ensure() {
+        tracing::warn!("{e} (raw tracepoints do not need it)");
+    }
+    let state = Arc::new(AgentState::new(cfg.hash()));
+    let store = Store::new();
+
+    let mut status_server = start_status(&cfg, &state, &store).await;
+    let mut writer = spawn_writer(&cfg, &store, &state);
+
+    let probes = Arc::new(Mutex::new(Probes::new(store.clone(), state.clone())));
+    apply_probes(&probes, &cfg).await;
+    state.set_pipeline_running(true);
+    tracing::info!("agent running");
+
+    loop {
+        tokio::select! {
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                let new = match overrides.load() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!("reload rejected, keeping the running config: {}", e.cause());
+                        tracing::error!("fix: {}", e.fix());
+                        continue;
+                    }
+                };
+                if new == cfg {
+                    tracing::info!("configuration unchanged");
+                    continue;
+                }
+                if let Err(e) = log.set(&new.log.level) {
+                    tracing::warn!("{e}");
+                }
+                if new.log.format != cfg.log.format {
+                    tracing::warn!("log.format changes take effect at restart");
+                }
+                if new.status != cfg.status {
+                    if let Some(s) = status_server.take() {
+                        s.stop().await;
+                    }
+                    status_server = start_status(&new, &state, &store).await;
+                }
+                if output_settings(&new) != writer.settings {
+                    writer.stop().await;
+                    writer = spawn_writer(&new, &store, &state);
+                }
+                apply_probes(&probes, &new).await;
+                state.set_config_hash(new.hash());
+                tracing::info!(config_hash = %new.hash(), "configuration applied");
+                cfg = new;
+            }
+            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+        }
+    }
+
+    state.set_pipeline_running(false);
+    let p = probes.clone();
+    let _ = tokio::task::spawn_blocking(move || p.lock().unwrap_or_else(|e| e.into_inner()).stop()).await;
+    writer.stop().await;
+    if let Some(s) = status_server {
+        s.stop().await;
+    }
+    tracing::info!("agent stopped; every probe detached");
+    Ok(())
+}
+
+/// A running status server: its stop switch and task.
+struct StatusServer {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl StatusServer {
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn start_status(cfg: &Config, state: &Arc<AgentState>, store: &Arc<Store>) -> Option<StatusServer> {
+    if !cfg.status.enabled {
+        return None;
+    }
+    let listener = match status::bind(cfg.status.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            // The agent keeps collecting; only the endpoint is missing.
+            tracing::error!("{e}");
+            return None;
+        }
+    };
+    tracing::info!(addr = %cfg.status.listen, "status endpoint listening (/healthz /readyz /status /metrics)");
+    let (tx, mut rx) = watch::channel(false);
+    let ctx = StatusContext {
+        state: state.clone(),
+        store: store.clone(),
+        version: crate::VERSION,
+    };
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = rx.wait_for(|v| *v).await;
+        };
+        if let Err(e) = status::serve(listener, ctx, shutdown).await {
+            tracing::error!("status endpoint stopped: {e}");
+        }
+    });
+    Some(StatusServer { stop: tx, task })
+}
+
+async fn apply_probes(probes: &Arc<Mutex<Probes>>, cfg: &Config) {
+    let p = probes.clone();
+    let cfg = cfg.clone();
+    // Loading runs the verifier: keep it off the async workers.
+    let _ = tokio::task::spawn_blocking(move || p.lock().unwrap_or_else(|e| e.into_inner()).apply(&cfg)).await;
+}

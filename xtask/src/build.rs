@@ -11,8 +11,21 @@ use crate::{
 
 pub const EBPF_TARGET: &str = "bpfel-unknown-none";
 
-/// Builds `agent-ebpf` and copies the object to `<target>/ebpf/agent.bpf.o`, where the agent's
-/// build script picks it up.
+/// One kernel object per file in `agent-ebpf/src/bin/`.
+fn probe_names() -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(root().join("agent-ebpf/src/bin"))? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "rs") {
+            names.push(p.file_stem().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Builds `agent-ebpf` and copies each probe's object to `<target>/ebpf/<probe>.bpf.o`, where
+/// the agent's build script picks them up.
 pub fn build_ebpf() -> Result<()> {
     setup::ensure(false)?;
     run(Command::new("cargo")
@@ -32,12 +45,14 @@ pub fn build_ebpf() -> Result<()> {
         .env_remove("RUSTFLAGS")
         .env_remove("RUSTC"))
     .context("kernel crate build failed")?;
-    let built = target_dir().join(EBPF_TARGET).join("release").join("agent-ebpf");
     let dest_dir = target_dir().join("ebpf");
     std::fs::create_dir_all(&dest_dir)?;
-    let dest = dest_dir.join("agent.bpf.o");
-    std::fs::copy(&built, &dest).with_context(|| format!("copy {built:?} to {dest:?}"))?;
-    eprintln!("kernel object: {}", dest.display());
+    for probe in probe_names()? {
+        let built = target_dir().join(EBPF_TARGET).join("release").join(&probe);
+        let dest = dest_dir.join(format!("{probe}.bpf.o"));
+        std::fs::copy(&built, &dest).with_context(|| format!("copy {built:?} to {dest:?}"))?;
+        eprintln!("kernel object: {}", dest.display());
+    }
     Ok(())
 }
 

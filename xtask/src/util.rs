@@ -43,11 +43,8 @@ pub fn output(cmd: &mut Command) -> Option<String> {
 }
 
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions. Avoids a libc dependency for one call.
-    extern "C" {
-        fn geteuid() -> u32;
-    }
-    unsafe { geteuid() == 0 }
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
 
 pub fn cargo() -> Command {

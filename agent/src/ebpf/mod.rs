@@ -1,1 +1,141 @@
-//! placeholder
+//! Kernel objects embedded in the binary, and loading them with errors a user can act on.
+//!
+//! Invariants: each probe has its own object (`OBJECTS`), loaded into its own `aya::Ebpf`, so a
+//! probe that fails to load never takes another down; every error carries one line of cause and
+//! one line of fix.
+
+pub mod logger;
+pub mod tracefs;
+
+use aya::{Ebpf, EbpfError, EbpfLoader};
+
+mod objects {
+    include!(concat!(env!("OUT_DIR"), "/objects.rs"));
+}
+
+/// The embedded kernel object of `probe`.
+pub fn object(probe: &str) -> Option<&'static [u8]> {
+    objects::OBJECTS
+        .iter()
+        .find(|(name, _)| *name == probe)
+        .map(|(_, bytes)| *bytes)
+}
+
+/// Names of every embedded probe object.
+pub fn probe_names() -> impl Iterator<Item = &'static str> {
+    objects::OBJECTS.iter().map(|(name, _)| *name)
+}
+
+/// A load or attach failure, explained.
+#[derive(Debug, thiserror::Error)]
+#[error("{cause}\nfix: {fix}")]
+pub struct LoadError {
+    pub cause: String,
+    pub fix: String,
+}
+
+impl LoadError {
+    pub fn new(cause: impl Into<String>, fix: impl Into<String>) -> Self {
+        LoadError {
+            cause: cause.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+const NEED_PRIVILEGE: &str = "run the agent as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN (privileged DaemonSet / systemd AmbientCapabilities)";
+
+/// Turns an errno-carrying failure into cause and fix, naming what was being done.
+pub fn explain_os(what: &str, err: &std::io::Error) -> LoadError {
+    let fix = match err.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => NEED_PRIVILEGE.to_string(),
+        Some(libc::ENOENT) => "this kernel lacks the hook; the probe stays off (see `agent check`)".into(),
+        Some(libc::EINVAL) => "the kernel refused the program or hook; run `agent check` and report the kernel version".into(),
+        Some(libc::E2BIG) | Some(libc::ENOMEM) => {
+            "lower the probe's map sizes in the config (e.g. probes.syscalls.max_entries)".into()
+        }
+        Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => {
+            "this kernel does not support the program type; the probe stays off".into()
+        }
+        _ => "run `agent check` for details".into(),
+    };
+    LoadError::new(format!("{what}: {err}"), fix)
+}
+
+/// Finds the first OS error in an error's source chain.
+pub fn os_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// Explains any aya error: by its OS error when it has one, else by its message.
+pub fn explain(what: &str, err: &(dyn std::error::Error + 'static)) -> LoadError {
+    if let Some(io) = os_error(err) {
+        let mut e = explain_os(what, io);
+        // Keep aya's context (which map or program) in the cause line.
+        e.cause = format!("{what}: {}: {io}", flatten(err));
+        return e;
+    }
+    LoadError::new(
+        format!("{what}: {}", flatten(err)),
+        "run `agent check` for details",
+    )
+}
+
+/// One line from an error and its sources, without repeating the OS error at the end.
+fn flatten(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        if e.downcast_ref::<std::io::Error>().is_some() {
+            break;
+        }
+        let s = e.to_string();
+        if !parts.last().is_some_and(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = e.source();
+    }
+    parts.join(": ")
+}
+
+/// Loads `probe`'s object; `configure` sets map sizes and globals first.
+pub fn load(
+    probe: &str,
+    configure: impl FnOnce(&mut EbpfLoader<'_>),
+) -> Result<Ebpf, LoadError> {
+    let bytes = object(probe).ok_or_else(|| {
+        LoadError::new(
+            format!("no kernel object for probe {probe} in this build"),
+            "rebuild with `cargo xtask build-ebpf` then `cargo build`",
+        )
+    })?;
+    raise_memlock_limit();
+    let mut loader = EbpfLoader::new();
+    configure(&mut loader);
+    loader.load(bytes).map_err(|e: EbpfError| {
+        explain(&format!("loading the {probe} probe"), &e)
+    })
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it (a no-op cost elsewhere).
+fn raise_memlock_limit() {
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads a valid rlimit struct.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
+    if ret != 0 {
+        tracing::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}

@@ -3,6 +3,14 @@
 //!
 //! Hot path: enter writes one array slot (an inlined array access, no hashing); exit reads it
 //! back and updates one per-CPU LRU hash value. Every miss is counted in `SYSCALL_COUNTERS`.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+#![cfg_attr(not(target_arch = "bpf"), allow(dead_code, unused_imports))]
+
+agent_ebpf::probe_object!();
+
+#[cfg(target_arch = "bpf")]
+mod probe {
 
 use agent_common::syscalls::{
     bucket_of, counter, InFlight, SyscallErrorKey, SyscallKey, SyscallStats,
@@ -47,9 +55,7 @@ const MAX_ERRNO: i64 = 4095;
 
 #[inline(always)]
 fn bump(idx: u32) {
-    if let Some(p) = SYSCALL_COUNTERS.get_ptr_mut(idx) {
-        unsafe { *p += 1 };
-    }
+    agent_ebpf::bump(&SYSCALL_COUNTERS, idx);
 }
 
 #[inline(always)]
@@ -166,4 +172,5 @@ fn count_error(tgid: u32, nr: u32, errno: u32) {
     if SYSCALL_ERRORS.insert(&key, &1u64, 0).is_err() {
         bump(counter::ERRORS_INSERT_FAILED);
     }
+}
 }

@@ -1,0 +1,57 @@
+//! Syscall and errno names (x86_64).
+
+#[path = "errno_table.rs"]
+mod errno_table;
+#[path = "table.rs"]
+mod table;
+
+/// `getppid` for 110; `syscall_<nr>` for numbers without a name.
+pub fn syscall_name(nr: u32) -> String {
+    match table::X86_64.get(nr as usize) {
+        Some(name) if !name.is_empty() => (*name).to_string(),
+        _ => format!("syscall_{nr}"),
+    }
+}
+
+/// `ENOENT` for 2; `E<n>` for unknown numbers.
+pub fn errno_name(errno: u32) -> String {
+    match errno_table::ERRNO.binary_search_by_key(&errno, |(n, _)| *n) {
+        Ok(i) => errno_table::ERRNO[i].1.to_string(),
+        Err(_) => format!("E{errno}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_known_syscalls() {
+        assert_eq!(syscall_name(0), "read");
+        assert_eq!(syscall_name(1), "write");
+        assert_eq!(syscall_name(39), "getpid");
+        assert_eq!(syscall_name(110), "getppid");
+        assert_eq!(syscall_name(231), "exit_group");
+        assert_eq!(syscall_name(435), "clone3");
+        assert_eq!(syscall_name(462), "mseal");
+        assert_eq!(syscall_name(469), "file_setattr");
+        assert_eq!(syscall_name(1000), "syscall_1000");
+        // 335..=386 are unassigned on x86_64.
+        assert_eq!(syscall_name(340), "syscall_340");
+    }
+
+    #[test]
+    fn names_errnos() {
+        assert_eq!(errno_name(1), "EPERM");
+        assert_eq!(errno_name(2), "ENOENT");
+        assert_eq!(errno_name(11), "EAGAIN");
+        assert_eq!(errno_name(110), "ETIMEDOUT");
+        assert_eq!(errno_name(512), "ERESTARTSYS");
+        assert_eq!(errno_name(4000), "E4000");
+    }
+
+    #[test]
+    fn errno_table_is_sorted_for_binary_search() {
+        assert!(errno_table::ERRNO.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+}
