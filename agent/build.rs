@@ -19,7 +19,9 @@ fn newest_source(path: &Path, newest: &mut SystemTime) {
 
 fn fail(msg: &str) -> ! {
     eprintln!("error: {msg}");
-    eprintln!("fix: run `cargo xtask build-ebpf` (`cargo xtask run` and `cargo xtask test` do it too)");
+    eprintln!(
+        "fix: run `cargo xtask build-ebpf` (`cargo xtask run` and `cargo xtask test` do it too)"
+    );
     std::process::exit(1);
 }
 
@@ -31,11 +33,7 @@ fn main() {
     // <target>/[<triple>/]<profile>/build/agent-*/out: the object dir is <target>/ebpf.
     let dir = std::env::var_os("AGENT_EBPF_DIR")
         .map(PathBuf::from)
-        .or_else(|| {
-            out.ancestors()
-                .map(|a| a.join("ebpf"))
-                .find(|d| d.is_dir())
-        })
+        .or_else(|| out.ancestors().map(|a| a.join("ebpf")).find(|d| d.is_dir()))
         .unwrap_or_else(|| root.join("target/ebpf"));
 
     let sources = [

@@ -87,6 +87,7 @@ pub mod counter {
     pub const EXITS: u32 = 0;
     /// Exits whose enter was not seen: the call started before attach, or its slot was
     /// taken by another thread (see `SLOT_COLLISIONS`). These calls are not timed.
+    /// (A new thread or process returning from clone/fork is counted in `CHILD_RETURNS`.)
     pub const UNMATCHED_EXITS: u32 = 1;
     /// Enters that found their slot held by another thread's call in flight.
     pub const SLOT_COLLISIONS: u32 = 2;
@@ -98,6 +99,9 @@ pub mod counter {
     pub const NR_OUT_OF_RANGE: u32 = 5;
     /// New (process, syscall) entries created (used to detect LRU evictions).
     pub const STATS_INSERTS: u32 = 6;
+    /// Returns of a new child from clone/clone3/fork/vfork: an exit with no enter on that tid,
+    /// and no call lost (the parent's call is timed).
+    pub const CHILD_RETURNS: u32 = 7;
     /// Number of counters.
     pub const COUNT: u32 = 8;
 }

@@ -20,7 +20,9 @@ macro_rules! probe_object {
 
         #[cfg(not(target_arch = "bpf"))]
         fn main() {
-            eprintln!("kernel programs only build for bpfel-unknown-none: run `cargo xtask build-ebpf`");
+            eprintln!(
+                "kernel programs only build for bpfel-unknown-none: run `cargo xtask build-ebpf`"
+            );
         }
     };
 }

@@ -2,13 +2,13 @@
 
 pub mod config;
 pub mod ebpf;
-// GATED pub mod logging;
+pub mod logging;
 pub mod metrics;
 pub mod output;
-// GATED pub mod preflight;
-// GATED pub mod probes;
+pub mod preflight;
+pub mod probes;
 pub mod procinfo;
-// GATED pub mod runtime;
+pub mod runtime;
 pub mod selfstats;
 pub mod status;
 

@@ -1,7 +1,9 @@
 //! The agent's log: `tracing` with a level filter that can be swapped on reload, text or JSON,
 //! and the `log` crate (aya's own messages) bridged in.
 
-use tracing_subscriber::{layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter, Registry};
+use tracing_subscriber::{
+    layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter, Registry,
+};
 
 use crate::config::LogFormat;
 

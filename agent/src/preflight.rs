@@ -35,7 +35,11 @@ fn row(item: &str, verdict: Verdict, detail: impl Into<String>, fix: Option<&str
 const CAPS: &[(u32, &str, &str)] = &[
     (39, "CAP_BPF", "load programs and create maps"),
     (38, "CAP_PERFMON", "tracing programs and perf events"),
-    (21, "CAP_SYS_ADMIN", "older kernels, tracefs mount, some map types"),
+    (
+        21,
+        "CAP_SYS_ADMIN",
+        "older kernels, tracefs mount, some map types",
+    ),
     (12, "CAP_NET_ADMIN", "network probes and enforcement"),
 ];
 
@@ -55,7 +59,12 @@ pub fn run(cfg: &Config) -> (Vec<Row>, bool) {
     rows.push(if btf.exists() {
         row("btf", Verdict::Ok, btf.display().to_string(), None)
     } else {
-        row("btf", Verdict::Warn, "no /sys/kernel/btf/vmlinux", Some("probes here do not need BTF; later CO-RE probes will (CONFIG_DEBUG_INFO_BTF=y)"))
+        row(
+            "btf",
+            Verdict::Warn,
+            "no /sys/kernel/btf/vmlinux",
+            Some("probes here do not need BTF; later CO-RE probes will (CONFIG_DEBUG_INFO_BTF=y)"),
+        )
     });
 
     rows.push(match tracefs::ensure() {
@@ -79,24 +88,44 @@ pub fn run(cfg: &Config) -> (Vec<Row>, bool) {
                 });
             }
         }
-        None => rows.push(row("capabilities", Verdict::Warn, "cannot read CapEff from /proc/self/status", None)),
+        None => rows.push(row(
+            "capabilities",
+            Verdict::Warn,
+            "cannot read CapEff from /proc/self/status",
+            None,
+        )),
     }
 
     rows.push(match procinfo::cgroup2_root() {
         Some(p) => row("cgroup v2", Verdict::Ok, p.display().to_string(), None),
-        None => row("cgroup v2", Verdict::Warn, "not mounted: container ids only from /proc/<pid>/cgroup", None),
+        None => row(
+            "cgroup v2",
+            Verdict::Warn,
+            "not mounted: container ids only from /proc/<pid>/cgroup",
+            None,
+        ),
     });
 
     let mut probes_ok = false;
     let sys = &cfg.probes.syscalls;
     if !sys.enabled {
-        rows.push(row("probe syscalls", Verdict::Warn, "disabled in the config", None));
+        rows.push(row(
+            "probe syscalls",
+            Verdict::Warn,
+            "disabled in the config",
+            None,
+        ));
     } else {
         match syscalls::load_and_attach(sys) {
             Ok((bpf, hooks)) => {
                 probes_ok = true;
                 let names: Vec<_> = hooks.iter().map(|h| h.hook.as_str()).collect();
-                rows.push(row("probe syscalls", Verdict::Ok, format!("{} attach", names.join(", ")), None));
+                rows.push(row(
+                    "probe syscalls",
+                    Verdict::Ok,
+                    format!("{} attach", names.join(", ")),
+                    None,
+                ));
                 drop(bpf);
             }
             Err((e, _)) => rows.push(Row {
@@ -111,7 +140,11 @@ pub fn run(cfg: &Config) -> (Vec<Row>, bool) {
 }
 
 fn nix_uname() -> String {
-    let read = |f: &str| fs::read_to_string(f).map(|s| s.trim().to_string()).unwrap_or_default();
+    let read = |f: &str| {
+        fs::read_to_string(f)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
     format!(
         "{} {}",
         read("/proc/sys/kernel/osrelease"),

@@ -189,7 +189,10 @@ mod tests {
         ] {
             assert_eq!(container_id_from_path(&path).as_deref(), Some(ID), "{path}");
         }
-        assert_eq!(container_id_from_path("/user.slice/user-0.slice/session-1.scope"), None);
+        assert_eq!(
+            container_id_from_path("/user.slice/user-0.slice/session-1.scope"),
+            None
+        );
         assert_eq!(container_id_from_path("/"), None);
     }
 

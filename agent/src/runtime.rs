@@ -73,8 +73,17 @@ struct Writer {
 fn spawn_writer(cfg: &Config, store: &Arc<Store>, state: &Arc<AgentState>) -> Writer {
     let (stop, rx) = watch::channel(false);
     let settings = output_settings(cfg);
-    let task = tokio::spawn(output::run(settings.clone(), store.clone(), state.clone(), rx));
-    Writer { settings, stop, task }
+    let task = tokio::spawn(output::run(
+        settings.clone(),
+        store.clone(),
+        state.clone(),
+        rx,
+    ));
+    Writer {
+        settings,
+        stop,
+        task,
+    }
 }
 
 impl Writer {
@@ -149,7 +158,8 @@ pub async fn run(mut cfg: Config, overrides: Overrides, log: LevelHandle) -> Res
 
     state.set_pipeline_running(false);
     let p = probes.clone();
-    let _ = tokio::task::spawn_blocking(move || p.lock().unwrap_or_else(|e| e.into_inner()).stop()).await;
+    let _ = tokio::task::spawn_blocking(move || p.lock().unwrap_or_else(|e| e.into_inner()).stop())
+        .await;
     writer.stop().await;
     if let Some(s) = status_server {
         s.stop().await;
@@ -171,7 +181,11 @@ impl StatusServer {
     }
 }
 
-async fn start_status(cfg: &Config, state: &Arc<AgentState>, store: &Arc<Store>) -> Option<StatusServer> {
+async fn start_status(
+    cfg: &Config,
+    state: &Arc<AgentState>,
+    store: &Arc<Store>,
+) -> Option<StatusServer> {
     if !cfg.status.enabled {
         return None;
     }
@@ -205,5 +219,8 @@ async fn apply_probes(probes: &Arc<Mutex<Probes>>, cfg: &Config) {
     let p = probes.clone();
     let cfg = cfg.clone();
     // Loading runs the verifier: keep it off the async workers.
-    let _ = tokio::task::spawn_blocking(move || p.lock().unwrap_or_else(|e| e.into_inner()).apply(&cfg)).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        p.lock().unwrap_or_else(|e| e.into_inner()).apply(&cfg)
+    })
+    .await;
 }

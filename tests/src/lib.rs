@@ -38,31 +38,53 @@ pub fn agent_bin() -> PathBuf {
     let p = std::env::var_os("AGENT_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_target().join("debug/agent"));
-    assert!(p.exists(), "agent binary {} missing: run `cargo xtask test` (it builds it)", p.display());
+    assert!(
+        p.exists(),
+        "agent binary {} missing: run `cargo xtask test` (it builds it)",
+        p.display()
+    );
     p
 }
 
 pub fn workload_bin() -> PathBuf {
     let p = workspace_target().join("debug/syscall-workload");
-    assert!(p.exists(), "{} missing: run `cargo xtask test`", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo xtask test`",
+        p.display()
+    );
     p
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A plain HTTP/1.1 GET; returns (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_string()
@@ -94,11 +116,16 @@ pub struct Sample {
 /// Parses Prometheus text exposition (no exemplars, no timestamps).
 pub fn parse_prom(text: &str) -> Vec<Sample> {
     let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
         let (series, value) = line.rsplit_once(' ').expect("sample line has a value");
         let value = match value {
             "+Inf" => f64::INFINITY,
-            v => v.parse().unwrap_or_else(|_| panic!("bad value in {line:?}")),
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
         };
         let (name, labels) = match series.split_once('{') {
             None => (series.to_string(), BTreeMap::new()),
@@ -129,7 +156,11 @@ pub fn parse_prom(text: &str) -> Vec<Sample> {
                 (n.to_string(), labels)
             }
         };
-        out.push(Sample { name, labels, value });
+        out.push(Sample {
+            name,
+            labels,
+            value,
+        });
     }
     out
 }
@@ -137,7 +168,10 @@ pub fn parse_prom(text: &str) -> Vec<Sample> {
 /// Finds the one sample with this name whose labels include every `(k, v)` given.
 pub fn find<'a>(samples: &'a [Sample], name: &str, labels: &[(&str, &str)]) -> Option<&'a Sample> {
     samples.iter().find(|s| {
-        s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        s.name == name
+            && labels
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
     })
 }
 
@@ -183,8 +217,17 @@ impl Agent {
                 sink.lock().unwrap().push_str(&format!("{line}\n"));
             }
         });
-        let agent = Agent { child, addr, dir, config, stderr };
-        agent.wait_for(|a| a.get("/healthz").map(|(s, _)| s == 200).unwrap_or(false), "/healthz");
+        let agent = Agent {
+            child,
+            addr,
+            dir,
+            config,
+            stderr,
+        };
+        agent.wait_for(
+            |a| a.get("/healthz").map(|(s, _)| s == 200).unwrap_or(false),
+            "/healthz",
+        );
         agent
     }
 
@@ -297,15 +340,30 @@ pub fn bpf_programs_of(pid: u32) -> Vec<(u64, String)> {
         .into_iter()
         .flatten()
         .filter(|p| {
-            p["pids"].as_array().is_some_and(|ps| ps.iter().any(|x| x["pid"].as_u64() == Some(pid as u64)))
+            p["pids"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|x| x["pid"].as_u64() == Some(pid as u64)))
         })
-        .map(|p| (p["id"].as_u64().unwrap(), p["name"].as_str().unwrap_or("").to_string()))
+        .map(|p| {
+            (
+                p["id"].as_u64().unwrap(),
+                p["name"].as_str().unwrap_or("").to_string(),
+            )
+        })
         .collect()
 }
 
 /// Every loaded BPF program id.
 pub fn bpf_program_ids() -> Vec<u64> {
-    let out = Command::new("bpftool").args(["prog", "show", "--json"]).output().expect("bpftool");
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .expect("bpftool");
     let progs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
-    progs.as_array().into_iter().flatten().filter_map(|p| p["id"].as_u64()).collect()
+    progs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["id"].as_u64())
+        .collect()
 }

@@ -5,7 +5,10 @@ use std::process::Command;
 use integration_tests::*;
 
 fn agent(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(agent_bin()).args(args).output().expect("run agent");
+    let out = Command::new(agent_bin())
+        .args(args)
+        .output()
+        .expect("run agent");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -29,18 +32,33 @@ fn default_config_prints_and_validates() {
 fn invalid_config_names_file_line_field_and_fix() {
     let dir = tempdir();
     let f = dir.join("bad.yaml");
-    std::fs::write(&f, "log:\n  level: info\nprobes:\n  syscalls:\n    intervall: 5s\n").unwrap();
+    std::fs::write(
+        &f,
+        "log:\n  level: info\nprobes:\n  syscalls:\n    intervall: 5s\n",
+    )
+    .unwrap();
     let (code, _, err) = agent(&["config", "validate", f.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(err.contains("bad.yaml:5"), "{err}");
     assert!(err.contains("intervall"), "{err}");
     assert!(err.contains("fix: "), "{err}");
     assert!(!err.contains("panicked"), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 2, "one line of cause, one of fix:\n{err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        2,
+        "one line of cause, one of fix:\n{err}"
+    );
 
-    let (code, _, err) = agent(&["config", "validate", dir.join("missing.yaml").to_str().unwrap()]);
+    let (code, _, err) = agent(&[
+        "config",
+        "validate",
+        dir.join("missing.yaml").to_str().unwrap(),
+    ]);
     assert_eq!(code, 1);
-    assert!(err.contains("missing.yaml") && err.contains("fix: "), "{err}");
+    assert!(
+        err.contains("missing.yaml") && err.contains("fix: "),
+        "{err}"
+    );
 }
 
 #[test]
@@ -56,9 +74,21 @@ fn check_reports_every_probe() {
     let _g = serial();
     let (code, out, err) = agent(&["check"]);
     assert_eq!(code, 0, "{out}{err}");
-    for item in ["kernel", "btf", "tracefs", "capability CAP_BPF", "probe syscalls"] {
-        assert!(out.lines().any(|l| l.starts_with(item)), "{item} missing:\n{out}");
+    for item in [
+        "kernel",
+        "btf",
+        "tracefs",
+        "capability CAP_BPF",
+        "probe syscalls",
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with(item)),
+            "{item} missing:\n{out}"
+        );
     }
-    let probe = out.lines().find(|l| l.starts_with("probe syscalls")).unwrap();
+    let probe = out
+        .lines()
+        .find(|l| l.starts_with("probe syscalls"))
+        .unwrap();
     assert!(probe.contains(" ok "), "{probe}");
 }

@@ -10,7 +10,8 @@ use std::{
 use integration_tests::*;
 
 /// Fast drains so the tests do not wait long.
-const FAST: &str = "probes:\n  syscalls:\n    interval: 1s\n    retain_exited: 5m\noutput:\n  interval: 1s\n";
+const FAST: &str =
+    "probes:\n  syscalls:\n    interval: 1s\n    retain_exited: 5m\noutput:\n  interval: 1s\n";
 
 fn ready(a: &Agent) -> bool {
     a.get("/readyz").map(|(s, _)| s == 200).unwrap_or(false)
@@ -24,7 +25,12 @@ fn assert_eventually(agent: &Agent, name: &str, labels: &[(&str, &str)], want: f
         let samples = agent.metrics();
         let got = find(&samples, name, labels).map(|s| s.value);
         if got == Some(want) || Instant::now() > deadline {
-            assert_eq!(got, Some(want), "{name}{labels:?}\nagent log:\n{}", agent.stderr());
+            assert_eq!(
+                got,
+                Some(want),
+                "{name}{labels:?}\nagent log:\n{}",
+                agent.stderr()
+            );
             return samples;
         }
         thread::sleep(Duration::from_millis(250));
@@ -34,7 +40,11 @@ fn assert_eventually(agent: &Agent, name: &str, labels: &[(&str, &str)], want: f
 /// Waits until the agent has attributed `pid` while it was alive (any series for it).
 fn wait_seen(agent: &Agent, pid: &str) {
     agent.wait_for(
-        |a| a.metrics().iter().any(|s| s.labels.get("process_pid").map(String::as_str) == Some(pid)),
+        |a| {
+            a.metrics()
+                .iter()
+                .any(|s| s.labels.get("process_pid").map(String::as_str) == Some(pid))
+        },
         &format!("a series for pid {pid}"),
     );
 }
@@ -51,23 +61,44 @@ fn counts_a_known_number_of_syscalls_exactly() {
     wait_seen(&agent, &pid);
     w.go();
     let labels = [("syscall_name", "getppid"), ("process_pid", pid.as_str())];
-    let samples = assert_eventually(&agent, "process_syscall_duration_seconds_count", &labels, 200_000.0);
+    let samples = assert_eventually(
+        &agent,
+        "process_syscall_duration_seconds_count",
+        &labels,
+        200_000.0,
+    );
 
     let s = find(&samples, "process_syscall_duration_seconds_count", &labels).unwrap();
     assert_eq!(s.labels["process_executable_name"], "syscall-workload");
     // Latency plausible: getppid is a trivial call; its mean must lie between 10 ns and 100 µs
     // even under heavy load (the bound is loose because CI machines are shared and noisy).
-    let sum = find(&samples, "process_syscall_duration_seconds_sum", &labels).unwrap().value;
+    let sum = find(&samples, "process_syscall_duration_seconds_sum", &labels)
+        .unwrap()
+        .value;
     let mean = sum / 200_000.0;
-    assert!((10e-9..100e-6).contains(&mean), "mean getppid latency {mean} s");
+    assert!(
+        (10e-9..100e-6).contains(&mean),
+        "mean getppid latency {mean} s"
+    );
     // Buckets: cumulative, monotonic, +Inf equals the count.
     let mut buckets: Vec<(f64, f64)> = samples
         .iter()
         .filter(|b| b.name == "process_syscall_duration_seconds_bucket")
-        .filter(|b| labels.iter().all(|(k, v)| b.labels.get(*k).map(String::as_str) == Some(*v)))
+        .filter(|b| {
+            labels
+                .iter()
+                .all(|(k, v)| b.labels.get(*k).map(String::as_str) == Some(*v))
+        })
         .map(|b| {
             let le = b.labels["le"].as_str();
-            (if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap() }, b.value)
+            (
+                if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap()
+                },
+                b.value,
+            )
         })
         .collect();
     buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
@@ -82,15 +113,33 @@ fn counts_a_known_number_of_syscalls_exactly() {
     let epid = e.pid.to_string();
     wait_seen(&agent, &epid);
     e.go();
-    let el = [("syscall_name", "close"), ("process_pid", epid.as_str()), ("error_type", "EBADF")];
+    let el = [
+        ("syscall_name", "close"),
+        ("process_pid", epid.as_str()),
+        ("error_type", "EBADF"),
+    ];
     assert_eventually(&agent, "process_syscall_errors_total", &el, 5_000.0);
     let cl = [("syscall_name", "close"), ("process_pid", epid.as_str())];
-    assert_eventually(&agent, "process_syscall_duration_seconds_count", &cl, 5_000.0);
+    assert_eventually(
+        &agent,
+        "process_syscall_duration_seconds_count",
+        &cl,
+        5_000.0,
+    );
 
     // The probe's own accounting is exposed.
     let status = agent.status();
-    assert_eq!(status["probes"]["syscalls"]["state"], "attached", "{status}");
-    assert!(status["maps"]["SYSCALL_STATS"]["processed"].as_u64().unwrap() >= 205_000, "{status}");
+    assert_eq!(
+        status["probes"]["syscalls"]["state"], "attached",
+        "{status}"
+    );
+    assert!(
+        status["maps"]["SYSCALL_STATS"]["processed"]
+            .as_u64()
+            .unwrap()
+            >= 205_000,
+        "{status}"
+    );
 }
 
 #[test]
@@ -101,13 +150,31 @@ fn short_lived_processes_are_attributed_from_the_kernel() {
     agent.wait_for(ready, "/readyz 200");
     // Runs and exits between two drains: /proc is gone by the time the agent looks, so the name
     // must come from the command captured in the kernel (TASK_COMM_LEN truncates it to 15).
-    let out = Command::new(workload_bin()).args(["getppid", "1234"]).output().unwrap();
-    let pid = String::from_utf8_lossy(&out.stdout).lines().next().unwrap().trim_start_matches("pid ").to_string();
+    let out = Command::new(workload_bin())
+        .args(["getppid", "1234"])
+        .output()
+        .unwrap();
+    let pid = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("pid ")
+        .to_string();
     let labels = [("syscall_name", "getppid"), ("process_pid", pid.as_str())];
-    let samples = assert_eventually(&agent, "process_syscall_duration_seconds_count", &labels, 1234.0);
-    let name = &find(&samples, "process_syscall_duration_seconds_count", &labels).unwrap().labels["process_executable_name"];
+    let samples = assert_eventually(
+        &agent,
+        "process_syscall_duration_seconds_count",
+        &labels,
+        1234.0,
+    );
+    let name = &find(&samples, "process_syscall_duration_seconds_count", &labels)
+        .unwrap()
+        .labels["process_executable_name"];
     // The agent may still catch it alive on a slow machine; either way it is named.
-    assert!(name == "syscall-workloa" || name == "syscall-workload", "{name}");
+    assert!(
+        name == "syscall-workloa" || name == "syscall-workload",
+        "{name}"
+    );
 }
 
 /// `syscount -L -p PID` (libbpf-tools) on the same workload run: parses the getppid row.
@@ -151,13 +218,23 @@ fn syscount_agrees_on_the_same_run() {
         w.go();
     });
     let labels = [("syscall_name", "getppid"), ("process_pid", p.as_str())];
-    let samples = assert_eventually(&agent, "process_syscall_duration_seconds_count", &labels, sc_count as f64);
+    let samples = assert_eventually(
+        &agent,
+        "process_syscall_duration_seconds_count",
+        &labels,
+        sc_count as f64,
+    );
     assert_eq!(sc_count, 100_000);
-    let ours = find(&samples, "process_syscall_duration_seconds_sum", &labels).unwrap().value;
+    let ours = find(&samples, "process_syscall_duration_seconds_sum", &labels)
+        .unwrap()
+        .value;
     // Both tools time the same calls at the same moment, but each one's window includes part of
     // the other's probe, so the totals differ by those overheads; they must agree within 3x.
     let ratio = ours / sc_total;
-    assert!((1.0 / 3.0..3.0).contains(&ratio), "agent {ours} s vs syscount {sc_total} s");
+    assert!(
+        (1.0 / 3.0..3.0).contains(&ratio),
+        "agent {ours} s vs syscount {sc_total} s"
+    );
 }
 
 #[test]
@@ -168,12 +245,18 @@ fn clean_exit_detaches_every_program() {
     agent.wait_for(ready, "/readyz 200");
     let ours = bpf_programs_of(agent.child.id());
     let names: Vec<&str> = ours.iter().map(|(_, n)| n.as_str()).collect();
-    assert!(names.contains(&"syscalls_enter") && names.contains(&"syscalls_exit"), "{ours:?}");
+    assert!(
+        names.contains(&"syscalls_enter") && names.contains(&"syscalls_exit"),
+        "{ours:?}"
+    );
     let status = agent.stop();
     assert!(status.success(), "agent exit {status}\n{}", agent.stderr());
     let left = bpf_program_ids();
     for (id, name) in &ours {
-        assert!(!left.contains(id), "program {id} ({name}) still loaded after exit");
+        assert!(
+            !left.contains(id),
+            "program {id} ({name}) still loaded after exit"
+        );
     }
 }
 
@@ -185,21 +268,40 @@ fn sighup_detaches_and_reattaches_the_probe() {
     agent.wait_for(ready, "/readyz 200");
     let before = agent.status()["config_hash"].as_str().unwrap().to_string();
 
-    std::fs::write(&agent.config, FAST.replace("interval: 1s\n    retain", "enabled: false\n    interval: 1s\n    retain")).unwrap();
+    std::fs::write(
+        &agent.config,
+        FAST.replace(
+            "interval: 1s\n    retain",
+            "enabled: false\n    interval: 1s\n    retain",
+        ),
+    )
+    .unwrap();
     agent.signal(libc::SIGHUP);
-    agent.wait_for(|a| a.status()["probes"]["syscalls"]["state"] == "disabled", "probe disabled");
-    assert!(bpf_programs_of(agent.child.id()).is_empty(), "programs still attached after disable");
+    agent.wait_for(
+        |a| a.status()["probes"]["syscalls"]["state"] == "disabled",
+        "probe disabled",
+    );
+    assert!(
+        bpf_programs_of(agent.child.id()).is_empty(),
+        "programs still attached after disable"
+    );
     assert_ne!(agent.status()["config_hash"].as_str().unwrap(), before);
 
     // A broken config is rejected and changes nothing.
     std::fs::write(&agent.config, "probes:\n  syscalls:\n    enabled: maybe\n").unwrap();
     agent.signal(libc::SIGHUP);
-    agent.wait_for(|a| a.stderr().contains("reload rejected"), "reload rejected");
+    agent.wait_for(
+        |a| a.stderr().contains("reload rejected"),
+        "reload rejected",
+    );
     assert_eq!(agent.status()["probes"]["syscalls"]["state"], "disabled");
 
     std::fs::write(&agent.config, FAST).unwrap();
     agent.signal(libc::SIGHUP);
-    agent.wait_for(|a| a.status()["probes"]["syscalls"]["state"] == "attached", "probe attached again");
+    agent.wait_for(
+        |a| a.status()["probes"]["syscalls"]["state"] == "attached",
+        "probe attached again",
+    );
     assert_eq!(bpf_programs_of(agent.child.id()).len(), 2);
     assert_eq!(agent.status()["config_hash"].as_str().unwrap(), before);
 }
@@ -214,14 +316,24 @@ fn without_privilege_the_agent_runs_and_says_why() {
             .chain(c.get_args().map(|a| a.to_string_lossy().into_owned()))
             .collect();
         let mut wrapped = Command::new("setpriv");
-        wrapped.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--"]);
+        wrapped.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ]);
         wrapped.args(&argv);
         for (k, v) in c.get_envs() {
             if let Some(v) = v {
                 wrapped.env(k, v);
             }
         }
-        wrapped.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        wrapped
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         *c = wrapped;
     });
     let (code, body) = agent.get("/readyz").unwrap();
@@ -230,7 +342,13 @@ fn without_privilege_the_agent_runs_and_says_why() {
     let status = agent.status();
     let p = &status["probes"]["syscalls"];
     assert_eq!(p["state"], "failed", "{status}");
-    assert!(p["error"].as_str().unwrap().contains("Operation not permitted"), "{p}");
+    assert!(
+        p["error"]
+            .as_str()
+            .unwrap()
+            .contains("Operation not permitted"),
+        "{p}"
+    );
     assert!(p["fix"].as_str().unwrap().contains("CAP_BPF"), "{p}");
     assert!(!agent.stderr().contains("panicked"));
 }

@@ -66,7 +66,11 @@ fn ensure_tracefs() {
 fn http_status(port: u16, path: &str) -> Option<u16> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     buf.split_whitespace().nth(1)?.parse().ok()
@@ -86,7 +90,12 @@ impl Stopper {
 fn start_agent(out_dir: &Path) -> Result<Stopper> {
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let child = Command::new(bin_path("release", "agent"))
-        .args(["run", "--status-addr", &format!("127.0.0.1:{port}"), "--output-dir"])
+        .args([
+            "run",
+            "--status-addr",
+            &format!("127.0.0.1:{port}"),
+            "--output-dir",
+        ])
         .arg(out_dir)
         .env("AGENT_LOG_LEVEL", "warn")
         .stdout(Stdio::null())
@@ -157,8 +166,14 @@ fn syscalls(calls: u64, rounds: usize) -> Result<()> {
     let (added_a, added_s) = (a - b, s - b);
     println!("getppid x {calls}, median of {rounds} alternating rounds (ns per call)");
     println!("  bare                 {b:8.1}");
-    println!("  agent                {a:8.1}  (+{added_a:.1} ns, {:.2}x bare)", a / b);
-    println!("  syscount -L          {s:8.1}  (+{added_s:.1} ns, {:.2}x bare)", s / b);
+    println!(
+        "  agent                {a:8.1}  (+{added_a:.1} ns, {:.2}x bare)",
+        a / b
+    );
+    println!(
+        "  syscount -L          {s:8.1}  (+{added_s:.1} ns, {:.2}x bare)",
+        s / b
+    );
     let ratio = added_a / added_s;
     println!(
         "  agent adds {:.2}x what syscount -L adds (goal <= 0.50): {}",

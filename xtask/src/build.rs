@@ -92,14 +92,12 @@ pub fn test(args: &[String]) -> Result<()> {
 
 pub fn lint() -> Result<()> {
     build_ebpf()?;
-    run(cargo().current_dir(root()).args(["fmt", "--all", "--check"]))?;
-    run(cargo().current_dir(root()).args([
-        "clippy",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    run(cargo()
+        .current_dir(root())
+        .args(["fmt", "--all", "--check"]))?;
+    run(cargo()
+        .current_dir(root())
+        .args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     run(Command::new("cargo")
         .current_dir(root())
         .args([

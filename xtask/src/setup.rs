@@ -10,7 +10,12 @@ use anyhow::{bail, Context, Result};
 use crate::util::{is_root, output, run};
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
-const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+const LLVM_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
 const BPF_LINKER_VERSION: &str = "0.13";
 
 pub fn ensure(test_peers: bool) -> Result<()> {
@@ -116,5 +121,7 @@ fn ensure_bpf_linker() -> Result<()> {
             "llvm-22",
         ])
         .env("LLVM_PREFIX", LLVM_PREFIX))
-    .context("bpf-linker install failed; it needs LLVM 22 dev packages (llvm-22-dev libpolly-22-dev)")
+    .context(
+        "bpf-linker install failed; it needs LLVM 22 dev packages (llvm-22-dev libpolly-22-dev)",
+    )
 }

@@ -12,165 +12,202 @@ agent_ebpf::probe_object!();
 #[cfg(target_arch = "bpf")]
 mod probe {
 
-use agent_common::syscalls::{
-    bucket_of, counter, InFlight, SyscallErrorKey, SyscallKey, SyscallStats,
-    DEFAULT_INFLIGHT_SLOTS, MAX_SYSCALL_NR,
-};
-use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid,
-        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
-    },
-    macros::{map, raw_tracepoint},
-    maps::{Array, LruPerCpuHashMap, PerCpuArray},
-    programs::RawTracePointContext,
-};
-use aya_log_ebpf::warn;
-
-/// `slots - 1`; set by the loader (`SYSCALL_INFLIGHT_MASK`) to match the array's size.
-#[no_mangle]
-static SYSCALL_INFLIGHT_MASK: u32 = DEFAULT_INFLIGHT_SLOTS - 1;
-
-#[map]
-static SYSCALL_INFLIGHT: Array<InFlight> = Array::with_max_entries(DEFAULT_INFLIGHT_SLOTS, 0);
-
-#[map]
-static SYSCALL_STATS: LruPerCpuHashMap<SyscallKey, SyscallStats> =
-    LruPerCpuHashMap::with_max_entries(4096, 0);
-
-#[map]
-static SYSCALL_ERRORS: LruPerCpuHashMap<SyscallErrorKey, u64> =
-    LruPerCpuHashMap::with_max_entries(4096, 0);
-
-#[map]
-static SYSCALL_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
-
-/// Per-CPU scratch value used to build a new stats entry off the 512-byte stack.
-#[map]
-static SYSCALL_SCRATCH: PerCpuArray<SyscallStats> = PerCpuArray::with_max_entries(1, 0);
-
-const SYS_EXIT: u32 = 60;
-const SYS_EXIT_GROUP: u32 = 231;
-const MAX_ERRNO: i64 = 4095;
-
-#[inline(always)]
-fn bump(idx: u32) {
-    agent_ebpf::bump(&SYSCALL_COUNTERS, idx);
-}
-
-#[inline(always)]
-fn slot_of(tid: u32) -> u32 {
-    let mask = unsafe { core::ptr::read_volatile(&SYSCALL_INFLIGHT_MASK) };
-    tid & mask
-}
-
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn syscalls_enter(ctx: RawTracePointContext) -> i32 {
-    try_syscalls_enter(&ctx).unwrap_or(0)
-}
-
-fn try_syscalls_enter(ctx: &RawTracePointContext) -> Result<i32, i64> {
-    let nr: i64 = ctx.arg(1);
-    if nr < 0 || nr >= MAX_SYSCALL_NR as i64 {
-        bump(counter::NR_OUT_OF_RANGE);
-        return Ok(0);
-    }
-    let nr = nr as u32;
-    // These never return: a slot held for them would only cause false collisions.
-    if nr == SYS_EXIT || nr == SYS_EXIT_GROUP {
-        return Ok(0);
-    }
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let slot = SYSCALL_INFLIGHT.get_ptr_mut(slot_of(tid)).ok_or(0i64)?;
-    let slot = unsafe { &mut *slot };
-    if slot.tid != 0 && slot.tid != tid {
-        bump(counter::SLOT_COLLISIONS);
-    }
-    slot.tid = tid;
-    slot.nr = nr;
-    slot.start_ns = unsafe { bpf_ktime_get_ns() };
-    Ok(0)
-}
-
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn syscalls_exit(ctx: RawTracePointContext) -> i32 {
-    try_syscalls_exit(&ctx).unwrap_or(0)
-}
-
-fn try_syscalls_exit(ctx: &RawTracePointContext) -> Result<i32, i64> {
-    let now = unsafe { bpf_ktime_get_ns() };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tid = pid_tgid as u32;
-    let tgid = (pid_tgid >> 32) as u32;
-    let slot = SYSCALL_INFLIGHT.get_ptr_mut(slot_of(tid)).ok_or(0i64)?;
-    let slot = unsafe { &mut *slot };
-    if slot.tid != tid {
-        bump(counter::UNMATCHED_EXITS);
-        return Ok(0);
-    }
-    let nr = slot.nr;
-    let delta = now.saturating_sub(slot.start_ns);
-    slot.tid = 0;
-    bump(counter::EXITS);
-
-    let ret: i64 = ctx.arg(1);
-    let failed = ret < 0 && ret >= -MAX_ERRNO;
-    let key = SyscallKey { tgid, nr };
-    let bucket = bucket_of(delta);
-
-    match SYSCALL_STATS.get_ptr_mut(&key) {
-        Some(v) => {
-            let v = unsafe { &mut *v };
-            v.count += 1;
-            v.sum_ns += delta;
-            if failed {
-                v.errors += 1;
-            }
-            if let Some(b) = v.buckets.get_mut(bucket) {
-                *b += 1;
-            }
-        }
-        None => insert_stats(ctx, &key, delta, bucket, failed),
-    }
-    if failed {
-        count_error(tgid, nr, (-ret) as u32);
-    }
-    Ok(0)
-}
-
-#[inline(always)]
-fn insert_stats(ctx: &RawTracePointContext, key: &SyscallKey, delta: u64, bucket: usize, failed: bool) {
-    let Some(scratch) = SYSCALL_SCRATCH.get_ptr_mut(0) else {
-        return;
+    use agent_common::syscalls::{
+        bucket_of, counter, InFlight, SyscallErrorKey, SyscallKey, SyscallStats,
+        DEFAULT_INFLIGHT_SLOTS, MAX_SYSCALL_NR,
     };
-    let v = unsafe { &mut *scratch };
-    *v = SyscallStats::ZERO;
-    v.count = 1;
-    v.sum_ns = delta;
-    v.errors = failed as u64;
-    v.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    v.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    if let Some(b) = v.buckets.get_mut(bucket) {
-        *b = 1;
+    use aya_ebpf::{
+        helpers::{
+            bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+            generated::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
+        },
+        macros::{map, raw_tracepoint},
+        maps::{Array, LruPerCpuHashMap, PerCpuArray},
+        programs::RawTracePointContext,
+    };
+    use aya_log_ebpf::warn;
+
+    /// `slots - 1`; set by the loader (`SYSCALL_INFLIGHT_MASK`) to match the array's size.
+    #[no_mangle]
+    static SYSCALL_INFLIGHT_MASK: u32 = DEFAULT_INFLIGHT_SLOTS - 1;
+
+    #[map]
+    static SYSCALL_INFLIGHT: Array<InFlight> = Array::with_max_entries(DEFAULT_INFLIGHT_SLOTS, 0);
+
+    #[map]
+    static SYSCALL_STATS: LruPerCpuHashMap<SyscallKey, SyscallStats> =
+        LruPerCpuHashMap::with_max_entries(4096, 0);
+
+    #[map]
+    static SYSCALL_ERRORS: LruPerCpuHashMap<SyscallErrorKey, u64> =
+        LruPerCpuHashMap::with_max_entries(4096, 0);
+
+    #[map]
+    static SYSCALL_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+    /// Per-CPU scratch value used to build a new stats entry off the 512-byte stack.
+    #[map]
+    static SYSCALL_SCRATCH: PerCpuArray<SyscallStats> = PerCpuArray::with_max_entries(1, 0);
+
+    const SYS_CLONE: u64 = 56;
+    const SYS_FORK: u64 = 57;
+    const SYS_VFORK: u64 = 58;
+    const SYS_CLONE3: u64 = 435;
+    /// Offset of `orig_ax` (the syscall number) in x86_64 `struct pt_regs`.
+    const PT_REGS_ORIG_AX: usize = 15 * 8;
+    const SYS_EXIT: u32 = 60;
+    const SYS_EXIT_GROUP: u32 = 231;
+    const MAX_ERRNO: i64 = 4095;
+
+    #[inline(always)]
+    fn bump(idx: u32) {
+        agent_ebpf::bump(&SYSCALL_COUNTERS, idx);
     }
-    match SYSCALL_STATS.insert(key, &*v, 0) {
-        Ok(()) => bump(counter::STATS_INSERTS),
-        Err(e) => {
-            bump(counter::STATS_INSERT_FAILED);
-            warn!(ctx, "syscall stats insert failed for tgid {} nr {}: {}", key.tgid, key.nr, e);
+
+    #[inline(always)]
+    fn slot_of(tid: u32) -> u32 {
+        let mask = unsafe { core::ptr::read_volatile(&SYSCALL_INFLIGHT_MASK) };
+        tid & mask
+    }
+
+    #[raw_tracepoint(tracepoint = "sys_enter")]
+    pub fn syscalls_enter(ctx: RawTracePointContext) -> i32 {
+        try_syscalls_enter(&ctx).unwrap_or(0)
+    }
+
+    fn try_syscalls_enter(ctx: &RawTracePointContext) -> Result<i32, i64> {
+        let nr: i64 = ctx.arg(1);
+        if nr < 0 || nr >= MAX_SYSCALL_NR as i64 {
+            bump(counter::NR_OUT_OF_RANGE);
+            return Ok(0);
+        }
+        let nr = nr as u32;
+        // These never return: a slot held for them would only cause false collisions.
+        if nr == SYS_EXIT || nr == SYS_EXIT_GROUP {
+            return Ok(0);
+        }
+        let tid = bpf_get_current_pid_tgid() as u32;
+        let slot = SYSCALL_INFLIGHT.get_ptr_mut(slot_of(tid)).ok_or(0i64)?;
+        let slot = unsafe { &mut *slot };
+        if slot.tid != 0 && slot.tid != tid {
+            bump(counter::SLOT_COLLISIONS);
+        }
+        slot.tid = tid;
+        slot.nr = nr;
+        slot.start_ns = unsafe { bpf_ktime_get_ns() };
+        Ok(0)
+    }
+
+    /// A new thread/process returning 0 from clone/fork: not a lost call. Only the unmatched path
+    /// pays for reading the registers.
+    #[inline(always)]
+    fn is_child_return(ctx: &RawTracePointContext) -> bool {
+        let ret: i64 = ctx.arg(1);
+        if ret != 0 {
+            return false;
+        }
+        let regs: *const u8 = ctx.arg(0);
+        let nr = unsafe { bpf_probe_read_kernel(regs.add(PT_REGS_ORIG_AX) as *const u64) };
+        matches!(nr, Ok(SYS_CLONE | SYS_FORK | SYS_VFORK | SYS_CLONE3))
+    }
+
+    #[raw_tracepoint(tracepoint = "sys_exit")]
+    pub fn syscalls_exit(ctx: RawTracePointContext) -> i32 {
+        try_syscalls_exit(&ctx).unwrap_or(0)
+    }
+
+    fn try_syscalls_exit(ctx: &RawTracePointContext) -> Result<i32, i64> {
+        let now = unsafe { bpf_ktime_get_ns() };
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let tid = pid_tgid as u32;
+        let tgid = (pid_tgid >> 32) as u32;
+        let slot = SYSCALL_INFLIGHT.get_ptr_mut(slot_of(tid)).ok_or(0i64)?;
+        let slot = unsafe { &mut *slot };
+        if slot.tid != tid {
+            bump(if is_child_return(ctx) {
+                counter::CHILD_RETURNS
+            } else {
+                counter::UNMATCHED_EXITS
+            });
+            return Ok(0);
+        }
+        let nr = slot.nr;
+        let delta = now.saturating_sub(slot.start_ns);
+        slot.tid = 0;
+        bump(counter::EXITS);
+
+        let ret: i64 = ctx.arg(1);
+        let failed = ret < 0 && ret >= -MAX_ERRNO;
+        let key = SyscallKey { tgid, nr };
+        let bucket = bucket_of(delta);
+
+        match SYSCALL_STATS.get_ptr_mut(&key) {
+            Some(v) => {
+                let v = unsafe { &mut *v };
+                v.count += 1;
+                v.sum_ns += delta;
+                if failed {
+                    v.errors += 1;
+                }
+                if let Some(b) = v.buckets.get_mut(bucket) {
+                    *b += 1;
+                }
+            }
+            None => insert_stats(ctx, &key, delta, bucket, failed),
+        }
+        if failed {
+            count_error(tgid, nr, (-ret) as u32);
+        }
+        Ok(0)
+    }
+
+    #[inline(always)]
+    fn insert_stats(
+        ctx: &RawTracePointContext,
+        key: &SyscallKey,
+        delta: u64,
+        bucket: usize,
+        failed: bool,
+    ) {
+        let Some(scratch) = SYSCALL_SCRATCH.get_ptr_mut(0) else {
+            return;
+        };
+        let v = unsafe { &mut *scratch };
+        *v = SyscallStats::ZERO;
+        v.count = 1;
+        v.sum_ns = delta;
+        v.errors = failed as u64;
+        v.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+        v.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        if let Some(b) = v.buckets.get_mut(bucket) {
+            *b = 1;
+        }
+        match SYSCALL_STATS.insert(key, &*v, 0) {
+            Ok(()) => bump(counter::STATS_INSERTS),
+            Err(e) => {
+                bump(counter::STATS_INSERT_FAILED);
+                warn!(
+                    ctx,
+                    "syscall stats insert failed for tgid {} nr {}: {}", key.tgid, key.nr, e
+                );
+            }
         }
     }
-}
 
-#[inline(always)]
-fn count_error(tgid: u32, nr: u32, errno: u32) {
-    let key = SyscallErrorKey { tgid, nr, errno, _pad: 0 };
-    if let Some(c) = SYSCALL_ERRORS.get_ptr_mut(&key) {
-        unsafe { *c += 1 };
-        return;
+    #[inline(always)]
+    fn count_error(tgid: u32, nr: u32, errno: u32) {
+        let key = SyscallErrorKey {
+            tgid,
+            nr,
+            errno,
+            _pad: 0,
+        };
+        if let Some(c) = SYSCALL_ERRORS.get_ptr_mut(&key) {
+            unsafe { *c += 1 };
+            return;
+        }
+        if SYSCALL_ERRORS.insert(&key, &1u64, 0).is_err() {
+            bump(counter::ERRORS_INSERT_FAILED);
+        }
     }
-    if SYSCALL_ERRORS.insert(&key, &1u64, 0).is_err() {
-        bump(counter::ERRORS_INSERT_FAILED);
-    }
-}
 }

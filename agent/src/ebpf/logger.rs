@@ -47,7 +47,10 @@ pub fn spawn(probe: &'static str, bpf: &mut Ebpf) -> Option<JoinHandle<()>> {
     let mut afd = match registered {
         Ok(a) => a,
         Err(e) => {
-            tracing::warn!(probe, "kernel log ring buffer cannot be polled ({e}); kernel logs are off");
+            tracing::warn!(
+                probe,
+                "kernel log ring buffer cannot be polled ({e}); kernel logs are off"
+            );
             return None;
         }
     };

@@ -106,9 +106,9 @@ fn flatten(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Loads `probe`'s object; `configure` sets map sizes and globals first.
-pub fn load(
+pub fn load<'a>(
     probe: &str,
-    configure: impl FnOnce(&mut EbpfLoader<'_>),
+    configure: impl FnOnce(&mut EbpfLoader<'a>),
 ) -> Result<Ebpf, LoadError> {
     let bytes = object(probe).ok_or_else(|| {
         LoadError::new(
@@ -117,11 +117,11 @@ pub fn load(
         )
     })?;
     raise_memlock_limit();
-    let mut loader = EbpfLoader::new();
+    let mut loader: EbpfLoader<'a> = EbpfLoader::new();
     configure(&mut loader);
-    loader.load(bytes).map_err(|e: EbpfError| {
-        explain(&format!("loading the {probe} probe"), &e)
-    })
+    loader
+        .load(bytes)
+        .map_err(|e: EbpfError| explain(&format!("loading the {probe} probe"), &e))
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it (a no-op cost elsewhere).

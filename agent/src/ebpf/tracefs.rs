@@ -20,7 +20,10 @@ pub fn ensure() -> Result<PathBuf, String> {
     }
     let target = Path::new(CANDIDATES[0]);
     nix_mount(target).map_err(|e| {
-        format!("tracefs is not mounted and mounting it at {} failed: {e}", target.display())
+        format!(
+            "tracefs is not mounted and mounting it at {} failed: {e}",
+            target.display()
+        )
     })?;
     find().ok_or_else(|| "tracefs mounted but has no events directory".to_string())
 }

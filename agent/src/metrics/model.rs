@@ -81,7 +81,10 @@ mod unix_nanos {
     use std::time::{SystemTime, UNIX_EPOCH};
 
     pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        let ns = t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let ns = t
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         s.serialize_u64(ns as u64)
     }
 }

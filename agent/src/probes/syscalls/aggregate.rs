@@ -350,7 +350,11 @@ impl Aggregator {
     }
 
     /// The current cumulative families.
-    pub fn families(&self, name: impl Fn(u32) -> String, errno: impl Fn(u32) -> String) -> Vec<Family> {
+    pub fn families(
+        &self,
+        name: impl Fn(u32) -> String,
+        errno: impl Fn(u32) -> String,
+    ) -> Vec<Family> {
         let mut durations = Vec::new();
         let mut errors = Vec::new();
         let mut other: BTreeMap<u32, (SystemTime, Agg)> = self
@@ -505,7 +509,9 @@ mod tests {
             .points
             .iter()
             .map(|p| {
-                let Value::Histogram(h) = &p.value else { panic!() };
+                let Value::Histogram(h) = &p.value else {
+                    panic!()
+                };
                 assert_eq!(h.bucket_counts.iter().sum::<u64>(), h.count);
                 ((p.labels[0].1.clone(), p.labels[1].1.clone()), h.count)
             })
@@ -525,12 +531,34 @@ mod tests {
     fn cumulative_counts_pass_through_exactly() {
         let mut a = Aggregator::new();
         let (t0, w) = (Instant::now(), SystemTime::now());
-        a.ingest(vec![reading(7, 110, 1000)], vec![], &limits(10), t0, w, attr);
-        a.ingest(vec![reading(7, 110, 200_000)], vec![], &limits(10), t0, w, attr);
+        a.ingest(
+            vec![reading(7, 110, 1000)],
+            vec![],
+            &limits(10),
+            t0,
+            w,
+            attr,
+        );
+        a.ingest(
+            vec![reading(7, 110, 200_000)],
+            vec![],
+            &limits(10),
+            t0,
+            w,
+            attr,
+        );
         assert_eq!(counts(&a)[&("sys110".into(), "7".into())], 200_000);
-        assert_eq!(a.accounting, Accounting { tracked_processes: 1, ..Default::default() });
+        assert_eq!(
+            a.accounting,
+            Accounting {
+                tracked_processes: 1,
+                ..Default::default()
+            }
+        );
         let fams = a.families(|nr| format!("sys{nr}"), |e| format!("E{e}"));
-        let Value::Histogram(h) = &fams[0].points[0].value else { panic!() };
+        let Value::Histogram(h) = &fams[0].points[0].value else {
+            panic!()
+        };
         assert!((h.sum - 200_000.0 * 100e-9).abs() < 1e-12);
     }
 
@@ -573,7 +601,14 @@ mod tests {
         let (t0, w) = (Instant::now(), SystemTime::now());
         let mut dead = reading(2, 0, 9);
         dead.final_value = true;
-        let finals = a.ingest(vec![reading(1, 0, 5), dead], vec![], &limits(1), t0, w, attr);
+        let finals = a.ingest(
+            vec![reading(1, 0, 5), dead],
+            vec![],
+            &limits(1),
+            t0,
+            w,
+            attr,
+        );
         assert_eq!(finals, vec![2]);
         // Kernel entry deleted by the caller: not an eviction.
         let later = t0 + Duration::from_secs(11);
@@ -608,7 +643,13 @@ mod tests {
         let got: Vec<_> = fams[1]
             .points
             .iter()
-            .map(|p| (p.labels[1].1.clone(), p.labels[3].1.clone(), p.value.clone()))
+            .map(|p| {
+                (
+                    p.labels[1].1.clone(),
+                    p.labels[3].1.clone(),
+                    p.value.clone(),
+                )
+            })
             .collect();
         assert_eq!(
             got,

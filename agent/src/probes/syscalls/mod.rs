@@ -16,7 +16,9 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use agent_common::syscalls::{COUNTERS_MAP, ERRORS_MAP, INFLIGHT_MASK_GLOBAL, INFLIGHT_MAP, STATS_MAP};
+use agent_common::syscalls::{
+    COUNTERS_MAP, ERRORS_MAP, INFLIGHT_MAP, INFLIGHT_MASK_GLOBAL, STATS_MAP,
+};
 use aya::{
     maps::{PerCpuArray, PerCpuHashMap},
     programs::RawTracePoint,
@@ -37,7 +39,10 @@ use crate::{
 
 pub const NAME: &str = "syscalls";
 /// (program, raw tracepoint) pairs.
-pub const HOOKS: [(&str, &str); 2] = [("syscalls_enter", "sys_enter"), ("syscalls_exit", "sys_exit")];
+pub const HOOKS: [(&str, &str); 2] = [
+    ("syscalls_enter", "sys_enter"),
+    ("syscalls_exit", "sys_exit"),
+];
 
 enum Ctl {
     Config(SyscallsConfig),
@@ -63,7 +68,9 @@ fn hook_name(tp: &str) -> String {
 }
 
 /// Loads the object sized by `cfg` and attaches both hooks. On failure nothing stays attached.
-pub fn load_and_attach(cfg: &SyscallsConfig) -> Result<(Ebpf, Vec<HookStatus>), (LoadError, Vec<HookStatus>)> {
+pub fn load_and_attach(
+    cfg: &SyscallsConfig,
+) -> Result<(Ebpf, Vec<HookStatus>), (LoadError, Vec<HookStatus>)> {
     let mask = cfg.inflight_slots - 1;
     let mut hooks: Vec<HookStatus> = HOOKS
         .iter()
@@ -74,10 +81,10 @@ pub fn load_and_attach(cfg: &SyscallsConfig) -> Result<(Ebpf, Vec<HookStatus>), 
         })
         .collect();
     let mut bpf = ebpf::load(NAME, |l| {
-        l.set_max_entries(STATS_MAP, cfg.max_entries)
-            .set_max_entries(ERRORS_MAP, cfg.error_entries)
-            .set_max_entries(INFLIGHT_MAP, cfg.inflight_slots)
-            .set_global(INFLIGHT_MASK_GLOBAL, &mask, true);
+        l.map_max_entries(STATS_MAP, cfg.max_entries)
+            .map_max_entries(ERRORS_MAP, cfg.error_entries)
+            .map_max_entries(INFLIGHT_MAP, cfg.inflight_slots)
+            .override_global(INFLIGHT_MASK_GLOBAL, &mask, true);
     })
     .map_err(|e| (e, hooks.clone()))?;
     for (i, (prog, tp)) in HOOKS.iter().enumerate() {
@@ -85,10 +92,16 @@ pub fn load_and_attach(cfg: &SyscallsConfig) -> Result<(Ebpf, Vec<HookStatus>), 
         let result = (|| -> Result<(), LoadError> {
             let p: &mut RawTracePoint = bpf
                 .program_mut(prog)
-                .ok_or_else(|| LoadError::new(format!("{what}: program missing from the object"), "rebuild with `cargo xtask build-ebpf`"))?
+                .ok_or_else(|| {
+                    LoadError::new(
+                        format!("{what}: program missing from the object"),
+                        "rebuild with `cargo xtask build-ebpf`",
+                    )
+                })?
                 .try_into()
                 .map_err(|e| ebpf::explain(&what, &e))?;
-            p.load().map_err(|e| ebpf::explain(&format!("verifying {prog}"), &e))?;
+            p.load()
+                .map_err(|e| ebpf::explain(&format!("verifying {prog}"), &e))?;
             p.attach(tp).map_err(|e| ebpf::explain(&what, &e))?;
             Ok(())
         })();
@@ -136,7 +149,10 @@ impl SyscallsProbe {
                 }
                 return;
             }
-            tracing::info!(probe = NAME, "map sizes changed: reloading the probe (its series restart)");
+            tracing::info!(
+                probe = NAME,
+                "map sizes changed: reloading the probe (its series restart)"
+            );
             self.stop();
         }
         self.start(cfg);
@@ -189,7 +205,10 @@ impl SyscallsProbe {
         {
             Ok(t) => t,
             Err(e) => {
-                let e = LoadError::new(format!("cannot start the drain thread: {e}"), "raise the thread limit (ulimit -u)");
+                let e = LoadError::new(
+                    format!("cannot start the drain thread: {e}"),
+                    "raise the thread limit (ulimit -u)",
+                );
                 self.set_status(ProbeState::Failed, Some(&e), hooks);
                 return;
             }
@@ -230,15 +249,26 @@ impl SyscallsProbe {
 }
 
 fn take_maps(bpf: &mut Ebpf) -> Result<Maps, LoadError> {
-    let missing = |m: &str| LoadError::new(format!("map {m} missing from the syscalls object"), "rebuild with `cargo xtask build-ebpf`");
+    let missing = |m: &str| {
+        LoadError::new(
+            format!("map {m} missing from the syscalls object"),
+            "rebuild with `cargo xtask build-ebpf`",
+        )
+    };
     let bad = |m: &str, e: aya::maps::MapError| ebpf::explain(&format!("opening map {m}"), &e);
     Ok(Maps {
         stats: PerCpuHashMap::try_from(bpf.take_map(STATS_MAP).ok_or_else(|| missing(STATS_MAP))?)
             .map_err(|e| bad(STATS_MAP, e))?,
-        errors: PerCpuHashMap::try_from(bpf.take_map(ERRORS_MAP).ok_or_else(|| missing(ERRORS_MAP))?)
-            .map_err(|e| bad(ERRORS_MAP, e))?,
-        counters: PerCpuArray::try_from(bpf.take_map(COUNTERS_MAP).ok_or_else(|| missing(COUNTERS_MAP))?)
-            .map_err(|e| bad(COUNTERS_MAP, e))?,
+        errors: PerCpuHashMap::try_from(
+            bpf.take_map(ERRORS_MAP)
+                .ok_or_else(|| missing(ERRORS_MAP))?,
+        )
+        .map_err(|e| bad(ERRORS_MAP, e))?,
+        counters: PerCpuArray::try_from(
+            bpf.take_map(COUNTERS_MAP)
+                .ok_or_else(|| missing(COUNTERS_MAP))?,
+        )
+        .map_err(|e| bad(COUNTERS_MAP, e))?,
     })
 }
 
@@ -331,7 +361,11 @@ impl Drainer {
         detail.insert("folded_processes".into(), acc.folded_processes);
         detail.insert("expired_processes".into(), acc.expired_processes);
         detail.insert("tracked_processes".into(), acc.tracked_processes);
-        let lost = k["unmatched_exits"] + k["slot_collisions"] + k["stats_insert_failed"] + k["nr_out_of_range"] + acc.evictions_detected;
+        let lost = k["unmatched_exits"]
+            + k["slot_collisions"]
+            + k["stats_insert_failed"]
+            + k["nr_out_of_range"]
+            + acc.evictions_detected;
         self.state.set_map(
             STATS_MAP,
             MapStats {
@@ -357,4 +391,3 @@ impl Drainer {
         );
     }
 }
-

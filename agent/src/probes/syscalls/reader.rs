@@ -39,18 +39,22 @@ impl Maps {
     /// Reads every entry. Liveness is checked *before* a process's first value is read, so a
     /// `final_value` reading can never miss later increments.
     pub fn drain(&self) -> Result<Drained, ReadError> {
-        let stats_keys = self.stats.keys().collect::<Result<Vec<_>, _>>().map_err(|source| {
-            ReadError::Map {
+        let stats_keys = self
+            .stats
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| ReadError::Map {
                 map: agent_common::syscalls::STATS_MAP,
                 source,
-            }
-        })?;
-        let error_keys = self.errors.keys().collect::<Result<Vec<_>, _>>().map_err(|source| {
-            ReadError::Map {
+            })?;
+        let error_keys = self
+            .errors
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| ReadError::Map {
                 map: agent_common::syscalls::ERRORS_MAP,
                 source,
-            }
-        })?;
+            })?;
         let mut dead: HashMap<u32, bool> = HashMap::new();
         let mut is_dead = |tgid: u32| *dead.entry(tgid).or_insert_with(|| !procinfo::alive(tgid));
 
@@ -114,13 +118,21 @@ impl Maps {
         if pids.is_empty() {
             return;
         }
-        for r in drained.stats.iter().filter(|r| pids.binary_search(&r.tgid).is_ok()) {
+        for r in drained
+            .stats
+            .iter()
+            .filter(|r| pids.binary_search(&r.tgid).is_ok())
+        {
             let _ = self.stats.remove(&SyscallKey {
                 tgid: r.tgid,
                 nr: r.nr,
             });
         }
-        for r in drained.errors.iter().filter(|r| pids.binary_search(&r.tgid).is_ok()) {
+        for r in drained
+            .errors
+            .iter()
+            .filter(|r| pids.binary_search(&r.tgid).is_ok())
+        {
             let _ = self.errors.remove(&SyscallErrorKey {
                 tgid: r.tgid,
                 nr: r.nr,
@@ -140,6 +152,7 @@ impl Maps {
             (counter::ERRORS_INSERT_FAILED, "errors_insert_failed"),
             (counter::NR_OUT_OF_RANGE, "nr_out_of_range"),
             (counter::STATS_INSERTS, "stats_inserts"),
+            (counter::CHILD_RETURNS, "child_returns"),
         ];
         names
             .into_iter()

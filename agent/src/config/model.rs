@@ -1,0 +1,149 @@
+//! The configuration data model: the structs that one YAML file maps onto, and their defaults.
+//!
+//! Every struct takes `#[serde(default)]` (a missing field keeps its default) and
+//! `#[serde(deny_unknown_fields)]` (a typo is an error, not a silently ignored setting).
+//! Value checks (ranges, formats) live in `validate.rs`.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// The whole agent configuration. Swapped as a unit on reload.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub log: LogConfig,
+    pub status: StatusConfig,
+    pub output: OutputConfig,
+    pub probes: ProbesConfig,
+}
+
+/// The agent's own log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing_subscriber::EnvFilter` directive set, e.g. `info` or `warn,agent=debug`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_string(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// The spelling used in the YAML file and in `AGENT_LOG_FORMAT`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The HTTP status endpoint (/healthz /readyz /status /metrics).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatusConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        StatusConfig {
+            enabled: true,
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 9464)),
+        }
+    }
+}
+
+/// Local output files.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutputConfig {
+    pub dir: PathBuf,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    pub max_file_bytes: u64,
+    pub max_files: u32,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            dir: PathBuf::from("agent-output"),
+            interval: Duration::from_secs(10),
+            max_file_bytes: 16 * 1024 * 1024,
+            max_files: 4,
+        }
+    }
+}
+
+/// Kernel probes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbesConfig {
+    pub syscalls: SyscallsConfig,
+}
+
+/// The syscall probe (raw_syscalls sys_enter/sys_exit).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyscallsConfig {
+    pub enabled: bool,
+    /// How often userspace drains the kernel maps.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Kernel LRU map size, (process, syscall) pairs.
+    pub max_entries: u32,
+    /// Kernel LRU map size, (process, syscall, errno) triples.
+    pub error_entries: u32,
+    /// In-flight syscall slots; a power of two.
+    pub inflight_slots: u32,
+    /// Processes exported individually; the rest are folded into one "other" series.
+    pub top_processes: usize,
+    /// How long an exited process's final series stay exported.
+    #[serde(with = "humantime_serde")]
+    pub retain_exited: Duration,
+}
+
+impl Default for SyscallsConfig {
+    fn default() -> Self {
+        SyscallsConfig {
+            enabled: true,
+            interval: Duration::from_secs(5),
+            max_entries: 4096,
+            error_entries: 4096,
+            inflight_slots: 262_144,
+            top_processes: 100,
+            retain_exited: Duration::from_secs(60),
+        }
+    }
+}

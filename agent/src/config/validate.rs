@@ -1,0 +1,236 @@
+//! Value checks (ranges, formats) and the "what is allowed" text for every field.
+//!
+//! One table of limits feeds both the checks and the `fix:` hints, so they cannot disagree.
+
+use std::time::Duration;
+
+use humantime_serde::re::humantime::format_duration;
+use tracing_subscriber::{filter::LevelFilter, EnvFilter};
+
+use super::{
+    error::{ConfigError, Source},
+    model::Config,
+};
+
+/// Every section and leaf field, in file order (the order `validate` checks them).
+pub(crate) const FIELDS: &[&str] = &[
+    "log",
+    "log.level",
+    "log.format",
+    "status",
+    "status.enabled",
+    "status.listen",
+    "output",
+    "output.dir",
+    "output.interval",
+    "output.max_file_bytes",
+    "output.max_files",
+    "probes",
+    "probes.syscalls",
+    "probes.syscalls.enabled",
+    "probes.syscalls.interval",
+    "probes.syscalls.max_entries",
+    "probes.syscalls.error_entries",
+    "probes.syscalls.inflight_slots",
+    "probes.syscalls.top_processes",
+    "probes.syscalls.retain_exited",
+];
+
+const SECOND: Duration = Duration::from_secs(1);
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// An inclusive range and an example value for the hint.
+struct Limits<T> {
+    min: T,
+    max: T,
+    example: T,
+}
+
+const OUTPUT_INTERVAL: Limits<Duration> = Limits {
+    min: SECOND,
+    max: HOUR,
+    example: Duration::from_secs(10),
+};
+const MAX_FILE_BYTES: Limits<u64> = Limits {
+    min: 64 * 1024,
+    max: 1024 * 1024 * 1024,
+    example: 16 * 1024 * 1024,
+};
+const MAX_FILES: Limits<u64> = Limits {
+    min: 1,
+    max: 100,
+    example: 4,
+};
+const SYSCALLS_INTERVAL: Limits<Duration> = Limits {
+    min: SECOND,
+    max: HOUR,
+    example: Duration::from_secs(5),
+};
+const MAP_ENTRIES: Limits<u64> = Limits {
+    min: 64,
+    max: 1_048_576,
+    example: 4096,
+};
+const INFLIGHT_SLOTS: Limits<u64> = Limits {
+    min: 1024,
+    max: 4_194_304,
+    example: 262_144,
+};
+const TOP_PROCESSES: Limits<u64> = Limits {
+    min: 1,
+    max: 100_000,
+    example: 100,
+};
+const RETAIN_EXITED: Limits<Duration> = Limits {
+    min: Duration::ZERO,
+    max: HOUR,
+    example: Duration::from_secs(60),
+};
+
+fn fields_of(section: &str) -> String {
+    let prefix = if section.is_empty() {
+        String::new()
+    } else {
+        format!("{section}.")
+    };
+    let names: Vec<&str> = FIELDS
+        .iter()
+        .filter_map(|f| f.strip_prefix(prefix.as_str()))
+        .filter(|rest| !rest.contains('.'))
+        .collect();
+    names.join(", ")
+}
+
+fn durations(l: &Limits<Duration>) -> String {
+    format!(
+        "a duration from {} to {}, e.g. {}",
+        format_duration(l.min),
+        format_duration(l.max),
+        format_duration(l.example)
+    )
+}
+
+fn numbers(l: &Limits<u64>) -> String {
+    format!(
+        "a whole number from {} to {}, e.g. {}",
+        l.min, l.max, l.example
+    )
+}
+
+/// What a field (or section; `""` is the whole file) accepts, phrased to follow "use ".
+pub(crate) fn allowed(path: &str) -> Option<String> {
+    Some(match path {
+        "" => format!("a mapping with the sections {}", fields_of("")),
+        "log" | "status" | "output" | "probes" | "probes.syscalls" => {
+            format!("a mapping with the fields {}", fields_of(path))
+        }
+        "log.level" => "a level (off, error, warn, info, debug, trace) or tracing filter \
+                        directives like warn,agent=debug (a target needs a level: agent=debug)"
+            .to_string(),
+        "log.format" => "text or json".to_string(),
+        "status.enabled" | "probes.syscalls.enabled" => "true or false".to_string(),
+        "status.listen" => {
+            "an IP:port address such as 127.0.0.1:9464, 0.0.0.0:9464 or [::1]:9464".to_string()
+        }
+        "output.dir" => "a directory path such as agent-output or /var/lib/agent".to_string(),
+        "output.interval" => durations(&OUTPUT_INTERVAL),
+        "output.max_file_bytes" => format!(
+            "a number of bytes from {} (64 KiB) to {} (1 GiB), e.g. {} (16 MiB)",
+            MAX_FILE_BYTES.min, MAX_FILE_BYTES.max, MAX_FILE_BYTES.example
+        ),
+        "output.max_files" => numbers(&MAX_FILES),
+        "probes.syscalls.interval" => durations(&SYSCALLS_INTERVAL),
+        "probes.syscalls.max_entries" | "probes.syscalls.error_entries" => numbers(&MAP_ENTRIES),
+        "probes.syscalls.inflight_slots" => format!(
+            "a power of two from {} to {}, e.g. {}",
+            INFLIGHT_SLOTS.min, INFLIGHT_SLOTS.max, INFLIGHT_SLOTS.example
+        ),
+        "probes.syscalls.top_processes" => numbers(&TOP_PROCESSES),
+        "probes.syscalls.retain_exited" => durations(&RETAIN_EXITED),
+        _ => return None,
+    })
+}
+
+/// The `fix:` text for a bad value at `path`.
+pub(crate) fn fix_for(path: &str) -> String {
+    match allowed(path) {
+        Some(a) => format!("use {a}"),
+        None => "see the comments in the default config for what each field accepts".to_string(),
+    }
+}
+
+fn check_duration(d: Duration, l: &Limits<Duration>) -> Result<(), String> {
+    if d < l.min || d > l.max {
+        return Err(format!("{} is out of range", format_duration(d)));
+    }
+    Ok(())
+}
+
+fn check_number(n: u64, l: &Limits<u64>) -> Result<(), String> {
+    if n < l.min || n > l.max {
+        return Err(format!("{n} is out of range"));
+    }
+    Ok(())
+}
+
+/// Checks a tracing filter; stricter than `EnvFilter` about bare words: `verbose` or `warning`
+/// would be taken as a target name (and silently enable everything for it), so a directive
+/// without `=`, `[` or `::` must be a level.
+pub(crate) fn check_level(level: &str) -> Result<(), String> {
+    if level.trim().is_empty() {
+        return Err("is empty".to_string());
+    }
+    if let Err(e) = EnvFilter::try_new(level) {
+        return Err(format!("{level:?} is not a valid filter ({e})"));
+    }
+    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let bare = !directive.contains(['=', '[', ':']);
+        if bare && directive.parse::<LevelFilter>().is_err() {
+            return Err(format!("{directive:?} is not a level"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks one field (sections and fields without constraints always pass).
+pub(crate) fn check_field(cfg: &Config, path: &str) -> Result<(), String> {
+    let sys = &cfg.probes.syscalls;
+    match path {
+        "log.level" => check_level(&cfg.log.level),
+        "output.dir" if cfg.output.dir.as_os_str().is_empty() => Err("is empty".to_string()),
+        "output.interval" => check_duration(cfg.output.interval, &OUTPUT_INTERVAL),
+        "output.max_file_bytes" => check_number(cfg.output.max_file_bytes, &MAX_FILE_BYTES),
+        "output.max_files" => check_number(cfg.output.max_files.into(), &MAX_FILES),
+        "probes.syscalls.interval" => check_duration(sys.interval, &SYSCALLS_INTERVAL),
+        "probes.syscalls.max_entries" => check_number(sys.max_entries.into(), &MAP_ENTRIES),
+        "probes.syscalls.error_entries" => check_number(sys.error_entries.into(), &MAP_ENTRIES),
+        "probes.syscalls.inflight_slots" => {
+            check_number(sys.inflight_slots.into(), &INFLIGHT_SLOTS)?;
+            if !sys.inflight_slots.is_power_of_two() {
+                return Err(format!("{} is not a power of two", sys.inflight_slots));
+            }
+            Ok(())
+        }
+        "probes.syscalls.top_processes" => check_number(
+            sys.top_processes.try_into().unwrap_or(u64::MAX),
+            &TOP_PROCESSES,
+        ),
+        "probes.syscalls.retain_exited" => check_duration(sys.retain_exited, &RETAIN_EXITED),
+        _ => Ok(()),
+    }
+}
+
+/// Checks every field in file order; the first problem found, not yet located in any file.
+pub(crate) fn validate(cfg: &Config) -> Result<(), ConfigError> {
+    for path in FIELDS {
+        if let Err(problem) = check_field(cfg, path) {
+            return Err(ConfigError::Invalid {
+                at: Box::new(Source::Unknown),
+                path: (*path).to_string(),
+                problem,
+                fix: fix_for(path),
+            });
+        }
+    }
+    Ok(())
+}
