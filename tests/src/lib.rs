@@ -328,8 +328,30 @@ impl Workload {
     }
 }
 
-/// BPF program ids currently held open by process `pid` (from `bpftool prog show --json`).
+/// BPF programs (id, name) that process `pid` holds through a program or link fd, read from
+/// `/proc/<pid>/fdinfo` (kernel truth; Debian's bpftool cannot show owning pids).
 pub fn bpf_programs_of(pid: u32) -> Vec<(u64, String)> {
+    let mut ids: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .flat_map(|info| {
+            info.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:"))
+                .filter_map(|v| v.trim().parse().ok())
+                .collect::<Vec<u64>>()
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let names = bpf_program_names();
+    ids.into_iter()
+        .map(|id| (id, names.get(&id).cloned().unwrap_or_default()))
+        .collect()
+}
+
+fn bpf_program_names() -> BTreeMap<u64, String> {
     let out = Command::new("bpftool")
         .args(["prog", "show", "--json"])
         .output()
@@ -339,16 +361,11 @@ pub fn bpf_programs_of(pid: u32) -> Vec<(u64, String)> {
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|p| {
-            p["pids"]
-                .as_array()
-                .is_some_and(|ps| ps.iter().any(|x| x["pid"].as_u64() == Some(pid as u64)))
-        })
-        .map(|p| {
-            (
-                p["id"].as_u64().unwrap(),
+        .filter_map(|p| {
+            Some((
+                p["id"].as_u64()?,
                 p["name"].as_str().unwrap_or("").to_string(),
-            )
+            ))
         })
         .collect()
 }

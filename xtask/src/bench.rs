@@ -112,8 +112,9 @@ fn start_agent(out_dir: &Path) -> Result<Stopper> {
 }
 
 fn start_syscount() -> Result<Stopper> {
-    let mut child = Command::new("syscount")
-        .arg("-L")
+    // stdbuf: its banner (printed once attached) must not sit in a pipe buffer.
+    let mut child = Command::new("stdbuf")
+        .args(["-oL", "syscount", "-L"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -599,10 +599,11 @@ mod tests {
     fn exited_processes_are_final_then_expire_but_other_keeps_totals() {
         let mut a = Aggregator::new();
         let (t0, w) = (Instant::now(), SystemTime::now());
+        // pid 1 is busier, so it takes the one individual slot; pid 2 is folded and has exited.
         let mut dead = reading(2, 0, 9);
         dead.final_value = true;
         let finals = a.ingest(
-            vec![reading(1, 0, 5), dead],
+            vec![reading(1, 0, 50), dead],
             vec![],
             &limits(1),
             t0,
@@ -610,13 +611,14 @@ mod tests {
             attr,
         );
         assert_eq!(finals, vec![2]);
-        // Kernel entry deleted by the caller: not an eviction.
+        assert_eq!(a.accounting.folded_processes, 1);
+        // The caller deleted pid 2's kernel entry: not an eviction.
         let later = t0 + Duration::from_secs(11);
-        a.ingest(vec![reading(1, 0, 6)], vec![], &limits(1), later, w, attr);
+        a.ingest(vec![reading(1, 0, 60)], vec![], &limits(1), later, w, attr);
         assert_eq!(a.accounting.evictions_detected, 0);
         assert_eq!(a.accounting.expired_processes, 1);
         let c = counts(&a);
-        assert_eq!(c[&("sys0".into(), "1".into())], 6);
+        assert_eq!(c[&("sys0".into(), "1".into())], 60);
         assert_eq!(c[&("sys0".into(), OTHER.into())], 9);
     }
 
