@@ -134,7 +134,6 @@ mod probe {
         let nr = slot.nr;
         let delta = now.saturating_sub(slot.start_ns);
         slot.tid = 0;
-        bump(counter::EXITS);
 
         let ret: i64 = ctx.arg(1);
         let failed = (-MAX_ERRNO..0).contains(&ret);

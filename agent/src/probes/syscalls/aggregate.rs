@@ -147,6 +147,8 @@ pub struct Accounting {
     pub expired_processes: u64,
     /// Processes currently tracked (individual + folded).
     pub tracked_processes: u64,
+    /// Calls of individual processes whose series expired (so `total_calls` stays monotonic).
+    pub expired_calls: u64,
 }
 
 /// Cumulative state across drains.
@@ -328,6 +330,11 @@ impl Aggregator {
             let p = self.procs.remove(&pid).expect("listed above");
             self.accounting.expired_processes += 1;
             if p.individual {
+                self.accounting.expired_calls += p
+                    .stats
+                    .values()
+                    .map(|s| s.base.count + s.last.count)
+                    .sum::<u64>();
                 continue;
             }
             // A folded process's totals stay in `other` for good.
@@ -347,6 +354,18 @@ impl Aggregator {
                 o.base += s.base + s.last;
             }
         }
+    }
+
+    /// Every call aggregated since start (monotonic): live, folded and expired series.
+    pub fn total_calls(&self) -> u64 {
+        let live: u64 = self
+            .procs
+            .values()
+            .flat_map(|p| p.stats.values())
+            .map(|s| s.base.count + s.last.count)
+            .sum();
+        let other: u64 = self.other_stats.values().map(|s| s.base.count).sum();
+        live + other + self.accounting.expired_calls
     }
 
     /// The current cumulative families.
@@ -619,6 +638,7 @@ mod tests {
         assert_eq!(a.accounting.expired_processes, 1);
         let c = counts(&a);
         assert_eq!(c[&("sys0".into(), "1".into())], 60);
+        assert_eq!(a.total_calls(), 69);
         assert_eq!(c[&("sys0".into(), OTHER.into())], 9);
     }
 

@@ -361,6 +361,8 @@ impl Drainer {
         detail.insert("folded_processes".into(), acc.folded_processes);
         detail.insert("expired_processes".into(), acc.expired_processes);
         detail.insert("tracked_processes".into(), acc.tracked_processes);
+        let processed = self.agg.total_calls();
+        detail.insert("calls".into(), processed);
         let lost = k["unmatched_exits"]
             + k["slot_collisions"]
             + k["stats_insert_failed"]
@@ -370,7 +372,7 @@ impl Drainer {
             STATS_MAP,
             MapStats {
                 probe: NAME.into(),
-                processed: k["exits"],
+                processed,
                 lost,
                 entries: Some(drained.stats_entries),
                 capacity: Some(self.cfg.max_entries as u64),

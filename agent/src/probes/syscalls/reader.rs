@@ -145,7 +145,6 @@ impl Maps {
     /// The kernel's health counters, summed over CPUs, by name.
     pub fn counters(&self) -> BTreeMap<&'static str, u64> {
         let names = [
-            (counter::EXITS, "exits"),
             (counter::UNMATCHED_EXITS, "unmatched_exits"),
             (counter::SLOT_COLLISIONS, "slot_collisions"),
             (counter::STATS_INSERT_FAILED, "stats_insert_failed"),
