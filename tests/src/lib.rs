@@ -372,15 +372,5 @@ fn bpf_program_names() -> BTreeMap<u64, String> {
 
 /// Every loaded BPF program id.
 pub fn bpf_program_ids() -> Vec<u64> {
-    let out = Command::new("bpftool")
-        .args(["prog", "show", "--json"])
-        .output()
-        .expect("bpftool");
-    let progs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
-    progs
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| p["id"].as_u64())
-        .collect()
+    bpf_program_names().into_keys().collect()
 }

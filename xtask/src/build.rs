@@ -11,6 +11,25 @@ use crate::{
 
 pub const EBPF_TARGET: &str = "bpfel-unknown-none";
 
+/// `cargo +nightly <subcommand>` on the kernel crate for the BPF target.
+fn nightly_ebpf(subcommand: &str) -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root())
+        .args([
+            "+nightly",
+            subcommand,
+            "--package",
+            "agent-ebpf",
+            "--target",
+            EBPF_TARGET,
+        ])
+        .args(["-Z", "build-std=core", "--release"])
+        // A host RUSTFLAGS (e.g. -C target-cpu=native) must not leak into the BPF build.
+        .env_remove("RUSTFLAGS")
+        .env_remove("RUSTC");
+    cmd
+}
+
 /// One kernel object per file in `agent-ebpf/src/bin/`.
 fn probe_names() -> Result<Vec<String>> {
     let mut names = Vec::new();
@@ -28,23 +47,7 @@ fn probe_names() -> Result<Vec<String>> {
 /// the agent's build script picks them up.
 pub fn build_ebpf() -> Result<()> {
     setup::ensure(false)?;
-    run(Command::new("cargo")
-        .current_dir(root())
-        .args([
-            "+nightly",
-            "build",
-            "--package",
-            "agent-ebpf",
-            "--target",
-            EBPF_TARGET,
-            "-Z",
-            "build-std=core",
-            "--release",
-        ])
-        // A host RUSTFLAGS (e.g. -C target-cpu=native) must not leak into the BPF build.
-        .env_remove("RUSTFLAGS")
-        .env_remove("RUSTC"))
-    .context("kernel crate build failed")?;
+    run(&mut nightly_ebpf("build")).context("kernel crate build failed")?;
     let dest_dir = target_dir().join("ebpf");
     std::fs::create_dir_all(&dest_dir)?;
     for probe in probe_names()? {
@@ -98,21 +101,5 @@ pub fn lint() -> Result<()> {
     run(cargo()
         .current_dir(root())
         .args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
-    run(Command::new("cargo")
-        .current_dir(root())
-        .args([
-            "+nightly",
-            "clippy",
-            "--package",
-            "agent-ebpf",
-            "--target",
-            EBPF_TARGET,
-            "-Z",
-            "build-std=core",
-            "--release",
-            "--",
-            "-D",
-            "warnings",
-        ])
-        .env_remove("RUSTFLAGS"))
+    run(nightly_ebpf("clippy").args(["--", "-D", "warnings"]))
 }

@@ -118,3 +118,32 @@ mod tests {
         assert_eq!(rx.recv().await.unwrap().source, "s5");
     }
 }
+
+/// Test fixtures shared by the modules that consume batches.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use std::time::SystemTime;
+
+    use super::model::{Batch, Desc, Family, Kind, Point, Value};
+
+    /// A batch from `source` with one `process.syscall.errors` point of value `v`.
+    pub(crate) fn errors_batch(source: &str, v: f64) -> Batch {
+        Batch {
+            source: source.to_string(),
+            time: SystemTime::now(),
+            families: vec![Family {
+                desc: Desc {
+                    name: "process.syscall.errors",
+                    unit: "{error}",
+                    help: "errors",
+                    kind: Kind::Counter,
+                },
+                points: vec![Point {
+                    labels: vec![("syscall.name", "openat".into())],
+                    value: Value::Counter(v),
+                    start_time: SystemTime::now(),
+                }],
+            }],
+        }
+    }
+}

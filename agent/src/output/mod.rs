@@ -215,27 +215,7 @@ fn remove_if_exists(p: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::model::{Desc, Family, Kind, Point, Value};
-
-    fn batch(source: &str, v: f64) -> Batch {
-        Batch {
-            source: source.to_string(),
-            time: SystemTime::now(),
-            families: vec![Family {
-                desc: Desc {
-                    name: "process.syscall.errors",
-                    unit: "{error}",
-                    help: "errors",
-                    kind: Kind::Counter,
-                },
-                points: vec![Point {
-                    labels: vec![("syscall.name", "openat".into())],
-                    value: Value::Counter(v),
-                    start_time: SystemTime::now(),
-                }],
-            }],
-        }
-    }
+    use crate::metrics::fixtures::errors_batch as batch;
 
     fn settings(
         dir: &Path,

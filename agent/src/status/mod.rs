@@ -287,7 +287,6 @@ mod tests {
     };
 
     use super::*;
-    use crate::metrics::model::{Batch, Desc, Family, Kind, Point, Value};
     use state::{ProbeState, ProbeStatus};
 
     struct Server {
@@ -333,23 +332,8 @@ mod tests {
     #[tokio::test]
     async fn health_status_metrics_and_404() {
         let c = ctx();
-        c.store.publish(Batch {
-            source: "syscalls".into(),
-            time: SystemTime::now(),
-            families: vec![Family {
-                desc: Desc {
-                    name: "process.syscall.errors",
-                    unit: "{error}",
-                    help: "errors",
-                    kind: Kind::Counter,
-                },
-                points: vec![Point {
-                    labels: vec![("syscall.name", "openat".into())],
-                    value: Value::Counter(3.0),
-                    start_time: SystemTime::now(),
-                }],
-            }],
-        });
+        c.store
+            .publish(crate::metrics::fixtures::errors_batch("syscalls", 3.0));
         c.state.set_map(
             "SYSCALL_STATS",
             MapStats {

@@ -67,19 +67,24 @@ fn hook_name(tp: &str) -> String {
     format!("raw_tracepoint/{tp}")
 }
 
-/// Loads the object sized by `cfg` and attaches both hooks. On failure nothing stays attached.
-pub fn load_and_attach(
-    cfg: &SyscallsConfig,
-) -> Result<(Ebpf, Vec<HookStatus>), (LoadError, Vec<HookStatus>)> {
-    let mask = cfg.inflight_slots - 1;
-    let mut hooks: Vec<HookStatus> = HOOKS
+/// Every hook, none attached.
+fn detached_hooks() -> Vec<HookStatus> {
+    HOOKS
         .iter()
         .map(|(_, tp)| HookStatus {
             hook: hook_name(tp),
             attached: false,
             error: None,
         })
-        .collect();
+        .collect()
+}
+
+/// Loads the object sized by `cfg` and attaches both hooks. On failure nothing stays attached.
+pub fn load_and_attach(
+    cfg: &SyscallsConfig,
+) -> Result<(Ebpf, Vec<HookStatus>), (LoadError, Vec<HookStatus>)> {
+    let mask = cfg.inflight_slots - 1;
+    let mut hooks = detached_hooks();
     let mut bpf = ebpf::load(NAME, |l| {
         l.map_max_entries(STATS_MAP, cfg.max_entries)
             .map_max_entries(ERRORS_MAP, cfg.error_entries)
@@ -235,15 +240,7 @@ impl SyscallsProbe {
         }
         let _ = r.ctl.send(Ctl::Stop);
         let _ = r.thread.join();
-        let hooks = HOOKS
-            .iter()
-            .map(|(_, tp)| HookStatus {
-                hook: hook_name(tp),
-                attached: false,
-                error: None,
-            })
-            .collect();
-        self.set_status(ProbeState::Detached, None, hooks);
+        self.set_status(ProbeState::Detached, None, detached_hooks());
         tracing::info!(probe = NAME, "detached");
     }
 }
