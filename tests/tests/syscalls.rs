@@ -129,7 +129,10 @@ fn counts_a_known_number_of_syscalls_exactly() {
     assert_eventually(&agent, "process_syscall_errors_total", &el, 5_000.0);
     assert_eventually(&agent, count, &cl, before + 5_000.0);
 
-    // The probe's own accounting is exposed.
+    // The probe's own accounting is exposed, the kernel's skipped runs included.
+    let detail = &agent.status()["maps"]["SYSCALL_STATS"]["detail"];
+    assert!(detail["recursion_misses"].is_u64(), "{detail}");
+    assert!(detail["calls"].as_u64().unwrap() >= 205_000, "{detail}");
     let status = agent.status();
     assert_eq!(
         status["probes"]["syscalls"]["state"], "attached",

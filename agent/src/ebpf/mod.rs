@@ -124,6 +124,34 @@ pub fn load<'a>(
         .map_err(|e: EbpfError| explain(&format!("loading the {probe} probe"), &e))
 }
 
+/// Runs of a program that the kernel skipped because the same program was already running on
+/// that CPU (`bpf_prog_info.recursion_misses`): events lost without any other trace.
+/// aya 0.14 does not expose the field, so this asks the kernel directly.
+pub fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    // SAFETY: bpf_prog_info is plain old data; all zeroes is a valid value.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    // `union bpf_attr` for this command: { bpf_fd: u32, info_len: u32, info: u64 }, zero-padded.
+    let mut attr = [0u64; 16];
+    attr[0] = fd.as_raw_fd() as u32 as u64 | ((std::mem::size_of_val(&info) as u64) << 32);
+    attr[1] = &mut info as *mut _ as u64;
+    // SAFETY: attr points to a zeroed bpf_attr-sized buffer, info to a writable bpf_prog_info of
+    // the length given; the kernel writes at most that many bytes.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(info.recursion_misses)
+}
+
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it (a no-op cost elsewhere).
 fn raise_memlock_limit() {
     let lim = libc::rlimit {

@@ -194,10 +194,13 @@ impl SyscallsProbe {
                 return;
             }
         };
+        let programs = program_fds(&bpf);
         let logger = ebpf::logger::spawn(NAME, &mut bpf);
         let (tx, rx) = mpsc::channel();
         let drain = Drainer {
             maps,
+            programs,
+            warned_misses: Default::default(),
             cfg: cfg.clone(),
             agg: Aggregator::new(),
             cache: ProcCache::new(8192),
@@ -245,6 +248,13 @@ impl SyscallsProbe {
     }
 }
 
+fn program_fds(bpf: &Ebpf) -> Vec<aya::programs::ProgramFd> {
+    HOOKS
+        .iter()
+        .filter_map(|(prog, _)| bpf.program(prog)?.fd().ok()?.try_clone().ok())
+        .collect()
+}
+
 fn take_maps(bpf: &mut Ebpf) -> Result<Maps, LoadError> {
     let missing = |m: &str| {
         LoadError::new(
@@ -271,6 +281,9 @@ fn take_maps(bpf: &mut Ebpf) -> Result<Maps, LoadError> {
 
 struct Drainer {
     maps: Maps,
+    /// Our programs' fds (clones), to read the kernel's recursion-miss counts.
+    programs: Vec<aya::programs::ProgramFd>,
+    warned_misses: std::cell::Cell<bool>,
     cfg: SyscallsConfig,
     agg: Aggregator,
     cache: ProcCache,
@@ -359,12 +372,28 @@ impl Drainer {
         detail.insert("expired_processes".into(), acc.expired_processes);
         detail.insert("tracked_processes".into(), acc.tracked_processes);
         let processed = self.agg.total_calls();
+        use std::os::fd::AsFd;
+        let recursion_misses: u64 = self
+            .programs
+            .iter()
+            .filter_map(|p| match ebpf::recursion_misses(p.as_fd()) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    if !self.warned_misses.replace(true) {
+                        tracing::warn!(probe = NAME, "cannot read program recursion misses: {e}");
+                    }
+                    None
+                }
+            })
+            .sum();
+        detail.insert("recursion_misses".into(), recursion_misses);
         detail.insert("calls".into(), processed);
         let lost = k["unmatched_exits"]
             + k["slot_collisions"]
             + k["stats_insert_failed"]
             + k["nr_out_of_range"]
-            + acc.evictions_detected;
+            + acc.evictions_detected
+            + recursion_misses;
         self.state.set_map(
             STATS_MAP,
             MapStats {
