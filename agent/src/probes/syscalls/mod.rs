@@ -326,10 +326,19 @@ impl Drainer {
             top_processes: self.cfg.top_processes,
             retain_exited: self.cfg.retain_exited,
         };
+        let reader::Drained {
+            stats,
+            errors,
+            stats_entries,
+            error_entries,
+            final_stats,
+            final_errors,
+        } = drained;
+        let errors_seen: u64 = errors.iter().map(|e| e.count).sum();
         let cache = &mut self.cache;
         let finals = self.agg.ingest(
-            drained.stats.clone(),
-            drained.errors.clone(),
+            stats,
+            errors,
             &limits,
             Instant::now(),
             SystemTime::now(),
@@ -341,7 +350,7 @@ impl Drainer {
                 }
             },
         );
-        self.maps.delete(&finals, &drained);
+        self.maps.delete(&final_stats, &final_errors);
         for pid in &finals {
             self.cache.forget(*pid);
         }
@@ -358,11 +367,11 @@ impl Drainer {
             time: SystemTime::now(),
             families,
         });
-        self.report(&drained);
-        tracing::debug!(probe = NAME, entries = drained.stats_entries, took = ?started.elapsed(), "drained");
+        self.report(stats_entries, error_entries, errors_seen);
+        tracing::debug!(probe = NAME, entries = stats_entries, took = ?started.elapsed(), "drained");
     }
 
-    fn report(&self, drained: &reader::Drained) {
+    fn report(&self, stats_entries: u64, error_entries: u64, errors_seen: u64) {
         let k = self.maps.counters();
         let acc = &self.agg.accounting;
         let mut detail: std::collections::BTreeMap<String, u64> =
@@ -400,19 +409,18 @@ impl Drainer {
                 probe: NAME.into(),
                 processed,
                 lost,
-                entries: Some(drained.stats_entries),
+                entries: Some(stats_entries),
                 capacity: Some(self.cfg.max_entries as u64),
                 detail,
             },
         );
-        let errors_seen: u64 = drained.errors.iter().map(|e| e.count).sum();
         self.state.set_map(
             ERRORS_MAP,
             MapStats {
                 probe: NAME.into(),
                 processed: errors_seen,
                 lost: k["errors_insert_failed"],
-                entries: Some(drained.error_entries),
+                entries: Some(error_entries),
                 capacity: Some(self.cfg.error_entries as u64),
                 detail: Default::default(),
             },

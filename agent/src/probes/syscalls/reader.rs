@@ -33,6 +33,9 @@ pub struct Drained {
     /// Entries in the stats map (to compare with its capacity).
     pub stats_entries: u64,
     pub error_entries: u64,
+    /// Keys whose value is final (process dead before the read): delete them once ingested.
+    pub final_stats: Vec<SyscallKey>,
+    pub final_errors: Vec<SyscallErrorKey>,
 }
 
 impl Maps {
@@ -105,40 +108,41 @@ impl Maps {
                 final_value,
             });
         }
+        let final_stats = stats
+            .iter()
+            .filter(|r| r.final_value)
+            .map(|r| SyscallKey {
+                tgid: r.tgid,
+                nr: r.nr,
+            })
+            .collect();
+        let final_errors = errors
+            .iter()
+            .filter(|r| r.final_value)
+            .map(|r| SyscallErrorKey {
+                tgid: r.tgid,
+                nr: r.nr,
+                errno: r.errno,
+                _pad: 0,
+            })
+            .collect();
         Ok(Drained {
             stats_entries: stats_keys.len() as u64,
             error_entries: error_keys.len() as u64,
             stats,
             errors,
+            final_stats,
+            final_errors,
         })
     }
 
-    /// Deletes every kernel entry of these (dead) processes.
-    pub fn delete(&mut self, pids: &[u32], drained: &Drained) {
-        if pids.is_empty() {
-            return;
+    /// Deletes these kernel entries (of processes that were dead before they were read).
+    pub fn delete(&mut self, stats: &[SyscallKey], errors: &[SyscallErrorKey]) {
+        for k in stats {
+            let _ = self.stats.remove(k);
         }
-        for r in drained
-            .stats
-            .iter()
-            .filter(|r| pids.binary_search(&r.tgid).is_ok())
-        {
-            let _ = self.stats.remove(&SyscallKey {
-                tgid: r.tgid,
-                nr: r.nr,
-            });
-        }
-        for r in drained
-            .errors
-            .iter()
-            .filter(|r| pids.binary_search(&r.tgid).is_ok())
-        {
-            let _ = self.errors.remove(&SyscallErrorKey {
-                tgid: r.tgid,
-                nr: r.nr,
-                errno: r.errno,
-                _pad: 0,
-            });
+        for k in errors {
+            let _ = self.errors.remove(k);
         }
     }
 
