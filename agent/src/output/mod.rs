@@ -117,7 +117,7 @@ async fn cycle(
             state.update_exporter(|e| {
                 e.kind = "file".to_string();
                 e.target = target;
-                e.healthy = true;
+                e.healthy = Some(true);
                 e.last_error = None;
                 e.batches_written += w.batches;
                 e.bytes_written += w.bytes;
@@ -137,7 +137,7 @@ async fn cycle(
             state.update_exporter(|e| {
                 e.kind = "file".to_string();
                 e.target = target;
-                e.healthy = false;
+                e.healthy = Some(false);
                 e.last_error = Some(msg.clone());
                 e.batches_written += err.written.batches;
                 e.bytes_written += err.written.bytes;
@@ -273,7 +273,7 @@ mod tests {
         assert!(l[1]["time"].as_u64().unwrap() > 0);
 
         let e = state.exporter();
-        assert!(e.healthy);
+        assert_eq!(e.healthy, Some(true));
         assert_eq!(e.kind, "file");
         assert_eq!(e.target, dir.join(FILE_NAME).display().to_string());
         assert_eq!(e.batches_written, l.len() as u64);
@@ -375,7 +375,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!task.is_finished(), "the writer keeps running");
         let e = state.exporter();
-        assert!(!e.healthy);
+        assert_eq!(e.healthy, Some(false));
         assert_eq!(e.kind, "file");
         assert_eq!(e.batches_written, 0);
         let err = e.last_error.unwrap();
@@ -386,6 +386,6 @@ mod tests {
 
         tx.send(true).unwrap();
         task.await.unwrap();
-        assert!(!state.exporter().healthy);
+        assert_eq!(state.exporter().healthy, Some(false));
     }
 }

@@ -67,7 +67,8 @@ pub struct MapStats {
 pub struct ExporterStatus {
     pub kind: String,
     pub target: String,
-    pub healthy: bool,
+    /// `None` until the first write or send: unknown, not failing.
+    pub healthy: Option<bool>,
     pub last_error: Option<String>,
     pub batches_written: u64,
     pub bytes_written: u64,
