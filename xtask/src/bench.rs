@@ -133,6 +133,69 @@ fn start_syscount() -> Result<Stopper> {
     Ok(Stopper(child))
 }
 
+/// (run_time_ns, run_cnt) of every loaded BPF program with this name.
+fn program_stats(name: &str) -> Result<(u64, u64)> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .context("bpftool")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // bpftool prints one JSON array; pick our programs' two counters without a JSON dependency.
+    let (mut ns, mut cnt) = (0, 0);
+    for prog in text.split("},{") {
+        if !prog.contains(&format!("\"name\":\"{name}\"")) {
+            continue;
+        }
+        let field = |key: &str| -> u64 {
+            prog.split(&format!("\"{key}\":"))
+                .nth(1)
+                .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        ns += field("run_time_ns");
+        cnt += field("run_cnt");
+    }
+    Ok((ns, cnt))
+}
+
+/// The kernel's own per-run cost of each program (`kernel.bpf_stats_enabled`, which adds a
+/// clock read on each side of every run, so figures include ~that much instrumentation). A
+/// separate run: stats must not inflate the timed rounds.
+fn program_costs(calls: u64, out_dir: &Path) -> Result<()> {
+    let sysctl = "/proc/sys/kernel/bpf_stats_enabled";
+    let before = std::fs::read_to_string(sysctl).unwrap_or_default();
+    std::fs::write(sysctl, "1").context("enable kernel.bpf_stats_enabled")?;
+    let result = (|| -> Result<Vec<(&str, u64, u64)>> {
+        let agent = start_agent(out_dir)?;
+        let progs = ["syscalls_enter", "syscalls_exit"];
+        let start: Vec<_> = progs
+            .iter()
+            .map(|p| program_stats(p))
+            .collect::<Result<_>>()?;
+        workload(calls)?;
+        let end: Vec<_> = progs
+            .iter()
+            .map(|p| program_stats(p))
+            .collect::<Result<_>>()?;
+        agent.stop()?;
+        Ok(progs
+            .iter()
+            .zip(start.iter().zip(end.iter()))
+            .map(|(p, (a, b))| (*p, b.0 - a.0, b.1 - a.1))
+            .collect())
+    })();
+    let _ = std::fs::write(sysctl, before.trim());
+    println!("kernel-measured cost per program run (bpf_stats_enabled, separate run):");
+    for (name, ns, cnt) in result? {
+        println!(
+            "  {name:16} {:8.1} ns over {cnt} runs",
+            ns as f64 / cnt.max(1) as f64
+        );
+    }
+    Ok(())
+}
+
 fn syscalls(calls: u64, rounds: usize) -> Result<()> {
     setup::ensure(true)?;
     build_ebpf()?;
@@ -181,6 +244,7 @@ fn syscalls(calls: u64, rounds: usize) -> Result<()> {
         ratio,
         if ratio <= 0.5 { "met" } else { "NOT met" }
     );
+    program_costs(calls, &out_dir)?;
     let _ = std::fs::remove_dir_all(out_dir);
     Ok(())
 }
