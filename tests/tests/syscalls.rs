@@ -365,3 +365,39 @@ fn without_privilege_the_agent_runs_and_says_why() {
     assert!(p["fix"].as_str().unwrap().contains("CAP_BPF"), "{p}");
     assert!(!agent.stderr().contains("panicked"));
 }
+
+#[test]
+fn json_logs_and_local_output_files() {
+    require_root();
+    let _g = serial();
+    let mut agent = Agent::start_with(FAST, |c| {
+        c.env("AGENT_LOG_FORMAT", "json");
+    });
+    agent.wait_for(ready, "/readyz 200");
+    // With no collector the data goes to <output-dir>/metrics.jsonl (every second here).
+    let file = agent.dir.join("out/metrics.jsonl");
+    let has_syscalls_batch = |_: &Agent| {
+        std::fs::read_to_string(&file).is_ok_and(|t| {
+            t.lines().any(|l| {
+                serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+                    v["source"] == "syscalls"
+                        && v["families"][0]["desc"]["name"] == "process.syscall.duration"
+                })
+            })
+        })
+    };
+    agent.wait_for(has_syscalls_batch, "a syscalls batch in metrics.jsonl");
+    assert!(agent.stop().success());
+    let log = agent.stderr();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 3, "{log}");
+    for l in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{l}");
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("attached raw_syscalls")),
+        "{log}"
+    );
+}
