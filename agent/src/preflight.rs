@@ -106,6 +106,8 @@ pub fn run(cfg: &Config) -> (Vec<Row>, bool) {
         ),
     });
 
+    rows.extend(kernel_features());
+
     let mut probes_ok = false;
     let sys = &cfg.probes.syscalls;
     if !sys.enabled {
@@ -137,6 +139,80 @@ pub fn run(cfg: &Config) -> (Vec<Row>, bool) {
         }
     }
     (rows, probes_ok)
+}
+
+/// Kernel features the agent's probes use or will use, probed by loading a minimal program or
+/// creating a minimal map (aya's feature probes). Warnings only: no probe of today needs them.
+fn kernel_features() -> Vec<Row> {
+    use aya::{maps::MapType, programs::ProgramType, sys};
+    let mut rows = Vec::new();
+    let verdict = |item: &str, r: Option<bool>, used_for: &str| match r {
+        Some(true) => row(item, Verdict::Ok, format!("supported ({used_for})"), None),
+        Some(false) => row(
+            item,
+            Verdict::Warn,
+            format!("not supported: {used_for} cannot run"),
+            None,
+        ),
+        None => row(
+            item,
+            Verdict::Warn,
+            "could not be probed (see the capability rows)",
+            None,
+        ),
+    };
+    for (name, map, used_for) in [
+        ("feature ring buffer", MapType::RingBuf, "per-event streams"),
+        (
+            "feature stack trace map",
+            MapType::StackTrace,
+            "CPU profiler",
+        ),
+    ] {
+        rows.push(verdict(name, sys::is_map_supported(map).ok(), used_for));
+    }
+    for (name, prog, used_for) in [
+        (
+            "feature perf_event programs",
+            ProgramType::PerfEvent,
+            "CPU profiler",
+        ),
+        (
+            "feature sock_ops programs",
+            ProgramType::SockOps,
+            "TCP RTT callbacks",
+        ),
+        (
+            "feature cgroup_skb programs",
+            ProgramType::CgroupSkb,
+            "enforcement",
+        ),
+        (
+            "feature sched_cls programs",
+            ProgramType::SchedClassifier,
+            "TC enforcement",
+        ),
+    ] {
+        rows.push(verdict(
+            name,
+            sys::is_program_supported(prog).ok(),
+            used_for,
+        ));
+    }
+    // kprobes need the kernel's kprobe PMU (CONFIG_KPROBES); the program type alone loads anyway.
+    rows.push(
+        if Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+            row("feature kprobes", Verdict::Ok, "kprobe PMU present", None)
+        } else {
+            row(
+                "feature kprobes",
+                Verdict::Warn,
+                "no kprobe PMU (CONFIG_KPROBES off): probes use tracepoints instead",
+                None,
+            )
+        },
+    );
+    rows
 }
 
 fn nix_uname() -> String {
