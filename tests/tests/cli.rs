@@ -79,6 +79,10 @@ fn check_reports_every_probe() {
         "btf",
         "tracefs",
         "capability CAP_BPF",
+        "cgroup v2",
+        "feature ring buffer",
+        "feature perf_event programs",
+        "feature kprobes",
         "probe syscalls",
     ] {
         assert!(
