@@ -18,13 +18,19 @@ pub const MAX_SYSCALL_NR: u32 = 1024;
 /// indexed by `tid & (slots - 1)`.
 pub const DEFAULT_INFLIGHT_SLOTS: u32 = 1 << 18;
 
+/// Default entries per CPU of the fast table (a power of two; 0 turns it off).
+pub const DEFAULT_FAST_SLOTS: u32 = 1024;
+
 /// Map names, shared so the loader and the programs agree.
 pub const STATS_MAP: &str = "SYSCALL_STATS";
 pub const ERRORS_MAP: &str = "SYSCALL_ERRORS";
 pub const INFLIGHT_MAP: &str = "SYSCALL_INFLIGHT";
 pub const COUNTERS_MAP: &str = "SYSCALL_COUNTERS";
+pub const FAST_MAP: &str = "SYSCALL_FAST";
 /// Global (`.rodata`) holding `inflight slots - 1`.
 pub const INFLIGHT_MASK_GLOBAL: &str = "SYSCALL_INFLIGHT_MASK";
+/// Global (`.rodata`) holding `log2(fast slots per CPU)`, or 32 when the fast table is off.
+pub const FAST_SHIFT_GLOBAL: &str = "SYSCALL_FAST_SHIFT";
 
 /// Key of the aggregation map: one entry per (process, syscall).
 #[repr(C)]
@@ -61,6 +67,36 @@ impl SyscallStats {
     };
 }
 
+/// One entry of the fast table `SYSCALL_FAST`: a plain array of `cpus × slots` entries, entry
+/// `cpu × slots + fast_index(key)` owned by one key on one CPU. The kernel adds to it in place
+/// when the key matches, claims it when free (`key.tgid == 0`), and otherwise falls back to the
+/// LRU hash: every call lands in exactly one place and nothing is ever moved, so the reader
+/// never races a transfer. Only the owning CPU writes an entry (a run preempted mid-update
+/// blocks re-entry on that CPU: the kernel skips it and counts a recursion miss).
+///
+/// Userspace frees an entry only after its process was dead before the read, with a single
+/// write of zeroed stats and `key` = 0. `key` is the last field and the kernel's map copy runs
+/// forward, so the free bytes of the tag land last: the kernel can claim only a fully written
+/// entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FastEntry {
+    pub stats: SyscallStats,
+    pub key: SyscallKey,
+}
+
+/// Index of `key` within one CPU's share of the fast table (`shift` = log2 slots per CPU).
+#[inline(always)]
+pub fn fast_index(key: &SyscallKey, shift: u32) -> u32 {
+    // Multiplicative hashing: the top `shift` bits of a 32-bit product spread pid and nr.
+    let h = key.tgid.wrapping_mul(0x9E37_79B1) ^ key.nr.wrapping_mul(0x85EB_CA77);
+    if shift == 0 {
+        0
+    } else {
+        h >> (32 - shift)
+    }
+}
+
 /// Key of the error map (LRU per-CPU hash): one entry per (process, syscall, errno); the value
 /// is a cumulative `u64` count per CPU.
 #[repr(C)]
@@ -83,9 +119,8 @@ pub struct InFlight {
 
 /// Indices into the per-CPU `SYSCALL_COUNTERS` array: the probe's own health counters.
 pub mod counter {
-    /// Unused (was: exits aggregated; userspace now derives that from the histograms, which
-    /// keeps a per-CPU increment off the hot path).
-    pub const RESERVED: u32 = 0;
+    /// Fast-table entries claimed (a new key taking a free entry; rare path).
+    pub const FAST_CLAIMS: u32 = 0;
     /// Exits whose enter was not seen: the call started before attach, or its slot was
     /// taken by another thread (see `SLOT_COLLISIONS`). These calls are not timed.
     /// (A new thread or process returning from clone/fork is counted in `CHILD_RETURNS`.)
@@ -154,6 +189,7 @@ mod pod {
     unsafe impl aya::Pod for super::SyscallStats {}
     unsafe impl aya::Pod for super::SyscallErrorKey {}
     unsafe impl aya::Pod for super::InFlight {}
+    unsafe impl aya::Pod for super::FastEntry {}
 }
 
 #[cfg(test)]
@@ -200,5 +236,28 @@ mod tests {
         assert_eq!(core::mem::size_of::<SyscallErrorKey>(), 16);
         assert_eq!(core::mem::size_of::<InFlight>(), 16);
         assert_eq!(core::mem::size_of::<SyscallStats>(), 48 + 8 * HIST_BUCKETS);
+        assert_eq!(core::mem::size_of::<FastEntry>(), 56 + 8 * HIST_BUCKETS);
+        // The tag must be the last field (see FastEntry).
+        assert_eq!(core::mem::offset_of!(FastEntry, key), 48 + 8 * HIST_BUCKETS);
+    }
+
+    #[test]
+    fn fast_index_stays_in_range_and_spreads() {
+        for shift in [0u32, 1, 4, 10, 16] {
+            let mut seen = [false; 1 << 16];
+            for tgid in 1..200u32 {
+                for nr in 0..20u32 {
+                    let i = fast_index(&SyscallKey { tgid, nr }, shift);
+                    assert!(i < 1 << shift, "{i} for shift {shift}");
+                    seen[i as usize] = true;
+                }
+            }
+            let used = seen.iter().filter(|s| **s).count();
+            // 4,000 keys: a good spread fills nearly every slot of small tables.
+            assert!(
+                used >= ((1usize << shift) * 9 / 10).min(3000),
+                "shift {shift}: {used}"
+            );
+        }
     }
 }

@@ -259,9 +259,25 @@ impl Agent {
             if cond(self) {
                 return;
             }
+            if self.exited() {
+                thread::sleep(Duration::from_millis(200)); // let the log reader catch up
+                panic!("agent exited before: {what}\nagent log:\n{}", self.stderr());
+            }
             thread::sleep(Duration::from_millis(200));
         }
         panic!("agent never reached: {what}\nagent log:\n{}", self.stderr());
+    }
+
+    /// Whether the agent has exited (a zombie not yet reaped), without reaping it.
+    pub fn exited(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .map(|stat| {
+                // pid (comm) STATE ...: the state follows the last ')'.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next())
+                    == Some("Z")
+            })
+            .unwrap_or(true)
     }
 
     pub fn signal(&self, sig: i32) {

@@ -13,6 +13,14 @@ use integration_tests::*;
 const FAST: &str =
     "probes:\n  syscalls:\n    interval: 1s\n    retain_exited: 5m\noutput:\n  interval: 1s\n";
 
+/// `FAST` with one more `probes.syscalls` field.
+fn fast_with(field: &str) -> String {
+    FAST.replace(
+        "    retain_exited: 5m\n",
+        &format!("    retain_exited: 5m\n    {field}\n"),
+    )
+}
+
 fn ready(a: &Agent) -> bool {
     a.get("/readyz").map(|(s, _)| s == 200).unwrap_or(false)
 }
@@ -54,15 +62,42 @@ fn counts_a_known_number_of_syscalls_exactly() {
     require_root();
     let _g = serial();
     let agent = Agent::start(FAST);
+    assert_exact_counts(&agent);
+    let detail = &agent.status()["maps"]["SYSCALL_STATS"]["detail"];
+    assert!(detail["fast_claims"].as_u64().unwrap() > 0, "{detail}");
+}
+
+/// The same exact counts with the fast table off: everything goes through the LRU hash.
+#[test]
+fn counts_exactly_with_the_fast_table_off() {
+    require_root();
+    let _g = serial();
+    let agent = Agent::start(&fast_with("fast_slots: 0"));
+    assert_exact_counts(&agent);
+    let detail = &agent.status()["maps"]["SYSCALL_STATS"]["detail"];
+    assert_eq!(detail["fast_claims"], 0, "{detail}");
+}
+
+/// One fast entry per CPU: keys collide, so a key's calls split between the table (on a CPU
+/// where it holds the entry) and the LRU hash (elsewhere), and the reader must merge them.
+#[test]
+fn counts_exactly_when_keys_collide_in_the_fast_table() {
+    require_root();
+    let _g = serial();
+    let agent = Agent::start(&fast_with("fast_slots: 1"));
+    assert_exact_counts(&agent);
+}
+
+fn assert_exact_counts(agent: &Agent) {
     agent.wait_for(ready, "/readyz 200");
 
     let w = Workload::start("getppid", 200_000);
     let pid = w.pid.to_string();
-    wait_seen(&agent, &pid);
+    wait_seen(agent, &pid);
     w.go();
     let labels = [("syscall_name", "getppid"), ("process_pid", pid.as_str())];
     let samples = assert_eventually(
-        &agent,
+        agent,
         "process_syscall_duration_seconds_count",
         &labels,
         200_000.0,
@@ -126,8 +161,8 @@ fn counts_a_known_number_of_syscalls_exactly() {
         ("process_pid", epid.as_str()),
         ("error_type", "EBADF"),
     ];
-    assert_eventually(&agent, "process_syscall_errors_total", &el, 5_000.0);
-    assert_eventually(&agent, count, &cl, before + 5_000.0);
+    assert_eventually(agent, "process_syscall_errors_total", &el, 5_000.0);
+    assert_eventually(agent, count, &cl, before + 5_000.0);
 
     // The probe's own accounting is exposed, the kernel's skipped runs included.
     let detail = &agent.status()["maps"]["SYSCALL_STATS"]["detail"];

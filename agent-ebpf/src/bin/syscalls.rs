@@ -13,13 +13,13 @@ agent_ebpf::probe_object!();
 mod probe {
 
     use agent_common::syscalls::{
-        bucket_of, counter, InFlight, SyscallErrorKey, SyscallKey, SyscallStats,
-        DEFAULT_INFLIGHT_SLOTS, MAX_SYSCALL_NR,
+        bucket_of, counter, fast_index, FastEntry, InFlight, SyscallErrorKey, SyscallKey,
+        SyscallStats, DEFAULT_INFLIGHT_SLOTS, MAX_SYSCALL_NR,
     };
     use aya_ebpf::{
         helpers::{
             bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
-            generated::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
+            generated::{bpf_get_current_cgroup_id, bpf_get_smp_processor_id, bpf_ktime_get_ns},
         },
         macros::{map, raw_tracepoint},
         maps::{Array, LruPerCpuHashMap, PerCpuArray},
@@ -41,6 +41,13 @@ mod probe {
     #[map]
     static SYSCALL_ERRORS: LruPerCpuHashMap<SyscallErrorKey, u64> =
         LruPerCpuHashMap::with_max_entries(4096, 0);
+
+    /// `log2(fast slots per CPU)`, or 32 when the fast table is off; set by the loader.
+    #[no_mangle]
+    static SYSCALL_FAST_SHIFT: u32 = 32;
+
+    #[map]
+    static SYSCALL_FAST: Array<FastEntry> = Array::with_max_entries(1, 0);
 
     #[map]
     static SYSCALL_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -140,24 +147,59 @@ mod probe {
         let key = SyscallKey { tgid, nr };
         let bucket = bucket_of(delta);
 
-        match SYSCALL_STATS.get_ptr_mut(key) {
-            Some(v) => {
-                let v = unsafe { &mut *v };
-                v.count += 1;
-                v.sum_ns += delta;
-                if failed {
-                    v.errors += 1;
-                }
-                if let Some(b) = v.buckets.get_mut(bucket) {
-                    *b += 1;
-                }
+        if !fast_add(&key, delta, bucket, failed) {
+            match SYSCALL_STATS.get_ptr_mut(key) {
+                Some(v) => add(unsafe { &mut *v }, delta, bucket, failed),
+                None => insert_stats(ctx, &key, delta, bucket, failed),
             }
-            None => insert_stats(ctx, &key, delta, bucket, failed),
         }
         if failed {
             count_error(tgid, nr, (-ret) as u32);
         }
         Ok(0)
+    }
+
+    #[inline(always)]
+    fn add(v: &mut SyscallStats, delta: u64, bucket: usize, failed: bool) {
+        v.count += 1;
+        v.sum_ns += delta;
+        if failed {
+            v.errors += 1;
+        }
+        if let Some(b) = v.buckets.get_mut(bucket) {
+            *b += 1;
+        }
+    }
+
+    /// The fast table: this CPU's entry for `key` (see `FastEntry`). Adds in place when the
+    /// entry is `key`'s, claims it when free; returns false when another key holds it (or the
+    /// table is off), and the caller uses the LRU hash.
+    #[inline(always)]
+    fn fast_add(key: &SyscallKey, delta: u64, bucket: usize, failed: bool) -> bool {
+        let shift = unsafe { core::ptr::read_volatile(&SYSCALL_FAST_SHIFT) };
+        if shift >= 32 {
+            return false;
+        }
+        let cpu = unsafe { bpf_get_smp_processor_id() };
+        let idx = (cpu << shift) | fast_index(key, shift);
+        let Some(e) = SYSCALL_FAST.get_ptr_mut(idx) else {
+            return false;
+        };
+        let e = unsafe { &mut *e };
+        if e.key.tgid == key.tgid && e.key.nr == key.nr {
+            add(&mut e.stats, delta, bucket, failed);
+            return true;
+        }
+        if e.key.tgid != 0 {
+            return false;
+        }
+        // Claim: the stats were zeroed when the entry was freed; write the key last.
+        e.stats.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+        e.stats.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        add(&mut e.stats, delta, bucket, failed);
+        e.key = *key;
+        bump(counter::FAST_CLAIMS);
+        true
     }
 
     #[inline(always)]

@@ -127,6 +127,9 @@ pub struct SyscallsConfig {
     pub error_entries: u32,
     /// In-flight syscall slots; a power of two.
     pub inflight_slots: u32,
+    /// Fast-table entries per CPU (a power of two, or 0 for none): per-(process, syscall)
+    /// histograms reached without a hash lookup; keys that collide use the LRU map.
+    pub fast_slots: u32,
     /// Processes exported individually; the rest are folded into one "other" series.
     pub top_processes: usize,
     /// How long an exited process's final series stay exported.
@@ -142,6 +145,7 @@ impl Default for SyscallsConfig {
             max_entries: 4096,
             error_entries: 4096,
             inflight_slots: 262_144,
+            fast_slots: 1024,
             top_processes: 100,
             retain_exited: Duration::from_secs(60),
         }

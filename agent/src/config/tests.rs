@@ -84,8 +84,22 @@ fn defaults_match_the_spec() {
         (s.max_entries, s.error_entries, s.inflight_slots),
         (4096, 4096, 262_144)
     );
+    assert_eq!(s.fast_slots, 1024);
     assert_eq!(s.top_processes, 100);
     assert_eq!(s.retain_exited, Duration::from_secs(60));
+}
+
+#[test]
+fn fast_slots_zero_or_power_of_two() {
+    let e = parse_err("probes:\n  syscalls:\n    fast_slots: 1000\n");
+    assert_eq!(
+        e.to_string(),
+        "agent.yaml:3:17: probes.syscalls.fast_slots: 1000 is not 0 or a power of two up to 65536\n\
+         fix: use 0 (off) or a power of two up to 65536, e.g. 1024"
+    );
+    assert!(Config::from_yaml("probes:\n  syscalls:\n    fast_slots: 0\n", "a").is_ok());
+    assert!(Config::from_yaml("probes:\n  syscalls:\n    fast_slots: 65536\n", "a").is_ok());
+    assert!(Config::from_yaml("probes:\n  syscalls:\n    fast_slots: 131072\n", "a").is_err());
 }
 
 #[test]
@@ -151,7 +165,7 @@ probes:
         Some(8),
         "agent.yaml:8:5: unknown field probes.syscalls.intervall\n\
          fix: allowed fields here: enabled, interval, max_entries, error_entries, \
-         inflight_slots, top_processes, retain_exited (did you mean interval?)",
+         inflight_slots, fast_slots, top_processes, retain_exited (did you mean interval?)",
     );
 }
 

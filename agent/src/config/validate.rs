@@ -32,11 +32,15 @@ pub(crate) const FIELDS: &[&str] = &[
     "probes.syscalls.max_entries",
     "probes.syscalls.error_entries",
     "probes.syscalls.inflight_slots",
+    "probes.syscalls.fast_slots",
     "probes.syscalls.top_processes",
     "probes.syscalls.retain_exited",
 ];
 
 const SECOND: Duration = Duration::from_secs(1);
+/// Fast-table entries per CPU: 0 (off) or a power of two up to this.
+const FAST_SLOTS_MAX: u32 = 65_536;
+const FAST_SLOTS_EXAMPLE: u32 = 1024;
 const HOUR: Duration = Duration::from_secs(3600);
 
 /// An inclusive range and an example value for the hint.
@@ -145,6 +149,10 @@ pub(crate) fn allowed(path: &str) -> Option<String> {
             "a power of two from {} to {}, e.g. {}",
             INFLIGHT_SLOTS.min, INFLIGHT_SLOTS.max, INFLIGHT_SLOTS.example
         ),
+        "probes.syscalls.fast_slots" => format!(
+            "0 (off) or a power of two up to {}, e.g. {}",
+            FAST_SLOTS_MAX, FAST_SLOTS_EXAMPLE
+        ),
         "probes.syscalls.top_processes" => numbers(&TOP_PROCESSES),
         "probes.syscalls.retain_exited" => durations(&RETAIN_EXITED),
         _ => return None,
@@ -208,6 +216,15 @@ pub(crate) fn check_field(cfg: &Config, path: &str) -> Result<(), String> {
             check_number(sys.inflight_slots.into(), &INFLIGHT_SLOTS)?;
             if !sys.inflight_slots.is_power_of_two() {
                 return Err(format!("{} is not a power of two", sys.inflight_slots));
+            }
+            Ok(())
+        }
+        "probes.syscalls.fast_slots" => {
+            let n = sys.fast_slots;
+            if n != 0 && (!n.is_power_of_two() || n > FAST_SLOTS_MAX) {
+                return Err(format!(
+                    "{n} is not 0 or a power of two up to {FAST_SLOTS_MAX}"
+                ));
             }
             Ok(())
         }

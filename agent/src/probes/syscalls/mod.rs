@@ -17,10 +17,11 @@ use std::{
 };
 
 use agent_common::syscalls::{
-    COUNTERS_MAP, ERRORS_MAP, INFLIGHT_MAP, INFLIGHT_MASK_GLOBAL, STATS_MAP,
+    COUNTERS_MAP, ERRORS_MAP, FAST_MAP, FAST_SHIFT_GLOBAL, INFLIGHT_MAP, INFLIGHT_MASK_GLOBAL,
+    STATS_MAP,
 };
 use aya::{
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{Array, PerCpuArray, PerCpuHashMap},
     programs::RawTracePoint,
     Ebpf,
 };
@@ -84,12 +85,20 @@ pub fn load_and_attach(
     cfg: &SyscallsConfig,
 ) -> Result<(Ebpf, Vec<HookStatus>), (LoadError, Vec<HookStatus>)> {
     let mask = cfg.inflight_slots - 1;
+    // The fast table: `cpus × fast_slots` entries, or a 1-entry stub with the shift "off".
+    let cpus = aya::util::nr_cpus().unwrap_or(1) as u32;
+    let (fast_entries, fast_shift) = match cfg.fast_slots {
+        0 => (1, 32u32),
+        n => (cpus.saturating_mul(n), n.trailing_zeros()),
+    };
     let mut hooks = detached_hooks();
     let mut bpf = ebpf::load(NAME, |l| {
         l.map_max_entries(STATS_MAP, cfg.max_entries)
             .map_max_entries(ERRORS_MAP, cfg.error_entries)
             .map_max_entries(INFLIGHT_MAP, cfg.inflight_slots)
-            .override_global(INFLIGHT_MASK_GLOBAL, &mask, true);
+            .map_max_entries(FAST_MAP, fast_entries)
+            .override_global(INFLIGHT_MASK_GLOBAL, &mask, true)
+            .override_global(FAST_SHIFT_GLOBAL, &fast_shift, true);
     })
     .map_err(|e| (e, hooks.clone()))?;
     for (i, (prog, tp)) in HOOKS.iter().enumerate() {
@@ -146,7 +155,8 @@ impl SyscallsProbe {
         if let Some(r) = &self.running {
             let resized = r.cfg.max_entries != cfg.max_entries
                 || r.cfg.error_entries != cfg.error_entries
-                || r.cfg.inflight_slots != cfg.inflight_slots;
+                || r.cfg.inflight_slots != cfg.inflight_slots
+                || r.cfg.fast_slots != cfg.fast_slots;
             if !resized {
                 let _ = r.ctl.send(Ctl::Config(cfg.clone()));
                 if let Some(r) = &mut self.running {
@@ -186,7 +196,7 @@ impl SyscallsProbe {
                 return;
             }
         };
-        let maps = match take_maps(&mut bpf) {
+        let maps = match take_maps(&mut bpf, cfg.fast_slots > 0) {
             Ok(m) => m,
             Err(e) => {
                 tracing::error!(probe = NAME, "{}", e.cause);
@@ -255,7 +265,7 @@ fn program_fds(bpf: &Ebpf) -> Vec<aya::programs::ProgramFd> {
         .collect()
 }
 
-fn take_maps(bpf: &mut Ebpf) -> Result<Maps, LoadError> {
+fn take_maps(bpf: &mut Ebpf, fast_on: bool) -> Result<Maps, LoadError> {
     let missing = |m: &str| {
         LoadError::new(
             format!("map {m} missing from the syscalls object"),
@@ -276,6 +286,10 @@ fn take_maps(bpf: &mut Ebpf) -> Result<Maps, LoadError> {
                 .ok_or_else(|| missing(COUNTERS_MAP))?,
         )
         .map_err(|e| bad(COUNTERS_MAP, e))?,
+        fast: match bpf.take_map(FAST_MAP) {
+            Some(m) if fast_on => Some(Array::try_from(m).map_err(|e| bad(FAST_MAP, e))?),
+            _ => None,
+        },
     })
 }
 
@@ -333,6 +347,8 @@ impl Drainer {
             error_entries,
             final_stats,
             final_errors,
+            final_fast,
+            fast_entries,
         } = drained;
         let errors_seen: u64 = errors.iter().map(|e| e.count).sum();
         let cache = &mut self.cache;
@@ -350,7 +366,7 @@ impl Drainer {
                 }
             },
         );
-        self.maps.delete(&final_stats, &final_errors);
+        self.maps.delete(&final_stats, &final_errors, &final_fast);
         for pid in &finals {
             self.cache.forget(*pid);
         }
@@ -367,11 +383,11 @@ impl Drainer {
             time: SystemTime::now(),
             families,
         });
-        self.report(stats_entries, error_entries, errors_seen);
+        self.report(stats_entries, error_entries, errors_seen, fast_entries);
         tracing::debug!(probe = NAME, entries = stats_entries, took = ?started.elapsed(), "drained");
     }
 
-    fn report(&self, stats_entries: u64, error_entries: u64, errors_seen: u64) {
+    fn report(&self, stats_entries: u64, error_entries: u64, errors_seen: u64, fast_entries: u64) {
         let k = self.maps.counters();
         let acc = &self.agg.accounting;
         let mut detail: std::collections::BTreeMap<String, u64> =
@@ -397,6 +413,7 @@ impl Drainer {
             .sum();
         detail.insert("recursion_misses".into(), recursion_misses);
         detail.insert("calls".into(), processed);
+        detail.insert("fast_entries".into(), fast_entries);
         let lost = k["unmatched_exits"]
             + k["slot_collisions"]
             + k["stats_insert_failed"]

@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use agent_common::syscalls::{counter, SyscallErrorKey, SyscallKey, SyscallStats};
-use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
+use agent_common::syscalls::{counter, FastEntry, SyscallErrorKey, SyscallKey, SyscallStats};
+use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap};
 
 use super::aggregate::{Agg, ErrorReading, StatReading};
 use crate::procinfo::{self, comm_str};
@@ -24,6 +24,8 @@ pub struct Maps {
     pub stats: PerCpuHashMap<MapData, SyscallKey, SyscallStats>,
     pub errors: PerCpuHashMap<MapData, SyscallErrorKey, u64>,
     pub counters: PerCpuArray<MapData, u64>,
+    /// The fast table (`None` when `fast_slots` is 0).
+    pub fast: Option<Array<MapData, FastEntry>>,
 }
 
 /// One drain's readings.
@@ -36,6 +38,42 @@ pub struct Drained {
     /// Keys whose value is final (process dead before the read): delete them once ingested.
     pub final_stats: Vec<SyscallKey>,
     pub final_errors: Vec<SyscallErrorKey>,
+    /// Fast-table indices whose values are final: free them once ingested.
+    pub final_fast: Vec<u32>,
+    /// Fast-table entries in use.
+    pub fast_entries: u64,
+}
+
+/// The reading of `key`, created empty on first use.
+fn reading_for(
+    readings: &mut BTreeMap<SyscallKey, StatReading>,
+    key: SyscallKey,
+    final_value: bool,
+) -> &mut StatReading {
+    readings.entry(key).or_insert_with(|| StatReading {
+        tgid: key.tgid,
+        nr: key.nr,
+        agg: Agg::default(),
+        comm: String::new(),
+        cgroup_id: 0,
+        final_value,
+    })
+}
+
+/// Adds one per-CPU (or fast-table) stats value into a reading's sums.
+fn accumulate(r: &mut StatReading, v: &SyscallStats) {
+    r.agg.count += v.count;
+    r.agg.sum_ns += v.sum_ns;
+    r.agg.errors += v.errors;
+    for (a, b) in r.agg.buckets.iter_mut().zip(v.buckets.iter()) {
+        *a += b;
+    }
+    if r.comm.is_empty() && v.comm[0] != 0 {
+        r.comm = comm_str(&v.comm);
+    }
+    if r.cgroup_id == 0 {
+        r.cgroup_id = v.cgroup_id;
+    }
 }
 
 impl Maps {
@@ -58,42 +96,55 @@ impl Maps {
                 map: agent_common::syscalls::ERRORS_MAP,
                 source,
             })?;
+        // Pass 1 over the fast table: which keys hold entries (values re-read below if final).
+        let fast_first: Vec<(u32, FastEntry)> = match &self.fast {
+            Some(fast) => (0..fast.len())
+                .filter_map(|i| Some((i, fast.get(&i, 0).ok()?)))
+                .filter(|(_, e)| e.key.tgid != 0)
+                .collect(),
+            None => Vec::new(),
+        };
+        // Liveness of every process, checked before any value that it makes final is read.
         let mut dead: HashMap<u32, bool> = HashMap::new();
-        let mut is_dead = |tgid: u32| *dead.entry(tgid).or_insert_with(|| !procinfo::alive(tgid));
+        let tgids = stats_keys
+            .iter()
+            .map(|k| k.tgid)
+            .chain(error_keys.iter().map(|k| k.tgid))
+            .chain(fast_first.iter().map(|(_, e)| e.key.tgid));
+        for tgid in tgids {
+            dead.entry(tgid).or_insert_with(|| !procinfo::alive(tgid));
+        }
+        let is_dead = |tgid: u32| dead.get(&tgid).copied().unwrap_or(false);
 
-        let mut stats = Vec::with_capacity(stats_keys.len());
+        let mut readings: BTreeMap<SyscallKey, StatReading> = BTreeMap::new();
         for key in &stats_keys {
-            let final_value = is_dead(key.tgid);
             // A key can vanish between listing and reading (LRU eviction): skip it.
             let Ok(values) = self.stats.get(key, 0) else {
                 continue;
             };
-            let mut agg = Agg::default();
-            let mut comm = String::new();
-            let mut cgroup_id = 0;
+            let r = reading_for(&mut readings, *key, is_dead(key.tgid));
             for v in values.iter() {
-                agg.count += v.count;
-                agg.sum_ns += v.sum_ns;
-                agg.errors += v.errors;
-                for (a, b) in agg.buckets.iter_mut().zip(v.buckets.iter()) {
-                    *a += b;
-                }
-                if comm.is_empty() && v.comm[0] != 0 {
-                    comm = comm_str(&v.comm);
-                }
-                if cgroup_id == 0 {
-                    cgroup_id = v.cgroup_id;
-                }
+                accumulate(r, v);
             }
-            stats.push(StatReading {
-                tgid: key.tgid,
-                nr: key.nr,
-                agg,
-                comm,
-                cgroup_id,
-                final_value,
-            });
         }
+        let mut final_fast = Vec::new();
+        let fast_entries = fast_first.len() as u64;
+        for (idx, first) in fast_first {
+            let entry = if is_dead(first.key.tgid) {
+                // Dead before this read: the re-read value is final (only we free entries, so the
+                // key cannot have changed).
+                final_fast.push(idx);
+                match self.fast.as_ref().map(|f| f.get(&idx, 0)) {
+                    Some(Ok(e)) => e,
+                    _ => first,
+                }
+            } else {
+                first
+            };
+            let dead = is_dead(entry.key.tgid);
+            accumulate(reading_for(&mut readings, entry.key, dead), &entry.stats);
+        }
+        let stats: Vec<StatReading> = readings.into_values().collect();
         let mut errors = Vec::with_capacity(error_keys.len());
         for key in &error_keys {
             let final_value = is_dead(key.tgid);
@@ -133,16 +184,28 @@ impl Maps {
             errors,
             final_stats,
             final_errors,
+            final_fast,
+            fast_entries,
         })
     }
 
-    /// Deletes these kernel entries (of processes that were dead before they were read).
-    pub fn delete(&mut self, stats: &[SyscallKey], errors: &[SyscallErrorKey]) {
+    /// Deletes these kernel entries (of processes that were dead before they were read) and
+    /// frees these fast-table entries (zeroed stats, key last: see `FastEntry`).
+    pub fn delete(&mut self, stats: &[SyscallKey], errors: &[SyscallErrorKey], fast: &[u32]) {
         for k in stats {
             let _ = self.stats.remove(k);
         }
         for k in errors {
             let _ = self.errors.remove(k);
+        }
+        if let Some(table) = self.fast.as_mut() {
+            let free = FastEntry {
+                stats: SyscallStats::ZERO,
+                key: SyscallKey::default(),
+            };
+            for idx in fast {
+                let _ = table.set(*idx, free, 0);
+            }
         }
     }
 
@@ -156,6 +219,7 @@ impl Maps {
             (counter::NR_OUT_OF_RANGE, "nr_out_of_range"),
             (counter::STATS_INSERTS, "stats_inserts"),
             (counter::CHILD_RETURNS, "child_returns"),
+            (counter::FAST_CLAIMS, "fast_claims"),
         ];
         names
             .into_iter()
