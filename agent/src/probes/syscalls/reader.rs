@@ -159,13 +159,11 @@ impl Maps {
                 final_value,
             });
         }
-        let final_stats = stats
+        // Only keys the hash holds (a key may live in the fast table alone).
+        let final_stats = stats_keys
             .iter()
-            .filter(|r| r.final_value)
-            .map(|r| SyscallKey {
-                tgid: r.tgid,
-                nr: r.nr,
-            })
+            .filter(|k| is_dead(k.tgid))
+            .copied()
             .collect();
         let final_errors = errors
             .iter()
