@@ -436,3 +436,54 @@ fn json_logs_and_local_output_files() {
         "{log}"
     );
 }
+
+/// Beyond `top_processes` the workloads fold into `process_pid="other"`, and nothing is lost:
+/// the getppid calls summed over every series grow by exactly the calls made.
+#[test]
+fn processes_beyond_top_n_fold_into_other_exactly() {
+    require_root();
+    let _g = serial();
+    let agent = Agent::start(&fast_with("top_processes: 1"));
+    agent.wait_for(ready, "/readyz 200");
+    let count = "process_syscall_duration_seconds_count";
+    // getppid calls of our workloads, individual or folded ("other" holds only folded processes;
+    // nothing else on a test host calls getppid in bulk).
+    let ours = |a: &Agent, pids: &[String]| -> f64 {
+        a.metrics()
+            .iter()
+            .filter(|s| s.name == count && s.labels["syscall_name"] == "getppid")
+            .filter(|s| {
+                let pid = &s.labels["process_pid"];
+                pid == "other" || pids.contains(pid)
+            })
+            .map(|s| s.value)
+            .sum()
+    };
+    // The one individual slot goes to a process already running when the agent first drains.
+    agent.wait_for(
+        |a| a.status()["maps"]["SYSCALL_STATS"]["detail"]["tracked_processes"].as_u64() >= Some(1),
+        "a tracked process",
+    );
+    let before = ours(&agent, &[]);
+    let mut pids = Vec::new();
+    for _ in 0..4 {
+        let w = Workload::start("getppid", 10_000);
+        pids.push(w.pid.to_string());
+        w.go();
+    }
+    let want = before + 40_000.0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ours(&agent, &pids) != want && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(ours(&agent, &pids), want, "{}", agent.stderr());
+    let samples = agent.metrics();
+    let other = find(
+        &samples,
+        count,
+        &[("syscall_name", "getppid"), ("process_pid", "other")],
+    );
+    assert!(other.is_some_and(|s| s.value >= 30_000.0), "{other:?}");
+    let folded = agent.status()["maps"]["SYSCALL_STATS"]["detail"]["folded_processes"].as_u64();
+    assert!(folded >= Some(3), "{folded:?}");
+}
