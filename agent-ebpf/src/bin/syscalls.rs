@@ -2,7 +2,8 @@
 //! into per-(process, syscall) log2 latency histograms. No per-syscall event leaves the kernel.
 //!
 //! Hot path: enter writes one array slot (an inlined array access, no hashing); exit reads it
-//! back and updates one per-CPU LRU hash value. Every miss is counted in `SYSCALL_COUNTERS`.
+//! back and adds to this CPU's fast-table entry for (tgid, nr), or, when another key holds that
+//! entry, to the per-CPU LRU hash. Every miss is counted in `SYSCALL_COUNTERS`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(not(target_arch = "bpf"), allow(dead_code, unused_imports))]
@@ -171,6 +172,14 @@ mod probe {
         }
     }
 
+    /// Records who owns a new entry: the task's cgroup and command name, so processes that exit
+    /// before userspace looks are still attributed.
+    #[inline(always)]
+    fn stamp_task(v: &mut SyscallStats) {
+        v.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+        v.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    }
+
     /// The fast table: this CPU's entry for `key` (see `FastEntry`). Adds in place when the
     /// entry is `key`'s, claims it when free; returns false when another key holds it (or the
     /// table is off), and the caller uses the LRU hash.
@@ -194,8 +203,7 @@ mod probe {
             return false;
         }
         // Claim: the stats were zeroed when the entry was freed; write the key last.
-        e.stats.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-        e.stats.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        stamp_task(&mut e.stats);
         add(&mut e.stats, delta, bucket, failed);
         e.key = *key;
         bump(counter::FAST_CLAIMS);
@@ -215,14 +223,8 @@ mod probe {
         };
         let v = unsafe { &mut *scratch };
         *v = SyscallStats::ZERO;
-        v.count = 1;
-        v.sum_ns = delta;
-        v.errors = failed as u64;
-        v.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-        v.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-        if let Some(b) = v.buckets.get_mut(bucket) {
-            *b = 1;
-        }
+        stamp_task(v);
+        add(v, delta, bucket, failed);
         // By reference: a by-value copy would put 368 bytes on the 512-byte BPF stack.
         #[allow(clippy::needless_borrows_for_generic_args)]
         let inserted = SYSCALL_STATS.insert(key, &*v, 0);

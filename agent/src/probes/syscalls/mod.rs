@@ -20,11 +20,7 @@ use agent_common::syscalls::{
     COUNTERS_MAP, ERRORS_MAP, FAST_MAP, FAST_SHIFT_GLOBAL, INFLIGHT_MAP, INFLIGHT_MASK_GLOBAL,
     STATS_MAP,
 };
-use aya::{
-    maps::{Array, PerCpuArray, PerCpuHashMap},
-    programs::RawTracePoint,
-    Ebpf,
-};
+use aya::{programs::RawTracePoint, Ebpf};
 
 use self::{
     aggregate::{Aggregator, Attribution, Limits},
@@ -265,30 +261,29 @@ fn program_fds(bpf: &Ebpf) -> Vec<aya::programs::ProgramFd> {
         .collect()
 }
 
-fn take_maps(bpf: &mut Ebpf, fast_on: bool) -> Result<Maps, LoadError> {
-    let missing = |m: &str| {
+/// Takes map `name` out of the object as a typed map.
+fn take<T>(bpf: &mut Ebpf, name: &str) -> Result<T, LoadError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = bpf.take_map(name).ok_or_else(|| {
         LoadError::new(
-            format!("map {m} missing from the syscalls object"),
+            format!("map {name} missing from the syscalls object"),
             "rebuild with `cargo xtask build-ebpf`",
         )
-    };
-    let bad = |m: &str, e: aya::maps::MapError| ebpf::explain(&format!("opening map {m}"), &e);
+    })?;
+    T::try_from(map).map_err(|e| ebpf::explain(&format!("opening map {name}"), &e))
+}
+
+fn take_maps(bpf: &mut Ebpf, fast_on: bool) -> Result<Maps, LoadError> {
     Ok(Maps {
-        stats: PerCpuHashMap::try_from(bpf.take_map(STATS_MAP).ok_or_else(|| missing(STATS_MAP))?)
-            .map_err(|e| bad(STATS_MAP, e))?,
-        errors: PerCpuHashMap::try_from(
-            bpf.take_map(ERRORS_MAP)
-                .ok_or_else(|| missing(ERRORS_MAP))?,
-        )
-        .map_err(|e| bad(ERRORS_MAP, e))?,
-        counters: PerCpuArray::try_from(
-            bpf.take_map(COUNTERS_MAP)
-                .ok_or_else(|| missing(COUNTERS_MAP))?,
-        )
-        .map_err(|e| bad(COUNTERS_MAP, e))?,
-        fast: match bpf.take_map(FAST_MAP) {
-            Some(m) if fast_on => Some(Array::try_from(m).map_err(|e| bad(FAST_MAP, e))?),
-            _ => None,
+        stats: take(bpf, STATS_MAP)?,
+        errors: take(bpf, ERRORS_MAP)?,
+        counters: take(bpf, COUNTERS_MAP)?,
+        fast: if fast_on {
+            Some(take(bpf, FAST_MAP)?)
+        } else {
+            None
         },
     })
 }

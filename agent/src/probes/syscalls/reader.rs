@@ -4,7 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use agent_common::syscalls::{counter, FastEntry, SyscallErrorKey, SyscallKey, SyscallStats};
-use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap};
+use aya::{
+    maps::{Array, MapData, PerCpuArray, PerCpuHashMap},
+    Pod,
+};
 
 use super::aggregate::{Agg, ErrorReading, StatReading};
 use crate::procinfo::{self, comm_str};
@@ -62,12 +65,12 @@ fn reading_for(
 
 /// Adds one per-CPU (or fast-table) stats value into a reading's sums.
 fn accumulate(r: &mut StatReading, v: &SyscallStats) {
-    r.agg.count += v.count;
-    r.agg.sum_ns += v.sum_ns;
-    r.agg.errors += v.errors;
-    for (a, b) in r.agg.buckets.iter_mut().zip(v.buckets.iter()) {
-        *a += b;
-    }
+    r.agg.add(&Agg {
+        count: v.count,
+        sum_ns: v.sum_ns,
+        errors: v.errors,
+        buckets: v.buckets,
+    });
     if r.comm.is_empty() && v.comm[0] != 0 {
         r.comm = comm_str(&v.comm);
     }
@@ -76,26 +79,22 @@ fn accumulate(r: &mut StatReading, v: &SyscallStats) {
     }
 }
 
+/// Every key of a per-CPU hash map.
+fn keys_of<K: Pod, V: Pod>(
+    map: &PerCpuHashMap<MapData, K, V>,
+    name: &'static str,
+) -> Result<Vec<K>, ReadError> {
+    map.keys()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| ReadError::Map { map: name, source })
+}
+
 impl Maps {
     /// Reads every entry. Liveness is checked *before* a process's first value is read, so a
     /// `final_value` reading can never miss later increments.
     pub fn drain(&self) -> Result<Drained, ReadError> {
-        let stats_keys = self
-            .stats
-            .keys()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| ReadError::Map {
-                map: agent_common::syscalls::STATS_MAP,
-                source,
-            })?;
-        let error_keys = self
-            .errors
-            .keys()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| ReadError::Map {
-                map: agent_common::syscalls::ERRORS_MAP,
-                source,
-            })?;
+        let stats_keys = keys_of(&self.stats, agent_common::syscalls::STATS_MAP)?;
+        let error_keys = keys_of(&self.errors, agent_common::syscalls::ERRORS_MAP)?;
         // Pass 1 over the fast table: which keys hold entries (values re-read below if final).
         let fast_first: Vec<(u32, FastEntry)> = match &self.fast {
             Some(fast) => (0..fast.len())
