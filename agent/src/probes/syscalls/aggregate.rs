@@ -149,6 +149,8 @@ pub struct Accounting {
     pub tracked_processes: u64,
     /// Calls of individual processes whose series expired (so `total_calls` stays monotonic).
     pub expired_calls: u64,
+    /// Errors of individual processes whose series expired (so `total_errors` stays monotonic).
+    pub expired_errors: u64,
 }
 
 /// Cumulative state across drains.
@@ -335,6 +337,8 @@ impl Aggregator {
                     .values()
                     .map(|s| s.base.count + s.last.count)
                     .sum::<u64>();
+                self.accounting.expired_errors +=
+                    p.errors.values().map(|s| s.base + s.last).sum::<u64>();
                 continue;
             }
             // A folded process's totals stay in `other` for good.
@@ -366,6 +370,18 @@ impl Aggregator {
             .sum();
         let other: u64 = self.other_stats.values().map(|s| s.base.count).sum();
         live + other + self.accounting.expired_calls
+    }
+
+    /// Every syscall error counted since start (monotonic): live, folded and expired series.
+    pub fn total_errors(&self) -> u64 {
+        let live: u64 = self
+            .procs
+            .values()
+            .flat_map(|p| p.errors.values())
+            .map(|s| s.base + s.last)
+            .sum();
+        let other: u64 = self.other_errors.values().map(|s| s.base).sum();
+        live + other + self.accounting.expired_errors
     }
 
     /// The current cumulative families.
@@ -640,6 +656,42 @@ mod tests {
         assert_eq!(c[&("sys0".into(), "1".into())], 60);
         assert_eq!(a.total_calls(), 69);
         assert_eq!(c[&("sys0".into(), OTHER.into())], 9);
+    }
+
+    #[test]
+    fn error_total_survives_exit_and_expiry() {
+        let mut a = Aggregator::new();
+        let (t0, w) = (Instant::now(), SystemTime::now());
+        let err = |tgid, count, final_value| ErrorReading {
+            tgid,
+            nr: 3,
+            errno: 9,
+            count,
+            final_value,
+        };
+        a.ingest(
+            vec![reading(1, 3, 10)],
+            vec![err(1, 7, false)],
+            &limits(5),
+            t0,
+            w,
+            attr,
+        );
+        assert_eq!(a.total_errors(), 7);
+        a.ingest(
+            vec![reading(1, 3, 12)],
+            vec![err(1, 8, true)],
+            &limits(5),
+            t0,
+            w,
+            attr,
+        );
+        assert_eq!(a.total_errors(), 8);
+        // Deleted from the kernel and expired: the total must not go back.
+        let later = t0 + Duration::from_secs(11);
+        a.ingest(vec![], vec![], &limits(5), later, w, attr);
+        assert_eq!(a.accounting.expired_processes, 1);
+        assert_eq!(a.total_errors(), 8);
     }
 
     #[test]

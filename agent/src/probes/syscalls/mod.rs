@@ -345,7 +345,6 @@ impl Drainer {
             final_fast,
             fast_entries,
         } = drained;
-        let errors_seen: u64 = errors.iter().map(|e| e.count).sum();
         let cache = &mut self.cache;
         let finals = self.agg.ingest(
             stats,
@@ -378,11 +377,11 @@ impl Drainer {
             time: SystemTime::now(),
             families,
         });
-        self.report(stats_entries, error_entries, errors_seen, fast_entries);
+        self.report(stats_entries, error_entries, fast_entries);
         tracing::debug!(probe = NAME, entries = stats_entries, took = ?started.elapsed(), "drained");
     }
 
-    fn report(&self, stats_entries: u64, error_entries: u64, errors_seen: u64, fast_entries: u64) {
+    fn report(&self, stats_entries: u64, error_entries: u64, fast_entries: u64) {
         let k = self.maps.counters();
         let acc = &self.agg.accounting;
         let mut detail: std::collections::BTreeMap<String, u64> =
@@ -430,7 +429,7 @@ impl Drainer {
             ERRORS_MAP,
             MapStats {
                 probe: NAME.into(),
-                processed: errors_seen,
+                processed: self.agg.total_errors(),
                 lost: k["errors_insert_failed"],
                 entries: Some(error_entries),
                 capacity: Some(self.cfg.error_entries as u64),
