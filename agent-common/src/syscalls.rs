@@ -143,44 +143,9 @@ pub mod counter {
 }
 
 /// Bucket index of a latency in nanoseconds: `(2^(b-1), 2^b]`, clamped to the last bucket.
-///
-/// A six-step binary search: BPF has no count-leading-zeros instruction, and LLVM's generic
-/// expansion of `leading_zeros` costs about 45 instructions on the syscall hot path.
 #[inline(always)]
 pub fn bucket_of(ns: u64) -> usize {
-    let mut x = ns.saturating_sub(1);
-    let mut b = 0usize;
-    if x >= 1 << 32 {
-        x >>= 32;
-        b += 32;
-    }
-    if x >= 1 << 16 {
-        x >>= 16;
-        b += 16;
-    }
-    if x >= 1 << 8 {
-        x >>= 8;
-        b += 8;
-    }
-    if x >= 1 << 4 {
-        x >>= 4;
-        b += 4;
-    }
-    if x >= 1 << 2 {
-        x >>= 2;
-        b += 2;
-    }
-    if x >= 1 << 1 {
-        x >>= 1;
-        b += 1;
-    }
-    // x is now 1 (ns > 1) or 0 (ns <= 1): b + x = bit length of ns - 1.
-    let b = b + x as usize;
-    if b >= HIST_BUCKETS {
-        HIST_BUCKETS - 1
-    } else {
-        b
-    }
+    crate::hist::log2_bucket(ns, HIST_BUCKETS)
 }
 
 #[cfg(feature = "user")]
