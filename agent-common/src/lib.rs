@@ -1,6 +1,8 @@
 //! Types shared by the kernel programs (`agent-ebpf`) and the agent: one module per probe.
 #![no_std]
 
+pub mod hist;
+pub mod network;
 pub mod syscalls;
 
 /// Length of a task command name (`TASK_COMM_LEN` in the kernel).
