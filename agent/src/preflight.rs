@@ -5,7 +5,16 @@
 
 use std::{fmt::Write as _, fs, path::Path};
 
-use crate::{config::Config, ebpf::tracefs, probes::syscalls, procinfo};
+use crate::{
+    config::Config,
+    ebpf::{tracefs, LoadError},
+    probes::{network, syscalls},
+    procinfo,
+    status::state::HookStatus,
+};
+
+/// Loads, attaches and drops one probe; its hooks, or why it cannot run.
+type ProbeAttempt<'a> = &'a dyn Fn() -> Result<Vec<HookStatus>, (LoadError, Vec<HookStatus>)>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -110,28 +119,49 @@ pub fn run(cfg: &Config) -> (Vec<Row>, bool) {
 
     let mut probes_ok = false;
     let sys = &cfg.probes.syscalls;
-    if !sys.enabled {
-        rows.push(row(
-            "probe syscalls",
-            Verdict::Warn,
-            "disabled in the config",
-            None,
-        ));
-    } else {
-        match syscalls::load_and_attach(sys) {
-            Ok((bpf, hooks)) => {
+    let net = &cfg.probes.network;
+    let attempts: [(&str, bool, ProbeAttempt); 2] = [
+        ("syscalls", sys.enabled, &|| {
+            syscalls::load_and_attach(sys).map(|(_, hooks)| hooks)
+        }),
+        ("network", net.enabled, &|| {
+            network::load_and_attach(net).map(|(_, hooks)| hooks)
+        }),
+    ];
+    for (name, enabled, attempt) in attempts {
+        let item = format!("probe {name}");
+        if !enabled {
+            rows.push(row(&item, Verdict::Warn, "disabled in the config", None));
+            continue;
+        }
+        // The loaded object is dropped inside `attempt`: attached, then detached.
+        match attempt() {
+            Ok(hooks) => {
                 probes_ok = true;
-                let names: Vec<_> = hooks.iter().map(|h| h.hook.as_str()).collect();
-                rows.push(row(
-                    "probe syscalls",
-                    Verdict::Ok,
-                    format!("{} attach", names.join(", ")),
-                    None,
-                ));
-                drop(bpf);
+                let ok: Vec<_> = hooks
+                    .iter()
+                    .filter(|h| h.attached)
+                    .map(|h| h.hook.as_str())
+                    .collect();
+                let failed: Vec<_> = hooks.iter().filter_map(|h| h.error.as_deref()).collect();
+                rows.push(if failed.is_empty() {
+                    row(
+                        &item,
+                        Verdict::Ok,
+                        format!("{} attach", ok.join(", ")),
+                        None,
+                    )
+                } else {
+                    row(
+                        &item,
+                        Verdict::Warn,
+                        format!("{} attach; {}", ok.join(", "), failed.join("; ")),
+                        Some("the probe runs degraded; see the hook errors"),
+                    )
+                });
             }
             Err((e, _)) => rows.push(Row {
-                item: "probe syscalls".into(),
+                item,
                 verdict: Verdict::Fail,
                 detail: e.cause,
                 fix: Some(e.fix),

@@ -21,6 +21,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("AGENT_OUTPUT_DIR", "output.dir"),
     ("AGENT_SYSCALLS_ENABLED", "probes.syscalls.enabled"),
     ("AGENT_SYSCALLS_INTERVAL", "probes.syscalls.interval"),
+    ("AGENT_NETWORK_ENABLED", "probes.network.enabled"),
 ];
 
 fn parse_bool(s: &str) -> Option<bool> {
@@ -55,6 +56,10 @@ fn set(cfg: &mut Config, path: &str, value: &str) -> Result<(), String> {
         "probes.syscalls.interval" => {
             cfg.probes.syscalls.interval =
                 parse_duration(value).map_err(|e| format!("{value:?} is not a duration ({e})"))?
+        }
+        "probes.network.enabled" => {
+            cfg.probes.network.enabled =
+                parse_bool(value).ok_or_else(|| format!("{value:?} is not true or false"))?
         }
         other => unreachable!("no env override for {other}"),
     }

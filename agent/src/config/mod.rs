@@ -26,7 +26,8 @@ pub use env::ENV_OVERRIDES;
 pub use error::{ConfigError, Source};
 pub use load::DEFAULT_ORIGIN;
 pub use model::{
-    Config, LogConfig, LogFormat, OutputConfig, ProbesConfig, StatusConfig, SyscallsConfig,
+    Aggregation, Config, LogConfig, LogFormat, NetworkConfig, OutputConfig, ProbesConfig,
+    StatusConfig, SyscallsConfig,
 };
 
 /// The embedded default config, commented for users; parses to exactly `Config::default()`.

@@ -111,6 +111,7 @@ impl Default for OutputConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ProbesConfig {
     pub syscalls: SyscallsConfig,
+    pub network: NetworkConfig,
 }
 
 /// The syscall probe (raw_syscalls sys_enter/sys_exit).
@@ -147,6 +148,70 @@ impl Default for SyscallsConfig {
             inflight_slots: 262_144,
             fast_slots: 1024,
             top_processes: 100,
+            retain_exited: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a network series is keyed by (besides process, role and address family).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Aggregation {
+    /// Peer address and port (client: the server's port; server: the listening port).
+    #[default]
+    Peer,
+    /// Port only (client: the server's port; server: the listening port).
+    Port,
+    /// Process only.
+    Process,
+}
+
+impl Aggregation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Aggregation::Peer => "peer",
+            Aggregation::Port => "port",
+            Aggregation::Process => "process",
+        }
+    }
+}
+
+/// The TCP network probe (sock_ops on the root cgroup + `sock:inet_sk_error_report`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    pub enabled: bool,
+    /// How often userspace drains the kernel histograms.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    pub aggregation: Aggregation,
+    /// Kernel map size: series (beyond it, measurements go to one "other" series).
+    pub max_series: u32,
+    /// Kernel map size: connections tracked at once.
+    pub max_connections: u32,
+    /// Per-connection events each CPU may send per second (0: none).
+    pub events_per_second: u32,
+    /// How many recent connection events `/status` shows.
+    pub recent_connections: usize,
+    /// The cgroup v2 directory the sock_ops program attaches to (all sockets below it);
+    /// `auto`: the cgroup2 mount.
+    pub cgroup: PathBuf,
+    /// How long an exited process's final series stay exported.
+    #[serde(with = "humantime_serde")]
+    pub retain_exited: Duration,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            enabled: true,
+            interval: Duration::from_secs(5),
+            aggregation: Aggregation::Peer,
+            max_series: 1024,
+            max_connections: 65_536,
+            events_per_second: 1000,
+            recent_connections: 100,
+            cgroup: PathBuf::from("auto"),
             retain_exited: Duration::from_secs(60),
         }
     }

@@ -35,6 +35,16 @@ pub(crate) const FIELDS: &[&str] = &[
     "probes.syscalls.fast_slots",
     "probes.syscalls.top_processes",
     "probes.syscalls.retain_exited",
+    "probes.network",
+    "probes.network.enabled",
+    "probes.network.interval",
+    "probes.network.aggregation",
+    "probes.network.max_series",
+    "probes.network.max_connections",
+    "probes.network.events_per_second",
+    "probes.network.recent_connections",
+    "probes.network.cgroup",
+    "probes.network.retain_exited",
 ];
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -85,6 +95,16 @@ const TOP_PROCESSES: Limits<u64> = Limits {
     max: 100_000,
     example: 100,
 };
+const EVENTS_PER_SECOND: Limits<u64> = Limits {
+    min: 0,
+    max: 1_000_000,
+    example: 1000,
+};
+const RECENT_CONNECTIONS: Limits<u64> = Limits {
+    min: 0,
+    max: 10_000,
+    example: 100,
+};
 const RETAIN_EXITED: Limits<Duration> = Limits {
     min: Duration::ZERO,
     max: HOUR,
@@ -125,14 +145,16 @@ fn numbers(l: &Limits<u64>) -> String {
 pub(crate) fn allowed(path: &str) -> Option<String> {
     Some(match path {
         "" => format!("a mapping with the sections {}", fields_of("")),
-        "log" | "status" | "output" | "probes" | "probes.syscalls" => {
+        "log" | "status" | "output" | "probes" | "probes.syscalls" | "probes.network" => {
             format!("a mapping with the fields {}", fields_of(path))
         }
         "log.level" => "a level (off, error, warn, info, debug, trace) or tracing filter \
                         directives like warn,agent=debug (a target needs a level: agent=debug)"
             .to_string(),
         "log.format" => "text or json".to_string(),
-        "status.enabled" | "probes.syscalls.enabled" => "true or false".to_string(),
+        "status.enabled" | "probes.syscalls.enabled" | "probes.network.enabled" => {
+            "true or false".to_string()
+        }
         "status.listen" => {
             "an IP:port address such as 127.0.0.1:9464, 0.0.0.0:9464 or [::1]:9464".to_string()
         }
@@ -154,7 +176,17 @@ pub(crate) fn allowed(path: &str) -> Option<String> {
             FAST_SLOTS_MAX, FAST_SLOTS_EXAMPLE
         ),
         "probes.syscalls.top_processes" => numbers(&TOP_PROCESSES),
-        "probes.syscalls.retain_exited" => durations(&RETAIN_EXITED),
+        "probes.syscalls.retain_exited" | "probes.network.retain_exited" => {
+            durations(&RETAIN_EXITED)
+        }
+        "probes.network.interval" => durations(&SYSCALLS_INTERVAL),
+        "probes.network.aggregation" => "peer, port or process".to_string(),
+        "probes.network.max_series" | "probes.network.max_connections" => numbers(&MAP_ENTRIES),
+        "probes.network.events_per_second" => numbers(&EVENTS_PER_SECOND),
+        "probes.network.recent_connections" => numbers(&RECENT_CONNECTIONS),
+        "probes.network.cgroup" => {
+            "auto (the cgroup2 mount) or an absolute path to a cgroup v2 directory, e.g. /sys/fs/cgroup".to_string()
+        }
         _ => return None,
     })
 }
@@ -203,6 +235,7 @@ pub(crate) fn check_level(level: &str) -> Result<(), String> {
 /// Checks one field (sections and fields without constraints always pass).
 pub(crate) fn check_field(cfg: &Config, path: &str) -> Result<(), String> {
     let sys = &cfg.probes.syscalls;
+    let net = &cfg.probes.network;
     match path {
         "log.level" => check_level(&cfg.log.level),
         "output.dir" if cfg.output.dir.as_os_str().is_empty() => Err("is empty".to_string()),
@@ -233,6 +266,22 @@ pub(crate) fn check_field(cfg: &Config, path: &str) -> Result<(), String> {
             &TOP_PROCESSES,
         ),
         "probes.syscalls.retain_exited" => check_duration(sys.retain_exited, &RETAIN_EXITED),
+        "probes.network.interval" => check_duration(net.interval, &SYSCALLS_INTERVAL),
+        "probes.network.max_series" => check_number(net.max_series.into(), &MAP_ENTRIES),
+        "probes.network.max_connections" => check_number(net.max_connections.into(), &MAP_ENTRIES),
+        "probes.network.events_per_second" => {
+            check_number(net.events_per_second.into(), &EVENTS_PER_SECOND)
+        }
+        "probes.network.recent_connections" => check_number(
+            net.recent_connections.try_into().unwrap_or(u64::MAX),
+            &RECENT_CONNECTIONS,
+        ),
+        "probes.network.cgroup"
+            if !net.cgroup.is_absolute() && net.cgroup.as_os_str() != "auto" =>
+        {
+            Err(format!("{} is not an absolute path", net.cgroup.display()))
+        }
+        "probes.network.retain_exited" => check_duration(net.retain_exited, &RETAIN_EXITED),
         _ => Ok(()),
     }
 }

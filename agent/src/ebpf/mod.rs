@@ -76,6 +76,23 @@ pub fn os_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a st
 
 /// Explains any aya error: by its OS error when it has one, else by its message.
 pub fn explain(what: &str, err: &(dyn std::error::Error + 'static)) -> LoadError {
+    let text = flatten(err);
+    if let Some(log) = text.split_once("Verifier output:").map(|(_, l)| l) {
+        // A verifier rejection (EACCES/EINVAL that is not about privileges): the reason is
+        // the last line before the statistics; the whole log goes to the debug log.
+        tracing::debug!("{what}: verifier log:{log}");
+        let reason = log
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with(':'))
+            .take_while(|l| !l.starts_with("verification time"))
+            .last()
+            .unwrap_or("no reason given");
+        return LoadError::new(
+            format!("{what}: the kernel verifier rejected the program: {reason}"),
+            "this kernel rejects the probe; report the kernel version and the verifier log (log.level debug) to the agent's maintainers",
+        );
+    }
     if let Some(io) = os_error(err) {
         let mut e = explain_os(what, io);
         // Keep aya's context (which map or program) in the cause line.
@@ -166,4 +183,18 @@ fn raise_memlock_limit() {
             std::io::Error::last_os_error()
         );
     }
+}
+
+/// Takes map `name` out of `probe`'s loaded object as a typed map.
+pub fn take_map<T>(bpf: &mut Ebpf, probe: &str, name: &str) -> Result<T, LoadError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = bpf.take_map(name).ok_or_else(|| {
+        LoadError::new(
+            format!("map {name} missing from the {probe} object"),
+            "rebuild with `cargo xtask build-ebpf`",
+        )
+    })?;
+    T::try_from(map).map_err(|e| explain(&format!("opening map {name}"), &e))
 }

@@ -34,7 +34,7 @@ use crate::{
     metrics::{prometheus, Store},
     selfstats::{self, SelfStats},
 };
-use state::{AgentState, ExporterStatus, MapStats, ProbeStatus};
+use state::{AgentState, ExporterStatus, MapStats, NetworkStatus, ProbeStatus};
 
 /// The routes the 404 body lists.
 pub const ROUTES: &[&str] = &["/healthz", "/readyz", "/status", "/metrics"];
@@ -204,6 +204,7 @@ pub struct StatusReport {
     pub probes: BTreeMap<String, ProbeStatus>,
     pub maps: BTreeMap<String, MapStats>,
     pub exporter: ExporterStatus,
+    pub network: NetworkStatus,
     #[serde(rename = "self")]
     pub self_stats: SelfStats,
 }
@@ -223,6 +224,7 @@ pub fn report(ctx: &StatusContext) -> StatusReport {
         probes: s.probes(),
         maps: s.maps(),
         exporter: s.exporter(),
+        network: s.network(),
         self_stats: selfstats::sample(),
     }
 }

@@ -76,6 +76,44 @@ pub struct ExporterStatus {
     pub last_success: Option<SystemTime>,
 }
 
+/// One connection event of the network probe, as `/status` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ConnRecord {
+    /// `open` (reached ESTABLISHED) or `close`.
+    pub event: &'static str,
+    /// Unix time of the event, in nanoseconds.
+    pub time_unix_nano: u64,
+    /// The kernel's socket cookie (unique per socket while the kernel runs).
+    pub cookie: u64,
+    pub pid: u32,
+    pub comm: String,
+    /// `client` (connect()) or `server` (accepted).
+    pub role: &'static str,
+    /// `ipv4` or `ipv6`.
+    pub family: &'static str,
+    pub local_address: String,
+    pub local_port: u16,
+    pub peer_address: String,
+    pub peer_port: u16,
+    pub handshake_us: Option<u64>,
+    pub duration_us: Option<u64>,
+    /// Smoothed RTT when the connection left ESTABLISHED (what `ss -ti` showed).
+    pub rtt_us: Option<u64>,
+    /// Payload bytes acked by the peer.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub retransmits: u32,
+    /// `refused`, `timeout`, `reset`, ... when the connection failed.
+    pub error_type: Option<&'static str>,
+}
+
+/// What the network probe adds to `/status`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct NetworkStatus {
+    /// Newest first.
+    pub recent_connections: std::collections::VecDeque<ConnRecord>,
+}
+
 pub struct AgentState {
     pub started: Instant,
     pub started_at: SystemTime,
@@ -83,6 +121,7 @@ pub struct AgentState {
     probes: RwLock<BTreeMap<String, ProbeStatus>>,
     maps: RwLock<BTreeMap<String, MapStats>>,
     exporter: RwLock<ExporterStatus>,
+    network: RwLock<NetworkStatus>,
     pipeline_running: std::sync::atomic::AtomicBool,
 }
 
@@ -103,6 +142,7 @@ impl AgentState {
             probes: RwLock::default(),
             maps: RwLock::default(),
             exporter: RwLock::default(),
+            network: RwLock::default(),
             pipeline_running: false.into(),
         }
     }
@@ -138,6 +178,30 @@ impl AgentState {
 
     pub fn exporter(&self) -> ExporterStatus {
         read(&self.exporter)
+    }
+
+    /// Adds connection events (oldest first), keeping the newest `keep`. A failure (`event`
+    /// `failure`) is not listed on its own: it sets `error_type` on its connection's close.
+    pub fn push_connections(&self, records: Vec<ConnRecord>, keep: usize) {
+        let mut n = write(&self.network);
+        let recent = &mut n.recent_connections;
+        for r in records {
+            if r.event == "failure" {
+                if let Some(close) = recent
+                    .iter_mut()
+                    .find(|c| c.cookie == r.cookie && c.event == "close")
+                {
+                    close.error_type = r.error_type;
+                }
+                continue;
+            }
+            recent.push_front(r);
+        }
+        recent.truncate(keep);
+    }
+
+    pub fn network(&self) -> NetworkStatus {
+        read(&self.network)
     }
 
     pub fn set_pipeline_running(&self, running: bool) {

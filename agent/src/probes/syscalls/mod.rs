@@ -261,18 +261,11 @@ fn program_fds(bpf: &Ebpf) -> Vec<aya::programs::ProgramFd> {
         .collect()
 }
 
-/// Takes map `name` out of the object as a typed map.
 fn take<T>(bpf: &mut Ebpf, name: &str) -> Result<T, LoadError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = bpf.take_map(name).ok_or_else(|| {
-        LoadError::new(
-            format!("map {name} missing from the syscalls object"),
-            "rebuild with `cargo xtask build-ebpf`",
-        )
-    })?;
-    T::try_from(map).map_err(|e| ebpf::explain(&format!("opening map {name}"), &e))
+    ebpf::take_map(bpf, NAME, name)
 }
 
 fn take_maps(bpf: &mut Ebpf, fast_on: bool) -> Result<Maps, LoadError> {

@@ -1,0 +1,458 @@
+//! The TCP network probe: loads `network.bpf.o` sized by the config, attaches its sock_ops
+//! program to the cgroup v2 root (every socket below it, in every network namespace) and the
+//! `sock:inet_sk_error_report` tracepoint, then on its own thread reads connection events as
+//! they come and drains the kernel histograms every interval into the
+//! `system.network.tcp.*` families.
+//!
+//! Invariants: attached means the sock_ops program is attached (without it nothing is
+//! measured); the error tracepoint alone failing leaves the probe degraded (failures are not
+//! classified) and says so. On stop the programs are detached before the final drain. Map sizes
+//! and kernel globals (aggregation, event rate) change only by reloading the probe.
+
+pub mod aggregate;
+pub mod events;
+pub mod reader;
+
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    path::{Path, PathBuf},
+    sync::{mpsc, Arc},
+    thread,
+    time::{Duration, Instant, SystemTime},
+};
+
+use agent_common::network::{
+    AGG_GLOBAL, AGG_PEER, AGG_PORT, AGG_PROCESS, CONNS_MAP, COUNTERS_MAP, EVENTS_MAP,
+    EVENT_RATE_GLOBAL, SERIES_MAP,
+};
+use aya::{
+    maps::{MapData, RingBuf},
+    programs::{links::CgroupAttachMode, SockOps, TracePoint},
+    Ebpf,
+};
+
+use self::{
+    aggregate::{Aggregator, Attribution},
+    events::Clock,
+    reader::Maps,
+};
+use crate::{
+    config::{Aggregation, NetworkConfig},
+    ebpf::{self, tracefs, LoadError},
+    metrics::{model::Batch, Store},
+    procinfo::{self, comm_str, ProcCache},
+    status::state::{AgentState, HookStatus, MapStats, ProbeState, ProbeStatus},
+};
+
+pub const NAME: &str = "network";
+const SOCKOPS_PROG: &str = "network_sockops";
+const ERROR_PROG: &str = "network_error_report";
+const ERROR_TP: (&str, &str) = ("sock", "inet_sk_error_report");
+/// Longest wait for ring-buffer data before checking for control messages.
+const POLL_SLICE: Duration = Duration::from_millis(200);
+
+fn hooks_for(cfg: &NetworkConfig) -> Vec<HookStatus> {
+    let dir = cgroup_dir(cfg).unwrap_or_else(|_| cfg.cgroup.clone());
+    [
+        format!("sock_ops/cgroup:{}", dir.display()),
+        format!("tracepoint/{}/{}", ERROR_TP.0, ERROR_TP.1),
+    ]
+    .into_iter()
+    .map(|hook| HookStatus {
+        hook,
+        attached: false,
+        error: None,
+    })
+    .collect()
+}
+
+fn aggregation_code(a: Aggregation) -> u32 {
+    match a {
+        Aggregation::Peer => AGG_PEER,
+        Aggregation::Port => AGG_PORT,
+        Aggregation::Process => AGG_PROCESS,
+    }
+}
+
+fn program<'a, T>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    bpf.program_mut(name)
+        .ok_or_else(|| {
+            LoadError::new(
+                format!("program {name} missing from the network object"),
+                "rebuild with `cargo xtask build-ebpf`",
+            )
+        })?
+        .try_into()
+        .map_err(|e| ebpf::explain(&format!("opening {name}"), &e))
+}
+
+/// The cgroup directory to attach to: the configured one, or the cgroup2 mount for `auto`.
+pub fn cgroup_dir(cfg: &NetworkConfig) -> Result<PathBuf, LoadError> {
+    if cfg.cgroup.as_os_str() != "auto" {
+        return Ok(cfg.cgroup.clone());
+    }
+    procinfo::cgroup2_root().ok_or_else(|| {
+        LoadError::new(
+            "no cgroup2 file system is mounted (sock_ops programs attach to a cgroup v2)",
+            "mount it (mount -t cgroup2 none /sys/fs/cgroup/unified) or set probes.network.cgroup",
+        )
+    })
+}
+
+fn attach_sockops(bpf: &mut Ebpf, dir: &Path) -> Result<(), LoadError> {
+    let what = format!("attaching {SOCKOPS_PROG} to cgroup {}", dir.display());
+    let cgroup = std::fs::File::open(dir).map_err(|e| {
+        LoadError::new(
+            format!("{what}: cannot open it: {e}"),
+            "set probes.network.cgroup to a cgroup v2 directory, or auto",
+        )
+    })?;
+    let p: &mut SockOps = program(bpf, SOCKOPS_PROG)?;
+    p.load()
+        .map_err(|e| ebpf::explain(&format!("verifying {SOCKOPS_PROG}"), &e))?;
+    // A bpf_link: it runs beside other sock_ops programs (a CNI's, say) and never replaces
+    // them (links take no attach flags; `Single` sends none).
+    p.attach(cgroup, CgroupAttachMode::Single)
+        .map_err(|e| ebpf::explain(&what, &e))?;
+    Ok(())
+}
+
+fn attach_error_report(bpf: &mut Ebpf) -> Result<(), LoadError> {
+    let what = format!(
+        "attaching {ERROR_PROG} to tracepoint {}/{}",
+        ERROR_TP.0, ERROR_TP.1
+    );
+    tracefs::ensure().map_err(|e| {
+        LoadError::new(
+            format!("{what}: {e}"),
+            "mount tracefs: mount -t tracefs tracefs /sys/kernel/tracing",
+        )
+    })?;
+    let p: &mut TracePoint = program(bpf, ERROR_PROG)?;
+    p.load()
+        .map_err(|e| ebpf::explain(&format!("verifying {ERROR_PROG}"), &e))?;
+    p.attach(ERROR_TP.0, ERROR_TP.1)
+        .map_err(|e| ebpf::explain(&what, &e))?;
+    Ok(())
+}
+
+/// Loads the object sized by `cfg` and attaches it. Fails (nothing attached) when sock_ops
+/// cannot attach; the error tracepoint failing only marks its hook.
+pub fn load_and_attach(
+    cfg: &NetworkConfig,
+) -> Result<(Ebpf, Vec<HookStatus>), (LoadError, Vec<HookStatus>)> {
+    let mut hooks = hooks_for(cfg);
+    let agg = aggregation_code(cfg.aggregation);
+    let rate = cfg.events_per_second as u64;
+    let mut bpf = ebpf::load(NAME, |l| {
+        l.map_max_entries(SERIES_MAP, cfg.max_series)
+            .map_max_entries(CONNS_MAP, cfg.max_connections)
+            .override_global(AGG_GLOBAL, &agg, true)
+            .override_global(EVENT_RATE_GLOBAL, &rate, true);
+    })
+    .map_err(|e| (e, hooks.clone()))?;
+    if let Err(e) = cgroup_dir(cfg).and_then(|dir| attach_sockops(&mut bpf, &dir)) {
+        hooks[0].error = Some(e.cause.clone());
+        return Err((e, hooks));
+    }
+    hooks[0].attached = true;
+    match attach_error_report(&mut bpf) {
+        Ok(()) => hooks[1].attached = true,
+        Err(e) => {
+            tracing::warn!(probe = NAME, "{}; failures will not be classified", e.cause);
+            tracing::warn!(probe = NAME, "fix: {}", e.fix);
+            hooks[1].error = Some(e.cause);
+        }
+    }
+    Ok((bpf, hooks))
+}
+
+enum Ctl {
+    Config(NetworkConfig),
+    Stop,
+}
+
+struct Running {
+    cfg: NetworkConfig,
+    bpf: Ebpf,
+    ctl: mpsc::Sender<Ctl>,
+    thread: thread::JoinHandle<()>,
+}
+
+pub struct NetworkProbe {
+    store: Arc<Store>,
+    state: Arc<AgentState>,
+    running: Option<Running>,
+}
+
+impl NetworkProbe {
+    pub fn new(store: Arc<Store>, state: Arc<AgentState>) -> Self {
+        NetworkProbe {
+            store,
+            state,
+            running: None,
+        }
+    }
+
+    /// Brings the probe in line with `cfg`: start, stop, reload (sizes, globals) or retune.
+    pub fn apply(&mut self, cfg: &NetworkConfig) {
+        if !cfg.enabled {
+            self.stop();
+            self.store.remove(NAME);
+            self.set_status(ProbeState::Disabled, None, vec![]);
+            return;
+        }
+        if let Some(r) = &mut self.running {
+            let reload = r.cfg.max_series != cfg.max_series
+                || r.cfg.max_connections != cfg.max_connections
+                || r.cfg.aggregation != cfg.aggregation
+                || r.cfg.events_per_second != cfg.events_per_second
+                || r.cfg.cgroup != cfg.cgroup;
+            if !reload {
+                let _ = r.ctl.send(Ctl::Config(cfg.clone()));
+                r.cfg = cfg.clone();
+                return;
+            }
+            tracing::info!(
+                probe = NAME,
+                "map sizes, aggregation, event rate or cgroup changed: reloading the probe (its series restart)"
+            );
+            self.stop();
+        }
+        self.start(cfg);
+    }
+
+    fn set_status(&self, state: ProbeState, err: Option<&LoadError>, hooks: Vec<HookStatus>) {
+        self.state.set_probe(
+            NAME,
+            ProbeStatus {
+                state,
+                error: err.map(|e| e.cause.clone()),
+                fix: err.map(|e| e.fix.clone()),
+                hooks,
+            },
+        );
+    }
+
+    fn start(&mut self, cfg: &NetworkConfig) {
+        self.set_status(ProbeState::Starting, None, vec![]);
+        let (mut bpf, hooks) = match load_and_attach(cfg) {
+            Ok(x) => x,
+            Err((e, hooks)) => {
+                tracing::error!(probe = NAME, "{}", e.cause);
+                tracing::error!(probe = NAME, "fix: {}", e.fix);
+                self.set_status(ProbeState::Failed, Some(&e), hooks);
+                return;
+            }
+        };
+        let taken = (|| -> Result<_, LoadError> {
+            let maps = Maps {
+                series: ebpf::take_map(&mut bpf, NAME, SERIES_MAP)?,
+                counters: ebpf::take_map(&mut bpf, NAME, COUNTERS_MAP)?,
+            };
+            let events: RingBuf<MapData> = ebpf::take_map(&mut bpf, NAME, EVENTS_MAP)?;
+            Ok((maps, events))
+        })();
+        let (maps, events) = match taken {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(probe = NAME, "{}", e.cause);
+                self.set_status(ProbeState::Failed, Some(&e), hooks);
+                return;
+            }
+        };
+        let (tx, rx) = mpsc::channel();
+        let drain = Drainer {
+            maps,
+            events,
+            events_read: 0,
+            clock: Clock::new(),
+            cfg: cfg.clone(),
+            agg: Aggregator::new(),
+            cache: ProcCache::new(8192),
+            store: self.store.clone(),
+            state: self.state.clone(),
+        };
+        let thread = match thread::Builder::new()
+            .name("network-drain".into())
+            .spawn(move || drain.run(rx))
+        {
+            Ok(t) => t,
+            Err(e) => {
+                let e = LoadError::new(
+                    format!("cannot start the drain thread: {e}"),
+                    "raise the thread limit (ulimit -u)",
+                );
+                self.set_status(ProbeState::Failed, Some(&e), hooks);
+                return;
+            }
+        };
+        let degraded = hooks.iter().any(|h| !h.attached);
+        tracing::info!(probe = NAME, hook = %hooks[0].hook, aggregation = cfg.aggregation.as_str(), "attached sock_ops and the socket-error tracepoint");
+        self.set_status(
+            if degraded {
+                ProbeState::Degraded
+            } else {
+                ProbeState::Attached
+            },
+            None,
+            hooks,
+        );
+        self.running = Some(Running {
+            cfg: cfg.clone(),
+            bpf,
+            ctl: tx,
+            thread,
+        });
+    }
+
+    /// Detaches, then drains one last time so the final values are published.
+    pub fn stop(&mut self) {
+        let Some(r) = self.running.take() else {
+            return;
+        };
+        drop(r.bpf);
+        let _ = r.ctl.send(Ctl::Stop);
+        let _ = r.thread.join();
+        self.set_status(ProbeState::Detached, None, hooks_for(&r.cfg));
+        tracing::info!(probe = NAME, "detached");
+    }
+}
+
+struct Drainer {
+    maps: Maps,
+    events: RingBuf<MapData>,
+    events_read: u64,
+    clock: Clock,
+    cfg: NetworkConfig,
+    agg: Aggregator,
+    cache: ProcCache,
+    store: Arc<Store>,
+    state: Arc<AgentState>,
+}
+
+impl Drainer {
+    fn run(mut self, rx: mpsc::Receiver<Ctl>) {
+        let mut next = Instant::now() + self.cfg.interval;
+        loop {
+            let wait = next
+                .saturating_duration_since(Instant::now())
+                .min(POLL_SLICE);
+            self.wait_for_events(wait);
+            self.read_events();
+            match rx.try_recv() {
+                Ok(Ctl::Config(c)) => {
+                    next = next.min(Instant::now() + c.interval);
+                    self.cfg = c;
+                }
+                Ok(Ctl::Stop) | Err(mpsc::TryRecvError::Disconnected) => {
+                    self.read_events();
+                    self.drain_once();
+                    return;
+                }
+                Err(mpsc::TryRecvError::Empty) => {}
+            }
+            if Instant::now() >= next {
+                self.drain_once();
+                next = Instant::now() + self.cfg.interval;
+            }
+        }
+    }
+
+    /// Sleeps until the ring buffer has data or `wait` passes.
+    fn wait_for_events(&self, wait: Duration) {
+        let mut fds = [libc::pollfd {
+            fd: self.events.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(fds.as_mut_ptr(), 1, wait.as_millis() as i32) };
+    }
+
+    fn read_events(&mut self) {
+        let mut records = Vec::new();
+        while let Some(item) = self.events.next() {
+            self.events_read += 1;
+            if let Some(r) = events::decode(&item, &self.clock) {
+                records.push(r);
+            }
+        }
+        if !records.is_empty() {
+            self.state
+                .push_connections(records, self.cfg.recent_connections);
+        }
+    }
+
+    fn drain_once(&mut self) {
+        let started = Instant::now();
+        let readings = match self.maps.drain() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(probe = NAME, "drain failed: {e}");
+                return;
+            }
+        };
+        let entries = readings.len() as u64;
+        let now = Instant::now();
+        let finals = self.agg.ingest(readings, now, SystemTime::now());
+        self.maps.delete(&finals);
+        for k in &finals {
+            self.cache.forget(k.tgid);
+        }
+        self.agg.expire(now, self.cfg.retain_exited);
+        let cache = &mut self.cache;
+        let families = self.agg.families(|key, stats| {
+            let info = cache.get(key.tgid, &comm_str(&stats.comm), stats.cgroup_id);
+            Attribution {
+                exe_name: info.exe_name,
+                container_id: info.container_id,
+            }
+        });
+        self.store.publish(Batch {
+            source: NAME.to_string(),
+            time: SystemTime::now(),
+            families,
+        });
+        self.report(entries);
+        tracing::debug!(probe = NAME, entries, took = ?started.elapsed(), "drained");
+    }
+
+    fn report(&self, entries: u64) {
+        let k = self.maps.counters();
+        let mut detail: std::collections::BTreeMap<String, u64> =
+            k.iter().map(|(n, v)| (n.to_string(), *v)).collect();
+        detail.insert("tracked_series".into(), self.agg.tracked() as u64);
+        detail.insert("expired_series".into(), self.agg.expired);
+        self.state.set_map(
+            SERIES_MAP,
+            MapStats {
+                probe: NAME.into(),
+                processed: k["conns_tracked"],
+                lost: k["conns_insert_failed"] + k["series_insert_failed"] + k["cb_flags_failed"],
+                entries: Some(entries),
+                capacity: Some(self.cfg.max_series as u64),
+                detail,
+            },
+        );
+        self.state.set_map(
+            EVENTS_MAP,
+            MapStats {
+                probe: NAME.into(),
+                processed: self.events_read,
+                lost: k["events_rate_limited"] + k["events_ringbuf_full"],
+                entries: None,
+                capacity: None,
+                detail: [
+                    ("events_sent".to_string(), k["events_sent"]),
+                    ("events_rate_limited".to_string(), k["events_rate_limited"]),
+                    ("events_ringbuf_full".to_string(), k["events_ringbuf_full"]),
+                ]
+                .into(),
+            },
+        );
+    }
+}
