@@ -11,6 +11,7 @@
 
 pub mod aggregate;
 pub mod events;
+pub mod listeners;
 pub mod reader;
 
 use std::{
@@ -22,11 +23,11 @@ use std::{
 };
 
 use agent_common::network::{
-    AGG_GLOBAL, AGG_PEER, AGG_PORT, AGG_PROCESS, CONNS_MAP, COUNTERS_MAP, EVENTS_MAP,
-    EVENT_RATE_GLOBAL, SERIES_MAP,
+    ListenerKey, Owner, AGG_GLOBAL, AGG_PEER, AGG_PORT, AGG_PROCESS, CONNS_MAP, COUNTERS_MAP,
+    EVENTS_MAP, EVENT_RATE_GLOBAL, LISTENERS_MAP, SERIES_MAP,
 };
 use aya::{
-    maps::{MapData, RingBuf},
+    maps::{HashMap, MapData, RingBuf},
     programs::{links::CgroupAttachMode, SockOps, TracePoint},
     Ebpf,
 };
@@ -254,9 +255,11 @@ impl NetworkProbe {
                 counters: ebpf::take_map(&mut bpf, NAME, COUNTERS_MAP)?,
             };
             let events: RingBuf<MapData> = ebpf::take_map(&mut bpf, NAME, EVENTS_MAP)?;
-            Ok((maps, events))
+            let listeners: HashMap<MapData, ListenerKey, Owner> =
+                ebpf::take_map(&mut bpf, NAME, LISTENERS_MAP)?;
+            Ok((maps, events, listeners))
         })();
-        let (maps, events) = match taken {
+        let (maps, events, listeners) = match taken {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(probe = NAME, "{}", e.cause);
@@ -269,6 +272,7 @@ impl NetworkProbe {
             maps,
             events,
             events_read: 0,
+            listeners_seeded: 0,
             clock: Clock::new(),
             cfg: cfg.clone(),
             agg: Aggregator::new(),
@@ -278,7 +282,7 @@ impl NetworkProbe {
         };
         let thread = match thread::Builder::new()
             .name("network-drain".into())
-            .spawn(move || drain.run(rx))
+            .spawn(move || drain.run(rx, listeners))
         {
             Ok(t) => t,
             Err(e) => {
@@ -326,6 +330,7 @@ struct Drainer {
     maps: Maps,
     events: RingBuf<MapData>,
     events_read: u64,
+    listeners_seeded: u64,
     clock: Clock,
     cfg: NetworkConfig,
     agg: Aggregator,
@@ -335,7 +340,17 @@ struct Drainer {
 }
 
 impl Drainer {
-    fn run(mut self, rx: mpsc::Receiver<Ctl>) {
+    fn run(
+        mut self,
+        rx: mpsc::Receiver<Ctl>,
+        mut listeners: HashMap<MapData, ListenerKey, Owner>,
+    ) {
+        // After attach, so no listen() falls between the scan and the hook.
+        let started = Instant::now();
+        let seeded = listeners::seed(&mut listeners);
+        drop(listeners);
+        self.listeners_seeded = seeded.inserted;
+        tracing::info!(probe = NAME, found = seeded.found, added = seeded.inserted, took = ?started.elapsed(), "listening sockets opened before attach: attributed to their processes");
         let mut next = Instant::now() + self.cfg.interval;
         loop {
             let wait = next
@@ -427,6 +442,7 @@ impl Drainer {
             k.iter().map(|(n, v)| (n.to_string(), *v)).collect();
         detail.insert("tracked_series".into(), self.agg.tracked() as u64);
         detail.insert("expired_series".into(), self.agg.expired);
+        detail.insert("listeners_seeded".into(), self.listeners_seeded);
         self.state.set_map(
             SERIES_MAP,
             MapStats {
