@@ -56,6 +56,17 @@ pub fn workload_bin() -> PathBuf {
     p
 }
 
+/// The TCP workload (`tcp-workload`), built beside `syscall-workload`.
+pub fn tcp_workload_bin() -> PathBuf {
+    let p = workspace_target().join("debug/tcp-workload");
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo xtask test`",
+        p.display()
+    );
+    p
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -389,4 +400,31 @@ fn bpf_program_names() -> BTreeMap<u64, String> {
 /// Every loaded BPF program id.
 pub fn bpf_program_ids() -> Vec<u64> {
     bpf_program_names().into_keys().collect()
+}
+
+pub mod netns;
+
+/// Polls the agent until `name{labels}` equals `want` (or 60 s pass), then asserts equality so
+/// a wrong count fails with the value seen.
+pub fn assert_eventually(
+    agent: &Agent,
+    name: &str,
+    labels: &[(&str, &str)],
+    want: f64,
+) -> Vec<Sample> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let samples = agent.metrics();
+        let got = find(&samples, name, labels).map(|s| s.value);
+        if got == Some(want) || Instant::now() > deadline {
+            assert_eq!(
+                got,
+                Some(want),
+                "{name}{labels:?}\nagent log:\n{}",
+                agent.stderr()
+            );
+            return samples;
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
 }

@@ -25,26 +25,6 @@ fn ready(a: &Agent) -> bool {
     a.get("/readyz").map(|(s, _)| s == 200).unwrap_or(false)
 }
 
-/// Polls the agent until `name{labels}` equals `want` (or 60 s pass), then asserts equality so
-/// a wrong count fails with the value seen.
-fn assert_eventually(agent: &Agent, name: &str, labels: &[(&str, &str)], want: f64) -> Vec<Sample> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let samples = agent.metrics();
-        let got = find(&samples, name, labels).map(|s| s.value);
-        if got == Some(want) || Instant::now() > deadline {
-            assert_eq!(
-                got,
-                Some(want),
-                "{name}{labels:?}\nagent log:\n{}",
-                agent.stderr()
-            );
-            return samples;
-        }
-        thread::sleep(Duration::from_millis(250));
-    }
-}
-
 /// Waits until the agent has attributed `pid` while it was alive (any series for it).
 fn wait_seen(agent: &Agent, pid: &str) {
     agent.wait_for(

@@ -30,11 +30,33 @@ pub enum Which {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// Loopback TCP request/response throughput: bare vs under the agent (network probe only),
+    /// alternating rounds.
+    Network {
+        /// Seconds per run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Rounds of (bare, agent); the median of each is reported.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Client connections (one thread each).
+        #[arg(long, default_value_t = 4)]
+        conns: usize,
+        /// Request and response size in bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
 }
 
 pub fn run(which: Which) -> Result<()> {
     match which {
         Which::Syscalls { calls, rounds } => syscalls(calls, rounds),
+        Which::Network {
+            seconds,
+            rounds,
+            conns,
+            size,
+        } => network(seconds, rounds, conns, size),
     }
 }
 
@@ -79,6 +101,10 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
 struct Stopper(Child);
 
 impl Stopper {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
     fn stop(mut self) -> Result<()> {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
@@ -87,20 +113,27 @@ impl Stopper {
     }
 }
 
-fn start_agent(out_dir: &Path) -> Result<Stopper> {
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let child = Command::new(bin_path("release", "agent"))
-        .args([
-            "run",
-            "--status-addr",
-            &format!("127.0.0.1:{port}"),
-            "--output-dir",
-        ])
-        .arg(out_dir)
-        .env("AGENT_LOG_LEVEL", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .context("start agent")?;
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Starts the release agent (with `config`, else its embedded defaults) and waits for /readyz.
+fn start_agent(out_dir: &Path, config: Option<&Path>) -> Result<Stopper> {
+    let port = free_port()?;
+    let mut cmd = Command::new(bin_path("release", "agent"));
+    cmd.args([
+        "run",
+        "--status-addr",
+        &format!("127.0.0.1:{port}"),
+        "--output-dir",
+    ])
+    .arg(out_dir)
+    .env("AGENT_LOG_LEVEL", "warn")
+    .stdout(Stdio::null());
+    if let Some(config) = config {
+        cmd.arg("--config").arg(config);
+    }
+    let child = cmd.spawn().context("start agent")?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while http_status(port, "/readyz") != Some(200) {
         if Instant::now() > deadline {
@@ -167,7 +200,7 @@ fn program_costs(calls: u64, out_dir: &Path) -> Result<()> {
     let before = std::fs::read_to_string(sysctl).unwrap_or_default();
     std::fs::write(sysctl, "1").context("enable kernel.bpf_stats_enabled")?;
     let result = (|| -> Result<Vec<(&str, u64, u64)>> {
-        let agent = start_agent(out_dir)?;
+        let agent = start_agent(out_dir, None)?;
         let progs = ["syscalls_enter", "syscalls_exit"];
         let start: Vec<_> = progs
             .iter()
@@ -196,8 +229,8 @@ fn program_costs(calls: u64, out_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn syscalls(calls: u64, rounds: usize) -> Result<()> {
-    setup::ensure(true)?;
+/// The kernel objects, then the agent and the workloads in release mode.
+fn build_release() -> Result<()> {
     build_ebpf()?;
     util::run(cargo().current_dir(root()).args([
         "build",
@@ -206,14 +239,19 @@ fn syscalls(calls: u64, rounds: usize) -> Result<()> {
         "agent",
         "--package",
         "integration-tests",
-    ]))?;
+    ]))
+}
+
+fn syscalls(calls: u64, rounds: usize) -> Result<()> {
+    setup::ensure(true)?;
+    build_release()?;
     ensure_tracefs();
     let out_dir = std::env::temp_dir().join("agent-bench-output");
     let (mut bare, mut agent, mut syscount) = (Vec::new(), Vec::new(), Vec::new());
     workload(calls / 10)?; // warm the page cache and CPU frequency
     for round in 1..=rounds {
         bare.push(workload(calls)?);
-        let a = start_agent(&out_dir)?;
+        let a = start_agent(&out_dir, None)?;
         agent.push(workload(calls)?);
         a.stop()?;
         let s = start_syscount()?;
@@ -247,4 +285,127 @@ fn syscalls(calls: u64, rounds: usize) -> Result<()> {
     program_costs(calls, &out_dir)?;
     let _ = std::fs::remove_dir_all(out_dir);
     Ok(())
+}
+
+/// A loopback echo server (`tcp-workload server`) for the request/response runs.
+fn start_echo_server(port: u16) -> Result<Stopper> {
+    let mut child = Command::new(bin_path("release", "tcp-workload"))
+        .args(["server", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("start tcp-workload server")?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+    let server = Stopper(child);
+    if !line.starts_with("listening ") {
+        server.stop()?;
+        bail!("tcp-workload server did not start: {line:?}");
+    }
+    Ok(server)
+}
+
+/// One `tcp-workload rr` run against the echo server; returns its round trips per second.
+fn request_response(port: u16, seconds: u64, conns: usize, size: usize) -> Result<f64> {
+    let out = Command::new(bin_path("release", "tcp-workload"))
+        .args([
+            "rr",
+            &format!("127.0.0.1:{port}"),
+            "--seconds",
+            &seconds.to_string(),
+            "--size",
+            &size.to_string(),
+            "--conns",
+            &conns.to_string(),
+        ])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("rr "))
+        .and_then(|v| v.split_whitespace().nth(1)?.parse().ok())
+        .with_context(|| format!("tcp-workload rr printed no rate ({}): {text}", out.status))
+}
+
+/// CPU seconds (user + system) process `pid` has used so far, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // pid (comm) state ppid ...: utime and stime are fields 14 and 15, the 12th and 13th after
+    // the comm's closing parenthesis.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("malformed /proc/pid/stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks as f64 / hz)
+}
+
+/// Peak resident set size of process `pid` in bytes (`VmHWM`).
+fn peak_rss(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .context("no VmHWM in /proc/pid/status")
+}
+
+fn network(seconds: u64, rounds: usize, conns: usize, size: usize) -> Result<()> {
+    build_release()?;
+    let out_dir = std::env::temp_dir().join("agent-bench-output");
+    let config = std::env::temp_dir().join("agent-bench-network.yaml");
+    std::fs::write(&config, "probes:\n  syscalls:\n    enabled: false\n")?;
+    let port = free_port()?;
+    let server = start_echo_server(port)?;
+    let result = (|| -> Result<()> {
+        let (mut bare, mut agent, mut cpu, mut rss) = (Vec::new(), Vec::new(), Vec::new(), 0);
+        request_response(port, 1, conns, size)?; // warm the page cache and CPU frequency
+        for round in 1..=rounds {
+            bare.push(request_response(port, seconds, conns, size)?);
+            let a = start_agent(&out_dir, Some(&config))?;
+            let cpu_before = cpu_seconds(a.pid())?;
+            agent.push(request_response(port, seconds, conns, size)?);
+            cpu.push(cpu_seconds(a.pid())? - cpu_before);
+            rss = rss.max(peak_rss(a.pid())?);
+            a.stop()?;
+            eprintln!(
+                "round {round}/{rounds}: bare {:.0}, agent {:.0} round trips/s; agent CPU {:.2} s",
+                bare.last().unwrap(),
+                agent.last().unwrap(),
+                cpu.last().unwrap()
+            );
+        }
+        let (b, a, c) = (median(bare), median(agent), median(cpu));
+        let slowdown = (1.0 - a / b) * 100.0;
+        println!(
+            "TCP request/response over 127.0.0.1: {conns} connections x {size} B, {seconds} s \
+             per run, median of {rounds} alternating rounds"
+        );
+        println!("  bare                 {b:12.0} round trips/s");
+        println!(
+            "  agent                {a:12.0} round trips/s  ({:.3}x bare, {slowdown:.2}% slowdown)",
+            a / b
+        );
+        println!(
+            "  agent CPU            {c:12.2} s per run ({:.1}% of one CPU), peak RSS {:.1} MiB",
+            c / seconds as f64 * 100.0,
+            rss as f64 / (1024.0 * 1024.0)
+        );
+        println!(
+            "  (the agent process only: its kernel programs run in the workload's context, so \
+             their cost is in the slowdown)"
+        );
+        println!(
+            "  goal: <= 2% slowdown: {}",
+            if slowdown <= 2.0 { "met" } else { "NOT met" }
+        );
+        Ok(())
+    })();
+    server.stop()?;
+    let _ = std::fs::remove_dir_all(out_dir);
+    let _ = std::fs::remove_file(config);
+    result
 }

@@ -1,0 +1,395 @@
+//! Privileged end-to-end tests of the TCP network probe: the real agent, real connections between
+//! two network namespaces (`tcp-workload`), and the kernel's own view to compare with (iptables
+//! drop counters, `ss -ti`).
+
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use integration_tests::{netns::*, *};
+use serde_json::Value;
+
+/// Only the network probe, fast drains so the tests do not wait long.
+const NETWORK: &str = "probes:
+  syscalls:
+    enabled: false
+  network:
+    interval: 1s
+output:
+  interval: 1s
+";
+
+const HANDSHAKE: &str = "system_network_tcp_handshake_duration_seconds";
+const RETRANSMITS: &str = "system_network_tcp_retransmits_total";
+const FAILURES: &str = "system_network_tcp_connection_failures_total";
+
+/// The port the servers listen on (each test has namespaces of its own).
+const PORT: u16 = 8080;
+
+/// Starts the agent and waits until the probe is attached: connections made before that would
+/// not be seen.
+fn start_agent() -> Agent {
+    let agent = Agent::start(NETWORK);
+    agent.wait_for(
+        |a| a.get("/readyz").map(|(s, _)| s == 200).unwrap_or(false),
+        "/readyz 200",
+    );
+    agent
+}
+
+/// The (le, cumulative count) buckets of one histogram series, sorted by `le`; checks that
+/// they are cumulative, that every finite bound is 2^b µs, and that +Inf equals `_count`.
+fn buckets(samples: &[Sample], family: &str, labels: &[(&str, &str)]) -> Vec<(f64, f64)> {
+    let name = format!("{family}_bucket");
+    let mut b: Vec<(f64, f64)> = samples
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            labels
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| {
+            let le = s.labels["le"].as_str();
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or_else(|_| panic!("le {le:?}"))
+            };
+            (le, s.value)
+        })
+        .collect();
+    b.sort_by(|x, y| x.0.partial_cmp(&y.0).unwrap());
+    assert!(
+        b.windows(2).all(|w| w[0].1 <= w[1].1),
+        "not cumulative: {b:?}"
+    );
+    for (le, _) in b.iter().filter(|(le, _)| le.is_finite()) {
+        let us = (le * 1e6).round() as u64;
+        assert!(us.is_power_of_two(), "le {le} is not 2^b µs: {b:?}");
+    }
+    let count = find(samples, &format!("{family}_count"), labels).map(|s| s.value);
+    assert_eq!(b.last().map(|x| x.0), Some(f64::INFINITY), "{b:?}");
+    assert_eq!(b.last().map(|x| x.1), count, "+Inf vs _count: {b:?}");
+    b
+}
+
+/// The cumulative count of the bucket whose bound is `le` seconds (bounds are printed in
+/// decimal; the tolerance only absorbs the formatting of 2^b × 1e-6, buckets are 2x apart).
+fn cumulative_at(b: &[(f64, f64)], le: f64) -> f64 {
+    b.iter()
+        .find(|(bound, _)| ((bound - le) / le).abs() < 1e-9)
+        .unwrap_or_else(|| panic!("no bucket le={le}: {b:?}"))
+        .1
+}
+
+/// Waits for the newest `/status` → `network.recent_connections` close event that `matches`;
+/// panics with the events seen and the agent's log when none arrives within 60 s (a bound for
+/// slow machines, not a timing assertion).
+fn close_event(agent: &Agent, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = agent.status();
+        let events = &status["network"]["recent_connections"];
+        if let Some(e) = events
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["event"] == "close" && matches(e))
+        {
+            return e.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no close event for {what} in {events:#}\nagent log:\n{}",
+            agent.stderr()
+        );
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn family(v6: bool) -> &'static str {
+    if v6 {
+        "ipv6"
+    } else {
+        "ipv4"
+    }
+}
+
+fn server(net: &NetPair, v6: bool, port: u16, extra: &[&str]) -> NsProcess {
+    let addr = net.server_addr(v6, port).to_string();
+    let args: Vec<&str> = ["server", addr.as_str()]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    NsProcess::start(&net.server, &tcp_workload_bin(), &args)
+}
+
+fn client(net: &NetPair, v6: bool, port: u16, extra: &[&str]) -> NsProcess {
+    let addr = net.server_addr(v6, port).to_string();
+    let args: Vec<&str> = ["connect", addr.as_str()]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    NsProcess::start(&net.client, &tcp_workload_bin(), &args)
+}
+
+#[test]
+fn slow_handshakes_are_the_dropped_syns_ipv4() {
+    slow_handshakes_are_the_dropped_syns(false);
+}
+
+#[test]
+fn slow_handshakes_are_the_dropped_syns_ipv6() {
+    slow_handshakes_are_the_dropped_syns(true);
+}
+
+/// Every third SYN to the server is dropped: each dropped SYN costs the client the initial
+/// retransmission timeout (1 s) and counts one retransmit. The slow handshakes in the agent's
+/// histogram must be exactly the connects the client itself timed as slow, and the retransmits
+/// exactly the packets the DROP rule counted.
+fn slow_handshakes_are_the_dropped_syns(v6: bool) {
+    require_root();
+    let _g = serial();
+    let net = NetPair::new(if v6 { "hs6" } else { "hs4" });
+    let agent = start_agent();
+    let port = PORT.to_string();
+    let rule = format!(
+        "-A INPUT -p tcp --dport {PORT} --syn -m statistic --mode nth --every 3 --packet 0 -j DROP"
+    );
+    iptables(&net.server, v6, &rule.split(' ').collect::<Vec<_>>());
+    let srv = server(&net, v6, PORT, &[]);
+    let spid = srv.pid.to_string();
+    let cl = client(
+        &net,
+        v6,
+        PORT,
+        &["--count", "12", "--rounds", "1", "--size", "16"],
+    );
+    let cpid = cl.pid.to_string();
+    let lines = cl.finish();
+
+    // `connect <i> <seconds> <local_port>`: a handshake whose SYN was dropped waits for the
+    // initial RTO (1 s); one that was not takes micro- to milliseconds on a veth. Nothing lands
+    // near 0.5 s, so the client's clock and the kernel's bucket bound (0.524288 s) agree.
+    let secs: Vec<f64> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("connect "))
+        .map(|l| l.split(' ').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(secs.len(), 12, "{lines:?}");
+    let echoed = lines
+        .iter()
+        .filter(|l| l.starts_with("bytes ") && l.ends_with(" sent=16 received=16"))
+        .count();
+    assert_eq!(echoed, 12, "{lines:?}");
+    let slow = secs.iter().filter(|s| **s > 0.5).count() as f64;
+    let drops = drop_rule_packets(&net.server, v6);
+    // Without a drop the test would prove nothing about slow handshakes or retransmits.
+    assert!(
+        drops > 0 && slow > 0.0,
+        "drops {drops}, slow {slow}: {lines:?}"
+    );
+    // The fixture's premise, from the client namespace's own counters: every retransmission
+    // was of a dropped SYN (nothing else was lost on the veth).
+    assert_eq!(nstat(&net.client, "TcpRetransSegs"), drops, "{lines:?}");
+
+    let peer = net.server_ip(v6).to_string();
+    let client_series = [
+        ("process_pid", cpid.as_str()),
+        ("process_executable_name", "tcp-workload"),
+        ("network_tcp_handshake_role", "client"),
+        ("network_type", family(v6)),
+        ("network_transport", "tcp"),
+        ("network_peer_address", peer.as_str()),
+        ("network_peer_port", port.as_str()),
+    ];
+    let count = format!("{HANDSHAKE}_count");
+    let samples = assert_eventually(&agent, &count, &client_series, 12.0);
+    let b = buckets(&samples, HANDSHAKE, &client_series);
+    let fast = cumulative_at(&b, 0.524288); // 2^19 µs
+    assert_eq!(
+        12.0 - fast,
+        slow,
+        "handshakes over 2^19 µs vs client-timed connects over 0.5 s {secs:?}: {b:?}\nagent log:\n{}",
+        agent.stderr()
+    );
+    assert_eventually(&agent, RETRANSMITS, &client_series, drops as f64);
+
+    // The server accepted all 12 (dropped SYNs never reach TCP), attributed to the listener.
+    let client_ip = net.client_ip(v6).to_string();
+    let server_series = [
+        ("process_pid", spid.as_str()),
+        ("process_executable_name", "tcp-workload"),
+        ("network_tcp_handshake_role", "server"),
+        ("network_type", family(v6)),
+        ("network_transport", "tcp"),
+        ("network_peer_address", client_ip.as_str()),
+        ("network_local_port", port.as_str()),
+    ];
+    let samples = assert_eventually(&agent, &count, &server_series, 12.0);
+    buckets(&samples, HANDSHAKE, &server_series);
+}
+
+/// The RTT the agent reports when a connection closes is the kernel's smoothed RTT, which `ss`
+/// shows for the idle connection just before; the byte counts are exact, counted as the kernel
+/// (and `ss`, `tcplife`) count them: `tcpi_bytes_acked` includes the SYN and the FIN sequence
+/// numbers, `tcpi_bytes_received` the peer's FIN.
+#[test]
+fn rtt_and_bytes_agree_with_ss() {
+    require_root();
+    let _g = serial();
+    let net = NetPair::new("rtt");
+    let agent = start_agent();
+    let _srv = server(&net, false, PORT, &[]);
+    let mut cl = client(
+        &net,
+        false,
+        PORT,
+        &["--count", "1", "--rounds", "50", "--size", "1000", "--hold"],
+    );
+    let holding = cl.expect("holding ");
+    let local_port: u16 = holding["holding ".len()..].parse().unwrap();
+    // Idle: every request was answered (and so acked), nothing is in flight, the RTT is final.
+    let ss_rtt = ss_rtt_us(&net.client, local_port)
+        .unwrap_or_else(|| panic!("ss shows no established connection on port {local_port}"));
+    cl.release();
+    let pid = cl.pid;
+    let lines = cl.finish();
+    assert!(
+        lines.contains(&"bytes 0 sent=50000 received=50000".to_string()),
+        "{lines:?}"
+    );
+
+    let e = close_event(&agent, &format!("pid {pid} port {local_port}"), |e| {
+        e["pid"] == pid && e["local_port"] == local_port
+    });
+    let ctx = format!("{e:#}\nagent log:\n{}", agent.stderr());
+    assert_eq!(e["rtt_us"], ss_rtt, "ss said {ss_rtt} µs: {ctx}");
+    assert_eq!(e["bytes_sent"], 50_000 + 2, "payload + SYN + FIN: {ctx}");
+    assert_eq!(e["bytes_received"], 50_000 + 1, "payload + FIN: {ctx}");
+    assert_eq!(e["role"], "client", "{ctx}");
+    assert_eq!(e["family"], "ipv4", "{ctx}");
+    assert_eq!(e["comm"], "tcp-workload", "{ctx}");
+    assert_eq!(
+        e["local_address"],
+        net.client_ip(false).to_string(),
+        "{ctx}"
+    );
+    assert_eq!(e["peer_address"], net.server_ip(false).to_string(), "{ctx}");
+    assert_eq!(e["peer_port"], PORT, "{ctx}");
+    assert!(e["error_type"].is_null(), "{ctx}");
+    assert!(e["handshake_us"].is_u64(), "{ctx}");
+    assert!(e["duration_us"].as_u64() > Some(0), "{ctx}");
+}
+
+/// A connect to a port nobody listens on: the server's kernel answers RST, connect() fails with
+/// ECONNREFUSED, and the agent counts exactly one `refused` failure.
+#[test]
+fn refused_connect_counts_a_refused_failure() {
+    require_root();
+    let _g = serial();
+    let net = NetPair::new("ref");
+    let agent = start_agent();
+    let closed = 9u16;
+    let cl = client(&net, false, closed, &["--count", "1"]);
+    let pid = cl.pid;
+    let lines = cl.finish();
+    assert!(
+        lines.contains(&"error 0 ConnectionRefused 111".to_string()),
+        "{lines:?}"
+    );
+
+    let p = pid.to_string();
+    let peer = net.server_ip(false).to_string();
+    let port = closed.to_string();
+    let series = [
+        ("process_pid", p.as_str()),
+        ("error_type", "refused"),
+        ("network_tcp_handshake_role", "client"),
+        ("network_type", "ipv4"),
+        ("network_peer_address", peer.as_str()),
+        ("network_peer_port", port.as_str()),
+    ];
+    assert_eventually(&agent, FAILURES, &series, 1.0);
+    let e = close_event(&agent, &format!("pid {pid}"), |e| {
+        e["pid"] == pid && e["peer_port"] == closed
+    });
+    assert_eq!(
+        e["error_type"],
+        "refused",
+        "{e:#}\nagent log:\n{}",
+        agent.stderr()
+    );
+}
+
+/// A server that aborts the connection (RST after the first request) is a `reset` failure; a
+/// connect whose SYNs are all dropped is a `timeout` once the kernel gives up (after ~3 s with
+/// `tcp_syn_retries=1`, instead of ~2 min with the default 6).
+#[test]
+fn reset_and_timeout_failures() {
+    require_root();
+    let _g = serial();
+    let net = NetPair::new("rst");
+    let agent = start_agent();
+    let peer = net.server_ip(false).to_string();
+
+    // Reset.
+    let reset_port = PORT + 1;
+    let _srv = server(&net, false, reset_port, &["--reset"]);
+    let cl = client(
+        &net,
+        false,
+        reset_port,
+        &["--count", "1", "--rounds", "1", "--size", "16"],
+    );
+    let pid = cl.pid.to_string();
+    let lines = cl.finish();
+    assert!(
+        lines.contains(&"error 0 ConnectionReset 104".to_string()),
+        "{lines:?}"
+    );
+    let port = reset_port.to_string();
+    let series = [
+        ("process_pid", pid.as_str()),
+        ("error_type", "reset"),
+        ("network_tcp_handshake_role", "client"),
+        ("network_peer_address", peer.as_str()),
+        ("network_peer_port", port.as_str()),
+    ];
+    assert_eventually(&agent, FAILURES, &series, 1.0);
+
+    // Timeout.
+    let timeout_port = PORT + 2;
+    let port = timeout_port.to_string();
+    sysctl(&net.client, "net.ipv4.tcp_syn_retries", "1");
+    let rule = format!("-A INPUT -p tcp --dport {timeout_port} --syn -j DROP");
+    iptables(&net.server, false, &rule.split(' ').collect::<Vec<_>>());
+    let retransmitted_before = nstat(&net.client, "TcpRetransSegs");
+    let cl = client(&net, false, timeout_port, &["--count", "1"]);
+    let pid = cl.pid.to_string();
+    let lines = cl.finish();
+    assert!(
+        lines.contains(&"error 0 TimedOut 110".to_string()),
+        "{lines:?}"
+    );
+    // Every SYN sent was dropped: the original and each retransmission (how many the kernel
+    // sends before giving up depends on its version; 6.18 sends three in all).
+    let syn_retransmits = nstat(&net.client, "TcpRetransSegs") - retransmitted_before;
+    assert_eq!(drop_rule_packets(&net.server, false), syn_retransmits + 1);
+    let series = [
+        ("process_pid", pid.as_str()),
+        ("error_type", "timeout"),
+        ("network_tcp_handshake_role", "client"),
+        ("network_peer_address", peer.as_str()),
+        ("network_peer_port", port.as_str()),
+    ];
+    assert_eventually(&agent, FAILURES, &series, 1.0);
+    // The SYN retransmissions of the failed connect are retransmits of the same client series.
+    let client_series: Vec<(&str, &str)> = series
+        .into_iter()
+        .filter(|(k, _)| *k != "error_type")
+        .collect();
+    assert_eventually(&agent, RETRANSMITS, &client_series, syn_retransmits as f64);
+}
