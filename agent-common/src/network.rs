@@ -26,6 +26,8 @@ pub const COUNTERS_MAP: &str = "NET_COUNTERS";
 pub const AGG_GLOBAL: &str = "NET_AGGREGATION";
 /// Global (`.rodata`): events each CPU may emit per second (0 = no events).
 pub const EVENT_RATE_GLOBAL: &str = "NET_EVENTS_PER_CPU_SECOND";
+/// Global (`.rodata`): nanoseconds between two RTT samples of one connection (0 = every one).
+pub const RTT_PERIOD_GLOBAL: &str = "NET_RTT_SAMPLE_NS";
 
 /// Series per (process, role, family, peer address, port).
 pub const AGG_PEER: u32 = 0;
@@ -130,7 +132,8 @@ pub struct SeriesStats {
     pub failures: [u64; failure::COUNT],
     /// SYN (client: connect(); server: SYN arrival) to ESTABLISHED.
     pub handshake: Hist,
-    /// Smoothed RTT at every RTT sample the kernel takes.
+    /// Smoothed RTT of each connection, sampled about once per sample interval (at the
+    /// kernel's first RTT measurement after the interval has passed; see the kernel's gate).
     pub rtt: Hist,
     /// ESTABLISHED to CLOSE.
     pub duration: Hist,

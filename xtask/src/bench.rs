@@ -192,41 +192,54 @@ fn program_stats(name: &str) -> Result<(u64, u64)> {
     Ok((ns, cnt))
 }
 
+/// (program, run_time_ns, run_cnt) over one workload.
+type Costs = Vec<(String, u64, u64)>;
+
 /// The kernel's own per-run cost of each program (`kernel.bpf_stats_enabled`, which adds a
 /// clock read on each side of every run, so figures include ~that much instrumentation). A
-/// separate run: stats must not inflate the timed rounds.
-fn program_costs(calls: u64, out_dir: &Path) -> Result<()> {
+/// separate run: stats must not inflate the timed rounds. `workload` returns how many units
+/// (calls, round trips) it did; the cost per unit is printed too.
+fn program_costs(
+    progs: &[&str],
+    config: Option<&Path>,
+    out_dir: &Path,
+    unit: &str,
+    workload: impl FnOnce() -> Result<u64>,
+) -> Result<Costs> {
     let sysctl = "/proc/sys/kernel/bpf_stats_enabled";
     let before = std::fs::read_to_string(sysctl).unwrap_or_default();
     std::fs::write(sysctl, "1").context("enable kernel.bpf_stats_enabled")?;
-    let result = (|| -> Result<Vec<(&str, u64, u64)>> {
-        let agent = start_agent(out_dir, None)?;
-        let progs = ["syscalls_enter", "syscalls_exit"];
+    let result = (|| -> Result<(Costs, u64)> {
+        let agent = start_agent(out_dir, config)?;
         let start: Vec<_> = progs
             .iter()
             .map(|p| program_stats(p))
             .collect::<Result<_>>()?;
-        workload(calls)?;
+        let units = workload()?;
         let end: Vec<_> = progs
             .iter()
             .map(|p| program_stats(p))
             .collect::<Result<_>>()?;
         agent.stop()?;
-        Ok(progs
+        let costs = progs
             .iter()
             .zip(start.iter().zip(end.iter()))
-            .map(|(p, (a, b))| (*p, b.0 - a.0, b.1 - a.1))
-            .collect())
+            .map(|(p, (a, b))| (p.to_string(), b.0 - a.0, b.1 - a.1))
+            .collect();
+        Ok((costs, units))
     })();
     let _ = std::fs::write(sysctl, before.trim());
+    let (costs, units) = result?;
     println!("kernel-measured cost per program run (bpf_stats_enabled, separate run):");
-    for (name, ns, cnt) in result? {
+    for (name, ns, cnt) in &costs {
         println!(
-            "  {name:16} {:8.1} ns over {cnt} runs",
-            ns as f64 / cnt.max(1) as f64
+            "  {name:20} {:8.1} ns over {cnt} runs = {:.1} ns and {:.2} runs per {unit}",
+            *ns as f64 / (*cnt).max(1) as f64,
+            *ns as f64 / units.max(1) as f64,
+            *cnt as f64 / units.max(1) as f64
         );
     }
-    Ok(())
+    Ok(costs)
 }
 
 /// The kernel objects, then the agent and the workloads in release mode.
@@ -282,7 +295,14 @@ fn syscalls(calls: u64, rounds: usize) -> Result<()> {
         ratio,
         if ratio <= 0.5 { "met" } else { "NOT met" }
     );
-    program_costs(calls, &out_dir)?;
+    program_costs(
+        &["syscalls_enter", "syscalls_exit"],
+        None,
+        &out_dir,
+        "call",
+        || workload(calls).map(|_| calls),
+    )
+    .map(|_| ())?;
     let _ = std::fs::remove_dir_all(out_dir);
     Ok(())
 }
@@ -401,6 +421,28 @@ fn network(seconds: u64, rounds: usize, conns: usize, size: usize) -> Result<()>
         println!(
             "  goal: <= 2% slowdown: {}",
             if slowdown <= 2.0 { "met" } else { "NOT met" }
+        );
+        // The noise-free view: what the kernel programs themselves cost per round trip, against
+        // the CPU time a round trip takes (the load keeps every CPU busy).
+        let mut rate = 0.0;
+        let costs = program_costs(
+            &["network_sockops", "network_error_r"],
+            Some(&config),
+            &out_dir,
+            "round trip",
+            || {
+                rate = request_response(port, seconds, conns, size)?;
+                Ok((rate * seconds as f64) as u64)
+            },
+        )?;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let prog_ns_per_rt: f64 =
+            costs.iter().map(|c| c.1 as f64).sum::<f64>() / (rate * seconds as f64).max(1.0);
+        let cpu_ns_per_rt = cpus * 1e9 / rate.max(1.0);
+        println!(
+            "  programs' cost: {prog_ns_per_rt:.0} ns per round trip of {cpu_ns_per_rt:.0} ns CPU \
+             ({cpus} CPUs / {rate:.0} round trips/s): {:.2}% estimated slowdown",
+            prog_ns_per_rt / cpu_ns_per_rt * 100.0
         );
         Ok(())
     })();

@@ -32,11 +32,11 @@ mod probe {
             bpf_get_current_comm, bpf_get_current_pid_tgid,
             generated::{
                 bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
-                bpf_ktime_get_ns,
+                bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
             },
         },
         macros::{map, sock_ops, tracepoint},
-        maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+        maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
         programs::{SockOpsContext, TracePointContext},
     };
 
@@ -55,6 +55,9 @@ mod probe {
     /// Events each CPU may send per second; set by the loader.
     #[no_mangle]
     static NET_EVENTS_PER_CPU_SECOND: u64 = 1000;
+    /// Nanoseconds between two RTT samples of one connection; set by the loader.
+    #[no_mangle]
+    static NET_RTT_SAMPLE_NS: u64 = 1_000_000_000;
 
     #[map]
     static NET_SERIES: PerCpuHashMap<SeriesKey, SeriesStats> =
@@ -77,6 +80,11 @@ mod probe {
     static NET_PENDING_ERROR: PerCpuArray<PendingError> = PerCpuArray::with_max_entries(1, 0);
     #[map]
     static NET_RATE: PerCpuArray<RateWindow> = PerCpuArray::with_max_entries(1, 0);
+    /// log2 of the RTT sampling gate's slots.
+    const RTT_GATE_BITS: u32 = 12;
+    /// Coarse time of the last RTT sample per gate slot (see `on_rtt`).
+    #[map]
+    static NET_RTT_GATE: Array<u64> = Array::with_max_entries(1 << RTT_GATE_BITS, 0);
 
     const TCP_ESTABLISHED: u32 = 1;
     const TCP_CLOSE: u32 = 7;
@@ -370,7 +378,27 @@ mod probe {
     }
 
     #[inline(never)]
+    /// Called at every RTT measurement (each ACK of new data): the hot path. The gate lets a
+    /// connection through at most once per sample interval; the other calls cost four context
+    /// loads, a multiply, an inlined array access and a coarse clock read — no helper call, no
+    /// hash lookup. Connections that share a gate slot share its budget (one may skip a sample
+    /// in that interval); a race between two CPUs can let one extra sample through.
     fn on_rtt(ctx: &SockOpsContext) -> Result<(), i64> {
+        let h = field!(ctx, local_port)
+            ^ field!(ctx, remote_port)
+            ^ field!(ctx, remote_ip4)
+            ^ field!(ctx, remote_ip6[3]);
+        let slot = h.wrapping_mul(0x9E37_79B1) >> (32 - RTT_GATE_BITS);
+        let Some(gate) = NET_RTT_GATE.get_ptr_mut(slot) else {
+            return Ok(());
+        };
+        let gate = unsafe { &mut *gate };
+        let period = unsafe { core::ptr::read_volatile(&NET_RTT_SAMPLE_NS) };
+        let t = unsafe { bpf_ktime_get_coarse_ns() };
+        if *gate != 0 && t.wrapping_sub(*gate) < period {
+            return Ok(());
+        }
+        *gate = t;
         let Some(conn) = NET_CONNS.get_ptr(cookie(ctx)) else {
             return Ok(());
         };

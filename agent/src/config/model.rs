@@ -185,6 +185,9 @@ pub struct NetworkConfig {
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
     pub aggregation: Aggregation,
+    /// Smallest time between two RTT samples of one connection (0: every RTT measurement).
+    #[serde(with = "humantime_serde")]
+    pub rtt_sample_interval: Duration,
     /// Kernel map size: series (beyond it, measurements go to one "other" series).
     pub max_series: u32,
     /// Kernel map size: connections tracked at once.
@@ -207,6 +210,7 @@ impl Default for NetworkConfig {
             enabled: true,
             interval: Duration::from_secs(5),
             aggregation: Aggregation::Peer,
+            rtt_sample_interval: Duration::from_secs(1),
             max_series: 1024,
             max_connections: 65_536,
             events_per_second: 1000,

@@ -39,6 +39,7 @@ pub(crate) const FIELDS: &[&str] = &[
     "probes.network.enabled",
     "probes.network.interval",
     "probes.network.aggregation",
+    "probes.network.rtt_sample_interval",
     "probes.network.max_series",
     "probes.network.max_connections",
     "probes.network.events_per_second",
@@ -181,6 +182,7 @@ pub(crate) fn allowed(path: &str) -> Option<String> {
         }
         "probes.network.interval" => durations(&SYSCALLS_INTERVAL),
         "probes.network.aggregation" => "peer, port or process".to_string(),
+        "probes.network.rtt_sample_interval" => durations(&RETAIN_EXITED),
         "probes.network.max_series" | "probes.network.max_connections" => numbers(&MAP_ENTRIES),
         "probes.network.events_per_second" => numbers(&EVENTS_PER_SECOND),
         "probes.network.recent_connections" => numbers(&RECENT_CONNECTIONS),
@@ -267,6 +269,9 @@ pub(crate) fn check_field(cfg: &Config, path: &str) -> Result<(), String> {
         ),
         "probes.syscalls.retain_exited" => check_duration(sys.retain_exited, &RETAIN_EXITED),
         "probes.network.interval" => check_duration(net.interval, &SYSCALLS_INTERVAL),
+        "probes.network.rtt_sample_interval" => {
+            check_duration(net.rtt_sample_interval, &RETAIN_EXITED)
+        }
         "probes.network.max_series" => check_number(net.max_series.into(), &MAP_ENTRIES),
         "probes.network.max_connections" => check_number(net.max_connections.into(), &MAP_ENTRIES),
         "probes.network.events_per_second" => {

@@ -31,7 +31,7 @@ pub const HANDSHAKE: Desc = Desc {
 pub const RTT: Desc = Desc {
     name: "system.network.tcp.rtt.duration",
     unit: "s",
-    help: "Smoothed TCP round-trip time, sampled at every RTT measurement of the kernel.",
+    help: "Smoothed TCP round-trip time of each connection, sampled at most once per rtt_sample_interval.",
     kind: Kind::Histogram,
 };
 pub const DURATION: Desc = Desc {

@@ -24,7 +24,7 @@ use std::{
 
 use agent_common::network::{
     ListenerKey, Owner, AGG_GLOBAL, AGG_PEER, AGG_PORT, AGG_PROCESS, CONNS_MAP, COUNTERS_MAP,
-    EVENTS_MAP, EVENT_RATE_GLOBAL, LISTENERS_MAP, SERIES_MAP,
+    EVENTS_MAP, EVENT_RATE_GLOBAL, LISTENERS_MAP, RTT_PERIOD_GLOBAL, SERIES_MAP,
 };
 use aya::{
     maps::{HashMap, MapData, RingBuf},
@@ -148,11 +148,13 @@ pub fn load_and_attach(
     let mut hooks = hooks_for(cfg);
     let agg = aggregation_code(cfg.aggregation);
     let rate = cfg.events_per_second as u64;
+    let rtt_period = cfg.rtt_sample_interval.as_nanos().min(u64::MAX as u128) as u64;
     let mut bpf = ebpf::load(NAME, |l| {
         l.map_max_entries(SERIES_MAP, cfg.max_series)
             .map_max_entries(CONNS_MAP, cfg.max_connections)
             .override_global(AGG_GLOBAL, &agg, true)
-            .override_global(EVENT_RATE_GLOBAL, &rate, true);
+            .override_global(EVENT_RATE_GLOBAL, &rate, true)
+            .override_global(RTT_PERIOD_GLOBAL, &rtt_period, true);
     })
     .map_err(|e| (e, hooks.clone()))?;
     if let Err(e) = cgroup_dir(cfg).and_then(|dir| attach_sockops(&mut bpf, &dir)) {
@@ -211,6 +213,7 @@ impl NetworkProbe {
                 || r.cfg.max_connections != cfg.max_connections
                 || r.cfg.aggregation != cfg.aggregation
                 || r.cfg.events_per_second != cfg.events_per_second
+                || r.cfg.rtt_sample_interval != cfg.rtt_sample_interval
                 || r.cfg.cgroup != cfg.cgroup;
             if !reload {
                 let _ = r.ctl.send(Ctl::Config(cfg.clone()));
@@ -219,7 +222,7 @@ impl NetworkProbe {
             }
             tracing::info!(
                 probe = NAME,
-                "map sizes, aggregation, event rate or cgroup changed: reloading the probe (its series restart)"
+                "map sizes, aggregation, event rate, RTT sampling or cgroup changed: reloading the probe (its series restart)"
             );
             self.stop();
         }
@@ -340,11 +343,7 @@ struct Drainer {
 }
 
 impl Drainer {
-    fn run(
-        mut self,
-        rx: mpsc::Receiver<Ctl>,
-        mut listeners: HashMap<MapData, ListenerKey, Owner>,
-    ) {
+    fn run(mut self, rx: mpsc::Receiver<Ctl>, mut listeners: HashMap<MapData, ListenerKey, Owner>) {
         // After attach, so no listen() falls between the scan and the hook.
         let started = Instant::now();
         let seeded = listeners::seed(&mut listeners);
