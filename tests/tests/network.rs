@@ -393,3 +393,139 @@ fn reset_and_timeout_failures() {
         .collect();
     assert_eventually(&agent, RETRANSMITS, &client_series, syn_retransmits as f64);
 }
+
+/// Sum of `name` over every series matching `labels`.
+fn sum(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
+/// More series than `max_series`: the kernel adds what does not fit into the "other" series
+/// and counts the folds, so no failure is lost. 70 processes (one series each) are refused once
+/// each with `max_series: 64`: their series plus "other" must hold exactly 70 refusals, some
+/// of them folded.
+#[test]
+fn series_beyond_max_series_fold_into_other_without_loss() {
+    require_root();
+    let _g = serial();
+    let net = NetPair::new("fold");
+    let agent = Agent::start(&NETWORK.replace(
+        "    interval: 1s\n",
+        "    interval: 1s\n    max_series: 64\n",
+    ));
+    agent.wait_for(
+        |a| a.get("/readyz").map(|(s, _)| s == 200).unwrap_or(false),
+        "/readyz 200",
+    );
+    // All at once, so the map fills before a drain can free the series of exited clients.
+    let clients: Vec<NsProcess> = (0..70)
+        .map(|_| client(&net, false, 9, &["--count", "1"]))
+        .collect();
+    let pids: Vec<String> = clients.iter().map(|c| c.pid.to_string()).collect();
+    for c in clients {
+        c.finish();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let samples = agent.metrics();
+        let ours: f64 = pids
+            .iter()
+            .map(|p| {
+                sum(
+                    &samples,
+                    FAILURES,
+                    &[("process_pid", p), ("error_type", "refused")],
+                )
+            })
+            .sum();
+        let other = sum(
+            &samples,
+            FAILURES,
+            &[("process_pid", "other"), ("error_type", "refused")],
+        );
+        let folded = agent.status()["maps"]["NET_SERIES"]["detail"]["series_folded"]
+            .as_u64()
+            .unwrap_or(0);
+        if (ours + other == 70.0 && folded > 0) || Instant::now() > deadline {
+            assert_eq!(
+                ours + other,
+                70.0,
+                "ours {ours} + other {other}\n{}",
+                agent.stderr()
+            );
+            assert!(other >= 1.0, "nothing folded into other");
+            assert!(folded > 0, "no fold counted");
+            break;
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Connection events are rate-bounded per CPU: with `events_per_second: 1`, each CPU sends at
+/// most one event per one-second window, so a burst spanning T seconds lets at most
+/// (ceil(T) + 1) x CPUs events through (for every process together); every event not sent is
+/// counted. The histograms do not depend on events: all 30 handshakes are measured.
+#[test]
+fn connection_events_are_rate_bounded_and_drops_counted() {
+    require_root();
+    let _g = serial();
+    let net = NetPair::new("rate");
+    let agent = Agent::start(&NETWORK.replace(
+        "    interval: 1s\n",
+        "    interval: 1s\n    events_per_second: 1\n",
+    ));
+    agent.wait_for(
+        |a| a.get("/readyz").map(|(s, _)| s == 200).unwrap_or(false),
+        "/readyz 200",
+    );
+    let _srv = server(&net, false, PORT, &[]);
+    let started = Instant::now();
+    let cl = client(&net, false, PORT, &["--count", "30"]);
+    let pid = cl.pid;
+    cl.finish();
+    let windows = started.elapsed().as_secs_f64().ceil() as usize + 1;
+    // The 30 handshakes are all measured: the histogram does not depend on events.
+    let p = pid.to_string();
+    assert_eventually(
+        &agent,
+        &format!("{HANDSHAKE}_count"),
+        &[
+            ("process_pid", p.as_str()),
+            ("network_tcp_handshake_role", "client"),
+        ],
+        30.0,
+    );
+    let status = agent.status();
+    let ours = status["network"]["recent_connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["pid"] == pid)
+        .count();
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        ours <= windows * cpus,
+        "{ours} events passed, more than {windows} windows x {cpus} CPUs"
+    );
+    let limited = status["maps"]["NET_EVENTS"]["detail"]["events_rate_limited"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(limited > 0, "{status:#}");
+    assert_eq!(
+        status["maps"]["NET_EVENTS"]["lost"].as_u64(),
+        Some(
+            limited
+                + status["maps"]["NET_EVENTS"]["detail"]["events_ringbuf_full"]
+                    .as_u64()
+                    .unwrap_or(0)
+        ),
+    );
+}

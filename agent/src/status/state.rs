@@ -114,6 +114,9 @@ pub struct NetworkStatus {
     pub recent_connections: std::collections::VecDeque<ConnRecord>,
 }
 
+/// Connection events a subscriber may fall behind before it loses the oldest.
+pub const CONNECTION_EVENTS_CAPACITY: usize = 4096;
+
 pub struct AgentState {
     pub started: Instant,
     pub started_at: SystemTime,
@@ -122,6 +125,9 @@ pub struct AgentState {
     maps: RwLock<BTreeMap<String, MapStats>>,
     exporter: RwLock<ExporterStatus>,
     network: RwLock<NetworkStatus>,
+    /// Every connection event as it arrives (for detectors); bounded, lagging receivers lose
+    /// the oldest.
+    connections: tokio::sync::broadcast::Sender<ConnRecord>,
     pipeline_running: std::sync::atomic::AtomicBool,
 }
 
@@ -143,6 +149,7 @@ impl AgentState {
             maps: RwLock::default(),
             exporter: RwLock::default(),
             network: RwLock::default(),
+            connections: tokio::sync::broadcast::channel(CONNECTION_EVENTS_CAPACITY).0,
             pipeline_running: false.into(),
         }
     }
@@ -186,6 +193,8 @@ impl AgentState {
         let mut n = write(&self.network);
         let recent = &mut n.recent_connections;
         for r in records {
+            // No subscriber is not an error.
+            let _ = self.connections.send(r.clone());
             if r.event == "failure" {
                 if let Some(close) = recent
                     .iter_mut()
@@ -198,6 +207,11 @@ impl AgentState {
             recent.push_front(r);
         }
         recent.truncate(keep);
+    }
+
+    /// Every connection event (open, close, failure) from now on.
+    pub fn subscribe_connections(&self) -> tokio::sync::broadcast::Receiver<ConnRecord> {
+        self.connections.subscribe()
     }
 
     pub fn network(&self) -> NetworkStatus {
@@ -233,5 +247,57 @@ impl AgentState {
         } else {
             Err(why)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(event: &'static str, cookie: u64, error_type: Option<&'static str>) -> ConnRecord {
+        ConnRecord {
+            event,
+            time_unix_nano: 0,
+            cookie,
+            pid: 1,
+            comm: "c".into(),
+            role: "client",
+            family: "ipv4",
+            local_address: "10.0.0.1".into(),
+            local_port: 1,
+            peer_address: "10.0.0.2".into(),
+            peer_port: 2,
+            handshake_us: None,
+            duration_us: None,
+            rtt_us: None,
+            bytes_sent: 0,
+            bytes_received: 0,
+            retransmits: 0,
+            error_type,
+        }
+    }
+
+    #[test]
+    fn recent_connections_newest_first_bounded_with_failures_merged() {
+        let s = AgentState::new("h".into());
+        let mut rx = s.subscribe_connections();
+        s.push_connections(
+            vec![
+                record("open", 1, None),
+                record("close", 1, None),
+                record("failure", 1, Some("reset")),
+                record("close", 2, None),
+            ],
+            2,
+        );
+        let recent = s.network().recent_connections;
+        assert_eq!(recent.len(), 2);
+        assert_eq!((recent[0].cookie, recent[0].event), (2, "close"));
+        assert_eq!((recent[1].cookie, recent[1].error_type), (1, Some("reset")));
+        // Subscribers see every event, failures included.
+        let events: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|r| r.event)
+            .collect();
+        assert_eq!(events, ["open", "close", "failure", "close"]);
     }
 }

@@ -140,6 +140,27 @@ fn attach_error_report(bpf: &mut Ebpf) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// Creates the all-zero "other" series before anything runs: when `NET_SERIES` is full the
+/// kernel folds into it, and a full map could not take it then.
+fn reserve_other_series(bpf: &mut Ebpf) -> Result<(), LoadError> {
+    use agent_common::network::{SeriesKey, SeriesStats};
+    let what = format!("creating the \"other\" series in {SERIES_MAP}");
+    let map = bpf.map_mut(SERIES_MAP).ok_or_else(|| {
+        LoadError::new(
+            format!("map {SERIES_MAP} missing from the network object"),
+            "rebuild with `cargo xtask build-ebpf`",
+        )
+    })?;
+    let mut series: aya::maps::PerCpuHashMap<&mut MapData, SeriesKey, SeriesStats> =
+        aya::maps::PerCpuHashMap::try_from(map).map_err(|e| ebpf::explain(&what, &e))?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| ebpf::explain_os(&what, &e))?;
+    let zeros = aya::maps::PerCpuValues::try_from(vec![SeriesStats::ZERO; cpus])
+        .map_err(|e| ebpf::explain_os(&what, &e))?;
+    series
+        .insert(SeriesKey::default(), zeros, 0)
+        .map_err(|e| ebpf::explain(&what, &e))
+}
+
 /// Loads the object sized by `cfg` and attaches it. Fails (nothing attached) when sock_ops
 /// cannot attach; the error tracepoint failing only marks its hook.
 pub fn load_and_attach(
@@ -157,6 +178,9 @@ pub fn load_and_attach(
             .override_global(RTT_PERIOD_GLOBAL, &rtt_period, true);
     })
     .map_err(|e| (e, hooks.clone()))?;
+    if let Err(e) = reserve_other_series(&mut bpf) {
+        return Err((e, hooks));
+    }
     if let Err(e) = cgroup_dir(cfg).and_then(|dir| attach_sockops(&mut bpf, &dir)) {
         hooks[0].error = Some(e.cause.clone());
         return Err((e, hooks));
