@@ -26,6 +26,8 @@ pub const COUNTERS_MAP: &str = "NET_COUNTERS";
 pub const AGG_GLOBAL: &str = "NET_AGGREGATION";
 /// Global (`.rodata`): events each CPU may emit per second (0 = no events).
 pub const EVENT_RATE_GLOBAL: &str = "NET_EVENTS_PER_CPU_SECOND";
+/// Global (`.rodata`): 1 to turn on the per-ACK RTT callback (the RTT histogram), 0 for none.
+pub const RTT_ON_GLOBAL: &str = "NET_RTT_ON";
 /// Global (`.rodata`): nanoseconds between two RTT samples of one connection (0 = every one).
 pub const RTT_PERIOD_GLOBAL: &str = "NET_RTT_SAMPLE_NS";
 

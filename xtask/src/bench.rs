@@ -324,8 +324,23 @@ fn start_echo_server(port: u16) -> Result<Stopper> {
     Ok(server)
 }
 
-/// One `tcp-workload rr` run against the echo server; returns its round trips per second.
-fn request_response(port: u16, seconds: u64, conns: usize, size: usize) -> Result<f64> {
+/// One `tcp-workload rr` run against the echo server.
+struct RrRun {
+    /// Round trips per second.
+    rate: f64,
+    /// CPU nanoseconds per round trip, client and server together (not the agent's).
+    cpu_ns: f64,
+}
+
+/// One `tcp-workload rr` run against the echo server (pid `server`).
+fn request_response(
+    port: u16,
+    server: u32,
+    seconds: u64,
+    conns: usize,
+    size: usize,
+) -> Result<RrRun> {
+    let server_before = cpu_seconds(server)?;
     let out = Command::new(bin_path("release", "tcp-workload"))
         .args([
             "rr",
@@ -339,10 +354,23 @@ fn request_response(port: u16, seconds: u64, conns: usize, size: usize) -> Resul
         ])
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
+    let server_cpu = cpu_seconds(server)? - server_before;
+    let fields: Vec<f64> = text
+        .lines()
         .find_map(|l| l.strip_prefix("rr "))
-        .and_then(|v| v.split_whitespace().nth(1)?.parse().ok())
-        .with_context(|| format!("tcp-workload rr printed no rate ({}): {text}", out.status))
+        .map(|v| {
+            v.split_whitespace()
+                .filter_map(|f| f.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let [total, rate, client_cpu] = fields[..] else {
+        bail!("tcp-workload rr printed no result ({}): {text}", out.status);
+    };
+    Ok(RrRun {
+        rate,
+        cpu_ns: (client_cpu + server_cpu) * 1e9 / total.max(1.0),
+    })
 }
 
 /// CPU seconds (user + system) process `pid` has used so far, from `/proc/<pid>/stat`.
@@ -382,24 +410,34 @@ fn network(seconds: u64, rounds: usize, conns: usize, size: usize) -> Result<()>
     let server = start_echo_server(port)?;
     let result = (|| -> Result<()> {
         let (mut bare, mut agent, mut cpu, mut rss) = (Vec::new(), Vec::new(), Vec::new(), 0);
-        request_response(port, 1, conns, size)?; // warm the page cache and CPU frequency
+        let (mut bare_cpu, mut agent_cpu) = (Vec::new(), Vec::new());
+        let srv = server.pid();
+        request_response(port, srv, 1, conns, size)?; // warm the page cache and CPU frequency
         for round in 1..=rounds {
-            bare.push(request_response(port, seconds, conns, size)?);
+            let r = request_response(port, srv, seconds, conns, size)?;
+            bare.push(r.rate);
+            bare_cpu.push(r.cpu_ns);
             let a = start_agent(&out_dir, Some(&config))?;
             let cpu_before = cpu_seconds(a.pid())?;
-            agent.push(request_response(port, seconds, conns, size)?);
+            let r = request_response(port, srv, seconds, conns, size)?;
+            agent.push(r.rate);
+            agent_cpu.push(r.cpu_ns);
             cpu.push(cpu_seconds(a.pid())? - cpu_before);
             rss = rss.max(peak_rss(a.pid())?);
             a.stop()?;
             eprintln!(
-                "round {round}/{rounds}: bare {:.0}, agent {:.0} round trips/s; agent CPU {:.2} s",
+                "round {round}/{rounds}: bare {:.0}, agent {:.0} round trips/s; CPU per round \
+                 trip {:.0} / {:.0} ns; agent CPU {:.2} s",
                 bare.last().unwrap(),
                 agent.last().unwrap(),
+                bare_cpu.last().unwrap(),
+                agent_cpu.last().unwrap(),
                 cpu.last().unwrap()
             );
         }
         let (b, a, c) = (median(bare), median(agent), median(cpu));
         let slowdown = (1.0 - a / b) * 100.0;
+        let (bc, ac) = (median(bare_cpu), median(agent_cpu));
         println!(
             "TCP request/response over 127.0.0.1: {conns} connections x {size} B, {seconds} s \
              per run, median of {rounds} alternating rounds"
@@ -408,6 +446,11 @@ fn network(seconds: u64, rounds: usize, conns: usize, size: usize) -> Result<()>
         println!(
             "  agent                {a:12.0} round trips/s  ({:.3}x bare, {slowdown:.2}% slowdown)",
             a / b
+        );
+        println!(
+            "  CPU per round trip   {bc:12.0} ns bare, {ac:.0} ns with the agent ({:+.2}%; the \
+             workload's own CPU time, which a noisy neighbour's steal does not inflate)",
+            (ac / bc - 1.0) * 100.0
         );
         println!(
             "  agent CPU            {c:12.2} s per run ({:.1}% of one CPU), peak RSS {:.1} MiB",
@@ -431,7 +474,7 @@ fn network(seconds: u64, rounds: usize, conns: usize, size: usize) -> Result<()>
             &out_dir,
             "round trip",
             || {
-                rate = request_response(port, seconds, conns, size)?;
+                rate = request_response(port, srv, seconds, conns, size)?.rate;
                 Ok((rate * seconds as f64) as u64)
             },
         )?;

@@ -55,6 +55,9 @@ mod probe {
     /// Events each CPU may send per second; set by the loader.
     #[no_mangle]
     static NET_EVENTS_PER_CPU_SECOND: u64 = 1000;
+    /// 1: turn on the per-ACK RTT callback for tracked sockets; set by the loader.
+    #[no_mangle]
+    static NET_RTT_ON: u32 = 1;
     /// Nanoseconds between two RTT samples of one connection; set by the loader.
     #[no_mangle]
     static NET_RTT_SAMPLE_NS: u64 = 1_000_000_000;
@@ -306,8 +309,10 @@ mod probe {
             return Ok(());
         }
         bump(counter::CONNS_TRACKED);
-        let flags =
-            BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG | BPF_SOCK_OPS_RETRANS_CB_FLAG;
+        let rtt_on = unsafe { core::ptr::read_volatile(&NET_RTT_ON) } != 0;
+        let flags = BPF_SOCK_OPS_STATE_CB_FLAG
+            | BPF_SOCK_OPS_RETRANS_CB_FLAG
+            | if rtt_on { BPF_SOCK_OPS_RTT_CB_FLAG } else { 0 };
         let current = field!(ctx, bpf_sock_ops_cb_flags);
         if ctx.set_cb_flags((current | flags) as i32).is_err() {
             bump(counter::CB_FLAGS_FAILED);

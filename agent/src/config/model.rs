@@ -185,6 +185,8 @@ pub struct NetworkConfig {
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
     pub aggregation: Aggregation,
+    /// The RTT histogram (a sock_ops callback on every ACK of new data); off saves that cost.
+    pub rtt_histogram: bool,
     /// Smallest time between two RTT samples of one connection (0: every RTT measurement).
     #[serde(with = "humantime_serde")]
     pub rtt_sample_interval: Duration,
@@ -210,6 +212,7 @@ impl Default for NetworkConfig {
             enabled: true,
             interval: Duration::from_secs(5),
             aggregation: Aggregation::Peer,
+            rtt_histogram: true,
             rtt_sample_interval: Duration::from_secs(1),
             max_series: 1024,
             max_connections: 65_536,

@@ -39,6 +39,7 @@ pub(crate) const FIELDS: &[&str] = &[
     "probes.network.enabled",
     "probes.network.interval",
     "probes.network.aggregation",
+    "probes.network.rtt_histogram",
     "probes.network.rtt_sample_interval",
     "probes.network.max_series",
     "probes.network.max_connections",
@@ -153,7 +154,10 @@ pub(crate) fn allowed(path: &str) -> Option<String> {
                         directives like warn,agent=debug (a target needs a level: agent=debug)"
             .to_string(),
         "log.format" => "text or json".to_string(),
-        "status.enabled" | "probes.syscalls.enabled" | "probes.network.enabled" => {
+        "status.enabled"
+        | "probes.syscalls.enabled"
+        | "probes.network.enabled"
+        | "probes.network.rtt_histogram" => {
             "true or false".to_string()
         }
         "status.listen" => {

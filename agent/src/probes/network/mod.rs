@@ -24,7 +24,7 @@ use std::{
 
 use agent_common::network::{
     ListenerKey, Owner, AGG_GLOBAL, AGG_PEER, AGG_PORT, AGG_PROCESS, CONNS_MAP, COUNTERS_MAP,
-    EVENTS_MAP, EVENT_RATE_GLOBAL, LISTENERS_MAP, RTT_PERIOD_GLOBAL, SERIES_MAP,
+    EVENTS_MAP, EVENT_RATE_GLOBAL, LISTENERS_MAP, RTT_ON_GLOBAL, RTT_PERIOD_GLOBAL, SERIES_MAP,
 };
 use aya::{
     maps::{HashMap, MapData, RingBuf},
@@ -169,13 +169,15 @@ pub fn load_and_attach(
     let mut hooks = hooks_for(cfg);
     let agg = aggregation_code(cfg.aggregation);
     let rate = cfg.events_per_second as u64;
+    let rtt_on = cfg.rtt_histogram as u32;
     let rtt_period = cfg.rtt_sample_interval.as_nanos().min(u64::MAX as u128) as u64;
     let mut bpf = ebpf::load(NAME, |l| {
         l.map_max_entries(SERIES_MAP, cfg.max_series)
             .map_max_entries(CONNS_MAP, cfg.max_connections)
             .override_global(AGG_GLOBAL, &agg, true)
             .override_global(EVENT_RATE_GLOBAL, &rate, true)
-            .override_global(RTT_PERIOD_GLOBAL, &rtt_period, true);
+            .override_global(RTT_PERIOD_GLOBAL, &rtt_period, true)
+            .override_global(RTT_ON_GLOBAL, &rtt_on, true);
     })
     .map_err(|e| (e, hooks.clone()))?;
     if let Err(e) = reserve_other_series(&mut bpf) {
@@ -238,6 +240,7 @@ impl NetworkProbe {
                 || r.cfg.aggregation != cfg.aggregation
                 || r.cfg.events_per_second != cfg.events_per_second
                 || r.cfg.rtt_sample_interval != cfg.rtt_sample_interval
+                || r.cfg.rtt_histogram != cfg.rtt_histogram
                 || r.cfg.cgroup != cfg.cgroup;
             if !reload {
                 let _ = r.ctl.send(Ctl::Config(cfg.clone()));
