@@ -529,3 +529,62 @@ fn connection_events_are_rate_bounded_and_drops_counted() {
         ),
     );
 }
+
+/// `aggregation: port` and `process` cut the series key in the kernel: the client's handshakes
+/// land in one series without the peer address (port) or without any peer attribute (process),
+/// and all 3 are counted.
+#[test]
+fn aggregation_levels_drop_peer_attributes() {
+    require_root();
+    let _g = serial();
+    for (mode, present, absent) in [
+        (
+            "port",
+            &["network_peer_port"][..],
+            &["network_peer_address"][..],
+        ),
+        (
+            "process",
+            &[][..],
+            &["network_peer_address", "network_peer_port"][..],
+        ),
+    ] {
+        let net = NetPair::new(&format!("agg{}", &mode[..2]));
+        let agent = Agent::start(&NETWORK.replace(
+            "    interval: 1s\n",
+            &format!("    interval: 1s\n    aggregation: {mode}\n"),
+        ));
+        agent.wait_for(
+            |a| a.get("/readyz").map(|(s, _)| s == 200).unwrap_or(false),
+            "/readyz 200",
+        );
+        let _srv = server(&net, false, PORT, &[]);
+        let cl = client(&net, false, PORT, &["--count", "3"]);
+        let p = cl.pid.to_string();
+        cl.finish();
+        let labels = [
+            ("process_pid", p.as_str()),
+            ("network_tcp_handshake_role", "client"),
+        ];
+        let samples = assert_eventually(&agent, &format!("{HANDSHAKE}_count"), &labels, 3.0);
+        let ours: Vec<&Sample> = samples
+            .iter()
+            .filter(|s| {
+                s.name == format!("{HANDSHAKE}_count") && s.labels.get("process_pid") == Some(&p)
+            })
+            .collect();
+        assert_eq!(ours.len(), 1, "{mode}: one series expected: {ours:?}");
+        for l in present {
+            assert!(
+                ours[0].labels.contains_key(*l),
+                "{mode}: {l} missing: {ours:?}"
+            );
+        }
+        for l in absent {
+            assert!(
+                !ours[0].labels.contains_key(*l),
+                "{mode}: {l} present: {ours:?}"
+            );
+        }
+    }
+}

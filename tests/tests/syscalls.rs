@@ -9,9 +9,9 @@ use std::{
 
 use integration_tests::*;
 
-/// Fast drains so the tests do not wait long.
-const FAST: &str =
-    "probes:\n  syscalls:\n    interval: 1s\n    retain_exited: 5m\noutput:\n  interval: 1s\n";
+/// Fast drains so the tests do not wait long; only the syscall probe (these tests count its
+/// programs).
+const FAST: &str = "probes:\n  syscalls:\n    interval: 1s\n    retain_exited: 5m\n  network:\n    enabled: false\noutput:\n  interval: 1s\n";
 
 /// `FAST` with one more `probes.syscalls` field.
 fn fast_with(field: &str) -> String {
@@ -364,6 +364,11 @@ fn without_privilege_the_agent_runs_and_says_why() {
             .stderr(Stdio::piped());
         *c = wrapped;
     });
+    // The status endpoint answers while the probes are still starting.
+    agent.wait_for(
+        |a| a.status()["probes"]["syscalls"]["state"] != "starting",
+        "the probe to settle",
+    );
     let (code, body) = agent.get("/readyz").unwrap();
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("syscalls"), "{body}");
