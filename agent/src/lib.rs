@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod ebpf;
+pub mod export;
 pub mod logging;
 pub mod metrics;
 pub mod output;

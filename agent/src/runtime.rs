@@ -17,11 +17,12 @@ use tokio::{
 };
 
 use crate::{
-    config::{Config, ConfigError},
+    config::{Config, ConfigError, ExportConfig},
     ebpf::tracefs,
+    export::{self, settings::Settings, Exporter},
     logging::LevelHandle,
     metrics::Store,
-    output::{self, OutputSettings},
+    output::OutputSettings,
     probes::Probes,
     status::{self, state::AgentState, StatusContext},
 };
@@ -55,6 +56,25 @@ pub enum RunError {
     Signals(std::io::Error),
 }
 
+/// The export settings of `cfg` and the environment; on a bad `OTEL_EXPORTER_OTLP_*` value,
+/// local files (nothing is lost) and the cause on `/status`.
+fn export_settings(cfg: &Config, state: &AgentState) -> Settings {
+    match export::settings::resolve(&cfg.export, &cfg.output.dir, |k| std::env::var(k).ok()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("export: {}; writing local files instead", e.cause);
+            tracing::error!("fix: {}", e.fix);
+            state.update_exporter(|x| x.last_error = Some(e.cause.clone()));
+            let files = ExportConfig {
+                spool: cfg.export.spool.clone(),
+                ..Default::default()
+            };
+            export::settings::resolve(&files, &cfg.output.dir, |_| None)
+                .expect("no endpoint cannot fail")
+        }
+    }
+}
+
 fn output_settings(cfg: &Config) -> OutputSettings {
     OutputSettings {
         dir: cfg.output.dir.clone(),
@@ -64,33 +84,13 @@ fn output_settings(cfg: &Config) -> OutputSettings {
     }
 }
 
-struct Writer {
-    settings: OutputSettings,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-fn spawn_writer(cfg: &Config, store: &Arc<Store>, state: &Arc<AgentState>) -> Writer {
-    let (stop, rx) = watch::channel(false);
-    let settings = output_settings(cfg);
-    let task = tokio::spawn(output::run(
-        settings.clone(),
+fn spawn_writer(cfg: &Config, store: &Arc<Store>, state: &Arc<AgentState>) -> Exporter {
+    export::spawn(
+        export_settings(cfg, state),
+        output_settings(cfg),
         store.clone(),
         state.clone(),
-        rx,
-    ));
-    Writer {
-        settings,
-        stop,
-        task,
-    }
-}
-
-impl Writer {
-    async fn stop(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
-    }
+    )
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -142,7 +142,7 @@ pub async fn run(mut cfg: Config, overrides: Overrides, log: LevelHandle) -> Res
                     }
                     status_server = start_status(&new, &state, &store).await;
                 }
-                if output_settings(&new) != writer.settings {
+                if (export_settings(&new, &state), output_settings(&new)) != writer.key {
                     writer.stop().await;
                     writer = spawn_writer(&new, &store, &state);
                 }

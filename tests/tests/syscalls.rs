@@ -394,19 +394,30 @@ fn json_logs_and_local_output_files() {
         c.env("AGENT_LOG_FORMAT", "json");
     });
     agent.wait_for(ready, "/readyz 200");
-    // With no collector the data goes to <output-dir>/metrics.jsonl (every second here).
+    // With no collector the data goes to <output-dir>/metrics.jsonl as OTLP JSON, one
+    // ExportMetricsServiceRequest per line (every second here).
     let file = agent.dir.join("out/metrics.jsonl");
     let has_syscalls_batch = |_: &Agent| {
         std::fs::read_to_string(&file).is_ok_and(|t| {
             t.lines().any(|l| {
                 serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
-                    v["source"] == "syscalls"
-                        && v["families"][0]["desc"]["name"] == "process.syscall.duration"
+                    v["resourceMetrics"][0]["scopeMetrics"][0]["metrics"]
+                        .as_array()
+                        .is_some_and(|ms| {
+                            ms.iter().any(|m| {
+                                m["name"] == "process.syscall.duration"
+                                    && m["unit"] == "s"
+                                    && m["histogram"]["dataPoints"].as_array().is_some()
+                            })
+                        })
                 })
             })
         })
     };
-    agent.wait_for(has_syscalls_batch, "a syscalls batch in metrics.jsonl");
+    agent.wait_for(
+        has_syscalls_batch,
+        "OTLP JSON with process.syscall.duration in metrics.jsonl",
+    );
     assert!(agent.stop().success());
     let log = agent.stderr();
     let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();

@@ -26,9 +26,11 @@ pub use env::ENV_OVERRIDES;
 pub use error::{ConfigError, Source};
 pub use load::DEFAULT_ORIGIN;
 pub use model::{
-    Aggregation, Config, LogConfig, LogFormat, NetworkConfig, OutputConfig, ProbesConfig,
-    StatusConfig, SyscallsConfig,
+    Aggregation, Compression, Config, ExportConfig, LogConfig, LogFormat, NetworkConfig,
+    OutputConfig, ProbesConfig, Protocol, SignalConfig, SpoolConfig, StatusConfig, SyscallsConfig,
+    Temporality, TlsConfig,
 };
+pub use validate::check_url;
 
 /// The embedded default config, commented for users; parses to exactly `Config::default()`.
 pub const DEFAULT_YAML: &str = include_str!("default.yaml");

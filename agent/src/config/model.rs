@@ -19,6 +19,7 @@ pub struct Config {
     pub log: LogConfig,
     pub status: StatusConfig,
     pub output: OutputConfig,
+    pub export: ExportConfig,
     pub probes: ProbesConfig,
 }
 
@@ -220,6 +221,131 @@ impl Default for NetworkConfig {
             recent_connections: 100,
             cgroup: PathBuf::from("auto"),
             retain_exited: Duration::from_secs(60),
+        }
+    }
+}
+
+/// OTLP transport protocol.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Protocol {
+    #[serde(rename = "grpc")]
+    Grpc,
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    #[serde(rename = "http/json")]
+    HttpJson,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::HttpProtobuf => "http/protobuf",
+            Protocol::HttpJson => "http/json",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Protocol> {
+        match s.trim() {
+            "grpc" => Some(Protocol::Grpc),
+            "http/protobuf" => Some(Protocol::HttpProtobuf),
+            "http/json" => Some(Protocol::HttpJson),
+            _ => None,
+        }
+    }
+}
+
+/// Request body compression.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    Gzip,
+    None,
+}
+
+/// Metric temporality of exported sums and histograms.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Temporality {
+    #[default]
+    Cumulative,
+    Delta,
+}
+
+/// TLS for OTLP connections (`https://` endpoints).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM CA bundle to trust instead of the built-in web roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate and key (mutual TLS).
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// Per-signal override of the endpoint (used as-is: for HTTP the full URL).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SignalConfig {
+    pub endpoint: String,
+}
+
+/// The on-disk spool that holds data the collector has not taken yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Directory; empty: `<output.dir>/spool`.
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            dir: PathBuf::new(),
+            max_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// OTLP export. No endpoint (here or in `OTEL_EXPORTER_OTLP_*`): OTLP JSON lines files under
+/// `output.dir`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExportConfig {
+    pub endpoint: String,
+    pub protocol: Protocol,
+    pub compression: Compression,
+    pub headers: std::collections::BTreeMap<String, String>,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    pub temporality: Temporality,
+    pub tls: TlsConfig,
+    pub metrics: SignalConfig,
+    pub logs: SignalConfig,
+    pub profiles: SignalConfig,
+    pub spool: SpoolConfig,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        ExportConfig {
+            endpoint: String::new(),
+            protocol: Protocol::HttpProtobuf,
+            compression: Compression::Gzip,
+            headers: Default::default(),
+            timeout: Duration::from_secs(10),
+            interval: Duration::from_secs(10),
+            temporality: Temporality::Cumulative,
+            tls: TlsConfig::default(),
+            metrics: SignalConfig::default(),
+            logs: SignalConfig::default(),
+            profiles: SignalConfig::default(),
+            spool: SpoolConfig::default(),
         }
     }
 }

@@ -25,6 +25,27 @@ pub(crate) const FIELDS: &[&str] = &[
     "output.interval",
     "output.max_file_bytes",
     "output.max_files",
+    "export",
+    "export.endpoint",
+    "export.protocol",
+    "export.compression",
+    "export.headers",
+    "export.timeout",
+    "export.interval",
+    "export.temporality",
+    "export.tls",
+    "export.tls.ca_file",
+    "export.tls.cert_file",
+    "export.tls.key_file",
+    "export.metrics",
+    "export.metrics.endpoint",
+    "export.logs",
+    "export.logs.endpoint",
+    "export.profiles",
+    "export.profiles.endpoint",
+    "export.spool",
+    "export.spool.dir",
+    "export.spool.max_bytes",
     "probes",
     "probes.syscalls",
     "probes.syscalls.enabled",
@@ -76,6 +97,16 @@ const MAX_FILES: Limits<u64> = Limits {
     min: 1,
     max: 100,
     example: 4,
+};
+const EXPORT_TIMEOUT: Limits<Duration> = Limits {
+    min: Duration::from_millis(100),
+    max: Duration::from_secs(300),
+    example: Duration::from_secs(10),
+};
+const SPOOL_BYTES: Limits<u64> = Limits {
+    min: 1024 * 1024,
+    max: 64 * 1024 * 1024 * 1024,
+    example: 256 * 1024 * 1024,
 };
 const SYSCALLS_INTERVAL: Limits<Duration> = Limits {
     min: SECOND,
@@ -147,7 +178,9 @@ fn numbers(l: &Limits<u64>) -> String {
 pub(crate) fn allowed(path: &str) -> Option<String> {
     Some(match path {
         "" => format!("a mapping with the sections {}", fields_of("")),
-        "log" | "status" | "output" | "probes" | "probes.syscalls" | "probes.network" => {
+        "log" | "status" | "output" | "export" | "export.tls" | "export.metrics"
+        | "export.logs" | "export.profiles" | "export.spool" | "probes" | "probes.syscalls"
+        | "probes.network" => {
             format!("a mapping with the fields {}", fields_of(path))
         }
         "log.level" => "a level (off, error, warn, info, debug, trace) or tracing filter \
@@ -170,6 +203,26 @@ pub(crate) fn allowed(path: &str) -> Option<String> {
             MAX_FILE_BYTES.min, MAX_FILE_BYTES.max, MAX_FILE_BYTES.example
         ),
         "output.max_files" => numbers(&MAX_FILES),
+        "export.endpoint" | "export.metrics.endpoint" | "export.logs.endpoint"
+        | "export.profiles.endpoint" => {
+            "an http:// or https:// URL such as http://localhost:4318 (HTTP) or \
+             http://localhost:4317 (gRPC), or empty for local files"
+                .to_string()
+        }
+        "export.protocol" => "grpc, http/protobuf or http/json".to_string(),
+        "export.compression" => "gzip or none".to_string(),
+        "export.headers" => "a mapping of header names to values".to_string(),
+        "export.timeout" => durations(&EXPORT_TIMEOUT),
+        "export.interval" => durations(&OUTPUT_INTERVAL),
+        "export.temporality" => "cumulative or delta".to_string(),
+        "export.tls.ca_file" | "export.tls.cert_file" | "export.tls.key_file" => {
+            "a path to a PEM file".to_string()
+        }
+        "export.spool.dir" => "a directory path, or empty for <output.dir>/spool".to_string(),
+        "export.spool.max_bytes" => format!(
+            "a number of bytes from {} (1 MiB) to {} (64 GiB), e.g. {} (256 MiB)",
+            SPOOL_BYTES.min, SPOOL_BYTES.max, SPOOL_BYTES.example
+        ),
         "probes.syscalls.interval" => durations(&SYSCALLS_INTERVAL),
         "probes.syscalls.max_entries" | "probes.syscalls.error_entries" => numbers(&MAP_ENTRIES),
         "probes.syscalls.inflight_slots" => format!(
@@ -219,6 +272,20 @@ fn check_number(n: u64, l: &Limits<u64>) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks an endpoint: empty, or an http(s) URL with a host.
+pub fn check_url(url: &str) -> Result<(), String> {
+    if url.is_empty() {
+        return Ok(());
+    }
+    match url.parse::<http::Uri>() {
+        Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => Ok(()),
+        Ok(_) => Err(format!(
+            "{url:?} is not an http:// or https:// URL with a host"
+        )),
+        Err(e) => Err(format!("{url:?} is not a URL ({e})")),
+    }
+}
+
 /// Checks a tracing filter; stricter than `EnvFilter` about bare words: `verbose` or `warning`
 /// would be taken as a target name (and silently enable everything for it), so a directive
 /// without `=`, `[` or `::` must be a level.
@@ -248,6 +315,13 @@ pub(crate) fn check_field(cfg: &Config, path: &str) -> Result<(), String> {
         "output.interval" => check_duration(cfg.output.interval, &OUTPUT_INTERVAL),
         "output.max_file_bytes" => check_number(cfg.output.max_file_bytes, &MAX_FILE_BYTES),
         "output.max_files" => check_number(cfg.output.max_files.into(), &MAX_FILES),
+        "export.endpoint" => check_url(&cfg.export.endpoint),
+        "export.metrics.endpoint" => check_url(&cfg.export.metrics.endpoint),
+        "export.logs.endpoint" => check_url(&cfg.export.logs.endpoint),
+        "export.profiles.endpoint" => check_url(&cfg.export.profiles.endpoint),
+        "export.timeout" => check_duration(cfg.export.timeout, &EXPORT_TIMEOUT),
+        "export.interval" => check_duration(cfg.export.interval, &OUTPUT_INTERVAL),
+        "export.spool.max_bytes" => check_number(cfg.export.spool.max_bytes, &SPOOL_BYTES),
         "probes.syscalls.interval" => check_duration(sys.interval, &SYSCALLS_INTERVAL),
         "probes.syscalls.max_entries" => check_number(sys.max_entries.into(), &MAP_ENTRIES),
         "probes.syscalls.error_entries" => check_number(sys.error_entries.into(), &MAP_ENTRIES),

@@ -74,6 +74,34 @@ pub struct ExporterStatus {
     pub bytes_written: u64,
     #[serde(skip)]
     pub last_success: Option<SystemTime>,
+    /// OTLP delivery per signal (`metrics`, `logs`, `profiles`).
+    pub signals: BTreeMap<String, SignalStats>,
+}
+
+/// Delivery of one signal over OTLP. Counts are requests unless said otherwise.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SignalStats {
+    pub target: String,
+    /// Requests the collector took, and the data points / log records in them.
+    pub sent_requests: u64,
+    pub sent_points: u64,
+    /// Send attempts that failed with a retryable error (each retried later).
+    pub retried: u64,
+    /// Requests that waited in the spool through at least one failed attempt.
+    pub spooled: u64,
+    /// Requests dropped unsent: the spool was full (oldest first).
+    pub dropped: u64,
+    pub dropped_points: u64,
+    /// Requests the collector refused for good (not retryable); their points are lost.
+    pub failed: u64,
+    pub failed_points: u64,
+    /// Points the collector refused in a partial success (never retried).
+    pub rejected: u64,
+    /// Requests waiting in the spool now.
+    pub queued_requests: u64,
+    /// Bytes of the spool files on disk (popped records count until their segment goes).
+    pub spool_bytes: u64,
+    pub last_error: Option<String>,
 }
 
 /// One connection event of the network probe, as `/status` shows it.

@@ -1,0 +1,155 @@
+//! Connection events of the network probe to OTLP log records (`ExportLogsServiceRequest`):
+//! one record per open or close, event name `tcp.connection.open` / `tcp.connection.close`
+//! (`tcp.connection.failure` for a socket error), with the connection's numbers as attributes.
+
+use std::time::SystemTime;
+
+use opentelemetry_proto::tonic::{
+    collector::logs::v1::ExportLogsServiceRequest,
+    common::v1::{any_value, AnyValue},
+    logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber},
+    resource::v1::Resource,
+};
+
+use super::{
+    metrics::{scope, unix_nanos},
+    resource::{kv, kv_int},
+};
+use crate::status::state::ConnRecord;
+
+fn record(r: &ConnRecord, observed: u64) -> LogRecord {
+    let mut attrs = vec![
+        kv_int("process.pid", r.pid as i64),
+        kv("process.executable.name", r.comm.clone()),
+        kv("network.transport", "tcp"),
+        kv("network.type", r.family),
+        kv("network.tcp.handshake.role", r.role),
+        kv("network.local.address", r.local_address.clone()),
+        kv_int("network.local.port", r.local_port as i64),
+        kv("network.peer.address", r.peer_address.clone()),
+        kv_int("network.peer.port", r.peer_port as i64),
+        kv_int("tcp.bytes_sent", r.bytes_sent as i64),
+        kv_int("tcp.bytes_received", r.bytes_received as i64),
+        kv_int("tcp.retransmits", r.retransmits as i64),
+        kv_int("tcp.socket_cookie", r.cookie as i64),
+    ];
+    for (key, v) in [
+        ("tcp.handshake_us", r.handshake_us),
+        ("tcp.duration_us", r.duration_us),
+        ("tcp.rtt_us", r.rtt_us),
+    ] {
+        if let Some(v) = v {
+            attrs.push(kv_int(key, v as i64));
+        }
+    }
+    if let Some(e) = r.error_type {
+        attrs.push(kv("error.type", e));
+    }
+    let (severity, text) = if r.error_type.is_some() || r.event == "failure" {
+        (SeverityNumber::Warn, "WARN")
+    } else {
+        (SeverityNumber::Info, "INFO")
+    };
+    let body = format!(
+        "tcp {} {} {}:{} -> {}:{} pid {}",
+        r.event, r.role, r.local_address, r.local_port, r.peer_address, r.peer_port, r.pid
+    );
+    LogRecord {
+        time_unix_nano: r.time_unix_nano,
+        observed_time_unix_nano: observed,
+        severity_number: severity as i32,
+        severity_text: text.into(),
+        body: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(body)),
+        }),
+        attributes: attrs,
+        event_name: format!("tcp.connection.{}", r.event),
+        ..Default::default()
+    }
+}
+
+/// Requests of at most `max_records` records each; returns (request, records).
+pub fn encode(
+    records: &[ConnRecord],
+    resource: &Resource,
+    now: SystemTime,
+    max_records: usize,
+) -> Vec<(ExportLogsServiceRequest, u64)> {
+    let observed = unix_nanos(now);
+    records
+        .chunks(max_records.max(1))
+        .map(|chunk| {
+            let req = ExportLogsServiceRequest {
+                resource_logs: vec![ResourceLogs {
+                    resource: Some(resource.clone()),
+                    scope_logs: vec![ScopeLogs {
+                        scope: Some(scope()),
+                        log_records: chunk.iter().map(|r| record(r, observed)).collect(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+            };
+            (req, chunk.len() as u64)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(event: &'static str, error_type: Option<&'static str>) -> ConnRecord {
+        ConnRecord {
+            event,
+            time_unix_nano: 42,
+            cookie: 7,
+            pid: 99,
+            comm: "curl".into(),
+            role: "client",
+            family: "ipv4",
+            local_address: "10.0.0.1".into(),
+            local_port: 40000,
+            peer_address: "10.0.0.2".into(),
+            peer_port: 80,
+            handshake_us: Some(120),
+            duration_us: Some(5000),
+            rtt_us: None,
+            bytes_sent: 10,
+            bytes_received: 20,
+            retransmits: 1,
+            error_type,
+        }
+    }
+
+    #[test]
+    fn records_carry_the_connection_and_split_by_size() {
+        let rs: Vec<ConnRecord> = (0..5).map(|_| conn("close", None)).collect();
+        let out = encode(&rs, &Resource::default(), SystemTime::now(), 2);
+        assert_eq!(out.iter().map(|(_, n)| *n).collect::<Vec<_>>(), [2, 2, 1]);
+        let r = &out[0].0.resource_logs[0].scope_logs[0].log_records[0];
+        assert_eq!(r.event_name, "tcp.connection.close");
+        assert_eq!(r.time_unix_nano, 42);
+        assert_eq!(r.severity_number, SeverityNumber::Info as i32);
+        let get = |k: &str| r.attributes.iter().find(|a| a.key == k).cloned();
+        assert_eq!(get("process.pid"), Some(kv_int("process.pid", 99)));
+        assert_eq!(
+            get("network.peer.port"),
+            Some(kv_int("network.peer.port", 80))
+        );
+        assert_eq!(
+            get("tcp.handshake_us"),
+            Some(kv_int("tcp.handshake_us", 120))
+        );
+        assert_eq!(get("tcp.rtt_us"), None);
+        let failed = encode(
+            &[conn("close", Some("refused"))],
+            &Resource::default(),
+            SystemTime::now(),
+            10,
+        );
+        let r = &failed[0].0.resource_logs[0].scope_logs[0].log_records[0];
+        assert_eq!(r.severity_number, SeverityNumber::Warn as i32);
+        assert!(r.attributes.contains(&kv("error.type", "refused")));
+    }
+}

@@ -1,0 +1,311 @@
+//! Export: every interval, the store's metrics (and the connection events gathered since) leave
+//! as OTLP — to a collector over gRPC or HTTP through an on-disk spool, or, with no endpoint,
+//! as OTLP JSON lines files under the output directory.
+//!
+//! Invariants: no unbounded memory queue (connection events wait in a bounded buffer, requests
+//! wait on disk); a collector outage, a bad endpoint or a full disk never stops the agent; the
+//! exporter is rebuilt whole when its settings change (SIGHUP); on shutdown one last export is
+//! made and delivery gets a short grace period, the rest stays spooled for the next start.
+
+pub mod delivery;
+pub mod logs;
+pub mod metrics;
+pub mod resource;
+pub mod retry;
+pub mod settings;
+pub mod spool;
+pub mod transport;
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use prost::Message;
+use tokio::{
+    sync::{broadcast, watch},
+    task::JoinHandle,
+};
+
+use self::{
+    delivery::Delivery,
+    metrics::MetricsEncoder,
+    settings::{signal_name, Settings},
+    spool::{Signal, Spool},
+    transport::Transport,
+};
+use crate::{
+    metrics::Store,
+    output::{self, OutputSettings},
+    selfstats,
+    status::state::{AgentState, ConnRecord},
+};
+
+/// Data points per metrics request (larger exports are split).
+pub const MAX_POINTS_PER_REQUEST: usize = 2000;
+/// Log records per request.
+pub const MAX_RECORDS_PER_REQUEST: usize = 2000;
+/// Connection events buffered between exports; beyond it they are exported early.
+const MAX_BUFFERED_EVENTS: usize = 10_000;
+/// The smallest interval honoured.
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Where the exporter writes: files, or OTLP targets (one delivery per signal).
+enum Backend {
+    Files(OutputSettings),
+    Otlp(Vec<(Signal, Delivery)>),
+}
+
+/// A running exporter.
+pub struct Exporter {
+    /// What it was built from (rebuilt when this changes).
+    pub key: (Settings, OutputSettings),
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Exporter {
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Starts the exporter. `settings` with no target means local files under `output`.
+pub fn spawn(
+    settings: Settings,
+    output: OutputSettings,
+    store: Arc<Store>,
+    state: Arc<AgentState>,
+) -> Exporter {
+    let (stop, rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let instance = resource::instance_id(&output.dir);
+    let resource = resource::build(&instance, |k| std::env::var(k).ok());
+    let backend = if settings.targets.is_empty() {
+        state.update_exporter(|e| {
+            e.kind = "file".into();
+            e.target = output.dir.display().to_string();
+        });
+        Backend::Files(output.clone())
+    } else {
+        let mut deliveries = Vec::new();
+        for target in &settings.targets {
+            let name = signal_name(target.signal);
+            let transport = match Transport::new(target) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(signal = name, "{}", e.cause);
+                    tracing::error!(signal = name, "fix: {}", e.fix);
+                    state.update_exporter(|x| {
+                        x.healthy = Some(false);
+                        x.last_error = Some(e.cause.clone());
+                    });
+                    continue;
+                }
+            };
+            let dir = settings.spool_dir.join(name);
+            // Each signal gets its share of the spool budget (metrics the largest).
+            let share = match target.signal {
+                Signal::Metrics => settings.spool_max_bytes / 2,
+                _ => settings.spool_max_bytes / 4,
+            };
+            let spool = match Spool::open(&dir, share) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(
+                        signal = name,
+                        "cannot open the export spool {}: {e}",
+                        dir.display()
+                    );
+                    tracing::error!(
+                        signal = name,
+                        "fix: make export.spool.dir writable, or point it elsewhere"
+                    );
+                    state.update_exporter(|x| {
+                        x.healthy = Some(false);
+                        x.last_error = Some(e.to_string());
+                    });
+                    continue;
+                }
+            };
+            let d = Delivery::new(target.signal, spool, target.url.to_string(), state.clone());
+            let grace = target.timeout.min(Duration::from_secs(5));
+            tasks.push(tokio::spawn(d.clone().run(transport, rx.clone(), grace)));
+            deliveries.push((target.signal, d));
+        }
+        let targets: Vec<String> = settings.targets.iter().map(|t| t.url.to_string()).collect();
+        state.update_exporter(|e| {
+            e.kind = "otlp".into();
+            e.target = targets.join(" ");
+        });
+        tracing::info!(targets = %targets.join(" "), protocol = settings.targets[0].protocol.as_str(), "exporting over OTLP");
+        Backend::Otlp(deliveries)
+    };
+    let producer = Producer {
+        interval: match &backend {
+            Backend::Files(o) => o.interval,
+            Backend::Otlp(_) => settings.interval,
+        }
+        .max(MIN_INTERVAL),
+        encoder: MetricsEncoder::new(settings.temporality, MAX_POINTS_PER_REQUEST),
+        resource,
+        backend,
+        store,
+        state,
+        events: Vec::new(),
+        failing: None,
+    };
+    tasks.insert(0, tokio::spawn(producer.run(rx)));
+    Exporter {
+        key: (settings, output),
+        stop,
+        tasks,
+    }
+}
+
+struct Producer {
+    interval: Duration,
+    encoder: MetricsEncoder,
+    resource: opentelemetry_proto::tonic::resource::v1::Resource,
+    backend: Backend,
+    store: Arc<Store>,
+    state: Arc<AgentState>,
+    events: Vec<ConnRecord>,
+    /// The last file-write error logged (logged once while it persists).
+    failing: Option<String>,
+}
+
+impl Producer {
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut conns = self.state.subscribe_connections();
+        let mut ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.interval, self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            tokio::select! {
+                _ = ticker.tick() => self.export().await,
+                r = conns.recv() => match r {
+                    Ok(ev) => {
+                        self.events.push(ev);
+                        if self.events.len() >= MAX_BUFFERED_EVENTS {
+                            self.export_logs().await;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(lost = n, "connection events arrived faster than the exporter took them");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {}
+                },
+                r = shutdown.changed() => if r.is_err() { break },
+            }
+        }
+        while let Ok(ev) = conns.try_recv() {
+            self.events.push(ev);
+        }
+        self.export().await;
+    }
+
+    async fn export(&mut self) {
+        let mut batches = self.store.snapshot();
+        let own = selfstats::batch(&selfstats::sample(), &self.state, self.state.started_at);
+        batches.push(Arc::new(own));
+        let requests = self
+            .encoder
+            .encode(&batches, &self.resource, SystemTime::now());
+        match &self.backend {
+            Backend::Files(_) => {
+                let lines: Vec<Vec<u8>> = requests
+                    .iter()
+                    .filter_map(|(r, _)| serde_json::to_vec(r).ok())
+                    .collect();
+                self.write_file(output::FILE_NAME, lines).await;
+            }
+            Backend::Otlp(deliveries) => {
+                if let Some((_, d)) = deliveries.iter().find(|(s, _)| *s == Signal::Metrics) {
+                    for (r, n) in &requests {
+                        d.submit(*n, &r.encode_to_vec());
+                    }
+                }
+            }
+        }
+        self.export_logs().await;
+    }
+
+    async fn export_logs(&mut self) {
+        if self.events.is_empty() {
+            return;
+        }
+        let events = std::mem::take(&mut self.events);
+        let requests = logs::encode(
+            &events,
+            &self.resource,
+            SystemTime::now(),
+            MAX_RECORDS_PER_REQUEST,
+        );
+        match &self.backend {
+            Backend::Files(_) => {
+                let lines = requests
+                    .iter()
+                    .filter_map(|(r, _)| serde_json::to_vec(r).ok())
+                    .collect();
+                self.write_file(LOGS_FILE, lines).await;
+            }
+            Backend::Otlp(deliveries) => {
+                if let Some((_, d)) = deliveries.iter().find(|(s, _)| *s == Signal::Logs) {
+                    for (r, n) in &requests {
+                        d.submit(*n, &r.encode_to_vec());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn write_file(&mut self, name: &'static str, lines: Vec<Vec<u8>>) {
+        let Backend::Files(cfg) = &self.backend else {
+            return;
+        };
+        let c = cfg.clone();
+        let result =
+            tokio::task::spawn_blocking(move || output::append_lines(&c, name, &lines)).await;
+        let result = match result {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("writer task failed: {e}")),
+        };
+        match result {
+            Ok(w) => {
+                if self.failing.take().is_some() {
+                    tracing::info!("output writes succeed again");
+                }
+                self.state.update_exporter(|e| {
+                    e.healthy = Some(true);
+                    e.last_error = None;
+                    e.batches_written += w.batches;
+                    e.bytes_written += w.bytes;
+                    e.last_success = Some(SystemTime::now());
+                });
+            }
+            Err(msg) => {
+                if self.failing.as_deref() != Some(msg.as_str()) {
+                    tracing::warn!(
+                        "{msg} (the agent keeps running; retrying every {:?})",
+                        self.interval
+                    );
+                }
+                self.state.update_exporter(|e| {
+                    e.healthy = Some(false);
+                    e.last_error = Some(msg.clone());
+                });
+                self.failing = Some(msg);
+            }
+        }
+    }
+}
+
+/// The logs file next to `metrics.jsonl`.
+pub const LOGS_FILE: &str = "logs.jsonl";
