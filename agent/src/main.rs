@@ -44,6 +44,24 @@ enum Command {
     },
     /// Print the version.
     Version,
+    /// Measure the OTLP exporter on this thread (used by `cargo xtask bench export`).
+    #[command(hide = true)]
+    ExportBench {
+        /// Receiver URL (HTTP: the full /v1/metrics URL).
+        #[arg(long)]
+        url: String,
+        /// grpc, http/protobuf or http/json.
+        #[arg(long, default_value = "http/protobuf")]
+        protocol: String,
+        /// gzip or none.
+        #[arg(long, default_value = "gzip")]
+        compression: String,
+        /// Histogram series per export (each also has a counter).
+        #[arg(long, default_value_t = 1000)]
+        series: usize,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -68,6 +86,47 @@ fn main() -> ExitCode {
 fn real_main() -> Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
+        Command::ExportBench {
+            url,
+            protocol,
+            compression,
+            series,
+            seconds,
+        } => {
+            let protocol = agent::config::Protocol::parse(&protocol)
+                .ok_or_else(|| anyhow::anyhow!("unknown protocol {protocol}"))?;
+            let compression = match compression.as_str() {
+                "gzip" => agent::config::Compression::Gzip,
+                _ => agent::config::Compression::None,
+            };
+            let spool =
+                std::env::temp_dir().join(format!("agent-export-bench-{}", std::process::id()));
+            // One thread: the figure is what one core sustains.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let r = rt.block_on(agent::export::bench::run(
+                &url,
+                protocol,
+                compression,
+                series,
+                seconds,
+                &spool,
+            ));
+            let _ = std::fs::remove_dir_all(&spool);
+            let r = r.map_err(|e| anyhow::anyhow!(e))?;
+            println!(
+                "points {} requests {} seconds {:.3} points_per_second {:.0} wire_bytes_per_point {:.2} protobuf_bytes_per_point {:.2} failures {}",
+                r.points,
+                r.requests,
+                r.seconds,
+                r.points as f64 / r.seconds.max(1e-9),
+                r.wire_bytes_per_point,
+                r.raw_bytes_per_point,
+                r.failures
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Version => {
             println!("agent {}", agent::VERSION);
             Ok(ExitCode::SUCCESS)

@@ -83,6 +83,25 @@ pub const OUTPUT_BYTES: Desc = Desc {
     kind: Kind::Counter,
 };
 
+pub const EXPORT_REQUESTS: Desc = Desc {
+    name: "agent.export.requests",
+    unit: "{request}",
+    help: "OTLP export requests by signal and outcome (sent, retried, spooled, dropped, failed).",
+    kind: Kind::Counter,
+};
+pub const EXPORT_POINTS: Desc = Desc {
+    name: "agent.export.points",
+    unit: "{point}",
+    help: "Data points and log records by signal and outcome (sent, dropped, failed, rejected).",
+    kind: Kind::Counter,
+};
+pub const EXPORT_QUEUED: Desc = Desc {
+    name: "agent.export.queued",
+    unit: "{request}",
+    help: "OTLP requests waiting in the on-disk spool, by signal.",
+    kind: Kind::Gauge,
+};
+
 /// Resource use of the current process.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct SelfStats {
@@ -216,6 +235,52 @@ pub fn batch(stats: &SelfStats, state: &AgentState, start: SystemTime) -> Batch 
         OUTPUT_BYTES,
         Value::Counter(exporter.bytes_written as f64),
     ));
+
+    if !exporter.signals.is_empty() {
+        let mut requests = Family {
+            desc: EXPORT_REQUESTS,
+            points: Vec::new(),
+        };
+        let mut points = Family {
+            desc: EXPORT_POINTS,
+            points: Vec::new(),
+        };
+        let mut queued = Family {
+            desc: EXPORT_QUEUED,
+            points: Vec::new(),
+        };
+        for (signal, st) in &exporter.signals {
+            let l = |outcome: &str| -> Labels {
+                vec![("signal", signal.clone()), ("outcome", outcome.to_string())]
+            };
+            for (outcome, v) in [
+                ("sent", st.sent_requests),
+                ("retried", st.retried),
+                ("spooled", st.spooled),
+                ("dropped", st.dropped),
+                ("failed", st.failed),
+            ] {
+                requests
+                    .points
+                    .push(point(l(outcome), Value::Counter(v as f64)));
+            }
+            for (outcome, v) in [
+                ("sent", st.sent_points),
+                ("dropped", st.dropped_points),
+                ("failed", st.failed_points),
+                ("rejected", st.rejected),
+            ] {
+                points
+                    .points
+                    .push(point(l(outcome), Value::Counter(v as f64)));
+            }
+            queued.points.push(point(
+                vec![("signal", signal.clone())],
+                Value::Gauge(st.queued_requests as f64),
+            ));
+        }
+        families.extend([requests, points, queued]);
+    }
 
     Batch {
         source: SOURCE.to_string(),

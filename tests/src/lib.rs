@@ -428,3 +428,5 @@ pub fn assert_eventually(
         thread::sleep(Duration::from_millis(250));
     }
 }
+
+pub mod otlp;

@@ -17,6 +17,14 @@ const LLVM_PACKAGES: &[&str] = &[
     "zlib1g-dev",
 ];
 const BPF_LINKER_VERSION: &str = "0.13";
+/// The export tests' OTLP peers (tests/otlp_sink/sink.py decodes with opentelemetry-proto and
+/// serves gRPC with grpcio; rotel is a collector between the agent and the sink), pinned.
+const PYTHON_PEERS: &[(&str, &str)] = &[
+    ("opentelemetry-proto", "1.45.2"),
+    ("protobuf", "7.36.2"),
+    ("grpcio", "1.85.1"),
+    ("rotel", "0.0.1a15"),
+];
 
 pub fn ensure(test_peers: bool) -> Result<()> {
     ensure_nightly_rust_src()?;
@@ -41,10 +49,60 @@ pub fn ensure(test_peers: bool) -> Result<()> {
                 missing.push(pkg);
             }
         }
+        if output(Command::new("python3").args(["-m", "pip", "--version"])).is_none() {
+            missing.push("python3-pip");
+        }
     }
     apt_install(&missing)?;
+    if test_peers {
+        ensure_python_peers()?;
+    }
     ensure_bpf_linker()?;
     Ok(())
+}
+
+/// `python3 -m pip install` of the pinned `PYTHON_PEERS` that are missing or at another
+/// version (the tests run `python3` from PATH, so the same interpreter).
+fn ensure_python_peers() -> Result<()> {
+    let script = "import importlib.metadata as m, sys
+for name in sys.argv[1:]:
+    try:
+        print(name, m.version(name))
+    except m.PackageNotFoundError:
+        print(name, '-')";
+    let names = PYTHON_PEERS.iter().map(|(name, _)| *name);
+    let installed = output(Command::new("python3").args(["-c", script]).args(names))
+        .context("python3 is needed by the export tests' OTLP sink")?;
+    let wanted: Vec<String> = PYTHON_PEERS
+        .iter()
+        .filter(|(name, version)| !installed.lines().any(|l| l == format!("{name} {version}")))
+        .map(|(name, version)| format!("{name}=={version}"))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    // Debian's own python3 refuses pip installs outside a venv (PEP 668) unless told.
+    let managed = output(Command::new("python3").args([
+        "-c",
+        "import os, sysconfig; print(os.path.exists(os.path.join(sysconfig.get_path('stdlib'), 'EXTERNALLY-MANAGED')))",
+    ]))
+    .is_some_and(|o| o.trim() == "True");
+    eprintln!(
+        "installing Python packages for the OTLP test peers: {}",
+        wanted.join(" ")
+    );
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ]);
+    if managed {
+        cmd.arg("--break-system-packages");
+    }
+    run(cmd.args(&wanted).env("PIP_ROOT_USER_ACTION", "ignore"))
 }
 
 fn ensure_nightly_rust_src() -> Result<()> {

@@ -7,6 +7,7 @@
 //! exporter is rebuilt whole when its settings change (SIGHUP); on shutdown one last export is
 //! made and delivery gets a short grace period, the rest stays spooled for the next start.
 
+pub mod bench;
 pub mod delivery;
 pub mod logs;
 pub mod metrics;
@@ -192,7 +193,7 @@ impl Producer {
                 _ = ticker.tick() => self.export().await,
                 r = conns.recv() => match r {
                     Ok(ev) => {
-                        self.events.push(ev);
+                        self.buffer(ev);
                         if self.events.len() >= MAX_BUFFERED_EVENTS {
                             self.export_logs().await;
                         }
@@ -206,9 +207,26 @@ impl Producer {
             }
         }
         while let Ok(ev) = conns.try_recv() {
-            self.events.push(ev);
+            self.buffer(ev);
         }
         self.export().await;
+    }
+
+    /// Buffers one connection event; a failure right after its close (the kernel's usual
+    /// order) sets `error.type` on that close record instead of making a record of its own.
+    fn buffer(&mut self, ev: ConnRecord) {
+        if ev.event == "failure" {
+            if let Some(close) = self
+                .events
+                .iter_mut()
+                .rev()
+                .find(|c| c.cookie == ev.cookie && c.event == "close")
+            {
+                close.error_type = ev.error_type;
+                return;
+            }
+        }
+        self.events.push(ev);
     }
 
     async fn export(&mut self) {

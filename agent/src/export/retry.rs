@@ -7,7 +7,7 @@ use prost::Message;
 
 /// First backoff delay, doubled per failed attempt up to `MAX_BACKOFF`.
 pub const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
-pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(15);
 /// A server-requested delay is honoured up to this.
 pub const MAX_SERVER_DELAY: Duration = Duration::from_secs(300);
 

@@ -1,0 +1,194 @@
+//! `agent export-bench`: how many data points per second the exporter's own path (encode, spool,
+//! compress, send) sustains on the thread that runs it, and the bytes on the wire per point.
+//! Driven by `cargo xtask bench export`, which pins it to one core and runs the receiver.
+//!
+//! The data is synthetic but shaped like the syscall probe's: histogram series with 40 log2
+//! buckets and five attributes each, plus one counter per series. Every request goes through the
+//! same spool and transport as the agent's, one request in flight at a time.
+
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use prost::Message;
+
+use super::{
+    metrics::MetricsEncoder,
+    resource,
+    settings::Target,
+    spool::{Signal, Spool},
+    transport::{self, Transport},
+};
+use crate::{
+    config::{Compression, Protocol, Temporality},
+    metrics::model::{Batch, Desc, Family, Histogram, Kind, Point, Value},
+};
+
+/// What one bench run measured.
+#[derive(Debug)]
+pub struct Report {
+    pub points: u64,
+    pub requests: u64,
+    pub seconds: f64,
+    /// Body bytes per point as sent (after JSON encoding and compression), measured on the
+    /// first request, off the timed path.
+    pub wire_bytes_per_point: f64,
+    /// Protobuf bytes per point before compression.
+    pub raw_bytes_per_point: f64,
+    pub failures: u64,
+}
+
+fn synthetic(series: usize) -> Arc<Batch> {
+    let bounds: Arc<[f64]> = (0..39)
+        .map(|b| (1u64 << b) as f64 * 1e-9)
+        .collect::<Vec<_>>()
+        .into();
+    let start = SystemTime::now();
+    let mut hist = Vec::with_capacity(series);
+    let mut counters = Vec::with_capacity(series);
+    for i in 0..series {
+        let labels = vec![
+            (
+                "syscall.name",
+                ["read", "write", "openat", "futex", "epoll_wait"][i % 5].to_string(),
+            ),
+            ("process.pid", (1000 + i / 5).to_string()),
+            ("process.executable.name", format!("service-{}", i / 50)),
+            ("container.id", format!("{:064x}", i / 100)),
+            ("host.cpu", (i % 2).to_string()),
+        ];
+        let mut counts = vec![0u64; 40];
+        for (b, c) in counts.iter_mut().enumerate().skip(8).take(14) {
+            *c = (i as u64 * 7 + b as u64 * 13) % 1000;
+        }
+        let count = counts.iter().sum();
+        hist.push(Point {
+            labels: labels.clone(),
+            value: Value::Histogram(Histogram {
+                bounds: bounds.clone(),
+                bucket_counts: counts,
+                sum: count as f64 * 3e-6,
+                count,
+            }),
+            start_time: start,
+        });
+        counters.push(Point {
+            labels,
+            value: Value::Counter(i as f64),
+            start_time: start,
+        });
+    }
+    Arc::new(Batch {
+        source: "bench".into(),
+        time: start,
+        families: vec![
+            Family {
+                desc: Desc {
+                    name: "process.syscall.duration",
+                    unit: "s",
+                    help: "bench",
+                    kind: Kind::Histogram,
+                },
+                points: hist,
+            },
+            Family {
+                desc: Desc {
+                    name: "process.syscall.errors",
+                    unit: "{error}",
+                    help: "bench",
+                    kind: Kind::Counter,
+                },
+                points: counters,
+            },
+        ],
+    })
+}
+
+/// Sends synthetic exports to `url` for `seconds`, one request at a time, through a spool in
+/// `spool_dir`.
+pub async fn run(
+    url: &str,
+    protocol: Protocol,
+    compression: Compression,
+    series: usize,
+    seconds: f64,
+    spool_dir: &Path,
+) -> Result<Report, String> {
+    let target = Target {
+        signal: Signal::Metrics,
+        url: url.parse().map_err(|e| format!("{url}: {e}"))?,
+        protocol,
+        compression,
+        headers: Vec::new(),
+        timeout: Duration::from_secs(10),
+        tls: Default::default(),
+    };
+    let t = Transport::new(&target).map_err(|e| e.cause)?;
+    let mut spool = Spool::open(spool_dir, 1 << 30).map_err(|e| e.to_string())?;
+    let batch = synthetic(series);
+    let res = resource::build("00000000-0000-0000-0000-000000000000", |_| None);
+    let mut enc = MetricsEncoder::new(Temporality::Cumulative, super::MAX_POINTS_PER_REQUEST);
+    let mut r = Report {
+        points: 0,
+        requests: 0,
+        seconds: 0.0,
+        wire_bytes_per_point: 0.0,
+        raw_bytes_per_point: 0.0,
+        failures: 0,
+    };
+    let mut timed = Duration::ZERO;
+    while timed.as_secs_f64() < seconds {
+        let started = Instant::now();
+        let requests = enc.encode(std::slice::from_ref(&batch), &res, SystemTime::now());
+        timed += started.elapsed();
+        for (req, n) in requests {
+            let started = Instant::now();
+            let body = req.encode_to_vec();
+            spool
+                .push(Signal::Metrics, n, &body)
+                .map_err(|e| e.to_string())?;
+            let rec = spool
+                .peek()
+                .map_err(|e| e.to_string())?
+                .ok_or("spool empty")?;
+            let sent = t.send(&rec.bytes).await;
+            spool.pop(rec.id).map_err(|e| e.to_string())?;
+            timed += started.elapsed();
+            match sent {
+                Ok(_) => {
+                    if r.requests == 0 {
+                        let n = rec.items.max(1) as f64;
+                        r.raw_bytes_per_point = rec.bytes.len() as f64 / n;
+                        r.wire_bytes_per_point =
+                            wire_size(protocol, compression, &rec.bytes) as f64 / n;
+                    }
+                    r.points += rec.items;
+                    r.requests += 1;
+                }
+                Err(e) => {
+                    r.failures += 1;
+                    if r.failures > 3 {
+                        return Err(e.to_string());
+                    }
+                }
+            }
+        }
+    }
+    r.seconds = timed.as_secs_f64();
+    Ok(r)
+}
+
+/// The body size as the transport sends it. Measured on the side (not on the timed path's
+/// socket), with the same encoders.
+fn wire_size(protocol: Protocol, compression: Compression, proto: &[u8]) -> u64 {
+    let body = match protocol {
+        Protocol::HttpJson => transport::to_json(Signal::Metrics, proto).unwrap_or_default(),
+        _ => proto.to_vec(),
+    };
+    match compression {
+        Compression::Gzip => transport::gzip(&body).len() as u64,
+        Compression::None => body.len() as u64,
+    }
+}
