@@ -46,6 +46,16 @@ pub enum Which {
         #[arg(long, default_value_t = 64)]
         size: usize,
     },
+    /// OTLP exporter: data points per second on one core and bytes on the wire per point, per
+    /// protocol, into rotel (a Rust collector, blackhole exporter) on the other core.
+    Export {
+        /// Seconds per protocol.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Histogram series per export (each with a counter too).
+        #[arg(long, default_value_t = 1000)]
+        series: usize,
+    },
 }
 
 pub fn run(which: Which) -> Result<()> {
@@ -57,7 +67,129 @@ pub fn run(which: Which) -> Result<()> {
             conns,
             size,
         } => network(seconds, rounds, conns, size),
+        Which::Export { seconds, series } => export(seconds, series),
     }
+}
+
+/// The `rotel-agent` binary the PyPI `rotel` package bundles (installed by `setup --test-peers`).
+fn rotel_bin() -> Result<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("ROTEL_BIN") {
+        return Ok(p.into());
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))",
+        ])
+        .output()
+        .context("python3")?;
+    let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || !Path::new(&p).exists() {
+        bail!("rotel is not installed: run `cargo xtask setup --test-peers`");
+    }
+    Ok(p.into())
+}
+
+fn wait_port(port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("nothing listens on 127.0.0.1:{port}");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+fn export(seconds: f64, series: usize) -> Result<()> {
+    build_release()?;
+    let (grpc, http) = (free_port()?, free_port()?);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut rotel = Command::new("taskset");
+    rotel
+        .args(["-c", if cpus > 1 { "1" } else { "0" }])
+        .arg(rotel_bin()?)
+        .args([
+            "start",
+            "--otlp-grpc-endpoint",
+            &format!("127.0.0.1:{grpc}"),
+            "--otlp-http-endpoint",
+            &format!("127.0.0.1:{http}"),
+            "--otlp-grpc-max-recv-msg-size-mib",
+            "64",
+            "--exporter",
+            "blackhole",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let rotel = Stopper(rotel.spawn().context("start rotel")?);
+    let result = (|| -> Result<()> {
+        wait_port(grpc)?;
+        wait_port(http)?;
+        println!(
+            "OTLP export, {series} histogram series (40 buckets, 5 attributes) + {series} counters \
+             per export, one request in flight, the exporter pinned to CPU 0, rotel (blackhole) on \
+             CPU 1, {seconds} s each:"
+        );
+        println!(
+            "  {:15} {:6} {:>14} {:>16} {:>18}",
+            "protocol", "gzip", "points/s", "wire B/point", "protobuf B/point"
+        );
+        for (protocol, compression) in [
+            ("grpc", "gzip"),
+            ("grpc", "none"),
+            ("http/protobuf", "gzip"),
+            ("http/protobuf", "none"),
+            ("http/json", "gzip"),
+            ("http/json", "none"),
+        ] {
+            let url = if protocol == "grpc" {
+                format!("http://127.0.0.1:{grpc}")
+            } else {
+                format!("http://127.0.0.1:{http}/v1/metrics")
+            };
+            let out = Command::new("taskset")
+                .args(["-c", "0"])
+                .arg(bin_path("release", "agent"))
+                .args([
+                    "export-bench",
+                    "--url",
+                    &url,
+                    "--protocol",
+                    protocol,
+                    "--compression",
+                    compression,
+                    "--series",
+                    &series.to_string(),
+                    "--seconds",
+                    &seconds.to_string(),
+                ])
+                .output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let field = |k: &str| -> f64 {
+                text.split_whitespace()
+                    .skip_while(|w| *w != k)
+                    .nth(1)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(f64::NAN)
+            };
+            if !out.status.success() {
+                bail!(
+                    "export-bench {protocol} failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            println!(
+                "  {protocol:15} {compression:6} {:>14.0} {:>16.1} {:>18.1}",
+                field("points_per_second"),
+                field("wire_bytes_per_point"),
+                field("protobuf_bytes_per_point")
+            );
+        }
+        Ok(())
+    })();
+    rotel.stop()?;
+    result
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
