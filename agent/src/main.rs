@@ -44,6 +44,15 @@ enum Command {
     },
     /// Print the version.
     Version,
+    /// Send one small CPU profile over OTLP (checks the profiles path end to end).
+    #[command(hide = true)]
+    ExportProfile {
+        /// Receiver URL (HTTP: the full /v1development/profiles URL).
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value = "http/protobuf")]
+        protocol: String,
+    },
     /// Measure the OTLP exporter on this thread (used by `cargo xtask bench export`).
     #[command(hide = true)]
     ExportBench {
@@ -125,6 +134,21 @@ fn real_main() -> Result<ExitCode> {
                 r.raw_bytes_per_point,
                 r.failures
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ExportProfile { url, protocol } => {
+            let protocol = agent::config::Protocol::parse(&protocol)
+                .ok_or_else(|| anyhow::anyhow!("unknown protocol {protocol}"))?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let r = rt.block_on(agent::export::bench::send_sample_profile(
+                &url,
+                protocol,
+                agent::config::Compression::Gzip,
+            ));
+            let r = r.map_err(|e| anyhow::anyhow!(e))?;
+            println!("{r}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Version => {

@@ -192,3 +192,121 @@ fn wire_size(protocol: Protocol, compression: Compression, proto: &[u8]) -> u64 
         Compression::None => body.len() as u64,
     }
 }
+
+/// A small, valid `ExportProfilesServiceRequest`: one CPU profile of one stack (`main`, called
+/// from `_start`) with 3 samples; every dictionary table starts with its zero entry. Used to
+/// check the profiles path end to end (`agent export-profile`) until the profiler feeds it.
+pub fn sample_profile(
+    res: &opentelemetry_proto::tonic::resource::v1::Resource,
+) -> opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceRequest {
+    use opentelemetry_proto::tonic::{
+        collector::profiles::v1development::ExportProfilesServiceRequest,
+        profiles::v1development::{
+            Function, KeyValueAndUnit, Line, Link, Location, Mapping, Profile, ProfilesDictionary,
+            ResourceProfiles, Sample, ScopeProfiles, Stack, ValueType,
+        },
+    };
+    let strings = [
+        "",
+        "samples",
+        "count",
+        "cpu",
+        "nanoseconds",
+        "main",
+        "_start",
+    ];
+    let line = |f: i32| Line {
+        function_index: f,
+        ..Default::default()
+    };
+    let now = super::metrics::unix_nanos(SystemTime::now());
+    ExportProfilesServiceRequest {
+        resource_profiles: vec![ResourceProfiles {
+            resource: Some(res.clone()),
+            scope_profiles: vec![ScopeProfiles {
+                scope: Some(super::metrics::scope()),
+                profiles: vec![Profile {
+                    sample_type: Some(ValueType {
+                        type_strindex: 1,
+                        unit_strindex: 2,
+                    }),
+                    period_type: Some(ValueType {
+                        type_strindex: 3,
+                        unit_strindex: 4,
+                    }),
+                    period: 1_000_000_000 / 19,
+                    time_unix_nano: now,
+                    duration_nano: 1_000_000_000,
+                    samples: vec![Sample {
+                        stack_index: 1,
+                        values: vec![3],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        dictionary: Some(ProfilesDictionary {
+            mapping_table: vec![Mapping::default()],
+            location_table: vec![
+                Location::default(),
+                Location {
+                    lines: vec![line(1)],
+                    ..Default::default()
+                },
+                Location {
+                    lines: vec![line(2)],
+                    ..Default::default()
+                },
+            ],
+            function_table: vec![
+                Function::default(),
+                Function {
+                    name_strindex: 5,
+                    ..Default::default()
+                },
+                Function {
+                    name_strindex: 6,
+                    ..Default::default()
+                },
+            ],
+            link_table: vec![Link::default()],
+            string_table: strings.iter().map(|s| s.to_string()).collect(),
+            attribute_table: vec![KeyValueAndUnit::default()],
+            stack_table: vec![
+                Stack::default(),
+                Stack {
+                    location_indices: vec![1, 2],
+                },
+            ],
+        }),
+    }
+}
+
+/// Sends [`sample_profile`] once to `url`; the collector's answer as text.
+pub async fn send_sample_profile(
+    url: &str,
+    protocol: Protocol,
+    compression: Compression,
+) -> Result<String, String> {
+    let target = Target {
+        signal: Signal::Profiles,
+        url: url.parse().map_err(|e| format!("{url}: {e}"))?,
+        protocol,
+        compression,
+        headers: Vec::new(),
+        timeout: Duration::from_secs(10),
+        tls: Default::default(),
+    };
+    let t = Transport::new(&target).map_err(|e| e.cause)?;
+    let res = resource::build(&resource::instance_id(&std::env::temp_dir()), |k| {
+        std::env::var(k).ok()
+    });
+    let body = sample_profile(&res).encode_to_vec();
+    t.send(&body)
+        .await
+        .map(|a| format!("accepted rejected={} {}", a.rejected, a.message))
+        .map_err(|e| e.to_string())
+}
