@@ -2,8 +2,8 @@
 //! JSON), with gzip, TLS and headers, and classifies the answer by the spec: accepted (maybe
 //! partially), retryable (with the server's delay when given), or permanent.
 //!
-//! Requests arrive as protobuf bytes (the spool's format); gRPC and JSON re-encode them from the
-//! decoded message.
+//! Requests arrive as protobuf bytes (the spool's format): HTTP/protobuf and gRPC send them as
+//! they are; JSON re-encodes them from the decoded message.
 
 use std::time::Duration;
 
@@ -14,17 +14,9 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use opentelemetry_proto::tonic::collector::{
-    logs::v1::{
-        logs_service_client::LogsServiceClient, ExportLogsServiceRequest, ExportLogsServiceResponse,
-    },
-    metrics::v1::{
-        metrics_service_client::MetricsServiceClient, ExportMetricsServiceRequest,
-        ExportMetricsServiceResponse,
-    },
-    profiles::v1development::{
-        profiles_service_client::ProfilesServiceClient, ExportProfilesServiceRequest,
-        ExportProfilesServiceResponse,
-    },
+    logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse},
+    metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse},
+    profiles::v1development::{ExportProfilesServiceRequest, ExportProfilesServiceResponse},
 };
 use prost::Message;
 use tonic::{codec::CompressionEncoding, transport::Channel};
@@ -185,57 +177,74 @@ impl Transport {
         }
     }
 
+    /// Sends the spooled protobuf bytes as they are (no decode and re-encode), to the signal's
+    /// `Export` method; the answer is decoded for its partial success.
     async fn send_grpc(&self, ch: Channel, body: &[u8]) -> Result<Accepted, SendError> {
         let t = &self.target;
-        let gzip = t.compression == Compression::Gzip;
-        macro_rules! call {
-            ($client:ident, $req:ty, $partial:ident, $rejected:ident) => {{
-                let req = <$req>::decode(body).map_err(undecodable)?;
-                let mut client = $client::new(ch).max_encoding_message_size(usize::MAX);
-                if gzip {
-                    client = client
-                        .send_compressed(CompressionEncoding::Gzip)
-                        .accept_compressed(CompressionEncoding::Gzip);
-                }
-                let resp = client.export(self.grpc_request(req)?).await;
-                resp.map(|r| {
-                    let p = r.into_inner().$partial.unwrap_or_default();
-                    Accepted {
-                        rejected: p.$rejected,
-                        message: p.error_message,
-                    }
-                })
-            }};
+        let mut grpc = tonic::client::Grpc::new(ch)
+            .max_encoding_message_size(usize::MAX)
+            .max_decoding_message_size(MAX_RESPONSE);
+        if t.compression == Compression::Gzip {
+            grpc = grpc
+                .send_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Gzip);
         }
-        let result = match t.signal {
-            Signal::Metrics => call!(
-                MetricsServiceClient,
-                ExportMetricsServiceRequest,
-                partial_success,
-                rejected_data_points
-            ),
-            Signal::Logs => call!(
-                LogsServiceClient,
-                ExportLogsServiceRequest,
-                partial_success,
-                rejected_log_records
-            ),
-            Signal::Profiles => call!(
-                ProfilesServiceClient,
-                ExportProfilesServiceRequest,
-                partial_success,
-                rejected_profiles
-            ),
-        };
-        result.map_err(|status| {
-            let after = retry::grpc_retry_delay(status.details());
-            let message = format!(
+        let what = |status: &tonic::Status| {
+            format!(
                 "gRPC {} from {}: {:?} {}",
                 signal_name(t.signal),
                 t.url,
                 status.code(),
                 status.message()
-            );
+            )
+        };
+        grpc.ready().await.map_err(|e| SendError::Retryable {
+            message: format!(
+                "gRPC {} to {}: {}",
+                signal_name(t.signal),
+                t.url,
+                error_chain(&e)
+            ),
+            after: None,
+        })?;
+        let request = self.grpc_request(Bytes::copy_from_slice(body))?;
+        macro_rules! call {
+            ($path:expr, $resp:ty, $rejected:ident) => {
+                grpc.unary(
+                    request,
+                    http::uri::PathAndQuery::from_static($path),
+                    RawCodec::<$resp>::default(),
+                )
+                .await
+                .map(|r| {
+                    let p = r.into_inner().partial_success.unwrap_or_default();
+                    Accepted {
+                        rejected: p.$rejected,
+                        message: p.error_message,
+                    }
+                })
+            };
+        }
+        let result = match t.signal {
+            Signal::Metrics => call!(
+                "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+                ExportMetricsServiceResponse,
+                rejected_data_points
+            ),
+            Signal::Logs => call!(
+                "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+                ExportLogsServiceResponse,
+                rejected_log_records
+            ),
+            Signal::Profiles => call!(
+                "/opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export",
+                ExportProfilesServiceResponse,
+                rejected_profiles
+            ),
+        };
+        result.map_err(|status| {
+            let after = retry::grpc_retry_delay(status.details());
+            let message = what(&status);
             if retry::grpc_retryable(status.code(), after.is_some()) {
                 SendError::Retryable { message, after }
             } else {
@@ -348,6 +357,63 @@ impl Transport {
         } else {
             Err(SendError::Permanent { message })
         }
+    }
+}
+
+/// A gRPC codec that sends already-encoded protobuf bytes and decodes the answer as `D`.
+struct RawCodec<D>(std::marker::PhantomData<D>);
+
+impl<D> Default for RawCodec<D> {
+    fn default() -> Self {
+        RawCodec(std::marker::PhantomData)
+    }
+}
+
+struct RawEncoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put(item);
+        Ok(())
+    }
+}
+
+struct MessageDecoder<D>(std::marker::PhantomData<D>);
+
+impl<D: Message + Default> tonic::codec::Decoder for MessageDecoder<D> {
+    type Item = D;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<D>, tonic::Status> {
+        D::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(format!("undecodable answer: {e}")))
+    }
+}
+
+impl<D: Message + Default + Send + 'static> tonic::codec::Codec for RawCodec<D> {
+    type Encode = Bytes;
+    type Decode = D;
+    type Encoder = RawEncoder;
+    type Decoder = MessageDecoder<D>;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> MessageDecoder<D> {
+        MessageDecoder(std::marker::PhantomData)
     }
 }
 
