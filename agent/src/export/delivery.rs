@@ -39,6 +39,15 @@ pub struct Delivery {
     state: Arc<AgentState>,
 }
 
+/// Runs spool I/O (appends, reads, an fdatasync at most once a second) off the async workers'
+/// hot path when the runtime allows it (multi-threaded: `block_in_place`).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 fn update(state: &AgentState, signal: Signal, f: impl FnOnce(&mut SignalStats)) {
     state.update_exporter(|e| {
         f(e.signals
@@ -68,13 +77,22 @@ impl Delivery {
         });
     }
 
+    /// Removes the request just delivered (or refused for good) from the spool.
+    fn pop(&self, id: u64) {
+        let popped = blocking(|| self.spool.lock().unwrap_or_else(|e| e.into_inner()).pop(id));
+        if let Err(e) = popped {
+            tracing::warn!(signal = signal_name(self.signal), "export spool: {e}");
+        }
+    }
+
     /// Queues one request (`items` points or records) for delivery.
     pub fn submit(&self, items: u64, bytes: &[u8]) {
-        let pushed =
+        let pushed = blocking(|| {
             self.spool
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push(self.signal, items, bytes);
+                .push(self.signal, items, bytes)
+        });
         match pushed {
             Ok(dropped) => {
                 if dropped.dropped_records > 0 {
@@ -125,7 +143,7 @@ impl Delivery {
             if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                 break;
             }
-            let head = self.spool.lock().unwrap_or_else(|e| e.into_inner()).peek();
+            let head = blocking(|| self.spool.lock().unwrap_or_else(|e| e.into_inner()).peek());
             let record = match head {
                 Ok(Some(r)) => r,
                 Ok(None) => {
@@ -154,11 +172,7 @@ impl Delivery {
             match transport.send(&record.bytes).await {
                 Ok(accepted) => {
                     attempt = 0;
-                    let _ = self
-                        .spool
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .pop(record.id);
+                    self.pop(record.id);
                     if accepted.rejected > 0 {
                         tracing::warn!(
                             signal = signal_name(self.signal),
@@ -184,11 +198,7 @@ impl Delivery {
                 }
                 Err(SendError::Permanent { message }) => {
                     attempt = 0;
-                    let _ = self
-                        .spool
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .pop(record.id);
+                    self.pop(record.id);
                     tracing::error!(
                         signal = signal_name(self.signal),
                         points = record.items,
@@ -240,7 +250,7 @@ impl Delivery {
             }
             self.report_queue();
         }
-        let _ = self.spool.lock().unwrap_or_else(|e| e.into_inner()).sync();
+        let _ = blocking(|| self.spool.lock().unwrap_or_else(|e| e.into_inner()).sync());
         self.report_queue();
     }
 }
