@@ -15,11 +15,19 @@ Receivers:
 
 Every decoded request becomes one line of --out (flushed per line):
   {"signal": "metrics"|"logs"|"profiles", "transport": "http/protobuf"|"http/json"|"grpc",
-   "gzip": bool, "headers": {lowercased name: value}, "request": MessageToDict(request),
-   "received_unix_nano": int}
+   "gzip": bool, "tls": bool, "tls_client": str|null, "headers": {lowercased name: value},
+   "request": MessageToDict(request), "received_unix_nano": int}
 `request` uses the OTLP/JSON field names (lowerCamelCase), enums as integers, 64-bit integers
 as strings (protobuf's JSON mapping), bytes as base64. A request that does not decode is
 answered 400 (HTTP; gRPC answers INTERNAL itself) and not written.
+
+--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]: both ports speak TLS (PEM server
+certificate chain and key): the HTTP server is HTTPS (ALPN http/1.1), and the gRPC relay
+terminates TLS itself (ALPN h2, which gRPC clients require) and passes the plaintext HTTP/2 on to
+grpcio, so the compressed flags stay readable. With --tls-client-ca, both require a client
+certificate signed by that CA; a failed handshake is logged and nothing is written. Each line
+then also holds `"tls": true` (else `false`) and `"tls_client"`: the client certificate's
+subject common name (null without one).
 
 --fail-first N: the first N decoded HTTP requests answer 503 with `Retry-After: 1`, and the
 first N gRPC calls UNAVAILABLE with a google.rpc.RetryInfo of 1 s. They are written too, with
@@ -33,6 +41,7 @@ received are answered, then it exits, so a request is either written and answere
 """
 
 import argparse
+import asyncio
 import base64
 import binascii
 import concurrent.futures
@@ -41,6 +50,7 @@ import http.server
 import json
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -91,8 +101,9 @@ class Recorder:
     """Appends one JSON line per decoded request; counts the requests to fail first and the
     requests being answered (for the graceful stop)."""
 
-    def __init__(self, path, fail_first):
+    def __init__(self, path, fail_first, tls):
         self.file = open(path, "a", encoding="utf-8")
+        self.tls = tls
         self.lock = threading.Lock()
         self.fail_http = fail_first
         self.fail_grpc = fail_first
@@ -130,11 +141,15 @@ class Recorder:
                 return True
             return False
 
-    def record(self, signal_name, transport, gzipped, headers, request, received, rejected=None):
+    def record(
+        self, signal_name, transport, gzipped, client, headers, request, received, rejected=None
+    ):
         entry = {
             "signal": signal_name,
             "transport": transport,
             "gzip": gzipped,
+            "tls": self.tls,
+            "tls_client": client,
             "headers": headers,
             "request": json_format.MessageToDict(
                 request, preserving_proto_field_name=False, use_integers_for_enums=True
@@ -249,41 +264,70 @@ def make_http_handler(recorder):
                 k = k.lower()
                 if k not in SKIP_HEADERS:
                     headers[k] = f"{headers[k]}, {v}" if k in headers else v
+            client = None
+            if isinstance(self.connection, ssl.SSLSocket):
+                client = common_name(self.connection.getpeercert())
+            line = (signal_name, transport, gzipped, client, headers, request, received)
             if recorder.should_fail("http"):
-                recorder.record(signal_name, transport, gzipped, headers, request, received, "503")
+                recorder.record(*line, "503")
                 log(f"HTTP POST {path}: 503 (--fail-first)")
                 return self.reply(503, extra=[("Retry-After", "1")])
-            recorder.record(signal_name, transport, gzipped, headers, request, received)
-            log(f"HTTP POST {path}: 200 {transport} gzip={gzipped} {len(body)} bytes")
+            recorder.record(*line)
+            tls = f" tls client={client}" if recorder.tls else ""
+            log(f"HTTP POST {path}: 200 {transport} gzip={gzipped}{tls} {len(body)} bytes")
             self.reply(200, response, content_type)
 
     return Handler
 
 
+def common_name(cert):
+    """The subject common name of a certificate as ssl's getpeercert() gives it (None when
+    there is none)."""
+    for rdn in (cert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return value
+    return None
+
+
 class GrpcFlags:
     """What the relay saw per upstream connection: the compressed flag of the last gRPC
-    message, keyed by the relay's local port towards grpcio (the peer grpcio reports)."""
+    message and the TLS client's certificate name, keyed by the relay's local port towards
+    grpcio (the peer grpcio reports)."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.by_port = {}
+        self.clients = {}
 
     def set(self, port, compressed):
         with self.lock:
             self.by_port[port] = compressed
 
-    def get(self, peer):
+    def set_client(self, port, name):
+        with self.lock:
+            self.clients[port] = name
+
+    @staticmethod
+    def port(peer):
         # grpcio peers look like "ipv4:127.0.0.1:54321".
         try:
-            port = int(peer.rsplit(":", 1)[1])
+            return int(peer.rsplit(":", 1)[1])
         except (IndexError, ValueError):
             return None
+
+    def get(self, peer):
         with self.lock:
-            return self.by_port.get(port)
+            return self.by_port.get(self.port(peer))
+
+    def client(self, peer):
+        with self.lock:
+            return self.clients.get(self.port(peer))
 
     def forget(self, port):
         with self.lock:
             self.by_port.pop(port, None)
+            self.clients.pop(port, None)
 
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -340,6 +384,19 @@ class H2Sniffer:
                 state[0] = b""
 
 
+def feed(sniffer, data):
+    """Feeds relayed bytes to the HTTP/2 sniffer; returns it, or None once it cannot follow (the
+    relay never breaks over the sniffing)."""
+    if sniffer is None:
+        return None
+    try:
+        sniffer.feed(data)
+        return sniffer
+    except Exception as e:
+        log(f"gRPC relay: cannot follow HTTP/2 frames: {e}")
+        return None
+
+
 def pipe(src, dst, sniffer=None):
     """Copies src to dst until EOF (then half-closes dst) or an error (then closes both)."""
     try:
@@ -348,12 +405,7 @@ def pipe(src, dst, sniffer=None):
             if not data:
                 dst.shutdown(socket.SHUT_WR)
                 return
-            if sniffer is not None:
-                try:
-                    sniffer.feed(data)
-                except Exception as e:  # never break the relay over the sniffing
-                    log(f"gRPC relay: cannot follow HTTP/2 frames: {e}")
-                    sniffer = None
+            sniffer = feed(sniffer, data)
             dst.sendall(data)
     except OSError:
         for s in (src, dst):
@@ -412,6 +464,130 @@ class Relay:
             t.join(max(0.0, deadline - time.monotonic()))
 
 
+class TlsRelay:
+    """The gRPC port with TLS: terminates TLS (ALPN h2, which gRPC clients require) and relays
+    the plaintext HTTP/2 to the grpcio server, noting the compressed flags as Relay does and
+    the client certificate's name. One asyncio loop in its own thread (an SSL socket must not be
+    read and written from two threads at once, as Relay's two pipes per connection would)."""
+
+    def __init__(self, listener, upstream_port, flags, context):
+        self.upstream_port = upstream_port
+        self.flags = flags
+        self.tasks = set()
+        self.loop = asyncio.new_event_loop()
+        # The handshake is done in `serve`, so that a failed one can be logged (asyncio's
+        # server-side TLS only logs them in debug mode); StreamWriter.start_tls is Python 3.11+.
+        self.context = context if hasattr(asyncio.StreamWriter, "start_tls") else None
+        self.server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(
+                self.serve, sock=listener, ssl=None if self.context else context
+            ),
+            self.loop,
+        )
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.server = self.server.result(timeout=10)
+
+    async def serve(self, client_reader, client_writer):
+        task = asyncio.current_task()
+        self.tasks.add(task)
+        try:
+            peer = client_writer.get_extra_info("peername")
+            try:
+                if self.context is not None:
+                    await client_writer.start_tls(self.context, ssl_handshake_timeout=10)
+            except (OSError, ssl.SSLError, asyncio.TimeoutError) as e:
+                log(f"gRPC relay: TLS handshake with {peer[0]}:{peer[1]} failed: {e!r}")
+                client_writer.close()
+                return
+            try:
+                up_reader, up_writer = await asyncio.open_connection(
+                    "127.0.0.1", self.upstream_port
+                )
+            except OSError as e:
+                log(f"gRPC relay: cannot reach grpcio: {e}")
+                client_writer.close()
+                return
+            port = up_writer.get_extra_info("sockname")[1]
+            self.flags.set_client(port, common_name(client_writer.get_extra_info("peercert")))
+            sniffer = H2Sniffer(lambda compressed: self.flags.set(port, compressed))
+            writers = (client_writer, up_writer)
+            await asyncio.gather(
+                self.pipe(client_reader, up_writer, writers, sniffer),
+                self.pipe(up_reader, client_writer, writers),
+            )
+            for w in writers:
+                w.close()
+            self.flags.forget(port)
+        finally:
+            self.tasks.discard(task)
+
+    @staticmethod
+    async def pipe(reader, writer, writers, sniffer=None):
+        """As `pipe`: copies until EOF (then half-closes, or closes a TLS writer, which cannot
+        half-close) or an error (then closes both)."""
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    if writer.can_write_eof():
+                        writer.write_eof()
+                    else:
+                        writer.close()
+                    return
+                sniffer = feed(sniffer, data)
+                writer.write(data)
+                await writer.drain()
+        except (OSError, ssl.SSLError) as e:
+            log(f"gRPC relay: {e!r}")
+            for w in writers:
+                w.close()
+
+    def close(self):
+        """Stops accepting; the connections go on."""
+        self.loop.call_soon_threadsafe(self.server.close)
+
+    def join(self, timeout):
+        async def wait():
+            if self.tasks:
+                await asyncio.wait(list(self.tasks), timeout=timeout)
+
+        try:
+            asyncio.run_coroutine_threadsafe(wait(), self.loop).result(timeout + 1)
+        except concurrent.futures.TimeoutError:
+            pass
+
+
+class HttpsServer(http.server.ThreadingHTTPServer):
+    """The HTTP receiver over TLS: each accepted connection's handshake runs in its own
+    thread (a client that stalls or fails it blocks no other)."""
+
+    context = None
+
+    def get_request(self):
+        sock, addr = self.socket.accept()
+        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def finish_request(self, request, client_address):
+        try:
+            request.settimeout(10)
+            request.do_handshake()
+            request.settimeout(None)
+        except (OSError, ssl.SSLError) as e:
+            log(f"HTTPS: TLS handshake with {client_address[0]}:{client_address[1]} failed: {e}")
+            return
+        super().finish_request(request, client_address)
+
+
+def tls_context(cert, key, client_ca, alpn):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    if client_ca:
+        ctx.load_verify_locations(client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
 def retry_info_status(message):
     """A google.rpc.Status {code UNAVAILABLE, details [RetryInfo {retry_delay 1s}]} encoded by
     hand (the googleapis protos are not a dependency)."""
@@ -451,18 +627,19 @@ def make_servicer(base, signal_name, recorder, flags):
                     v = base64.b64encode(v).decode()
                 headers[k] = f"{headers[k]}, {v}" if k in headers else v
             compressed = bool(flags.get(context.peer()))
+            client = flags.client(context.peer())
+            line = (signal_name, "grpc", compressed, client, headers, request, received)
             if recorder.should_fail("grpc"):
-                recorder.record(
-                    signal_name, "grpc", compressed, headers, request, received, "UNAVAILABLE"
-                )
+                recorder.record(*line, "UNAVAILABLE")
                 log(f"gRPC {signal_name}: UNAVAILABLE (--fail-first)")
                 msg = "sink: failing the first requests (--fail-first)"
                 context.set_trailing_metadata(
                     [("grpc-status-details-bin", retry_info_status(msg))]
                 )
                 context.abort(grpc.StatusCode.UNAVAILABLE, msg)
-            recorder.record(signal_name, "grpc", compressed, headers, request, received)
-            log(f"gRPC {signal_name}: OK gzip={compressed}")
+            recorder.record(*line)
+            tls = f" tls client={client}" if recorder.tls else ""
+            log(f"gRPC {signal_name}: OK gzip={compressed}{tls}")
             return response_type()
 
     return Servicer()
@@ -475,11 +652,23 @@ def main():
     ap.add_argument("--grpc-port", type=int, default=0)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--fail-first", type=int, default=0, metavar="N")
+    ap.add_argument("--tls-cert", metavar="FILE", help="PEM server certificate (chain): TLS")
+    ap.add_argument("--tls-key", metavar="FILE", help="PEM key of --tls-cert")
+    ap.add_argument("--tls-client-ca", metavar="FILE", help="require client certificates")
     args = ap.parse_args()
+    tls = args.tls_cert is not None
+    if tls != (args.tls_key is not None) or (args.tls_client_ca and not tls):
+        ap.error("--tls-cert and --tls-key go together (and --tls-client-ca needs them)")
 
-    recorder = Recorder(args.out, args.fail_first)
+    recorder = Recorder(args.out, args.fail_first, tls)
 
-    httpd = http.server.ThreadingHTTPServer((args.host, args.http_port), make_http_handler(recorder))
+    server_class = http.server.ThreadingHTTPServer
+    if tls:
+        server_class = HttpsServer
+        HttpsServer.context = tls_context(
+            args.tls_cert, args.tls_key, args.tls_client_ca, ["http/1.1"]
+        )
+    httpd = server_class((args.host, args.http_port), make_http_handler(recorder))
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
 
@@ -507,7 +696,11 @@ def main():
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((args.host, args.grpc_port))
     listener.listen(64)
-    relay = Relay(listener, upstream_port, flags)
+    if tls:
+        context = tls_context(args.tls_cert, args.tls_key, args.tls_client_ca, ["h2"])
+        relay = TlsRelay(listener, upstream_port, flags, context)
+    else:
+        relay = Relay(listener, upstream_port, flags)
 
     print(
         f"listening http={httpd.server_address[1]} grpc={listener.getsockname()[1]}", flush=True

@@ -3,7 +3,8 @@
 //! request it receives as a JSON line, rotel (a real OTLP collector, PyPI `rotel`) forwarding to
 //! it, and helpers to walk the decoded requests (metric points, log records, attributes).
 //!
-//! Both are installed by `cargo xtask setup --test-peers` (`python3 -m pip install`).
+//! Both are installed by `cargo xtask setup --test-peers` (`python3 -m pip install`). `TestPki`
+//! makes throwaway certificates with the `openssl` CLI for the TLS tests.
 
 use std::{
     collections::BTreeMap,
@@ -100,6 +101,8 @@ pub struct Sink {
     pub out: PathBuf,
     dir: PathBuf,
     args: Vec<String>,
+    /// Both ports speak TLS (`start_tls`).
+    tls: bool,
     child: Option<Child>,
     log: Arc<Mutex<String>>,
     cache: Mutex<Lines>,
@@ -117,13 +120,37 @@ impl Sink {
     /// Starts `python3 tests/otlp_sink/sink.py --out <tempfile> EXTRA_ARGS` (e.g.
     /// `["--fail-first", "2"]`) on free ports; returns once it listens on both.
     pub fn start(extra_args: &[&str]) -> Sink {
+        Self::start_with(extra_args.iter().map(|s| s.to_string()).collect(), false)
+    }
+
+    /// As `start`, with both ports speaking TLS with `pki`'s server certificate (for
+    /// `localhost` and 127.0.0.1); `client_certs`: both also require a client certificate
+    /// signed by `pki`'s CA. The endpoints become `https://localhost:<port>`, and each line
+    /// holds `"tls": true` and `"tls_client"` (the client certificate's common name).
+    pub fn start_tls(pki: &TestPki, client_certs: bool, extra_args: &[&str]) -> Sink {
+        let path = |p: &Path| p.to_string_lossy().into_owned();
+        let mut args = vec![
+            "--tls-cert".to_string(),
+            path(&pki.server_cert),
+            "--tls-key".to_string(),
+            path(&pki.server_key),
+        ];
+        if client_certs {
+            args.extend(["--tls-client-ca".to_string(), path(&pki.ca)]);
+        }
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        Self::start_with(args, true)
+    }
+
+    fn start_with(args: Vec<String>, tls: bool) -> Sink {
         let dir = tempdir();
         let mut sink = Sink {
             http_port: 0,
             grpc_port: 0,
             out: dir.join("sink.jsonl"),
             dir,
-            args: extra_args.iter().map(|s| s.to_string()).collect(),
+            args,
+            tls,
             child: None,
             log: Arc::default(),
             cache: Mutex::default(),
@@ -185,14 +212,23 @@ impl Sink {
         Err(format!("sink said {line:?}, expected {want:?}:\n{log}"))
     }
 
-    /// `http://127.0.0.1:<http_port>` (the agent appends `/v1/metrics`, `/v1/logs`).
+    /// `http://127.0.0.1:<http_port>` (the agent appends `/v1/metrics`, `/v1/logs`);
+    /// `https://localhost:<http_port>` with TLS.
     pub fn http_endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        self.endpoint(self.http_port)
     }
 
-    /// `http://127.0.0.1:<grpc_port>`.
+    /// `http://127.0.0.1:<grpc_port>`; `https://localhost:<grpc_port>` with TLS.
     pub fn grpc_endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc_port)
+        self.endpoint(self.grpc_port)
+    }
+
+    fn endpoint(&self, port: u16) -> String {
+        if self.tls {
+            format!("https://localhost:{port}")
+        } else {
+            format!("http://127.0.0.1:{port}")
+        }
     }
 
     /// Stops the sink gracefully (SIGTERM: its ports close, the requests it already received
@@ -343,6 +379,117 @@ impl Drop for Sink {
             let _ = child.kill();
             let _ = child.wait();
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The common name of `TestPki`'s client certificate (what the sink records as `tls_client`).
+pub const TEST_CLIENT_CN: &str = "agent test client";
+
+/// A throwaway PKI made with the `openssl` CLI (`$OPENSSL`, else `openssl`) in a temporary
+/// directory, removed on drop: a CA, a server certificate for `localhost` and 127.0.0.1
+/// (subjectAltName) and a client certificate (common name `TEST_CLIENT_CN`), both signed by
+/// the CA. EC P-256 keys (PKCS#8 PEM, unencrypted), valid for 2 days from now, X.509 v3 with
+/// the extensions WebPKI verifiers insist on (CA:TRUE and keyCertSign on the CA, CA:FALSE and
+/// serverAuth or clientAuth on the leaves).
+pub struct TestPki {
+    pub dir: PathBuf,
+    /// The CA certificate (PEM): the `export.tls.ca_file` that makes the sink trusted.
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+const PKI_CONFIG: &str = "\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = agent test CA
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:localhost, IP:127.0.0.1
+authorityKeyIdentifier = keyid
+[client]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = clientAuth
+authorityKeyIdentifier = keyid
+";
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        let dir = tempdir();
+        std::fs::write(dir.join("openssl.cnf"), PKI_CONFIG).unwrap();
+        let openssl = std::env::var("OPENSSL").unwrap_or_else(|_| "openssl".to_string());
+        // `openssl WORDS... [-subj SUBJECT]` in the directory (file names are relative to it).
+        let run = |words: &str, subject: Option<&str>| {
+            let mut cmd = Command::new(&openssl);
+            cmd.current_dir(&dir)
+                .args(words.split_whitespace())
+                .args(subject.map(|s| ["-subj", s]).into_iter().flatten())
+                .stdin(Stdio::null());
+            let out = cmd.output().unwrap_or_else(|e| {
+                panic!("{openssl}: {e} (the TLS tests make certificates with the openssl CLI)")
+            });
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+        run(
+            &format!(
+                "req -x509 -config openssl.cnf -extensions ca {key} -keyout ca.key -out ca.pem \
+                 -days 2"
+            ),
+            Some("/CN=agent test CA"),
+        );
+        for (name, cn, serial) in [
+            ("server", "localhost", "0x5e17"),
+            ("client", TEST_CLIENT_CN, "0xc11e"),
+        ] {
+            run(
+                &format!("req -new -config openssl.cnf {key} -keyout {name}.key -out {name}.csr"),
+                Some(&format!("/CN={cn}")),
+            );
+            run(
+                &format!(
+                    "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -set_serial {serial} \
+                     -days 2 -extfile openssl.cnf -extensions {name} -out {name}.pem"
+                ),
+                None,
+            );
+        }
+        TestPki {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+            dir,
+        }
+    }
+}
+
+impl Default for TestPki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestPki {
+    fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

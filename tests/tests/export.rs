@@ -2,8 +2,8 @@
 //! not share its code — the Python sink (`tests/otlp_sink/sink.py`, PyPI `opentelemetry-proto`)
 //! directly, or rotel (a real collector) in between — over http/protobuf, http/json and gRPC.
 //! Checked: exact syscall counts arrive, resource and data point attributes, headers and
-//! compression, connection logs, retries after 503/UNAVAILABLE, and a 30 s outage that loses
-//! nothing.
+//! compression, connection logs, retries after 503/UNAVAILABLE, a 30 s outage that loses
+//! nothing, and TLS with a private CA and client certificates.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -1135,4 +1135,140 @@ fn spooled_data_survives_an_agent_restart() {
     distinct.dedup();
     assert_eq!(distinct.len(), times.len(), "a point arrived twice{c}");
     assert!(gaps_ok(&times), "a gap in the first agent's exports{c}");
+}
+
+/// `config()` for the TLS sink, with an `export.tls` section of these files (none: no
+/// section, so the agent trusts the built-in web roots only).
+fn tls_config(endpoint: &str, protocol: &str, files: &[(&str, &std::path::Path)]) -> String {
+    let mut yaml = config(endpoint, protocol, "gzip", Probe::Syscalls);
+    if !files.is_empty() {
+        yaml.push_str("  tls:\n");
+        for (key, path) in files {
+            yaml.push_str(&format!("    {key}: \"{}\"\n", path.display()));
+        }
+    }
+    yaml
+}
+
+/// TLS end to end with a private CA: the sink speaks HTTPS and gRPC over TLS with a
+/// certificate for `localhost` signed by a throwaway CA, and requires a client certificate
+/// signed by it. The agent, given the CA (`export.tls.ca_file`) and its client certificate
+/// (`cert_file`, `key_file`), delivers the workload's exact count over http/protobuf, then
+/// over gRPC, and every metrics request came over TLS with that client certificate.
+#[test]
+fn tls_with_a_private_ca_and_client_certificate() {
+    require_root();
+    let _g = serial();
+    let pki = TestPki::new();
+    let sink = Sink::start_tls(&pki, true, &[]);
+    for protocol in ["http/protobuf", "grpc"] {
+        let endpoint = match protocol {
+            "grpc" => sink.grpc_endpoint(),
+            _ => sink.http_endpoint(),
+        };
+        assert!(endpoint.starts_with("https://localhost:"), "{endpoint}");
+        let yaml = tls_config(
+            &endpoint,
+            protocol,
+            &[
+                ("ca_file", &pki.ca),
+                ("cert_file", &pki.client_cert),
+                ("key_file", &pki.client_key),
+            ],
+        );
+        let agent = start_agent(&yaml, &[]);
+        let (pid, requests, point) = exact_count_arrives(&agent, &sink);
+        let c = format!("\nover {protocol}{}", ctx(&agent, &sink));
+        check_histogram_point(&point, &pid, &c);
+        assert_eq!(requests[point.request]["transport"], protocol, "{c}");
+        for line in requests
+            .iter()
+            .filter(|l| l["signal"] == "metrics" && l["transport"] == protocol)
+        {
+            let shown = || format!("{}{c}", cut_json(line));
+            assert_eq!(line["tls"], true, "{}", shown());
+            assert_eq!(line["tls_client"], TEST_CLIENT_CN, "{}", shown());
+            assert_eq!(line["gzip"], true, "{}", shown());
+            assert_eq!(line["headers"]["x-test"], "abc", "{}", shown());
+        }
+        let status = agent.status();
+        let metrics = &status["exporter"]["signals"]["metrics"];
+        assert_eq!(metrics["dropped"].as_u64(), Some(0), "{metrics:#}{c}");
+    }
+}
+
+/// Without `export.tls.ca_file` the agent trusts the built-in web roots only, so it cannot
+/// verify the sink's certificate (signed by a private CA): nothing arrives, /status shows a
+/// certificate error as the metrics' `last_error` and counts retries (a TLS failure at connect
+/// is a retryable transport error), and the agent keeps running. Over http/protobuf and
+/// gRPC. Then, with the CA file and no client certificate (the sink asks for none), the
+/// same sink receives over both.
+#[test]
+fn tls_without_the_private_ca_fails_verification_and_retries() {
+    require_root();
+    let _g = serial();
+    let pki = TestPki::new();
+    let sink = Sink::start_tls(&pki, false, &[]);
+    let endpoint = |protocol: &str| match protocol {
+        "grpc" => sink.grpc_endpoint(),
+        _ => sink.http_endpoint(),
+    };
+    let metrics_over = |requests: &[Value], protocol: &str| {
+        requests
+            .iter()
+            .filter(|l| l["signal"] == "metrics" && l["transport"] == protocol)
+            .count()
+    };
+    for protocol in ["http/protobuf", "grpc"] {
+        let agent = start_agent(&tls_config(&endpoint(protocol), protocol, &[]), &[]);
+        agent.wait_for(
+            |a| delivery(a, "metrics", "retried").is_some_and(|n| n >= 2),
+            "/status exporter.signals.metrics.retried >= 2",
+        );
+        let status = agent.status();
+        let metrics = &status["exporter"]["signals"]["metrics"];
+        let c = format!("\nover {protocol}: {metrics:#}{}", ctx(&agent, &sink));
+        let error = metrics["last_error"].as_str().unwrap_or("").to_lowercase();
+        eprintln!("{protocol} last_error: {}", metrics["last_error"]);
+        assert!(
+            error.contains("certificate")
+                && (error.contains("unknownissuer") || error.contains("unknown issuer")),
+            "last_error must name the unverifiable certificate{c}"
+        );
+        assert_eq!(metrics["sent_requests"].as_u64(), Some(0), "{c}");
+        assert_eq!(metrics_over(&sink.requests(), protocol), 0, "{c}");
+        assert!(!agent.exited(), "{c}");
+        assert_eq!(agent.get("/readyz").map(|(s, _)| s).ok(), Some(200), "{c}");
+    }
+    assert!(
+        sink.log().contains("TLS handshake with"),
+        "the sink saw no failed handshake\n{}",
+        sink.tail(3)
+    );
+
+    for protocol in ["http/protobuf", "grpc"] {
+        let agent = start_agent(
+            &tls_config(&endpoint(protocol), protocol, &[("ca_file", &pki.ca)]),
+            &[],
+        );
+        let requests = sink
+            .wait_for(WAIT, |r| metrics_over(r, protocol) > 0)
+            .unwrap_or_else(|_| {
+                panic!(
+                    "nothing over {protocol} with the CA file{}",
+                    ctx(&agent, &sink)
+                )
+            });
+        let line = requests
+            .iter()
+            .find(|l| l["signal"] == "metrics" && l["transport"] == protocol)
+            .unwrap();
+        let c = format!("{}{}", cut_json(line), ctx(&agent, &sink));
+        assert_eq!(line["tls"], true, "{c}");
+        assert_eq!(
+            line["tls_client"],
+            Value::Null,
+            "no client certificate: {c}"
+        );
+    }
 }

@@ -44,6 +44,7 @@ pub fn ensure(test_peers: bool) -> Result<()> {
             ("syscount", "libbpf-tools"),
             ("ss", "iproute2"),
             ("iptables", "iptables"),
+            ("openssl", "openssl"), // the TLS export tests' throwaway certificates
         ] {
             if !have(bin) {
                 missing.push(pkg);

@@ -191,7 +191,7 @@ impl Transport {
         }
         let what = |status: &tonic::Status| {
             format!(
-                "gRPC {} from {}: {:?} {}",
+                "gRPC {} to {}: {:?} {}",
                 signal_name(t.signal),
                 t.url,
                 status.code(),
