@@ -168,7 +168,41 @@ pub fn run(cfg: &Config) -> (Vec<Row>, bool) {
             }),
         }
     }
+    rows.push(export_row(cfg));
     (rows, probes_ok)
+}
+
+/// Where data goes: the resolved OTLP targets, or local files; a bad `OTEL_EXPORTER_OTLP_*`
+/// value fails with its cause and fix (the agent would fall back to files).
+fn export_row(cfg: &Config) -> Row {
+    match crate::export::settings::resolve(&cfg.export, &cfg.output.dir, |k| std::env::var(k).ok())
+    {
+        Ok(s) if s.targets.is_empty() => row(
+            "export",
+            Verdict::Ok,
+            format!(
+                "no endpoint: OTLP JSON lines under {}",
+                cfg.output.dir.display()
+            ),
+            None,
+        ),
+        Ok(s) => row(
+            "export",
+            Verdict::Ok,
+            s.targets
+                .iter()
+                .map(|t| format!("{} {}", t.protocol.as_str(), t.url))
+                .collect::<Vec<_>>()
+                .join(", "),
+            None,
+        ),
+        Err(e) => Row {
+            item: "export".into(),
+            verdict: Verdict::Fail,
+            detail: e.cause,
+            fix: Some(e.fix),
+        },
+    }
 }
 
 /// Kernel features the agent's probes use or will use, probed by loading a minimal program or
