@@ -198,3 +198,14 @@ where
     })?;
     T::try_from(map).map_err(|e| explain(&format!("opening map {name}"), &e))
 }
+
+/// A kernel map that could not be read while draining.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("reading map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}

@@ -40,6 +40,25 @@ pub struct Report {
     pub failures: u64,
 }
 
+/// A transport for `signal` to `url` with no headers, no TLS files and a 10 s timeout.
+fn transport_to(
+    signal: Signal,
+    url: &str,
+    protocol: Protocol,
+    compression: Compression,
+) -> Result<Transport, String> {
+    let target = Target {
+        signal,
+        url: url.parse().map_err(|e| format!("{url}: {e}"))?,
+        protocol,
+        compression,
+        headers: Vec::new(),
+        timeout: Duration::from_secs(10),
+        tls: Default::default(),
+    };
+    Transport::new(&target).map_err(|e| e.cause)
+}
+
 fn synthetic(series: usize) -> Arc<Batch> {
     let bounds: Arc<[f64]> = (0..39)
         .map(|b| (1u64 << b) as f64 * 1e-9)
@@ -116,16 +135,7 @@ pub async fn run(
     seconds: f64,
     spool_dir: &Path,
 ) -> Result<Report, String> {
-    let target = Target {
-        signal: Signal::Metrics,
-        url: url.parse().map_err(|e| format!("{url}: {e}"))?,
-        protocol,
-        compression,
-        headers: Vec::new(),
-        timeout: Duration::from_secs(10),
-        tls: Default::default(),
-    };
-    let t = Transport::new(&target).map_err(|e| e.cause)?;
+    let t = transport_to(Signal::Metrics, url, protocol, compression)?;
     let mut spool = Spool::open(spool_dir, 1 << 30).map_err(|e| e.to_string())?;
     let batch = synthetic(series);
     let res = resource::build("00000000-0000-0000-0000-000000000000", |_| None);
@@ -291,16 +301,7 @@ pub async fn send_sample_profile(
     protocol: Protocol,
     compression: Compression,
 ) -> Result<String, String> {
-    let target = Target {
-        signal: Signal::Profiles,
-        url: url.parse().map_err(|e| format!("{url}: {e}"))?,
-        protocol,
-        compression,
-        headers: Vec::new(),
-        timeout: Duration::from_secs(10),
-        tls: Default::default(),
-    };
-    let t = Transport::new(&target).map_err(|e| e.cause)?;
+    let t = transport_to(Signal::Profiles, url, protocol, compression)?;
     let res = resource::build(&resource::instance_id(&std::env::temp_dir()), |k| {
         std::env::var(k).ok()
     });

@@ -6,9 +6,61 @@
 pub mod network;
 pub mod syscalls;
 
-use std::sync::Arc;
+use std::{sync::Arc, thread};
 
-use crate::{config::Config, metrics::Store, status::state::AgentState};
+use crate::{
+    config::Config,
+    ebpf::LoadError,
+    metrics::Store,
+    status::state::{AgentState, HookStatus, ProbeState, ProbeStatus},
+};
+
+/// Records probe `name`'s state for `/status` and `/readyz`, with cause and fix from `err`.
+pub(crate) fn report(
+    state: &AgentState,
+    name: &str,
+    s: ProbeState,
+    err: Option<&LoadError>,
+    hooks: Vec<HookStatus>,
+) {
+    state.set_probe(
+        name,
+        ProbeStatus {
+            state: s,
+            error: err.map(|e| e.cause.clone()),
+            fix: err.map(|e| e.fix.clone()),
+            hooks,
+        },
+    );
+}
+
+/// Logs why probe `name` cannot run (cause, then fix) and records it as failed.
+pub(crate) fn report_failure(
+    state: &AgentState,
+    name: &str,
+    e: &LoadError,
+    hooks: Vec<HookStatus>,
+) {
+    tracing::error!(probe = name, "{}", e.cause);
+    tracing::error!(probe = name, "fix: {}", e.fix);
+    report(state, name, ProbeState::Failed, Some(e), hooks);
+}
+
+/// Starts probe `name`'s drain thread (`<name>-drain`).
+pub(crate) fn spawn_drain(
+    name: &str,
+    run: impl FnOnce() + Send + 'static,
+) -> Result<thread::JoinHandle<()>, LoadError> {
+    thread::Builder::new()
+        .name(format!("{name}-drain"))
+        .spawn(run)
+        .map_err(|e| {
+            LoadError::new(
+                format!("cannot start the {name} drain thread: {e}"),
+                "raise the thread limit (ulimit -u)",
+            )
+        })
+}
 
 pub struct Probes {
     syscalls: syscalls::SyscallsProbe,

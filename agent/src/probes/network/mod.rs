@@ -42,7 +42,7 @@ use crate::{
     ebpf::{self, tracefs, LoadError},
     metrics::{model::Batch, Store},
     procinfo::{self, comm_str, ProcCache},
-    status::state::{AgentState, HookStatus, MapStats, ProbeState, ProbeStatus},
+    status::state::{AgentState, HookStatus, MapStats, ProbeState},
 };
 
 pub const NAME: &str = "network";
@@ -257,15 +257,7 @@ impl NetworkProbe {
     }
 
     fn set_status(&self, state: ProbeState, err: Option<&LoadError>, hooks: Vec<HookStatus>) {
-        self.state.set_probe(
-            NAME,
-            ProbeStatus {
-                state,
-                error: err.map(|e| e.cause.clone()),
-                fix: err.map(|e| e.fix.clone()),
-                hooks,
-            },
-        );
+        super::report(&self.state, NAME, state, err, hooks);
     }
 
     fn start(&mut self, cfg: &NetworkConfig) {
@@ -273,9 +265,7 @@ impl NetworkProbe {
         let (mut bpf, hooks) = match load_and_attach(cfg) {
             Ok(x) => x,
             Err((e, hooks)) => {
-                tracing::error!(probe = NAME, "{}", e.cause);
-                tracing::error!(probe = NAME, "fix: {}", e.fix);
-                self.set_status(ProbeState::Failed, Some(&e), hooks);
+                super::report_failure(&self.state, NAME, &e, hooks);
                 return;
             }
         };
@@ -292,8 +282,7 @@ impl NetworkProbe {
         let (maps, events, listeners) = match taken {
             Ok(x) => x,
             Err(e) => {
-                tracing::error!(probe = NAME, "{}", e.cause);
-                self.set_status(ProbeState::Failed, Some(&e), hooks);
+                super::report_failure(&self.state, NAME, &e, hooks);
                 return;
             }
         };
@@ -310,17 +299,10 @@ impl NetworkProbe {
             store: self.store.clone(),
             state: self.state.clone(),
         };
-        let thread = match thread::Builder::new()
-            .name("network-drain".into())
-            .spawn(move || drain.run(rx, listeners))
-        {
+        let thread = match super::spawn_drain(NAME, move || drain.run(rx, listeners)) {
             Ok(t) => t,
             Err(e) => {
-                let e = LoadError::new(
-                    format!("cannot start the drain thread: {e}"),
-                    "raise the thread limit (ulimit -u)",
-                );
-                self.set_status(ProbeState::Failed, Some(&e), hooks);
+                super::report_failure(&self.state, NAME, &e, hooks);
                 return;
             }
         };

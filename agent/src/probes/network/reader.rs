@@ -9,15 +9,7 @@ use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 
 use crate::procinfo;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    #[error("reading map {map}: {source}")]
-    Map {
-        map: &'static str,
-        #[source]
-        source: aya::maps::MapError,
-    },
-}
+pub use crate::ebpf::ReadError;
 
 /// One series summed over CPUs.
 #[derive(Clone, Copy, Debug)]

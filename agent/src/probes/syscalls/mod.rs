@@ -31,7 +31,7 @@ use crate::{
     ebpf::{self, LoadError},
     metrics::{model::Batch, Store},
     procinfo::{self, ProcCache},
-    status::state::{AgentState, HookStatus, MapStats, ProbeState, ProbeStatus},
+    status::state::{AgentState, HookStatus, MapStats, ProbeState},
 };
 
 pub const NAME: &str = "syscalls";
@@ -170,15 +170,7 @@ impl SyscallsProbe {
     }
 
     fn set_status(&self, state: ProbeState, err: Option<&LoadError>, hooks: Vec<HookStatus>) {
-        self.state.set_probe(
-            NAME,
-            ProbeStatus {
-                state,
-                error: err.map(|e| e.cause.clone()),
-                fix: err.map(|e| e.fix.clone()),
-                hooks,
-            },
-        );
+        super::report(&self.state, NAME, state, err, hooks);
     }
 
     fn start(&mut self, cfg: &SyscallsConfig) {
@@ -186,17 +178,14 @@ impl SyscallsProbe {
         let (mut bpf, hooks) = match load_and_attach(cfg) {
             Ok(x) => x,
             Err((e, hooks)) => {
-                tracing::error!(probe = NAME, "{}", e.cause);
-                tracing::error!(probe = NAME, "fix: {}", e.fix);
-                self.set_status(ProbeState::Failed, Some(&e), hooks);
+                super::report_failure(&self.state, NAME, &e, hooks);
                 return;
             }
         };
         let maps = match take_maps(&mut bpf, cfg.fast_slots > 0) {
             Ok(m) => m,
             Err(e) => {
-                tracing::error!(probe = NAME, "{}", e.cause);
-                self.set_status(ProbeState::Failed, Some(&e), hooks);
+                super::report_failure(&self.state, NAME, &e, hooks);
                 return;
             }
         };
@@ -213,17 +202,10 @@ impl SyscallsProbe {
             store: self.store.clone(),
             state: self.state.clone(),
         };
-        let thread = match thread::Builder::new()
-            .name("syscalls-drain".into())
-            .spawn(move || drain.run(rx))
-        {
+        let thread = match super::spawn_drain(NAME, move || drain.run(rx)) {
             Ok(t) => t,
             Err(e) => {
-                let e = LoadError::new(
-                    format!("cannot start the drain thread: {e}"),
-                    "raise the thread limit (ulimit -u)",
-                );
-                self.set_status(ProbeState::Failed, Some(&e), hooks);
+                super::report_failure(&self.state, NAME, &e, hooks);
                 return;
             }
         };

@@ -12,15 +12,7 @@ use aya::{
 use super::aggregate::{Agg, ErrorReading, StatReading};
 use crate::procinfo::{self, comm_str};
 
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    #[error("reading map {map}: {source}")]
-    Map {
-        map: &'static str,
-        #[source]
-        source: aya::maps::MapError,
-    },
-}
+pub use crate::ebpf::ReadError;
 
 /// The maps taken out of the loaded object.
 pub struct Maps {
