@@ -1,6 +1,6 @@
 //! Export: every interval, the store's metrics (and the connection events gathered since) leave
-//! as OTLP — to a collector over gRPC or HTTP through an on-disk spool, or, with no endpoint,
-//! as OTLP JSON lines files under the output directory.
+//! as OTLP — to a collector over gRPC or HTTP through an on-disk spool, or, for a signal with no
+//! endpoint, as OTLP JSON lines files under the output directory.
 //!
 //! Invariants: no unbounded memory queue (connection events wait in a bounded buffer, requests
 //! wait on disk); a collector outage, a bad endpoint or a full disk never stops the agent; the
@@ -51,10 +51,20 @@ const MAX_BUFFERED_EVENTS: usize = 10_000;
 /// The smallest interval honoured.
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
-/// Where the exporter writes: files, or OTLP targets (one delivery per signal).
-enum Backend {
-    Files(OutputSettings),
-    Otlp(Vec<(Signal, Delivery)>),
+/// Where the exporter writes: one OTLP delivery per signal that has an endpoint; the other
+/// signals go to the local files.
+struct Backend {
+    files: OutputSettings,
+    deliveries: Vec<(Signal, Delivery)>,
+}
+
+impl Backend {
+    fn delivery(&self, signal: Signal) -> Option<&Delivery> {
+        self.deliveries
+            .iter()
+            .find(|(s, _)| *s == signal)
+            .map(|(_, d)| d)
+    }
 }
 
 /// A running exporter.
@@ -90,7 +100,10 @@ pub fn spawn(
             e.kind = "file".into();
             e.target = output.dir.display().to_string();
         });
-        Backend::Files(output.clone())
+        Backend {
+            files: output.clone(),
+            deliveries: Vec::new(),
+        }
     } else {
         let mut deliveries = Vec::new();
         for target in &settings.targets {
@@ -143,12 +156,16 @@ pub fn spawn(
             e.target = targets.join(" ");
         });
         tracing::info!(targets = %targets.join(" "), protocol = settings.targets[0].protocol.as_str(), "exporting over OTLP");
-        Backend::Otlp(deliveries)
+        Backend {
+            files: output.clone(),
+            deliveries,
+        }
     };
     let producer = Producer {
-        interval: match &backend {
-            Backend::Files(o) => o.interval,
-            Backend::Otlp(_) => settings.interval,
+        interval: if backend.deliveries.is_empty() {
+            output.interval
+        } else {
+            settings.interval
         }
         .max(MIN_INTERVAL),
         encoder: MetricsEncoder::new(settings.temporality, MAX_POINTS_PER_REQUEST),
@@ -236,20 +253,18 @@ impl Producer {
         let requests = self
             .encoder
             .encode(&batches, &self.resource, SystemTime::now());
-        match &self.backend {
-            Backend::Files(_) => {
+        match self.backend.delivery(Signal::Metrics) {
+            Some(d) => {
+                for (r, n) in &requests {
+                    d.submit(*n, &r.encode_to_vec());
+                }
+            }
+            None => {
                 let lines: Vec<Vec<u8>> = requests
                     .iter()
                     .filter_map(|(r, _)| serde_json::to_vec(r).ok())
                     .collect();
                 self.write_file(output::FILE_NAME, lines).await;
-            }
-            Backend::Otlp(deliveries) => {
-                if let Some((_, d)) = deliveries.iter().find(|(s, _)| *s == Signal::Metrics) {
-                    for (r, n) in &requests {
-                        d.submit(*n, &r.encode_to_vec());
-                    }
-                }
             }
         }
         self.export_logs().await;
@@ -266,29 +281,24 @@ impl Producer {
             SystemTime::now(),
             MAX_RECORDS_PER_REQUEST,
         );
-        match &self.backend {
-            Backend::Files(_) => {
+        match self.backend.delivery(Signal::Logs) {
+            Some(d) => {
+                for (r, n) in &requests {
+                    d.submit(*n, &r.encode_to_vec());
+                }
+            }
+            None => {
                 let lines = requests
                     .iter()
                     .filter_map(|(r, _)| serde_json::to_vec(r).ok())
                     .collect();
                 self.write_file(LOGS_FILE, lines).await;
             }
-            Backend::Otlp(deliveries) => {
-                if let Some((_, d)) = deliveries.iter().find(|(s, _)| *s == Signal::Logs) {
-                    for (r, n) in &requests {
-                        d.submit(*n, &r.encode_to_vec());
-                    }
-                }
-            }
         }
     }
 
     async fn write_file(&mut self, name: &'static str, lines: Vec<Vec<u8>>) {
-        let Backend::Files(cfg) = &self.backend else {
-            return;
-        };
-        let c = cfg.clone();
+        let c = self.backend.files.clone();
         let result =
             tokio::task::spawn_blocking(move || output::append_lines(&c, name, &lines)).await;
         let result = match result {
