@@ -264,6 +264,27 @@ impl Agent {
 
     /// Polls `cond` every 200 ms for up to 60 s (a bound for slow CI machines, not a timing
     /// assertion); panics with the agent's log when it never holds.
+    /// Waits until `/readyz` answers 200 (every enabled probe attached).
+    pub fn wait_ready(&self) {
+        self.wait_for(
+            |a| a.get("/readyz").map(|(s, _)| s == 200).unwrap_or(false),
+            "/readyz 200",
+        );
+    }
+
+    /// Waits until the agent has attributed `pid` while it was alive (any series for it on
+    /// /metrics), so that its executable name comes from /proc.
+    pub fn wait_seen(&self, pid: &str) {
+        self.wait_for(
+            |a| {
+                a.metrics()
+                    .iter()
+                    .any(|s| s.labels.get("process_pid").map(String::as_str) == Some(pid))
+            },
+            &format!("a series for pid {pid}"),
+        );
+    }
+
     pub fn wait_for(&self, cond: impl Fn(&Agent) -> bool, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {

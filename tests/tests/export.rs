@@ -84,10 +84,7 @@ fn start_agent(yaml: &str, env: &[(&str, &str)]) -> Agent {
             cmd.env(k, v);
         }
     });
-    agent.wait_for(
-        |a| a.get("/readyz").map(|(s, _)| s == 200).unwrap_or(false),
-        "/readyz 200",
-    );
+    agent.wait_ready();
     agent
 }
 
@@ -101,19 +98,6 @@ fn now_unix_nanos() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64
-}
-
-/// Waits until the agent has attributed `pid` while it was alive (any series for it on
-/// /metrics), so that its executable name comes from /proc.
-fn wait_seen(agent: &Agent, pid: &str) {
-    agent.wait_for(
-        |a| {
-            a.metrics()
-                .iter()
-                .any(|s| s.labels.get("process_pid").map(String::as_str) == Some(pid))
-        },
-        &format!("a series for pid {pid}"),
-    );
 }
 
 /// The `process.syscall.duration` points of `pid`'s getppid series (matched by text, so that
@@ -134,7 +118,7 @@ fn getppid_points(requests: &[Value], pid: &str) -> Vec<MetricPoint> {
 fn exact_count_arrives(agent: &Agent, sink: &Sink) -> (String, Vec<Value>, MetricPoint) {
     let w = Workload::start("getppid", CALLS);
     let pid = w.pid.to_string();
-    wait_seen(agent, &pid);
+    agent.wait_seen(&pid);
     w.go();
     let requests = sink
         .wait_for(WAIT, |r| {

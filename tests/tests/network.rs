@@ -30,11 +30,16 @@ const PORT: u16 = 8080;
 /// Starts the agent and waits until the probe is attached: connections made before that would
 /// not be seen.
 fn start_agent() -> Agent {
-    let agent = Agent::start(NETWORK);
-    agent.wait_for(
-        |a| a.get("/readyz").map(|(s, _)| s == 200).unwrap_or(false),
-        "/readyz 200",
-    );
+    start_agent_with("")
+}
+
+/// `start_agent` with one more `probes.network` field (e.g. `max_series: 64`).
+fn start_agent_with(field: &str) -> Agent {
+    let agent = Agent::start(&NETWORK.replace(
+        "    interval: 1s\n",
+        &format!("    interval: 1s\n    {field}\n"),
+    ));
+    agent.wait_ready();
     agent
 }
 
@@ -417,14 +422,7 @@ fn series_beyond_max_series_fold_into_other_without_loss() {
     require_root();
     let _g = serial();
     let net = NetPair::new("fold");
-    let agent = Agent::start(&NETWORK.replace(
-        "    interval: 1s\n",
-        "    interval: 1s\n    max_series: 64\n",
-    ));
-    agent.wait_for(
-        |a| a.get("/readyz").map(|(s, _)| s == 200).unwrap_or(false),
-        "/readyz 200",
-    );
+    let agent = start_agent_with("max_series: 64");
     // All at once, so the map fills before a drain can free the series of exited clients.
     let clients: Vec<NsProcess> = (0..70)
         .map(|_| client(&net, false, 9, &["--count", "1"]))
@@ -478,14 +476,7 @@ fn connection_events_are_rate_bounded_and_drops_counted() {
     require_root();
     let _g = serial();
     let net = NetPair::new("rate");
-    let agent = Agent::start(&NETWORK.replace(
-        "    interval: 1s\n",
-        "    interval: 1s\n    events_per_second: 1\n",
-    ));
-    agent.wait_for(
-        |a| a.get("/readyz").map(|(s, _)| s == 200).unwrap_or(false),
-        "/readyz 200",
-    );
+    let agent = start_agent_with("events_per_second: 1");
     let _srv = server(&net, false, PORT, &[]);
     let started = Instant::now();
     let cl = client(&net, false, PORT, &["--count", "30"]);
@@ -550,14 +541,7 @@ fn aggregation_levels_drop_peer_attributes() {
         ),
     ] {
         let net = NetPair::new(&format!("agg{}", &mode[..2]));
-        let agent = Agent::start(&NETWORK.replace(
-            "    interval: 1s\n",
-            &format!("    interval: 1s\n    aggregation: {mode}\n"),
-        ));
-        agent.wait_for(
-            |a| a.get("/readyz").map(|(s, _)| s == 200).unwrap_or(false),
-            "/readyz 200",
-        );
+        let agent = start_agent_with(&format!("aggregation: {mode}"));
         let _srv = server(&net, false, PORT, &[]);
         let cl = client(&net, false, PORT, &["--count", "3"]);
         let p = cl.pid.to_string();

@@ -21,22 +21,6 @@ fn fast_with(field: &str) -> String {
     )
 }
 
-fn ready(a: &Agent) -> bool {
-    a.get("/readyz").map(|(s, _)| s == 200).unwrap_or(false)
-}
-
-/// Waits until the agent has attributed `pid` while it was alive (any series for it).
-fn wait_seen(agent: &Agent, pid: &str) {
-    agent.wait_for(
-        |a| {
-            a.metrics()
-                .iter()
-                .any(|s| s.labels.get("process_pid").map(String::as_str) == Some(pid))
-        },
-        &format!("a series for pid {pid}"),
-    );
-}
-
 #[test]
 fn counts_a_known_number_of_syscalls_exactly() {
     require_root();
@@ -69,11 +53,11 @@ fn counts_exactly_when_keys_collide_in_the_fast_table() {
 }
 
 fn assert_exact_counts(agent: &Agent) {
-    agent.wait_for(ready, "/readyz 200");
+    agent.wait_ready();
 
     let w = Workload::start("getppid", 200_000);
     let pid = w.pid.to_string();
-    wait_seen(agent, &pid);
+    agent.wait_seen(&pid);
     w.go();
     let labels = [("syscall_name", "getppid"), ("process_pid", pid.as_str())];
     let samples = assert_eventually(
@@ -167,7 +151,7 @@ fn short_lived_processes_are_attributed_from_the_kernel() {
     require_root();
     let _g = serial();
     let agent = Agent::start(FAST);
-    agent.wait_for(ready, "/readyz 200");
+    agent.wait_ready();
     // Runs and exits between two drains: /proc is gone by the time the agent looks, so the name
     // must come from the command captured in the kernel (TASK_COMM_LEN truncates it to 15).
     let out = Command::new(workload_bin())
@@ -230,11 +214,11 @@ fn syscount_agrees_on_the_same_run() {
     require_root();
     let _g = serial();
     let agent = Agent::start(FAST);
-    agent.wait_for(ready, "/readyz 200");
+    agent.wait_ready();
     let w = Workload::start("getppid", 100_000);
     let pid = w.pid;
     let p = pid.to_string();
-    wait_seen(&agent, &p);
+    agent.wait_seen(&p);
     let (sc_count, sc_total) = syscount_getppid(pid, || {
         w.go();
     });
@@ -263,7 +247,7 @@ fn clean_exit_detaches_every_program() {
     require_root();
     let _g = serial();
     let mut agent = Agent::start(FAST);
-    agent.wait_for(ready, "/readyz 200");
+    agent.wait_ready();
     let ours = bpf_programs_of(agent.child.id());
     let names: Vec<&str> = ours.iter().map(|(_, n)| n.as_str()).collect();
     assert!(
@@ -293,7 +277,7 @@ fn sighup_detaches_and_reattaches_the_probe() {
     require_root();
     let _g = serial();
     let agent = Agent::start(FAST);
-    agent.wait_for(ready, "/readyz 200");
+    agent.wait_ready();
     let before = agent.status()["config_hash"].as_str().unwrap().to_string();
 
     std::fs::write(
@@ -393,7 +377,7 @@ fn json_logs_and_local_output_files() {
     let mut agent = Agent::start_with(FAST, |c| {
         c.env("AGENT_LOG_FORMAT", "json");
     });
-    agent.wait_for(ready, "/readyz 200");
+    agent.wait_ready();
     // With no collector the data goes to <output-dir>/metrics.jsonl as OTLP JSON, one
     // ExportMetricsServiceRequest per line (every second here).
     let file = agent.dir.join("out/metrics.jsonl");
@@ -440,7 +424,7 @@ fn processes_beyond_top_n_fold_into_other_exactly() {
     require_root();
     let _g = serial();
     let agent = Agent::start(&fast_with("top_processes: 1"));
-    agent.wait_for(ready, "/readyz 200");
+    agent.wait_ready();
     let count = "process_syscall_duration_seconds_count";
     // getppid calls of our workloads, individual or folded ("other" holds only folded processes;
     // nothing else on a test host calls getppid in bulk).

@@ -148,16 +148,14 @@ impl SyscallsProbe {
             self.set_status(ProbeState::Disabled, None, vec![]);
             return;
         }
-        if let Some(r) = &self.running {
+        if let Some(r) = &mut self.running {
             let resized = r.cfg.max_entries != cfg.max_entries
                 || r.cfg.error_entries != cfg.error_entries
                 || r.cfg.inflight_slots != cfg.inflight_slots
                 || r.cfg.fast_slots != cfg.fast_slots;
             if !resized {
                 let _ = r.ctl.send(Ctl::Config(cfg.clone()));
-                if let Some(r) = &mut self.running {
-                    r.cfg = cfg.clone();
-                }
+                r.cfg = cfg.clone();
                 return;
             }
             tracing::info!(
