@@ -9,6 +9,7 @@ pub mod output;
 pub mod preflight;
 pub mod probes;
 pub mod procinfo;
+pub mod profile;
 pub mod runtime;
 pub mod selfstats;
 pub mod status;
