@@ -3,6 +3,7 @@
 
 pub mod hist;
 pub mod network;
+pub mod profiler;
 pub mod syscalls;
 
 /// Length of a task command name (`TASK_COMM_LEN` in the kernel).

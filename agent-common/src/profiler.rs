@@ -1,0 +1,97 @@
+//! Maps, keys and events of the CPU profiler (perf_event `cpu-clock` sampling).
+//!
+//! Layout invariants (both sides compile against these, so they cannot drift):
+//! - Two generations of (`PROFILE_COUNTS_<g>`, `PROFILE_STACKS_<g>`): the program writes into the
+//!   generation `PROFILE_GEN[0]` names; userspace flips it, waits for in-flight programs, then
+//!   reads and clears the other one. No sample is lost or counted twice by a drain.
+//! - A stack id is only meaningful in the generation that produced it.
+//! - `PROFILE_PIDS` remembers which processes userspace was told about; a process that execs is
+//!   forgotten, so its new address space is announced again (`PidEvent`).
+
+use crate::COMM_LEN;
+
+/// Deepest stack `bpf_get_stackid`/`bpf_get_stack` return (`PERF_MAX_STACK_DEPTH`).
+pub const MAX_STACK_DEPTH: usize = 127;
+
+pub const COUNTS_MAP: [&str; 2] = ["PROFILE_COUNTS_0", "PROFILE_COUNTS_1"];
+pub const STACKS_MAP: [&str; 2] = ["PROFILE_STACKS_0", "PROFILE_STACKS_1"];
+pub const GEN_MAP: &str = "PROFILE_GEN";
+pub const PIDS_MAP: &str = "PROFILE_PIDS";
+pub const PID_EVENTS_MAP: &str = "PROFILE_PID_EVENTS";
+pub const SAMPLES_MAP: &str = "PROFILE_SAMPLES";
+pub const COUNTERS_MAP: &str = "PROFILE_COUNTERS";
+/// Global (`.rodata`): 1 to sample the idle task (pid 0) too.
+pub const INCLUDE_IDLE_GLOBAL: &str = "PROFILE_INCLUDE_IDLE";
+
+/// Program names: in-kernel aggregation (the default) or one ring buffer record per sample.
+pub const PROG_AGGREGATE: &str = "profile_aggregate";
+pub const PROG_STREAM: &str = "profile_stream";
+/// `sched:sched_process_exec`: forgets the process so its new mappings are announced.
+pub const PROG_EXEC: &str = "profile_exec";
+
+/// Indices of `PROFILE_COUNTERS` (per-CPU, cumulative).
+pub mod counter {
+    /// Samples taken (idle ones included).
+    pub const SAMPLES: u32 = 0;
+    /// Samples of the idle task, dropped (unless idle sampling is on).
+    pub const IDLE: u32 = 1;
+    /// Samples lost because the counts map was full.
+    pub const COUNTS_FULL: u32 = 2;
+    /// User stacks lost: the stack map bucket held another stack (`-EEXIST`).
+    pub const USER_COLLISIONS: u32 = 3;
+    /// Kernel stacks lost the same way.
+    pub const KERNEL_COLLISIONS: u32 = 4;
+    /// User stacks that could not be walked at all (no user context, or a fault).
+    pub const USER_MISSING: u32 = 5;
+    /// Streamed samples lost because the ring buffer was full.
+    pub const STREAM_FULL: u32 = 6;
+    /// New-process events lost because their ring buffer was full.
+    pub const PID_EVENTS_FULL: u32 = 7;
+    /// Stack maps full (`-ENOMEM`/`-E2BIG` from get_stackid).
+    pub const STACKS_FULL: u32 = 8;
+    pub const COUNT: u32 = 9;
+}
+
+/// Key of the in-kernel aggregation: one entry per (thread, user stack, kernel stack).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SampleKey {
+    pub tgid: u32,
+    pub tid: u32,
+    pub cgroup_id: u64,
+    /// Stack id in this generation's stack map, or a negative errno (no user stack).
+    pub user_stack: i32,
+    /// Stack id, or a negative errno (no kernel stack: the sample hit user mode).
+    pub kernel_stack: i32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// One sample streamed through `PROFILE_SAMPLES` (stream mode): header then both stacks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StreamSample {
+    pub tgid: u32,
+    pub tid: u32,
+    pub cgroup_id: u64,
+    /// Bytes of `user` filled (a multiple of 8), or a negative errno.
+    pub user_len: i32,
+    /// Bytes of `kernel` filled, or a negative errno.
+    pub kernel_len: i32,
+    pub comm: [u8; COMM_LEN],
+    pub user: [u64; MAX_STACK_DEPTH],
+    pub kernel: [u64; MAX_STACK_DEPTH],
+}
+
+/// A process userspace has not seen since it started (or exec'd): snapshot its mappings now.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PidEvent {
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::SampleKey {}
+    unsafe impl aya::Pod for super::PidEvent {}
+}
