@@ -29,7 +29,14 @@ impl LevelHandle {
 }
 
 fn parse(level: &str) -> Result<EnvFilter, LoggingError> {
-    EnvFilter::try_new(level).map_err(|e| LoggingError::Level {
+    // The `pprof` crate (self-profiling) logs every start and stop at info, with its source
+    // path: quiet unless asked for by name.
+    let directives = if level.contains("pprof") {
+        level.to_string()
+    } else {
+        format!("{level},pprof=warn")
+    };
+    EnvFilter::try_new(&directives).map_err(|e| LoggingError::Level {
         level: level.to_string(),
         reason: e.to_string(),
     })

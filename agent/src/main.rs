@@ -42,6 +42,28 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Record a CPU profile of the whole host (or one process) and write it to a file.
+    Profile {
+        /// How long to sample, e.g. 10s or 1m.
+        #[arg(long, default_value = "10s", value_parser = humantime_serde::re::humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// Only this process (its threads included).
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Samples per second per CPU (1-999).
+        #[arg(long, default_value_t = 99, value_parser = clap::value_parser!(u32).range(1..=999))]
+        hz: u32,
+        /// pprof (gzipped protobuf), otlp (one binary ExportProfilesServiceRequest), folded
+        /// (`frame;frame count` lines) or svg (a flame graph).
+        #[arg(long, value_enum, default_value_t = ProfileFormat::Pprof)]
+        format: ProfileFormat,
+        /// Where to write it (`-` for standard output).
+        #[arg(long, short)]
+        output: PathBuf,
+        /// In-kernel aggregation (the default) or a ring buffer record per sample.
+        #[arg(long, hide = true, default_value = "aggregate")]
+        mode: String,
+    },
     /// Print the version.
     Version,
     /// Send one small CPU profile over OTLP (checks the profiles path end to end).
@@ -71,6 +93,14 @@ enum Command {
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ProfileFormat {
+    Pprof,
+    Otlp,
+    Folded,
+    Svg,
 }
 
 #[derive(Subcommand)]
@@ -151,6 +181,17 @@ fn real_main() -> Result<ExitCode> {
             println!("{r}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Profile {
+            duration,
+            pid,
+            hz,
+            format,
+            output,
+            mode,
+        } => {
+            let _ = logging::init("warn", agent::config::LogFormat::Text);
+            profile(duration, pid, hz, format, &output, &mode)
+        }
         Command::Version => {
             println!("agent {}", agent::VERSION);
             Ok(ExitCode::SUCCESS)
@@ -205,4 +246,87 @@ fn real_main() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `agent profile`: record, symbolize, encode, write. Ctrl-C ends the recording early.
+fn profile(
+    duration: std::time::Duration,
+    pid: Option<u32>,
+    hz: u32,
+    format: ProfileFormat,
+    output: &std::path::Path,
+    mode: &str,
+) -> Result<ExitCode> {
+    use agent::{config::ProfilerMode, probes::profiler, profile};
+    if let Some(p) = pid {
+        if !std::path::Path::new(&format!("/proc/{p}")).exists() {
+            anyhow::bail!("process {p} does not exist\nfix: give the pid of a running process (host pid namespace)");
+        }
+    }
+    let cfg = agent::config::ProfilerConfig {
+        frequency: hz,
+        mode: match mode {
+            "stream" => ProfilerMode::Stream,
+            _ => ProfilerMode::Aggregate,
+        },
+        ..Default::default()
+    };
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_interrupt as *const () as libc::sighandler_t,
+        );
+    }
+    let p = profiler::record(&cfg, duration, pid, &INTERRUPTED)?;
+    let bytes = match format {
+        ProfileFormat::Pprof => profile::pprof::encode(&p),
+        ProfileFormat::Otlp => {
+            use prost::Message;
+            let base = agent::export::resource::build("", |k| std::env::var(k).ok());
+            let base: Vec<_> = base
+                .attributes
+                .into_iter()
+                .filter(|kv| kv.key != "host.name" && kv.key != "service.instance.id")
+                .collect();
+            profile::otlp::encode(&p, &base).encode_to_vec()
+        }
+        ProfileFormat::Folded => profile::folded::render(&p).into_bytes(),
+        ProfileFormat::Svg => {
+            let title = match pid {
+                Some(pid) => format!("CPU: pid {pid}, {:?} at {hz} Hz", duration),
+                None => format!("CPU: {}, {:?} at {hz} Hz", profiler::host_name(), duration),
+            };
+            profile::svg::render(&p, &title)?
+        }
+    };
+    let samples: u64 = p
+        .processes
+        .iter()
+        .flat_map(|x| &x.samples)
+        .map(|s| s.count)
+        .sum();
+    if output.as_os_str() == "-" {
+        use std::io::Write;
+        std::io::stdout().write_all(&bytes)?;
+    } else {
+        std::fs::write(output, &bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot write {}: {e}\nfix: give a writable --output path",
+                output.display()
+            )
+        })?;
+    }
+    eprintln!(
+        "{samples} samples from {} processes written to {}",
+        p.processes.len(),
+        output.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -197,7 +197,7 @@ async fn start_status(
             return None;
         }
     };
-    tracing::info!(addr = %cfg.status.listen, "status endpoint listening (/healthz /readyz /status /metrics)");
+    tracing::info!(addr = %cfg.status.listen, routes = %status::ROUTES.join(" "), "status endpoint listening");
     let (tx, mut rx) = watch::channel(false);
     let ctx = StatusContext {
         state: state.clone(),

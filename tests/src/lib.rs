@@ -451,3 +451,4 @@ pub fn assert_eventually(
 }
 
 pub mod otlp;
+pub mod profiling;

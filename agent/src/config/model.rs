@@ -68,7 +68,7 @@ impl std::fmt::Display for LogFormat {
     }
 }
 
-/// The HTTP status endpoint (/healthz /readyz /status /metrics).
+/// The HTTP status endpoint (/healthz /readyz /status /metrics, and /debug/ profiling).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StatusConfig {
@@ -113,6 +113,7 @@ impl Default for OutputConfig {
 pub struct ProbesConfig {
     pub syscalls: SyscallsConfig,
     pub network: NetworkConfig,
+    pub profiler: ProfilerConfig,
 }
 
 /// The syscall probe (raw_syscalls sys_enter/sys_exit).
@@ -221,6 +222,65 @@ impl Default for NetworkConfig {
             recent_connections: 100,
             cgroup: PathBuf::from("auto"),
             retain_exited: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How profiler samples leave the kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProfilerMode {
+    /// Counted in the kernel per (thread, user stack, kernel stack); drained every second.
+    #[default]
+    Aggregate,
+    /// Each sample's stacks go through a ring buffer and are counted in userspace.
+    Stream,
+}
+
+impl ProfilerMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProfilerMode::Aggregate => "aggregate",
+            ProfilerMode::Stream => "stream",
+        }
+    }
+}
+
+/// The CPU profiler (perf_event `cpu-clock` on every CPU; user + kernel stacks).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProfilerConfig {
+    pub enabled: bool,
+    /// Samples per second per CPU.
+    pub frequency: u32,
+    /// How often a symbolized profile is exported.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    pub mode: ProfilerMode,
+    /// Kernel map size: distinct (thread, stacks) counted between two drains (one second).
+    pub max_entries: u32,
+    /// Kernel stack map size (distinct stacks between two drains); collisions are counted.
+    pub stack_entries: u32,
+    /// Sample the idle task too (pid 0, `swapper`).
+    pub include_idle: bool,
+    /// Processes whose mappings are cached (for symbolizing after they exit).
+    pub max_processes: usize,
+    /// Symbolized addresses cached.
+    pub symbol_cache: usize,
+}
+
+impl Default for ProfilerConfig {
+    fn default() -> Self {
+        ProfilerConfig {
+            enabled: true,
+            frequency: 19,
+            interval: Duration::from_secs(10),
+            mode: ProfilerMode::Aggregate,
+            max_entries: 16_384,
+            stack_entries: 16_384,
+            include_idle: false,
+            max_processes: 4096,
+            symbol_cache: 65_536,
         }
     }
 }

@@ -68,6 +68,16 @@ pub(crate) const FIELDS: &[&str] = &[
     "probes.network.recent_connections",
     "probes.network.cgroup",
     "probes.network.retain_exited",
+    "probes.profiler",
+    "probes.profiler.enabled",
+    "probes.profiler.frequency",
+    "probes.profiler.interval",
+    "probes.profiler.mode",
+    "probes.profiler.max_entries",
+    "probes.profiler.stack_entries",
+    "probes.profiler.include_idle",
+    "probes.profiler.max_processes",
+    "probes.profiler.symbol_cache",
 ];
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -138,6 +148,21 @@ const RECENT_CONNECTIONS: Limits<u64> = Limits {
     max: 10_000,
     example: 100,
 };
+const FREQUENCY: Limits<u64> = Limits {
+    min: 1,
+    max: 999,
+    example: 19,
+};
+const MAX_PROCESSES: Limits<u64> = Limits {
+    min: 16,
+    max: 1_048_576,
+    example: 4096,
+};
+const SYMBOL_CACHE: Limits<u64> = Limits {
+    min: 1024,
+    max: 16_777_216,
+    example: 65_536,
+};
 const RETAIN_EXITED: Limits<Duration> = Limits {
     min: Duration::ZERO,
     max: HOUR,
@@ -180,7 +205,7 @@ pub(crate) fn allowed(path: &str) -> Option<String> {
         "" => format!("a mapping with the sections {}", fields_of("")),
         "log" | "status" | "output" | "export" | "export.tls" | "export.metrics"
         | "export.logs" | "export.profiles" | "export.spool" | "probes" | "probes.syscalls"
-        | "probes.network" => {
+        | "probes.network" | "probes.profiler" => {
             format!("a mapping with the fields {}", fields_of(path))
         }
         "log.level" => "a level (off, error, warn, info, debug, trace) or tracing filter \
@@ -190,7 +215,9 @@ pub(crate) fn allowed(path: &str) -> Option<String> {
         "status.enabled"
         | "probes.syscalls.enabled"
         | "probes.network.enabled"
-        | "probes.network.rtt_histogram" => {
+        | "probes.network.rtt_histogram"
+        | "probes.profiler.enabled"
+        | "probes.profiler.include_idle" => {
             "true or false".to_string()
         }
         "status.listen" => {
@@ -246,6 +273,15 @@ pub(crate) fn allowed(path: &str) -> Option<String> {
         "probes.network.cgroup" => {
             "auto (the cgroup2 mount) or an absolute path to a cgroup v2 directory, e.g. /sys/fs/cgroup".to_string()
         }
+        "probes.profiler.frequency" => format!(
+            "samples per second per CPU, {} to {}, e.g. {} (99 for more detail)",
+            FREQUENCY.min, FREQUENCY.max, FREQUENCY.example
+        ),
+        "probes.profiler.interval" => durations(&SYSCALLS_INTERVAL),
+        "probes.profiler.mode" => "aggregate or stream".to_string(),
+        "probes.profiler.max_entries" | "probes.profiler.stack_entries" => numbers(&MAP_ENTRIES),
+        "probes.profiler.max_processes" => numbers(&MAX_PROCESSES),
+        "probes.profiler.symbol_cache" => numbers(&SYMBOL_CACHE),
         _ => return None,
     })
 }
@@ -309,6 +345,7 @@ pub(crate) fn check_level(level: &str) -> Result<(), String> {
 pub(crate) fn check_field(cfg: &Config, path: &str) -> Result<(), String> {
     let sys = &cfg.probes.syscalls;
     let net = &cfg.probes.network;
+    let prof = &cfg.probes.profiler;
     match path {
         "log.level" => check_level(&cfg.log.level),
         "output.dir" if cfg.output.dir.as_os_str().is_empty() => Err("is empty".to_string()),
@@ -365,6 +402,18 @@ pub(crate) fn check_field(cfg: &Config, path: &str) -> Result<(), String> {
             Err(format!("{} is not an absolute path", net.cgroup.display()))
         }
         "probes.network.retain_exited" => check_duration(net.retain_exited, &RETAIN_EXITED),
+        "probes.profiler.frequency" => check_number(prof.frequency.into(), &FREQUENCY),
+        "probes.profiler.interval" => check_duration(prof.interval, &SYSCALLS_INTERVAL),
+        "probes.profiler.max_entries" => check_number(prof.max_entries.into(), &MAP_ENTRIES),
+        "probes.profiler.stack_entries" => check_number(prof.stack_entries.into(), &MAP_ENTRIES),
+        "probes.profiler.max_processes" => check_number(
+            prof.max_processes.try_into().unwrap_or(u64::MAX),
+            &MAX_PROCESSES,
+        ),
+        "probes.profiler.symbol_cache" => check_number(
+            prof.symbol_cache.try_into().unwrap_or(u64::MAX),
+            &SYMBOL_CACHE,
+        ),
         _ => Ok(()),
     }
 }

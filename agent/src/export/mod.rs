@@ -199,6 +199,7 @@ struct Producer {
 impl Producer {
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut conns = self.state.subscribe_connections();
+        let mut profiles = self.state.subscribe_profiles();
         let mut ticker =
             tokio::time::interval_at(tokio::time::Instant::now() + self.interval, self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -220,8 +221,18 @@ impl Producer {
                     }
                     Err(broadcast::error::RecvError::Closed) => {}
                 },
+                r = profiles.recv() => match r {
+                    Ok(p) => self.export_profile(&p).await,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(lost = n, "profiles arrived faster than the exporter took them");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {}
+                },
                 r = shutdown.changed() => if r.is_err() { break },
             }
+        }
+        while let Ok(p) = profiles.try_recv() {
+            self.export_profile(&p).await;
         }
         while let Ok(ev) = conns.try_recv() {
             self.buffer(ev);
@@ -297,6 +308,42 @@ impl Producer {
         }
     }
 
+    /// One profiler interval: OTLP profiles (always protobuf; see `delivery`), or with no
+    /// profiles endpoint a gzipped pprof file under `<output.dir>/profiles/`.
+    async fn export_profile(&mut self, p: &crate::profile::Profile) {
+        let samples: u64 = p
+            .processes
+            .iter()
+            .flat_map(|x| &x.samples)
+            .map(|s| s.count)
+            .sum();
+        match self.backend.delivery(Signal::Profiles) {
+            Some(d) => {
+                let base: Vec<_> = self
+                    .resource
+                    .attributes
+                    .iter()
+                    .filter(|kv| kv.key != "host.name")
+                    .cloned()
+                    .collect();
+                let req = crate::profile::otlp::encode(p, &base);
+                d.submit(samples, &req.encode_to_vec());
+            }
+            None => {
+                let bytes = crate::profile::pprof::encode(p);
+                let dir = self.backend.files.dir.join(PROFILES_DIR);
+                let name = format!("cpu-{}.pb.gz", p.start_unix_nanos / 1_000_000);
+                let r = tokio::task::spawn_blocking(move || {
+                    output::write_rotating(&dir, &name, &bytes, PROFILE_FILES_KEPT)
+                })
+                .await;
+                if let Ok(Err(e)) = r {
+                    tracing::warn!("cannot write a profile file: {e}");
+                }
+            }
+        }
+    }
+
     async fn write_file(&mut self, name: &'static str, lines: Vec<Vec<u8>>) {
         let c = self.backend.files.clone();
         let result =
@@ -334,6 +381,11 @@ impl Producer {
         }
     }
 }
+
+/// Directory under `output.dir` for pprof files when profiles have no OTLP endpoint.
+pub const PROFILES_DIR: &str = "profiles";
+/// Profile files kept there (newest first).
+const PROFILE_FILES_KEPT: usize = 60;
 
 /// The logs file next to `metrics.jsonl`.
 pub const LOGS_FILE: &str = "logs.jsonl";

@@ -134,6 +134,26 @@ fn remove_if_exists(p: &Path) -> io::Result<()> {
     }
 }
 
+/// Writes `bytes` as `dir/name` (through a temporary file and a rename) and deletes the oldest
+/// files of `dir` beyond `keep` (by name: names must sort by time).
+pub fn write_rotating(dir: &Path, name: &str, bytes: &[u8], keep: usize) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    fs::write(&tmp, bytes)?;
+    fs::rename(&tmp, dir.join(name))?;
+    let mut names: Vec<_> = fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .filter(|n| !n.to_string_lossy().starts_with('.'))
+        .collect();
+    names.sort();
+    let excess = names.len().saturating_sub(keep.max(1));
+    for n in &names[..excess] {
+        let _ = fs::remove_file(dir.join(n));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 //! cause, fix) and the others keep running; `stop` detaches everything.
 
 pub mod network;
+pub mod profiler;
 pub mod syscalls;
 
 use std::{sync::Arc, thread};
@@ -65,13 +66,15 @@ pub(crate) fn spawn_drain(
 pub struct Probes {
     syscalls: syscalls::SyscallsProbe,
     network: network::NetworkProbe,
+    profiler: profiler::ProfilerProbe,
 }
 
 impl Probes {
     pub fn new(store: Arc<Store>, state: Arc<AgentState>) -> Self {
         Probes {
             syscalls: syscalls::SyscallsProbe::new(store.clone(), state.clone()),
-            network: network::NetworkProbe::new(store, state),
+            network: network::NetworkProbe::new(store, state.clone()),
+            profiler: profiler::ProfilerProbe::new(state),
         }
     }
 
@@ -79,11 +82,13 @@ impl Probes {
     pub fn apply(&mut self, cfg: &Config) {
         self.syscalls.apply(&cfg.probes.syscalls);
         self.network.apply(&cfg.probes.network);
+        self.profiler.apply(&cfg.probes.profiler);
     }
 
     /// Detaches every probe (final drains included).
     pub fn stop(&mut self) {
         self.syscalls.stop();
         self.network.stop();
+        self.profiler.stop();
     }
 }

@@ -1,5 +1,6 @@
-//! The local HTTP status server: `/healthz`, `/readyz`, `/status` (JSON) and `/metrics`
-//! (Prometheus text of the metric store plus the agent's self-metrics).
+//! The local HTTP status server: `/healthz`, `/readyz`, `/status` (JSON), `/metrics`
+//! (Prometheus text of the metric store plus the agent's self-metrics) and the profiling
+//! endpoints in `debug.rs`.
 //!
 //! Invariants: handlers only take cheap snapshots (no lock is held across an await); self-metrics
 //! are computed per scrape and never published to the store; a shutdown stops accepting at once
@@ -9,6 +10,7 @@
 //! must not set its own fallback), served with [`serve_router`]; add the path to [`ROUTES`] so
 //! the 404 body lists it.
 
+pub mod debug;
 pub mod state;
 
 use std::{
@@ -37,7 +39,14 @@ use crate::{
 use state::{AgentState, ExporterStatus, MapStats, NetworkStatus, ProbeStatus};
 
 /// The routes the 404 body lists.
-pub const ROUTES: &[&str] = &["/healthz", "/readyz", "/status", "/metrics"];
+pub const ROUTES: &[&str] = &[
+    "/healthz",
+    "/readyz",
+    "/status",
+    "/metrics",
+    "/debug/flamegraph.svg",
+    "/debug/pprof/profile",
+];
 
 /// How long a shutdown waits for in-flight requests before dropping them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -168,6 +177,8 @@ pub fn router(ctx: StatusContext) -> Router {
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
+        .route("/debug/flamegraph.svg", get(debug::flamegraph))
+        .route("/debug/pprof/profile", get(debug::self_profile))
         .fallback(not_found)
         .with_state(ctx)
 }
@@ -395,7 +406,7 @@ mod tests {
         assert_eq!(code, 404);
         assert_eq!(
             body,
-            "not found; routes: /healthz /readyz /status /metrics\n"
+            "not found; routes: /healthz /readyz /status /metrics /debug/flamegraph.svg /debug/pprof/profile\n"
         );
 
         let _ = srv.stop.send(());

@@ -104,6 +104,20 @@ pub struct SignalStats {
     pub last_error: Option<String>,
 }
 
+/// Profiles waiting for the exporter (one per interval; the exporter takes them at once).
+const PROFILES_CAPACITY: usize = 16;
+
+/// A request to the running profiler: the samples of the next `duration` (one process when
+/// `pid` is given), symbolized.
+pub struct CaptureRequest {
+    pub duration: std::time::Duration,
+    pub pid: Option<u32>,
+    pub reply: tokio::sync::oneshot::Sender<crate::profile::Profile>,
+}
+
+/// Where capture requests go.
+pub type ProfilerHandle = std::sync::mpsc::Sender<CaptureRequest>;
+
 /// One connection event of the network probe, as `/status` shows it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ConnRecord {
@@ -157,6 +171,10 @@ pub struct AgentState {
     /// the oldest.
     connections: tokio::sync::broadcast::Sender<ConnRecord>,
     pipeline_running: std::sync::atomic::AtomicBool,
+    /// Symbolized profiles, one per profiler interval, for the exporter.
+    profiles: tokio::sync::broadcast::Sender<std::sync::Arc<crate::profile::Profile>>,
+    /// The running profiler's request channel (flame graph captures).
+    profiler: std::sync::Mutex<Option<ProfilerHandle>>,
 }
 
 fn read<T: Clone>(l: &RwLock<T>) -> T {
@@ -178,6 +196,8 @@ impl AgentState {
             exporter: RwLock::default(),
             network: RwLock::default(),
             connections: tokio::sync::broadcast::channel(CONNECTION_EVENTS_CAPACITY).0,
+            profiles: tokio::sync::broadcast::channel(PROFILES_CAPACITY).0,
+            profiler: std::sync::Mutex::new(None),
             pipeline_running: false.into(),
         }
     }
@@ -240,6 +260,31 @@ impl AgentState {
     /// Every connection event (open, close, failure) from now on.
     pub fn subscribe_connections(&self) -> tokio::sync::broadcast::Receiver<ConnRecord> {
         self.connections.subscribe()
+    }
+
+    /// Hands one interval's profile to the exporter (no subscriber is not an error).
+    pub fn publish_profile(&self, p: std::sync::Arc<crate::profile::Profile>) {
+        let _ = self.profiles.send(p);
+    }
+
+    /// Every profile from now on.
+    pub fn subscribe_profiles(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<std::sync::Arc<crate::profile::Profile>> {
+        self.profiles.subscribe()
+    }
+
+    /// Registers (or, with `None`, removes) the running profiler.
+    pub fn set_profiler(&self, h: Option<ProfilerHandle>) {
+        *self.profiler.lock().unwrap_or_else(|e| e.into_inner()) = h;
+    }
+
+    /// The running profiler, if any.
+    pub fn profiler(&self) -> Option<ProfilerHandle> {
+        self.profiler
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn network(&self) -> NetworkStatus {

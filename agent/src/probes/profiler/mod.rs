@@ -1,0 +1,366 @@
+//! The CPU profiler probe: samples every CPU (`session.rs`), drains the kernel each second,
+//! symbolizes on this host (`symbolize.rs`, with mappings cached per process in
+//! `procmaps.rs`) and hands one profile per interval to the exporter; answers flame graph
+//! captures (`/debug/flamegraph.svg`) from the same samples.
+//!
+//! Invariants: the session and its symbolizer live on the probe's own thread (no locks around
+//! them); a capture sees only samples taken after it was asked for; on stop the last window is
+//! drained and published before the object is dropped (which detaches it).
+
+pub mod procmaps;
+pub mod raw;
+pub mod session;
+pub mod symbolize;
+
+use std::{
+    collections::BTreeMap,
+    sync::{mpsc, Arc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use self::{raw::RawProfile, session::Session};
+use crate::{
+    config::ProfilerConfig,
+    ebpf::LoadError,
+    status::state::{AgentState, CaptureRequest, MapStats, ProbeState},
+};
+
+pub use session::NAME;
+
+/// How often the kernel maps are drained.
+pub const DRAIN_EVERY: Duration = Duration::from_secs(1);
+
+enum Ctl {
+    Config(ProfilerConfig),
+    Stop,
+}
+
+struct Running {
+    cfg: ProfilerConfig,
+    ctl: mpsc::Sender<Ctl>,
+    thread: thread::JoinHandle<()>,
+}
+
+pub struct ProfilerProbe {
+    state: Arc<AgentState>,
+    running: Option<Running>,
+}
+
+/// The host name every profile carries.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Fields that need a new kernel object (the rest are retuned in place).
+fn reload_needed(a: &ProfilerConfig, b: &ProfilerConfig) -> bool {
+    a.frequency != b.frequency
+        || a.mode != b.mode
+        || a.max_entries != b.max_entries
+        || a.stack_entries != b.stack_entries
+        || a.include_idle != b.include_idle
+        || a.max_processes != b.max_processes
+        || a.symbol_cache != b.symbol_cache
+}
+
+impl ProfilerProbe {
+    pub fn new(state: Arc<AgentState>) -> Self {
+        ProfilerProbe {
+            state,
+            running: None,
+        }
+    }
+
+    pub fn apply(&mut self, cfg: &ProfilerConfig) {
+        if !cfg.enabled {
+            self.stop();
+            super::report(&self.state, NAME, ProbeState::Disabled, None, vec![]);
+            return;
+        }
+        if let Some(r) = &mut self.running {
+            if !reload_needed(&r.cfg, cfg) {
+                let _ = r.ctl.send(Ctl::Config(cfg.clone()));
+                r.cfg = cfg.clone();
+                return;
+            }
+            tracing::info!(
+                probe = NAME,
+                "profiler settings changed: reloading the probe"
+            );
+            self.stop();
+        }
+        self.start(cfg);
+    }
+
+    fn start(&mut self, cfg: &ProfilerConfig) {
+        super::report(&self.state, NAME, ProbeState::Starting, None, vec![]);
+        // blazesym's symbolizer is not `Send`: the session is built on its own thread, which
+        // reports back whether it started.
+        let (tx, rx) = mpsc::channel();
+        let (cap_tx, cap_rx) = mpsc::channel();
+        let (started_tx, started_rx) = mpsc::channel();
+        let (c, state) = (cfg.clone(), self.state.clone());
+        let thread = super::spawn_drain(NAME, move || {
+            let session = match Session::start(&c) {
+                Ok(s) => {
+                    let _ = started_tx.send(Ok(s.hooks.clone()));
+                    s
+                }
+                Err(e) => {
+                    let _ = started_tx.send(Err(e));
+                    return;
+                }
+            };
+            Worker {
+                session,
+                cfg: c,
+                state,
+                host: host_name(),
+                captures: Vec::new(),
+            }
+            .run(rx, cap_rx)
+        });
+        let thread = match thread {
+            Ok(t) => t,
+            Err(e) => {
+                super::report_failure(&self.state, NAME, &e, vec![]);
+                return;
+            }
+        };
+        let hooks = match started_rx.recv() {
+            Ok(Ok(hooks)) => hooks,
+            Ok(Err((e, hooks))) => {
+                let _ = thread.join();
+                super::report_failure(&self.state, NAME, &e, hooks);
+                return;
+            }
+            Err(_) => {
+                let _ = thread.join();
+                let e = LoadError::new(
+                    "the profiler thread ended while starting",
+                    "see the log above; report it to the agent's maintainers",
+                );
+                super::report_failure(&self.state, NAME, &e, vec![]);
+                return;
+            }
+        };
+        self.state.set_profiler(Some(cap_tx));
+        let attached = hooks.iter().filter(|h| h.attached).count();
+        tracing::info!(
+            probe = NAME,
+            frequency = cfg.frequency,
+            mode = cfg.mode.as_str(),
+            "sampling cpu-clock on {} CPUs",
+            hooks
+                .iter()
+                .filter(|h| h.attached && h.hook.starts_with("perf_event"))
+                .count()
+        );
+        let state = if attached == hooks.len() {
+            ProbeState::Attached
+        } else {
+            ProbeState::Degraded
+        };
+        let err = hooks.iter().find_map(|h| h.error.clone()).map(|cause| {
+            LoadError::new(
+                cause,
+                "run `agent check`; the profiler keeps running on the rest",
+            )
+        });
+        super::report(&self.state, NAME, state, err.as_ref(), hooks);
+        self.running = Some(Running {
+            cfg: cfg.clone(),
+            ctl: tx,
+            thread,
+        });
+    }
+
+    /// Drains and publishes the last window, then detaches.
+    pub fn stop(&mut self) {
+        let Some(r) = self.running.take() else {
+            return;
+        };
+        self.state.set_profiler(None);
+        let _ = r.ctl.send(Ctl::Stop);
+        let _ = r.thread.join();
+        super::report(&self.state, NAME, ProbeState::Detached, None, vec![]);
+        tracing::info!(probe = NAME, "detached");
+    }
+}
+
+struct Capture {
+    until: Instant,
+    pid: Option<u32>,
+    raw: RawProfile,
+    reply: tokio::sync::oneshot::Sender<crate::profile::Profile>,
+}
+
+struct Worker {
+    session: Session,
+    cfg: ProfilerConfig,
+    state: Arc<AgentState>,
+    host: String,
+    captures: Vec<Capture>,
+}
+
+impl Worker {
+    fn run(mut self, ctl: mpsc::Receiver<Ctl>, requests: mpsc::Receiver<CaptureRequest>) {
+        let mut window = self.session.take_window();
+        let mut next_export = Instant::now() + self.cfg.interval;
+        let mut next_drain = Instant::now() + DRAIN_EVERY;
+        loop {
+            self.session
+                .wait(next_drain.saturating_duration_since(Instant::now()));
+            let mut stop = false;
+            loop {
+                match ctl.try_recv() {
+                    Ok(Ctl::Config(c)) => {
+                        next_export = next_export.min(Instant::now() + c.interval);
+                        self.cfg = c;
+                    }
+                    Ok(Ctl::Stop) | Err(mpsc::TryRecvError::Disconnected) => stop = true,
+                    Err(mpsc::TryRecvError::Empty) => break,
+                }
+                if stop {
+                    break;
+                }
+            }
+            while let Ok(r) = requests.try_recv() {
+                let now = crate::export::metrics::unix_nanos(std::time::SystemTime::now());
+                self.captures.push(Capture {
+                    until: Instant::now() + r.duration,
+                    pid: r.pid,
+                    raw: RawProfile::new(now),
+                    reply: r.reply,
+                });
+            }
+            let now = Instant::now();
+            if now < next_drain && !stop {
+                continue;
+            }
+            next_drain = now + DRAIN_EVERY;
+            if let Err(e) = self.session.drain() {
+                tracing::warn!(probe = NAME, "drain failed: {e}");
+            }
+            let tick = self.session.take_window();
+            window.merge(&tick, None);
+            for c in &mut self.captures {
+                c.raw.merge(&tick, c.pid);
+            }
+            self.finish_captures(stop);
+            if now >= next_export || stop {
+                next_export = now + self.cfg.interval;
+                let raw = std::mem::replace(&mut window, RawProfile::new(tick.end_unix_nanos));
+                if !raw.is_empty() {
+                    let started = Instant::now();
+                    let profile = self.session.symbolize(&raw, None, &self.host, true);
+                    tracing::debug!(probe = NAME, samples = raw.samples(), took = ?started.elapsed(), "symbolized");
+                    self.state.publish_profile(Arc::new(profile));
+                }
+                self.session
+                    .procs
+                    .forget_exited(Instant::now() - self.cfg.interval * 2);
+            }
+            self.report();
+            if stop {
+                return;
+            }
+        }
+    }
+
+    fn finish_captures(&mut self, all: bool) {
+        let now = Instant::now();
+        let (done, keep): (Vec<Capture>, Vec<Capture>) = std::mem::take(&mut self.captures)
+            .into_iter()
+            .partition(|c| all || c.until <= now || c.reply.is_closed());
+        self.captures = keep;
+        for c in done {
+            if c.reply.is_closed() {
+                continue;
+            }
+            let p = self.session.symbolize(&c.raw, c.pid, &self.host, false);
+            let _ = c.reply.send(p);
+        }
+    }
+
+    fn report(&self) {
+        let k = self.session.counters();
+        let s = &self.session.symbolizer.stats;
+        let d = &self.session.stats;
+        let mut detail: BTreeMap<String, u64> =
+            k.iter().map(|(n, v)| (n.to_string(), *v)).collect();
+        detail.insert("truncated_stacks".into(), s.truncated);
+        detail.insert("user_stacks".into(), s.user_samples);
+        detail.insert("unresolved_frames".into(), s.unresolved);
+        detail.insert("symbol_lookups".into(), s.lookups);
+        detail.insert("symbol_cache_hits".into(), s.cache_hits);
+        detail.insert(
+            "symbol_cache_entries".into(),
+            self.session.symbolizer.cached() as u64,
+        );
+        detail.insert("processes_cached".into(), self.session.procs.len() as u64);
+        detail.insert("mapping_snapshots".into(), self.session.procs.snapshots);
+        detail.insert("mapping_snapshots_missed".into(), self.session.procs.missed);
+        detail.insert("pid_events".into(), d.pid_events);
+        detail.insert("samples_read".into(), d.samples_read);
+        let lost = k["counts_full"]
+            + k["user_stack_collisions"]
+            + k["kernel_stack_collisions"]
+            + k["stream_ringbuf_full"]
+            + k["stack_map_full"];
+        self.state.set_map(
+            agent_common::profiler::COUNTS_MAP[0].trim_end_matches("_0"),
+            MapStats {
+                probe: NAME.into(),
+                processed: k["samples"].saturating_sub(k["idle_dropped"]),
+                lost,
+                entries: Some(d.last_entries),
+                capacity: Some(u64::from(self.session.max_entries)),
+                detail,
+            },
+        );
+    }
+}
+
+/// One-shot profile (`agent profile`): samples for `duration` (one process when `pid` is given),
+/// then symbolizes. Ends early, with what it has, when `stop` turns true.
+pub fn record(
+    cfg: &ProfilerConfig,
+    duration: Duration,
+    pid: Option<u32>,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<crate::profile::Profile, LoadError> {
+    let mut session = Session::start(cfg).map_err(|(e, _)| e)?;
+    if let Some(h) = session.hooks.iter().find(|h| h.error.is_some()) {
+        tracing::warn!(probe = NAME, hook = %h.hook, "{}", h.error.as_deref().unwrap_or(""));
+    }
+    if let Some(p) = pid {
+        // Snapshot now, so a process that exits during the run is still symbolized.
+        session.procs.snapshot(p);
+    }
+    let end = Instant::now() + duration;
+    let mut window = session.take_window();
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        session.wait(left.min(DRAIN_EVERY));
+        let done = left.is_zero() || stop.load(std::sync::atomic::Ordering::Relaxed);
+        session
+            .drain()
+            .map_err(|e| LoadError::new(e.to_string(), "report it to the agent's maintainers"))?;
+        let tick = session.take_window();
+        window.merge(&tick, pid);
+        if done {
+            break;
+        }
+    }
+    let k = session.counters();
+    tracing::info!(
+        samples = window.samples(),
+        collisions = k["user_stack_collisions"] + k["kernel_stack_collisions"],
+        counts_full = k["counts_full"],
+        "profile recorded"
+    );
+    Ok(session.symbolize(&window, pid, &host_name(), true))
+}

@@ -1,0 +1,467 @@
+//! One running profiler object: loads `profiler.bpf.o`, attaches a `cpu-clock` perf event on
+//! every online CPU, drains the kernel's counts every tick and answers new-process events.
+//!
+//! Used by the probe (continuous) and by `agent profile` (one shot).
+//!
+//! Invariants: a drain flips the generation, waits for programs already running on the old one
+//! to finish (they run with preemption off, for microseconds), then reads and empties it, so a
+//! sample is counted exactly once; dropping the session detaches everything.
+
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsFd, AsRawFd},
+    time::{Duration, Instant, SystemTime},
+};
+
+use agent_common::profiler::{
+    counter, PidEvent, SampleKey, StreamSample, COUNTERS_MAP, COUNTS_MAP, GEN_MAP,
+    INCLUDE_IDLE_GLOBAL, MAX_STACK_DEPTH, PID_EVENTS_MAP, PROG_AGGREGATE, PROG_EXEC, PROG_STREAM,
+    SAMPLES_MAP, STACKS_MAP,
+};
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        PerfEvent, RawTracePoint,
+    },
+    Ebpf,
+};
+
+use super::{
+    procmaps::ProcMaps,
+    raw::{RawProfile, RawStack, StackInterner},
+    symbolize::Symbolizer,
+};
+use crate::{
+    config::{ProfilerConfig, ProfilerMode},
+    ebpf::{self, LoadError, ReadError},
+    export::metrics::unix_nanos,
+    profile::Profile,
+    status::state::HookStatus,
+};
+
+pub const NAME: &str = "profiler";
+
+/// Names and order of `PROFILE_COUNTERS` as `/status` shows them.
+pub const COUNTER_NAMES: [(&str, u32); counter::COUNT as usize] = [
+    ("samples", counter::SAMPLES),
+    ("idle_dropped", counter::IDLE),
+    ("counts_full", counter::COUNTS_FULL),
+    ("user_stack_collisions", counter::USER_COLLISIONS),
+    ("kernel_stack_collisions", counter::KERNEL_COLLISIONS),
+    ("user_stack_missing", counter::USER_MISSING),
+    ("stream_ringbuf_full", counter::STREAM_FULL),
+    ("pid_events_full", counter::PID_EVENTS_FULL),
+    ("stack_map_full", counter::STACKS_FULL),
+];
+
+const EEXIST: i32 = 17;
+const ENOMEM: i32 = 12;
+
+fn perf_hook(cpu: u32) -> String {
+    format!("perf_event/cpu-clock/cpu{cpu}")
+}
+
+const EXEC_HOOK: &str = "raw_tracepoint/sched_process_exec";
+
+struct Maps {
+    counts: [HashMap<MapData, SampleKey, u64>; 2],
+    stacks: [StackTraceMap<MapData>; 2],
+    gen: Array<MapData, u32>,
+    counters: PerCpuArray<MapData, u64>,
+    pid_events: RingBuf<MapData>,
+    samples: Option<RingBuf<MapData>>,
+}
+
+/// Counts of one session's userspace side.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DrainStats {
+    pub drains: u64,
+    /// Distinct (thread, stacks) keys read in the last drain.
+    pub last_entries: u64,
+    /// Samples read from the kernel (both modes).
+    pub samples_read: u64,
+    /// Streamed records that were malformed (should stay 0).
+    pub bad_records: u64,
+    pub pid_events: u64,
+}
+
+pub struct Session {
+    bpf: Ebpf,
+    maps: Maps,
+    pub hooks: Vec<HookStatus>,
+    mode: ProfilerMode,
+    generation: u32,
+    interner: StackInterner,
+    pub procs: ProcMaps,
+    pub symbolizer: Symbolizer,
+    window: RawProfile,
+    pub period_nanos: u64,
+    pub stats: DrainStats,
+    pub max_entries: u32,
+}
+
+fn program<'a, T>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    bpf.program_mut(name)
+        .ok_or_else(|| {
+            LoadError::new(
+                format!("program {name} missing from the {NAME} object"),
+                "rebuild with `cargo xtask build-ebpf`",
+            )
+        })?
+        .try_into()
+        .map_err(|e| ebpf::explain(&format!("opening program {name}"), &e))
+}
+
+impl Session {
+    /// Loads and attaches. Fails only when no CPU could be sampled; a missing exec hook is
+    /// reported in `hooks` (mappings are then refreshed on misses only).
+    pub fn start(cfg: &ProfilerConfig) -> Result<Session, (LoadError, Vec<HookStatus>)> {
+        let cpus = aya::util::online_cpus().map_err(|(what, e)| {
+            (
+                LoadError::new(
+                    format!("cannot list online CPUs ({what}): {e}"),
+                    "mount /sys (sysfs) in the agent's container",
+                ),
+                vec![],
+            )
+        })?;
+        let mut hooks: Vec<HookStatus> = cpus
+            .iter()
+            .map(|c| HookStatus {
+                hook: perf_hook(*c),
+                attached: false,
+                error: None,
+            })
+            .chain(std::iter::once(HookStatus {
+                hook: EXEC_HOOK.to_string(),
+                attached: false,
+                error: None,
+            }))
+            .collect();
+        let idle = u32::from(cfg.include_idle);
+        let mut bpf = ebpf::load(NAME, |l| {
+            l.map_max_entries(COUNTS_MAP[0], cfg.max_entries)
+                .map_max_entries(COUNTS_MAP[1], cfg.max_entries)
+                .map_max_entries(STACKS_MAP[0], cfg.stack_entries)
+                .map_max_entries(STACKS_MAP[1], cfg.stack_entries)
+                .override_global(INCLUDE_IDLE_GLOBAL, &idle, true);
+        })
+        .map_err(|e| (e, hooks.clone()))?;
+        let prog_name = match cfg.mode {
+            ProfilerMode::Aggregate => PROG_AGGREGATE,
+            ProfilerMode::Stream => PROG_STREAM,
+        };
+        let period_nanos = 1_000_000_000 / u64::from(cfg.frequency.clamp(1, 999));
+        let mut first_err = None;
+        {
+            let p: &mut PerfEvent = program(&mut bpf, prog_name).map_err(|e| (e, hooks.clone()))?;
+            p.load().map_err(|e| {
+                (
+                    ebpf::explain(&format!("verifying {prog_name}"), &e),
+                    hooks.clone(),
+                )
+            })?;
+            for (i, cpu) in cpus.iter().enumerate() {
+                let r = p.attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu: *cpu },
+                    // cpu-clock counts nanoseconds: an exact period, not a frequency the
+                    // kernel would adjust.
+                    SamplePolicy::Period(period_nanos),
+                    false,
+                );
+                match r {
+                    Ok(_) => hooks[i].attached = true,
+                    Err(e) => {
+                        let e = ebpf::explain(&format!("opening cpu-clock on CPU {cpu}"), &e);
+                        hooks[i].error = Some(e.cause.clone());
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        if !hooks.iter().any(|h| h.attached) {
+            let e = first_err.unwrap_or_else(|| {
+                LoadError::new("no CPU to sample", "check /sys/devices/system/cpu/online")
+            });
+            return Err((e, hooks));
+        }
+        let exec = (|| -> Result<(), LoadError> {
+            let p: &mut RawTracePoint = program(&mut bpf, PROG_EXEC)?;
+            p.load()
+                .map_err(|e| ebpf::explain(&format!("verifying {PROG_EXEC}"), &e))?;
+            p.attach("sched_process_exec")
+                .map_err(|e| ebpf::explain("attaching to sched_process_exec", &e))?;
+            Ok(())
+        })();
+        let last = hooks.len() - 1;
+        match exec {
+            Ok(()) => hooks[last].attached = true,
+            Err(e) => {
+                tracing::warn!(
+                    probe = NAME,
+                    "{}; processes that exec keep their first mappings until a lookup misses",
+                    e.cause
+                );
+                hooks[last].error = Some(e.cause);
+            }
+        }
+        let maps = Self::take_maps(&mut bpf, cfg.mode).map_err(|e| (e, hooks.clone()))?;
+        let now = unix_nanos(SystemTime::now());
+        Ok(Session {
+            bpf,
+            maps,
+            hooks,
+            mode: cfg.mode,
+            generation: 0,
+            interner: StackInterner::default(),
+            procs: ProcMaps::new(cfg.max_processes),
+            symbolizer: Symbolizer::new(cfg.symbol_cache),
+            window: RawProfile::new(now),
+            period_nanos,
+            stats: DrainStats::default(),
+            max_entries: cfg.max_entries,
+        })
+    }
+
+    fn take_maps(bpf: &mut Ebpf, mode: ProfilerMode) -> Result<Maps, LoadError> {
+        let t = |bpf: &mut Ebpf, name: &str| -> Result<aya::maps::Map, LoadError> {
+            bpf.take_map(name).ok_or_else(|| {
+                LoadError::new(
+                    format!("map {name} missing from the {NAME} object"),
+                    "rebuild with `cargo xtask build-ebpf`",
+                )
+            })
+        };
+        let open =
+            |what: &str, e: aya::maps::MapError| ebpf::explain(&format!("opening map {what}"), &e);
+        Ok(Maps {
+            counts: [
+                HashMap::try_from(t(bpf, COUNTS_MAP[0])?).map_err(|e| open(COUNTS_MAP[0], e))?,
+                HashMap::try_from(t(bpf, COUNTS_MAP[1])?).map_err(|e| open(COUNTS_MAP[1], e))?,
+            ],
+            stacks: [
+                StackTraceMap::try_from(t(bpf, STACKS_MAP[0])?)
+                    .map_err(|e| open(STACKS_MAP[0], e))?,
+                StackTraceMap::try_from(t(bpf, STACKS_MAP[1])?)
+                    .map_err(|e| open(STACKS_MAP[1], e))?,
+            ],
+            gen: ebpf::take_map(bpf, NAME, GEN_MAP)?,
+            counters: ebpf::take_map(bpf, NAME, COUNTERS_MAP)?,
+            pid_events: ebpf::take_map(bpf, NAME, PID_EVENTS_MAP)?,
+            samples: match mode {
+                ProfilerMode::Stream => Some(ebpf::take_map(bpf, NAME, SAMPLES_MAP)?),
+                ProfilerMode::Aggregate => None,
+            },
+        })
+    }
+
+    /// The loaded programs' fds, for the kernel's run statistics.
+    pub fn program_fds(&self) -> Vec<aya::programs::ProgramFd> {
+        [PROG_AGGREGATE, PROG_STREAM, PROG_EXEC]
+            .iter()
+            .filter_map(|p| self.bpf.program(p)?.fd().ok()?.try_clone().ok())
+            .collect()
+    }
+
+    /// Waits up to `timeout` for ring buffer records and handles them: new processes get their
+    /// mappings snapshotted, streamed samples are counted.
+    pub fn wait(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.read_rings();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let mut fds = vec![libc::pollfd {
+                fd: self.maps.pid_events.as_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            if let Some(s) = &self.maps.samples {
+                fds.push(libc::pollfd {
+                    fd: s.as_fd().as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+            let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+            // SAFETY: fds is a valid array of pollfd of the given length.
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+            if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                std::thread::sleep(left.min(Duration::from_millis(100)));
+            }
+        }
+    }
+
+    fn read_rings(&mut self) {
+        let mut pids = Vec::new();
+        while let Some(item) = self.maps.pid_events.next() {
+            if item.len() >= std::mem::size_of::<PidEvent>() {
+                // SAFETY: the record holds a PidEvent (checked length; read unaligned).
+                let ev: PidEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                pids.push(ev.tgid);
+            }
+        }
+        for pid in pids {
+            self.stats.pid_events += 1;
+            self.procs.snapshot(pid);
+        }
+        let Some(ring) = &mut self.maps.samples else {
+            return;
+        };
+        let now = unix_nanos(SystemTime::now());
+        while let Some(item) = ring.next() {
+            if item.len() < std::mem::size_of::<StreamSample>() {
+                self.stats.bad_records += 1;
+                continue;
+            }
+            // SAFETY: the record holds a StreamSample (checked length; read unaligned).
+            let s: StreamSample = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            // bpf_get_stack returns the bytes it filled, or a negative errno.
+            let depth = |len: i32| (len.max(0) as usize / 8).min(MAX_STACK_DEPTH);
+            let (un, kn) = (depth(s.user_len), depth(s.kernel_len));
+            let key = RawStack {
+                tgid: s.tgid,
+                tid: s.tid,
+                cgroup_id: s.cgroup_id,
+                comm: s.comm,
+                user: self.interner.intern(&s.user[..un]),
+                kernel: self.interner.intern(&s.kernel[..kn]),
+                user_lost: false,
+                kernel_lost: false,
+            };
+            self.stats.samples_read += 1;
+            self.window.add(key, 1);
+            self.window.end_unix_nanos = now;
+        }
+    }
+
+    /// Reads and empties the generation samples went to since the last drain (aggregate mode),
+    /// adding them to the current window.
+    pub fn drain(&mut self) -> Result<(), ReadError> {
+        self.read_rings();
+        self.stats.drains += 1;
+        let now = unix_nanos(SystemTime::now());
+        self.window.end_unix_nanos = now;
+        if self.mode == ProfilerMode::Stream {
+            return Ok(());
+        }
+        let old = self.generation as usize;
+        self.generation ^= 1;
+        self.maps
+            .gen
+            .set(0, self.generation, 0)
+            .map_err(|source| ReadError::Map {
+                map: GEN_MAP,
+                source,
+            })?;
+        // Programs that read the old generation finish within microseconds.
+        std::thread::sleep(Duration::from_millis(5));
+        let keys: Vec<SampleKey> = self.maps.counts[old]
+            .keys()
+            .filter_map(Result::ok)
+            .collect();
+        self.stats.last_entries = keys.len() as u64;
+        let mut stack_cache: std::collections::HashMap<i32, std::sync::Arc<[u64]>> =
+            std::collections::HashMap::new();
+        for k in &keys {
+            let Ok(n) = self.maps.counts[old].get(k, 0) else {
+                continue;
+            };
+            let mut stack = |id: i32| -> (std::sync::Arc<[u64]>, bool) {
+                if id < 0 {
+                    return (self.interner.intern(&[]), id == -EEXIST || id == -ENOMEM);
+                }
+                if let Some(s) = stack_cache.get(&id) {
+                    return (s.clone(), false);
+                }
+                let frames: Vec<u64> = match self.maps.stacks[old].get(&(id as u32), 0) {
+                    Ok(st) => st.frames().iter().map(|f| f.ip).collect(),
+                    Err(_) => Vec::new(),
+                };
+                let s = self.interner.intern(&frames);
+                stack_cache.insert(id, s.clone());
+                (s, false)
+            };
+            let (user, user_lost) = stack(k.user_stack);
+            let (kernel, kernel_lost) = stack(k.kernel_stack);
+            self.stats.samples_read += n;
+            self.window.add(
+                RawStack {
+                    tgid: k.tgid,
+                    tid: k.tid,
+                    cgroup_id: k.cgroup_id,
+                    comm: k.comm,
+                    user,
+                    kernel,
+                    user_lost,
+                    kernel_lost,
+                },
+                n,
+            );
+        }
+        for k in &keys {
+            let _ = self.maps.counts[old].remove(k);
+        }
+        let ids: Vec<u32> = self.maps.stacks[old]
+            .stack_ids()
+            .filter_map(Result::ok)
+            .collect();
+        for id in ids {
+            let _ = self.maps.stacks[old].remove(&id);
+        }
+        Ok(())
+    }
+
+    /// The samples since the last call; a new window starts now.
+    pub fn take_window(&mut self) -> RawProfile {
+        let now = unix_nanos(SystemTime::now());
+        let mut w = std::mem::replace(&mut self.window, RawProfile::new(now));
+        w.end_unix_nanos = now;
+        self.interner.trim();
+        w
+    }
+
+    /// Symbolizes a window (only process `pid` when given); `account`: see
+    /// [`Symbolizer::symbolize`].
+    pub fn symbolize(
+        &mut self,
+        raw: &RawProfile,
+        pid: Option<u32>,
+        host_name: &str,
+        account: bool,
+    ) -> Profile {
+        let p = self.symbolizer.symbolize(
+            raw,
+            &mut self.procs,
+            pid,
+            self.period_nanos,
+            host_name,
+            account,
+        );
+        self.procs.mark_exited();
+        p
+    }
+
+    /// The kernel's counters, summed over CPUs.
+    pub fn counters(&self) -> BTreeMap<&'static str, u64> {
+        COUNTER_NAMES
+            .iter()
+            .map(|(name, idx)| {
+                let v = self
+                    .maps
+                    .counters
+                    .get(idx, 0)
+                    .map(|per_cpu| per_cpu.iter().sum())
+                    .unwrap_or(0);
+                (*name, v)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,501 @@
+//! Symbolization on the host (blazesym): user addresses through the process's cached mappings
+//! into ELF symbols and DWARF lines (inlined functions included, Rust and C++ demangled),
+//! kernel addresses through `/proc/kallsyms`.
+//!
+//! Invariants: every lookup goes through a bounded cache (two generations: a full young
+//! generation becomes the old one, the old one is dropped); blazesym's own per-file caches are
+//! evicted when a held file closes; a stack whose outermost user frame is not a thread or
+//! process entry point is counted as truncated.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    hash::Hash,
+    sync::Arc,
+};
+
+use blazesym::{
+    symbolize::{
+        evict::{Elf as EvictElf, Evict},
+        source::{Elf, Kernel, Source},
+        CodeInfo, Input, Sym, Symbolized,
+    },
+    MaybeDefault,
+};
+
+use super::{
+    procmaps::{MappedFile, ProcMaps},
+    raw::RawProfile,
+};
+use crate::{
+    procinfo::comm_str,
+    profile::{Frame, FrameKind, Line, ProcessProfile, Profile, Sample},
+};
+
+/// Outermost frames of a complete user stack: the process and thread entry points.
+const ROOTS: &[&str] = &[
+    "_start",
+    "__libc_start_main",
+    "__libc_start_main_impl",
+    "__libc_start_call_main",
+    "start_thread",
+    "clone",
+    "clone3",
+    "__clone",
+    "__clone3",
+    "__clone_internal",
+    "thread_start",
+    "main",
+];
+
+/// A map that holds at most about `2 × cap` entries: when the young generation reaches `cap`
+/// it becomes the old one and the previous old one is dropped; hits in the old one move back.
+pub struct BoundedCache<K, V> {
+    young: HashMap<K, V>,
+    old: HashMap<K, V>,
+    cap: usize,
+}
+
+impl<K: Hash + Eq, V: Clone> BoundedCache<K, V> {
+    pub fn new(cap: usize) -> Self {
+        BoundedCache {
+            young: HashMap::new(),
+            old: HashMap::new(),
+            cap: cap.max(1),
+        }
+    }
+
+    pub fn get(&mut self, k: &K) -> Option<V>
+    where
+        K: Clone,
+    {
+        if let Some(v) = self.young.get(k) {
+            return Some(v.clone());
+        }
+        let v = self.old.remove(k)?;
+        self.insert(k.clone(), v.clone());
+        Some(v)
+    }
+
+    pub fn insert(&mut self, k: K, v: V) {
+        if self.young.len() >= self.cap {
+            self.old = std::mem::take(&mut self.young);
+        }
+        self.young.insert(k, v);
+    }
+
+    pub fn len(&self) -> usize {
+        self.young.len() + self.old.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Symbolization counters (cumulative).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SymStats {
+    pub lookups: u64,
+    pub cache_hits: u64,
+    /// Addresses nothing resolved (no mapping, stripped file, JIT code).
+    pub unresolved: u64,
+    /// Samples whose user stack did not reach an entry point.
+    pub truncated: u64,
+    /// Samples with a user part.
+    pub user_samples: u64,
+}
+
+type Lines = Arc<[Line]>;
+
+pub struct Symbolizer {
+    blaze: blazesym::symbolize::Symbolizer,
+    user: BoundedCache<((u64, u64), u64), Lines>,
+    kernel: BoundedCache<u64, Lines>,
+    pub stats: SymStats,
+}
+
+/// Where one user frame's symbol comes from.
+enum UserRef {
+    File(Arc<MappedFile>, u64),
+    None,
+}
+
+/// A user address's symbol source and the mapping it falls in.
+type UserFrameRef = (UserRef, Option<Arc<crate::profile::Mapping>>);
+
+fn line_of(function: &str, ci: Option<&CodeInfo<'_>>) -> Line {
+    Line {
+        function: Arc::from(function),
+        file: ci.map(|c| Arc::from(c.to_path().to_string_lossy().as_ref())),
+        line: ci.and_then(|c| c.line).unwrap_or(0),
+    }
+}
+
+/// Innermost first: the inlined functions (deepest last in blazesym's order), then the symbol.
+fn lines_of(sym: &Sym<'_>) -> Lines {
+    let mut lines: Vec<Line> = sym
+        .inlined
+        .iter()
+        .rev()
+        .map(|f| line_of(&f.name, f.code_info.as_ref()))
+        .collect();
+    lines.push(line_of(&sym.name, sym.code_info.as_deref()));
+    Arc::from(lines)
+}
+
+impl Symbolizer {
+    pub fn new(cache_entries: usize) -> Self {
+        Symbolizer {
+            blaze: blazesym::symbolize::Symbolizer::builder()
+                .enable_code_info(true)
+                .enable_inlined_fns(true)
+                .enable_demangling(true)
+                .build(),
+            user: BoundedCache::new(cache_entries / 2),
+            kernel: BoundedCache::new(cache_entries / 4),
+            stats: SymStats::default(),
+        }
+    }
+
+    pub fn cached(&self) -> usize {
+        self.user.len() + self.kernel.len()
+    }
+
+    fn resolve_file(&mut self, file: &MappedFile, offsets: &[u64]) {
+        let src = Source::Elf(Elf::new(&file.open_path));
+        let syms = self
+            .blaze
+            .symbolize(&src, Input::FileOffset(offsets))
+            .unwrap_or_default();
+        for (i, off) in offsets.iter().enumerate() {
+            let lines = match syms.get(i) {
+                Some(Symbolized::Sym(s)) => lines_of(s),
+                _ => Arc::from(Vec::new()),
+            };
+            self.user.insert((file.id, *off), lines);
+        }
+    }
+
+    fn resolve_kernel(&mut self, addrs: &[u64]) {
+        let src = Source::Kernel(Kernel {
+            kallsyms: MaybeDefault::Default,
+            vmlinux: MaybeDefault::None,
+            debug_syms: false,
+            ..Default::default()
+        });
+        let syms = self
+            .blaze
+            .symbolize(&src, Input::AbsAddr(addrs))
+            .unwrap_or_default();
+        for (i, a) in addrs.iter().enumerate() {
+            let lines = match syms.get(i) {
+                Some(Symbolized::Sym(s)) => Arc::from(vec![line_of(&s.name, None)]),
+                _ => Arc::from(Vec::new()),
+            };
+            self.kernel.insert(*a, lines);
+        }
+    }
+
+    /// Symbolizes a window of samples (only process `pid` when given). `account`: add its
+    /// stacks to the truncation counters (the continuous windows do; overlapping captures
+    /// must not count the same samples twice).
+    pub fn symbolize(
+        &mut self,
+        raw: &RawProfile,
+        procs: &mut ProcMaps,
+        pid: Option<u32>,
+        period_nanos: u64,
+        host_name: &str,
+        account: bool,
+    ) -> Profile {
+        for path in procs.take_closed() {
+            let _ = self.blaze.evict(&Evict::Elf(EvictElf::new(path)));
+        }
+        // Samples by process, in pid order (stable output).
+        let mut by_pid: BTreeMap<u32, Vec<_>> = BTreeMap::new();
+        for (k, n) in &raw.counts {
+            if pid.is_none_or(|p| p == k.tgid) {
+                by_pid.entry(k.tgid).or_default().push((k, *n));
+            }
+        }
+        // Pass 1: map every user address to (file, offset) and collect cache misses.
+        let mut refreshed: HashSet<u32> = HashSet::new();
+        let mut user_refs: HashMap<(u32, u64), UserFrameRef> = HashMap::new();
+        let mut missing: HashMap<(u64, u64), (Arc<MappedFile>, HashSet<u64>)> = HashMap::new();
+        let mut kernel_missing: HashSet<u64> = HashSet::new();
+        for (&tgid, samples) in &by_pid {
+            if tgid != 0 && procs.get(tgid).is_none() {
+                procs.snapshot(tgid);
+                refreshed.insert(tgid);
+            }
+            for (k, _) in samples {
+                for (i, &addr) in k.user.iter().enumerate() {
+                    if user_refs.contains_key(&(tgid, addr)) {
+                        continue;
+                    }
+                    // Return addresses point after the call: look up the call itself.
+                    let lookup = if i == 0 { addr } else { addr.saturating_sub(1) };
+                    let mut found = procs.get(tgid).and_then(|e| e.find(lookup).cloned());
+                    if found.is_none()
+                        && !refreshed.contains(&tgid)
+                        && procs.get(tgid).is_some_and(|e| !e.exited)
+                    {
+                        // Mapped after the snapshot (dlopen): look again once.
+                        refreshed.insert(tgid);
+                        procs.snapshot(tgid);
+                        found = procs.get(tgid).and_then(|e| e.find(lookup).cloned());
+                    }
+                    let entry = match found {
+                        Some(m) => {
+                            let off = lookup - m.mapping.start + m.mapping.file_offset;
+                            match m.file {
+                                Some(f) => {
+                                    self.stats.lookups += 1;
+                                    if self.user.get(&(f.id, off)).is_some() {
+                                        self.stats.cache_hits += 1;
+                                    } else {
+                                        missing
+                                            .entry(f.id)
+                                            .or_insert_with(|| (f.clone(), HashSet::new()))
+                                            .1
+                                            .insert(off);
+                                    }
+                                    (UserRef::File(f, off), Some(m.mapping))
+                                }
+                                None => (UserRef::None, Some(m.mapping)),
+                            }
+                        }
+                        None => (UserRef::None, None),
+                    };
+                    user_refs.insert((tgid, addr), entry);
+                }
+                for &a in k.kernel.iter() {
+                    self.stats.lookups += 1;
+                    if self.kernel.get(&a).is_some() {
+                        self.stats.cache_hits += 1;
+                    } else {
+                        kernel_missing.insert(a);
+                    }
+                }
+            }
+        }
+        // Pass 2: resolve the misses, one batch per file.
+        for (_, (file, offsets)) in missing {
+            let mut offsets: Vec<u64> = offsets.into_iter().collect();
+            offsets.sort_unstable();
+            self.resolve_file(&file, &offsets);
+        }
+        if !kernel_missing.is_empty() {
+            let mut addrs: Vec<u64> = kernel_missing.into_iter().collect();
+            addrs.sort_unstable();
+            self.resolve_kernel(&addrs);
+        }
+        // Pass 3: build the profile.
+        let mut processes = Vec::with_capacity(by_pid.len());
+        for (tgid, samples) in by_pid {
+            let entry = procs.get(tgid);
+            let mut p = ProcessProfile {
+                pid: tgid,
+                executable_name: entry.map(|e| e.exe_name.clone()).unwrap_or_default(),
+                executable_path: entry.and_then(|e| e.exe_path.clone()),
+                build_id: entry.and_then(|e| e.build_id.clone()),
+                container_id: entry.and_then(|e| e.container_id.clone()),
+                samples: Vec::with_capacity(samples.len()),
+            };
+            let mut threads: HashMap<[u8; 16], Arc<str>> = HashMap::new();
+            for (k, count) in samples {
+                let thread_name = threads
+                    .entry(k.comm)
+                    .or_insert_with(|| Arc::from(comm_str(&k.comm)))
+                    .clone();
+                if p.executable_name.is_empty() {
+                    p.executable_name = if tgid == 0 {
+                        "swapper".to_string()
+                    } else {
+                        thread_name.to_string()
+                    };
+                }
+                let mut frames = Vec::with_capacity(k.kernel.len() + k.user.len());
+                for &a in k.kernel.iter() {
+                    let lines = self.kernel.get(&a).unwrap_or_else(|| Arc::from(Vec::new()));
+                    if lines.is_empty() {
+                        self.stats.unresolved += 1;
+                    }
+                    frames.push(Frame {
+                        kind: FrameKind::Kernel,
+                        address: a,
+                        mapping: None,
+                        lines: lines.to_vec(),
+                    });
+                }
+                if k.kernel_lost {
+                    frames.push(lost_frame(FrameKind::Kernel, "[kernel stack lost]"));
+                }
+                for &a in k.user.iter() {
+                    let (lines, mapping) = match user_refs.get(&(tgid, a)) {
+                        Some((UserRef::File(f, off), m)) => (
+                            self.user
+                                .get(&(f.id, *off))
+                                .unwrap_or_else(|| Arc::from(Vec::new())),
+                            m.clone(),
+                        ),
+                        Some((UserRef::None, m)) => (Arc::from(Vec::new()), m.clone()),
+                        None => (Arc::from(Vec::new()), None),
+                    };
+                    if lines.is_empty() {
+                        self.stats.unresolved += 1;
+                    }
+                    frames.push(Frame {
+                        kind: FrameKind::User,
+                        address: a,
+                        mapping,
+                        lines: lines.to_vec(),
+                    });
+                }
+                if k.user_lost {
+                    frames.push(lost_frame(FrameKind::User, "[user stack lost]"));
+                }
+                let truncated = !k.user.is_empty() && {
+                    if account {
+                        self.stats.user_samples += count;
+                    }
+                    let complete = k.user.len() < agent_common::profiler::MAX_STACK_DEPTH
+                        && frames
+                            .iter()
+                            .rev()
+                            .take(3)
+                            .filter(|f| f.kind == FrameKind::User)
+                            .any(|f| f.lines.last().is_some_and(|l| is_root(&l.function)));
+                    !complete
+                };
+                if truncated && account {
+                    self.stats.truncated += count;
+                }
+                p.samples.push(Sample {
+                    tid: k.tid,
+                    thread_name,
+                    frames,
+                    count,
+                    truncated,
+                });
+            }
+            processes.push(p);
+        }
+        Profile {
+            start_unix_nanos: raw.start_unix_nanos,
+            duration_nanos: raw.end_unix_nanos.saturating_sub(raw.start_unix_nanos),
+            period_nanos,
+            host_name: host_name.to_string(),
+            processes,
+        }
+    }
+}
+
+fn is_root(name: &str) -> bool {
+    ROOTS.contains(&name)
+}
+
+fn lost_frame(kind: FrameKind, what: &str) -> Frame {
+    Frame {
+        kind,
+        address: 0,
+        mapping: None,
+        lines: vec![Line {
+            function: Arc::from(what),
+            file: None,
+            line: 0,
+        }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probes::profiler::raw::RawStack;
+
+    #[inline(never)]
+    fn marker_function_for_symbolization() -> u64 {
+        std::hint::black_box(42)
+    }
+
+    #[test]
+    fn bounded_cache_keeps_two_generations() {
+        let mut c = BoundedCache::new(2);
+        c.insert(1, "a");
+        c.insert(2, "b");
+        c.insert(3, "c"); // young {3}, old {1, 2}
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.get(&1), Some("a")); // moves back: young {3, 1}
+        c.insert(4, "d"); // young {4}, old {3, 1}; 2 is gone
+        assert_eq!(c.get(&2), None);
+        assert_eq!(c.get(&3), Some("c"));
+        assert!(c.len() <= 4);
+    }
+
+    #[test]
+    fn symbolizes_own_function_and_kernel() {
+        let pid = std::process::id();
+        let addr = marker_function_for_symbolization as *const () as u64;
+        let _ = marker_function_for_symbolization();
+        let mut procs = ProcMaps::new(16);
+        let mut raw = RawProfile::new(1);
+        raw.end_unix_nanos = 11;
+        // A kernel address from kallsyms (readable as root; zeros otherwise).
+        let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+        let kaddr = kallsyms
+            .lines()
+            .find(|l| l.ends_with(" do_sys_openat2") || l.ends_with(" __x64_sys_getppid"))
+            .and_then(|l| u64::from_str_radix(l.split(' ').next()?, 16).ok())
+            .filter(|a| *a != 0);
+        raw.add(
+            RawStack {
+                tgid: pid,
+                tid: pid,
+                cgroup_id: 0,
+                comm: *b"agent-test\0\0\0\0\0\0",
+                user: Arc::from(&[addr + 1, 0x10][..]),
+                kernel: Arc::from(kaddr.map(|a| vec![a + 1]).unwrap_or_default()),
+                user_lost: false,
+                kernel_lost: false,
+            },
+            7,
+        );
+        let mut s = Symbolizer::new(1024);
+        let p = s.symbolize(&raw, &mut procs, None, 1000, "h", true);
+        assert_eq!(p.duration_nanos, 10);
+        assert_eq!(p.processes.len(), 1);
+        let proc_ = &p.processes[0];
+        assert_eq!(proc_.pid, pid);
+        assert!(!proc_.executable_name.is_empty());
+        let sample = &proc_.samples[0];
+        assert_eq!(sample.count, 7);
+        assert_eq!(&*sample.thread_name, "agent-test");
+        let user: Vec<&Frame> = sample
+            .frames
+            .iter()
+            .filter(|f| f.kind == FrameKind::User)
+            .collect();
+        assert!(
+            user[0].name().contains("marker_function_for_symbolization"),
+            "{:?}",
+            user[0]
+        );
+        assert!(user[0].mapping.is_some());
+        // 0x10 is not mapped: unresolved, and the stack does not reach an entry point.
+        assert!(user[1].lines.is_empty());
+        assert!(sample.truncated);
+        if kaddr.is_some() {
+            let k = &sample.frames[0];
+            assert_eq!(k.kind, FrameKind::Kernel);
+            // Aliases at one address (`__x64_sys_getppid` / `__do_sys_getppid`) may win.
+            assert!(
+                k.name().contains("openat2") || k.name().contains("getppid"),
+                "{k:?}"
+            );
+        }
+        // The second run hits the cache.
+        let hits = s.stats.cache_hits;
+        s.symbolize(&raw, &mut procs, None, 1000, "h", true);
+        assert!(s.stats.cache_hits > hits);
+    }
+}
