@@ -64,6 +64,12 @@ pub const EVENTS_LOST: Desc = Desc {
     help: "Kernel events that could not be accounted (insert failures, evictions, drops), per probe and map.",
     kind: Kind::Counter,
 };
+pub const PROFILER_STACKS: Desc = Desc {
+    name: "agent.profiler.stacks",
+    unit: "{sample}",
+    help: "Profiler samples with a user stack, and (truncated=\"true\") those whose stack did not reach a process or thread entry point (no frame pointers, or deeper than 127 frames).",
+    kind: Kind::Counter,
+};
 pub const MAP_ENTRIES: Desc = Desc {
     name: "agent.ebpf.map.entries",
     unit: "{entry}",
@@ -219,6 +225,23 @@ pub fn batch(stats: &SelfStats, state: &AgentState, start: SystemTime) -> Batch 
                 .points
                 .push(point(labels(name, &m.probe), Value::Gauge(n as f64)));
         }
+    }
+    if let Some(d) = maps.get("PROFILE_COUNTS").map(|m| &m.detail) {
+        let n = |k: &str| d.get(k).copied().unwrap_or(0) as f64;
+        let truncated = n("truncated_stacks");
+        families.push(Family {
+            desc: PROFILER_STACKS,
+            points: vec![
+                point(
+                    vec![("truncated", "true".to_string())],
+                    Value::Counter(truncated),
+                ),
+                point(
+                    vec![("truncated", "false".to_string())],
+                    Value::Counter((n("user_stacks") - truncated).max(0.0)),
+                ),
+            ],
+        });
     }
     families.push(processed);
     families.push(lost);

@@ -45,6 +45,10 @@ pub fn ensure(test_peers: bool) -> Result<()> {
             ("ss", "iproute2"),
             ("iptables", "iptables"),
             ("openssl", "openssl"), // the TLS export tests' throwaway certificates
+            ("perf", "linux-perf"), // the profiler tests' reference profile
+            ("protoc", "protobuf-compiler"), // decodes pprof output independently
+            ("cc", "gcc"),          // builds the profiler tests' C workload
+            ("gzip", "gzip"),
         ] {
             if !have(bin) {
                 missing.push(pkg);

@@ -8,9 +8,14 @@ use super::model::{Frame, FrameKind, Profile};
 /// Suffix of kernel frames, which inferno's and flamegraph.pl's palettes color apart.
 pub const KERNEL_SUFFIX: &str = "_[k]";
 
+/// The frame put under the executable for stacks that did not reach an entry point, so flame
+/// graphs show how much of a process could not be unwound.
+pub const TRUNCATED_FRAME: &str = "[truncated]";
+
 /// Renders `profile` as sorted `exe;outer;...;leaf count` lines, one per distinct stack, counts of
 /// identical stacks (across pids and threads) summed. Kernel frames end in `_[k]`, inlined
-/// functions are frames of their own (callers first).
+/// functions are frames of their own (callers first); truncated stacks hang under
+/// [`TRUNCATED_FRAME`].
 pub fn render(profile: &Profile) -> String {
     let mut stacks: BTreeMap<String, u64> = BTreeMap::new();
     let mut line = String::new();
@@ -18,6 +23,10 @@ pub fn render(profile: &Profile) -> String {
         for sample in &process.samples {
             line.clear();
             push_name(&mut line, &process.executable_name, "");
+            if sample.truncated {
+                line.push(';');
+                line.push_str(TRUNCATED_FRAME);
+            }
             for frame in sample.frames.iter().rev() {
                 let suffix = match frame.kind {
                     FrameKind::Kernel => KERNEL_SUFFIX,

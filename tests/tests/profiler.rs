@@ -1,0 +1,559 @@
+//! The CPU profiler end to end: the real kernel program sampling a C workload whose two hot
+//! functions take CPU 3:1, checked against `perf record` on the same workload at the same time,
+//! and every output read back by tools that are not ours (`protoc --decode` for pprof, PyPI
+//! `opentelemetry-proto` for OTLP, the SVG text for flame graphs).
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use integration_tests::{
+    agent_bin,
+    otlp::{attributes, python, text, Sink},
+    profiling::*,
+    require_root, serial, tempdir, Agent,
+};
+use serde_json::Value;
+
+/// hotspots' share of CPU time in `hot_three` (vs `hot_one`).
+const EXPECTED: f64 = 0.75;
+
+/// Config with only the profiler on.
+const PROFILER_ONLY: &str = "probes:\n  syscalls: {enabled: false}\n  network: {enabled: false}\n";
+
+fn start_hotspots(bin: &Path, seconds: u32) -> Child {
+    let child = Command::new(bin)
+        .arg(seconds.to_string())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start hotspots");
+    // Let it get past exec and the loader.
+    thread::sleep(Duration::from_millis(300));
+    child
+}
+
+/// `agent profile ...`; returns the output file.
+fn agent_profile(dir: &Path, args: &[&str], format: &str) -> PathBuf {
+    let out = dir.join(format!("profile.{format}"));
+    let r = Command::new(agent_bin())
+        .arg("profile")
+        .args(args)
+        .args(["--format", format, "--output"])
+        .arg(&out)
+        .output()
+        .expect("run agent profile");
+    assert!(
+        r.status.success(),
+        "agent profile failed: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    out
+}
+
+/// Folded lines as (frames root first, count).
+fn folded(text: &str) -> Vec<(Vec<String>, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let (stack, n) = l.rsplit_once(' ')?;
+            Some((
+                stack.split(';').map(str::to_string).collect(),
+                n.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// Samples whose leaf is `f`.
+fn leaf_count(stacks: &[(Vec<String>, u64)], f: &str) -> u64 {
+    stacks
+        .iter()
+        .filter(|(s, _)| s.last().map(String::as_str) == Some(f))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// The agent and `perf record` sample the same single-threaded run at 99 Hz for the same 8 s;
+/// both see hot_three:hot_one at 3:1 within the binomial bound, and agree with each other.
+#[test]
+fn profile_matches_the_3_to_1_workload_and_perf() {
+    require_root();
+    let _g = serial();
+    let dir = tempdir();
+    let bin = build_hotspots(&dir, true);
+    let child = start_hotspots(&bin, 12);
+    let pid = child.id();
+    let perf_dir = dir.join("perf");
+    let perf = thread::spawn(move || perf_record(pid, 8.0, 99, &perf_dir));
+    let out = agent_profile(
+        &dir,
+        &["--duration", "8s", "--hz", "99", "--pid", &pid.to_string()],
+        "folded",
+    );
+    let perf = perf.join().expect("perf thread");
+    let stacks = folded(&std::fs::read_to_string(&out).unwrap());
+    let total: u64 = stacks.iter().map(|(_, n)| n).sum();
+    let (three, one) = (
+        leaf_count(&stacks, "hot_three"),
+        leaf_count(&stacks, "hot_one"),
+    );
+    let (p3, p1) = (
+        perf.self_counts.get("hot_three").copied().unwrap_or(0),
+        perf.self_counts.get("hot_one").copied().unwrap_or(0),
+    );
+    let (ours, theirs) = (ratio(three, one), ratio(p3, p1));
+    let (tol, ptol) = (
+        proportion_tolerance(EXPECTED, three + one),
+        proportion_tolerance(EXPECTED, p3 + p1),
+    );
+    eprintln!(
+        "agent: {total} samples, hot_three {three}, hot_one {one}, share {ours:.4} ± {tol:.4}; \
+         perf: {} samples, {p3}/{p1}, share {theirs:.4} ± {ptol:.4}",
+        perf.total
+    );
+    // One thread for 8 s at 99 Hz gives at most ~792 samples (+1 for the tick at each edge);
+    // a loaded machine gives fewer, never more.
+    assert!(
+        total <= 8 * 99 + 20,
+        "{total} samples from one thread in 8 s"
+    );
+    assert!(three + one >= 200, "too few hot samples: {stacks:?}");
+    // Only the workload's process (the pid filter), rooted at its executable name.
+    assert!(
+        stacks.iter().all(|(s, _)| s[0] == "hotspots-fp"),
+        "{stacks:?}"
+    );
+    // Frame pointers: the hot stacks walk up through run_loop to main.
+    let to_main: u64 = stacks
+        .iter()
+        .filter(|(s, _)| {
+            s.last().is_some_and(|l| l.starts_with("hot_"))
+                && s.windows(2).any(|w| w == ["main", "run_loop"])
+        })
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        to_main * 100 >= (three + one) * 95,
+        "{to_main} of {} hot stacks reach main: {stacks:?}",
+        three + one
+    );
+    assert!(
+        (ours - EXPECTED).abs() <= tol,
+        "agent: hot_three share {ours:.4} over {} samples, expected {EXPECTED} ± {tol:.4}",
+        three + one
+    );
+    assert!(
+        (theirs - EXPECTED).abs() <= ptol,
+        "perf: hot_three share {theirs:.4}, expected {EXPECTED} ± {ptol:.4}"
+    );
+    // Both sampled the same run: their shares differ by no more than both bounds allow.
+    assert!(
+        (ours - theirs).abs() <= tol + ptol,
+        "agent {ours:.4} vs perf {theirs:.4}"
+    );
+    let _ = wait(child);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn wait(mut c: Child) -> std::process::ExitStatus {
+    c.wait().expect("wait")
+}
+
+/// `protoc --decode perftools.profiles.Profile` of a gzipped pprof file, as text.
+fn protoc_decode(gz: &Path) -> String {
+    let proto_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/pprof");
+    let raw = Command::new("gzip")
+        .args(["-dc"])
+        .arg(gz)
+        .output()
+        .expect("gzip -dc");
+    assert!(raw.status.success(), "not gzip: {}", gz.display());
+    let mut child = Command::new("protoc")
+        .args(["--decode", "perftools.profiles.Profile", "-I"])
+        .arg(&proto_dir)
+        .arg("profile.proto")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("protoc (protobuf-compiler)");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&raw.stdout).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "protoc could not decode {}: {}",
+        gz.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The quoted entries of a protoc text dump's `string_table`.
+fn string_table(dump: &str) -> Vec<String> {
+    dump.lines()
+        .filter_map(|l| l.trim().strip_prefix("string_table: "))
+        .map(|s| s.trim_matches('"').to_string())
+        .collect()
+}
+
+/// Decodes a binary ExportProfilesServiceRequest with PyPI `opentelemetry-proto` into the OTLP
+/// JSON mapping (as the sink writes it).
+fn python_decode_otlp(file: &Path) -> Value {
+    let script = "import sys, json\n\
+from google.protobuf.json_format import MessageToDict\n\
+from opentelemetry.proto.collector.profiles.v1development import profiles_service_pb2 as p\n\
+r = p.ExportProfilesServiceRequest.FromString(open(sys.argv[1], 'rb').read())\n\
+print(json.dumps(MessageToDict(r)))\n";
+    let out = Command::new(python())
+        .args(["-c", script])
+        .arg(file)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "opentelemetry-proto could not decode {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Function names of every location of a sample's stack, leaf first, from the OTLP dictionary.
+fn otlp_stack(dict: &Value, stack_index: usize) -> Vec<String> {
+    let strings = dict["stringTable"].as_array().unwrap();
+    let s = |i: &Value| -> String {
+        strings[i.as_u64().unwrap_or(0) as usize]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let stack = &dict["stackTable"][stack_index];
+    let mut names = Vec::new();
+    for li in stack["locationIndices"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        let loc = &dict["locationTable"][li.as_u64().unwrap() as usize];
+        for line in loc["lines"].as_array().cloned().unwrap_or_default() {
+            let f = &dict["functionTable"][line["functionIndex"].as_u64().unwrap_or(0) as usize];
+            names.push(s(&f["nameStrindex"]));
+        }
+    }
+    names
+}
+
+/// Per process resource: (attributes, [(stack names, count)]).
+fn otlp_processes(req: &Value) -> Vec<(BTreeMap<String, Value>, Vec<(Vec<String>, u64)>)> {
+    let dict = &req["dictionary"];
+    req["resourceProfiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|rp| {
+            let attrs = attributes(&rp["resource"]["attributes"]);
+            let mut samples = Vec::new();
+            for sp in rp["scopeProfiles"].as_array().unwrap() {
+                for p in sp["profiles"].as_array().unwrap() {
+                    for s in p["samples"].as_array().cloned().unwrap_or_default() {
+                        let idx = s["stackIndex"].as_u64().unwrap_or(0) as usize;
+                        let n = s["values"][0]
+                            .as_str()
+                            .and_then(|v| v.parse().ok())
+                            .or(s["values"][0].as_u64())
+                            .unwrap_or(0);
+                        samples.push((otlp_stack(dict, idx), n));
+                    }
+                }
+            }
+            (attrs, samples)
+        })
+        .collect()
+}
+
+fn hot_samples(samples: &[(Vec<String>, u64)], f: &str) -> u64 {
+    samples
+        .iter()
+        .filter(|(s, _)| s.first().map(String::as_str) == Some(f))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// pprof opens in protoc with the pprof schema; OTLP decodes with the reference Python package,
+/// with the dictionary's zero entries, the sample and period types and a resource naming the
+/// process, its executable and its build ID; the SVG names both hot functions.
+#[test]
+fn pprof_otlp_and_svg_outputs_decode_independently() {
+    require_root();
+    let _g = serial();
+    let dir = tempdir();
+    let bin = build_hotspots(&dir, true);
+    let build_id = build_id_of(&bin).expect("build id");
+    let child = start_hotspots(&bin, 10);
+    let pid = child.id().to_string();
+    let args = ["--duration", "2s", "--hz", "99", "--pid", pid.as_str()];
+
+    let pprof = agent_profile(&dir, &args, "pprof");
+    let dump = protoc_decode(&pprof);
+    let strings = string_table(&dump);
+    assert_eq!(strings.first().map(String::as_str), Some(""), "{dump}");
+    for s in [
+        "samples",
+        "count",
+        "cpu",
+        "nanoseconds",
+        "hot_three",
+        "hot_one",
+        "main",
+    ] {
+        assert!(strings.iter().any(|x| x == s), "{s} missing: {strings:?}");
+    }
+    // 99 Hz: one sample stands for 1e9/99 ns of CPU.
+    assert!(dump.contains("period: 10101010\n"), "{dump}");
+    assert!(
+        strings.contains(&build_id),
+        "build id {build_id} in the mapping"
+    );
+
+    let otlp = agent_profile(&dir, &args, "otlp");
+    let req = python_decode_otlp(&otlp);
+    let dict = &req["dictionary"];
+    for table in [
+        "mappingTable",
+        "locationTable",
+        "functionTable",
+        "linkTable",
+        "attributeTable",
+        "stackTable",
+    ] {
+        assert_eq!(
+            dict[table][0],
+            serde_json::json!({}),
+            "{table}[0] is the zero entry"
+        );
+    }
+    assert_eq!(dict["stringTable"][0], "");
+    let procs = otlp_processes(&req);
+    assert_eq!(procs.len(), 1, "only the --pid process");
+    let (attrs, samples) = &procs[0];
+    assert_eq!(text(&attrs["process.pid"]), pid);
+    assert_eq!(text(&attrs["process.executable.name"]), "hotspots-fp");
+    assert_eq!(text(&attrs["process.executable.build_id.gnu"]), build_id);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(text(&attrs["host.name"]), host.trim());
+    assert!(hot_samples(samples, "hot_three") > 0 && hot_samples(samples, "hot_one") > 0);
+    let profile = &req["resourceProfiles"][0]["scopeProfiles"][0]["profiles"][0];
+    let st = |i: &Value| dict["stringTable"][i.as_u64().unwrap_or(0) as usize].clone();
+    assert_eq!(st(&profile["sampleType"]["typeStrindex"]), "samples");
+    assert_eq!(st(&profile["sampleType"]["unitStrindex"]), "count");
+    assert_eq!(st(&profile["periodType"]["typeStrindex"]), "cpu");
+    assert_eq!(st(&profile["periodType"]["unitStrindex"]), "nanoseconds");
+    assert_eq!(text(&profile["period"]), "10101010");
+
+    let svg = agent_profile(&dir, &args, "svg");
+    let svg = std::fs::read_to_string(svg).unwrap();
+    assert!(
+        svg.starts_with("<?xml") || svg.starts_with("<svg"),
+        "{}",
+        &svg[..100]
+    );
+    assert!(svg.contains("hot_three") && svg.contains("hot_one"));
+    let _ = wait(child);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The running agent exports one profile per interval over OTLP; a process that ran for 2 s and
+/// exited (its binary deleted too) long before the export is still named and symbolized.
+#[test]
+fn running_agent_exports_profiles_of_exited_processes() {
+    require_root();
+    let _g = serial();
+    let sink = Sink::start(&[]);
+    let dir = tempdir();
+    let bin = build_hotspots(&dir, true);
+    let build_id = build_id_of(&bin).unwrap();
+    let agent = Agent::start(&format!(
+        "{PROFILER_ONLY}  profiler: {{frequency: 99, interval: 6s}}\nexport:\n  endpoint: {}\n",
+        sink.http_endpoint()
+    ));
+    agent.wait_ready();
+    let child = start_hotspots(&bin, 2);
+    let pid = child.id().to_string();
+    assert!(wait(child).success());
+    std::fs::remove_file(&bin).unwrap();
+    let found = sink.wait_for(Duration::from_secs(60), |reqs| {
+        reqs.iter().filter(|r| r["signal"] == "profiles").any(|r| {
+            otlp_processes(&r["request"])
+                .iter()
+                .any(|(a, _)| text(&a["process.pid"]) == pid)
+        })
+    });
+    let reqs = found.unwrap_or_else(|r| {
+        panic!(
+            "no profile holds pid {pid}: {} requests\n{}",
+            r.len(),
+            agent.stderr()
+        )
+    });
+    let (attrs, samples) = reqs
+        .iter()
+        .filter(|r| r["signal"] == "profiles")
+        .flat_map(|r| otlp_processes(&r["request"]))
+        .find(|(a, _)| text(&a["process.pid"]) == pid)
+        .unwrap();
+    assert_eq!(text(&attrs["process.executable.name"]), "hotspots-fp");
+    assert_eq!(text(&attrs["process.executable.build_id.gnu"]), build_id);
+    let (three, one) = (
+        hot_samples(&samples, "hot_three"),
+        hot_samples(&samples, "hot_one"),
+    );
+    // ~1.7 s of one thread at 99 Hz.
+    assert!(three + one >= 50, "{samples:?}");
+    assert!(
+        (ratio(three, one) - EXPECTED).abs() <= proportion_tolerance(EXPECTED, three + one),
+        "{three}/{one}"
+    );
+    // Service resource attributes ride along; the kernel's own frames are in other processes'
+    // stacks, never unnamed.
+    assert!(text(&attrs["service.name"]).len() > 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `/debug/flamegraph.svg?pid=P` shows that process only; bad requests get cause and fix;
+/// `/debug/pprof/profile` is the agent's own CPU as gzipped pprof.
+#[test]
+fn flamegraph_and_self_profile_endpoints() {
+    require_root();
+    let _g = serial();
+    let dir = tempdir();
+    let bin = build_hotspots(&dir, true);
+    let agent = Agent::start(&format!("{PROFILER_ONLY}  profiler: {{frequency: 99}}\n"));
+    agent.wait_ready();
+    let child = start_hotspots(&bin, 8);
+    let (code, svg) = agent
+        .get(&format!(
+            "/debug/flamegraph.svg?seconds=3&pid={}",
+            child.id()
+        ))
+        .unwrap();
+    assert_eq!(code, 200, "{svg}");
+    assert!(svg.contains("hot_three") && svg.contains("hot_one"));
+    assert!(svg.contains("hotspots-fp"));
+    assert!(!svg.contains("swapper"), "other processes filtered out");
+    let (code, host) = agent.get("/debug/flamegraph.svg?seconds=2").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        host.contains("hotspots-fp"),
+        "whole host includes the workload"
+    );
+
+    let (code, body) = agent.get("/debug/flamegraph.svg?seconds=0").unwrap();
+    assert_eq!(code, 400);
+    assert!(
+        body.contains("out of range") && body.contains("fix: use seconds=1"),
+        "{body}"
+    );
+    let (code, body) = agent.get("/debug/flamegraph.svg?pid=999999999").unwrap();
+    assert_eq!(code, 404);
+    assert!(
+        body.contains("does not exist") && body.contains("fix:"),
+        "{body}"
+    );
+
+    // Self-profile: fetch raw bytes (gzip) with curl-free plain HTTP.
+    let file = dir.join("self.pb.gz");
+    let r = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, urllib.request; open(sys.argv[2], 'wb').write(urllib.request.urlopen(sys.argv[1]).read())",
+            &format!("http://{}/debug/pprof/profile?seconds=2", agent.addr),
+        ])
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(r.success());
+    let dump = protoc_decode(&file);
+    let strings = string_table(&dump);
+    assert!(strings.iter().any(|s| s == "samples"));
+    assert!(
+        dump.contains("sample {"),
+        "the agent's threads were sampled: {dump}"
+    );
+    let _ = wait(child);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Without frame pointers the kernel's walk stops early: those stacks are counted as truncated;
+/// with them, stacks reach main and are not.
+#[test]
+fn truncated_stacks_are_counted() {
+    require_root();
+    let _g = serial();
+    let dir = tempdir();
+    let fp = build_hotspots(&dir, true);
+    let nofp = build_hotspots(&dir, false);
+    let agent = Agent::start(&format!(
+        "{PROFILER_ONLY}  profiler: {{frequency: 99, interval: 1s}}\n"
+    ));
+    agent.wait_ready();
+    let counts = |a: &Agent| -> (u64, u64) {
+        let d = &a.status()["maps"]["PROFILE_COUNTS"]["detail"];
+        (
+            d["truncated_stacks"].as_u64().unwrap_or(0),
+            d["user_stacks"].as_u64().unwrap_or(0),
+        )
+    };
+    let run = |bin: &Path| -> (u64, u64) {
+        // Exports every second; wait for one after the run so its samples are counted.
+        let before = counts(&agent);
+        assert!(wait(start_hotspots(bin, 3)).success());
+        thread::sleep(Duration::from_millis(2500));
+        let after = counts(&agent);
+        (after.0 - before.0, after.1 - before.1)
+    };
+    // Per process, exactly: every sample of the workload without frame pointers is truncated,
+    // none with them.
+    for (bin, truncated) in [(&nofp, true), (&fp, false)] {
+        let child = start_hotspots(bin, 4);
+        let out = agent_profile(
+            &dir,
+            &[
+                "--duration",
+                "2s",
+                "--hz",
+                "99",
+                "--pid",
+                &child.id().to_string(),
+            ],
+            "folded",
+        );
+        let stacks = folded(&std::fs::read_to_string(out).unwrap());
+        let total: u64 = stacks.iter().map(|(_, n)| n).sum();
+        let marked: u64 = stacks
+            .iter()
+            .filter(|(s, _)| s.get(1).map(String::as_str) == Some("[truncated]"))
+            .map(|(_, n)| n)
+            .sum();
+        assert!(total >= 100, "{stacks:?}");
+        let expected = if truncated { total } else { 0 };
+        assert_eq!(marked, expected, "{}: {stacks:?}", bin.display());
+        assert!(wait(child).success());
+    }
+    // Host-wide, on /status: other processes add to the counters too (Rust or distro binaries
+    // without frame pointers count as truncated), so only a lower bound holds: the workload
+    // alone adds ~297 truncated samples (3 s at 99 Hz, one thread); 100 leaves room for a
+    // loaded machine.
+    let (t_nofp, u_nofp) = run(&nofp);
+    eprintln!("host-wide during the run without frame pointers: {t_nofp} of {u_nofp} truncated");
+    assert!(t_nofp >= 100, "{t_nofp} of {u_nofp}");
+    let metrics = agent.get("/metrics").unwrap().1;
+    assert!(
+        metrics.contains("agent_profiler_stacks_total{truncated=\"true\"}"),
+        "the count is on /metrics too"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
