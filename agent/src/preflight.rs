@@ -8,7 +8,7 @@ use std::{fmt::Write as _, fs, path::Path};
 use crate::{
     config::Config,
     ebpf::{tracefs, LoadError},
-    probes::{network, syscalls},
+    probes::{network, profiler, syscalls},
     procinfo,
     status::state::HookStatus,
 };
@@ -120,12 +120,16 @@ pub fn run(cfg: &Config) -> (Vec<Row>, bool) {
     let mut probes_ok = false;
     let sys = &cfg.probes.syscalls;
     let net = &cfg.probes.network;
-    let attempts: [(&str, bool, ProbeAttempt); 2] = [
+    let prof = &cfg.probes.profiler;
+    let attempts: [(&str, bool, ProbeAttempt); 3] = [
         ("syscalls", sys.enabled, &|| {
             syscalls::load_and_attach(sys).map(|(_, hooks)| hooks)
         }),
         ("network", net.enabled, &|| {
             network::load_and_attach(net).map(|(_, hooks)| hooks)
+        }),
+        ("profiler", prof.enabled, &|| {
+            profiler::session::Session::start(prof).map(|s| s.hooks.clone())
         }),
     ];
     for (name, enabled, attempt) in attempts {

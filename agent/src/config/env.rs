@@ -22,6 +22,8 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("AGENT_SYSCALLS_ENABLED", "probes.syscalls.enabled"),
     ("AGENT_SYSCALLS_INTERVAL", "probes.syscalls.interval"),
     ("AGENT_NETWORK_ENABLED", "probes.network.enabled"),
+    ("AGENT_PROFILER_ENABLED", "probes.profiler.enabled"),
+    ("AGENT_PROFILER_FREQUENCY", "probes.profiler.frequency"),
 ];
 
 fn parse_bool(s: &str) -> Option<bool> {
@@ -60,6 +62,15 @@ fn set(cfg: &mut Config, path: &str, value: &str) -> Result<(), String> {
         "probes.network.enabled" => {
             cfg.probes.network.enabled =
                 parse_bool(value).ok_or_else(|| format!("{value:?} is not true or false"))?
+        }
+        "probes.profiler.enabled" => {
+            cfg.probes.profiler.enabled =
+                parse_bool(value).ok_or_else(|| format!("{value:?} is not true or false"))?
+        }
+        "probes.profiler.frequency" => {
+            cfg.probes.profiler.frequency = value
+                .parse()
+                .map_err(|_| format!("{value:?} is not a whole number"))?
         }
         other => unreachable!("no env override for {other}"),
     }

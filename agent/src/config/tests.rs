@@ -268,6 +268,36 @@ probes:
 }
 
 #[test]
+fn profiler_frequency_and_mode() {
+    for hz in [0, 1000] {
+        let e = parse_err(&format!("probes:\n  profiler:\n    frequency: {hz}\n"));
+        assert_err(
+            &e,
+            "probes.profiler.frequency",
+            Some(3),
+            &format!(
+                "agent.yaml:3:16: probes.profiler.frequency: {hz} is out of range\n\
+                 fix: use samples per second per CPU, 1 to 999, e.g. 19 (99 for more detail)"
+            ),
+        );
+    }
+    let e = parse_err("probes:\n  profiler:\n    mode: ringbuf\n");
+    assert_eq!(
+        (e.path(), e.line()),
+        (Some("probes.profiler.mode"), Some(3))
+    );
+    assert!(
+        e.to_string().contains("fix: use aggregate or stream"),
+        "{e}"
+    );
+    let cfg: Config =
+        serde_yaml_ng::from_str("probes:\n  profiler:\n    frequency: 999\n    mode: stream\n")
+            .unwrap();
+    assert_eq!(cfg.probes.profiler.frequency, 999);
+    assert_eq!(cfg.probes.profiler.mode, super::ProfilerMode::Stream);
+}
+
+#[test]
 fn inflight_slots_power_of_two() {
     let e = parse_err("probes:\n  syscalls:\n    inflight_slots: 3000\n");
     assert_err(
