@@ -311,12 +311,6 @@ impl Producer {
     /// One profiler interval: OTLP profiles (always protobuf; see `delivery`), or with no
     /// profiles endpoint a gzipped pprof file under `<output.dir>/profiles/`.
     async fn export_profile(&mut self, p: &crate::profile::Profile) {
-        let samples: u64 = p
-            .processes
-            .iter()
-            .flat_map(|x| &x.samples)
-            .map(|s| s.count)
-            .sum();
         match self.backend.delivery(Signal::Profiles) {
             Some(d) => {
                 let base: Vec<_> = self
@@ -326,8 +320,16 @@ impl Producer {
                     .filter(|kv| kv.key != "host.name")
                     .cloned()
                     .collect();
-                let req = crate::profile::otlp::encode(p, &base);
-                d.submit(samples, &req.encode_to_vec());
+                for part in split_profile(p, MAX_STACKS_PER_REQUEST) {
+                    let samples = part
+                        .processes
+                        .iter()
+                        .flat_map(|x| &x.samples)
+                        .map(|s| s.count)
+                        .sum();
+                    let req = crate::profile::otlp::encode(&part, &base);
+                    d.submit(samples, &req.encode_to_vec());
+                }
             }
             None => {
                 let bytes = crate::profile::pprof::encode(p);
@@ -382,6 +384,39 @@ impl Producer {
     }
 }
 
+/// Distinct stacks per profiles request (whole processes per request; a larger process goes
+/// alone): keeps requests well under the 4 MiB that gRPC receivers accept by default.
+const MAX_STACKS_PER_REQUEST: usize = 10_000;
+
+/// Splits a profile into profiles of whole processes holding at most `max` samples (distinct
+/// stacks) each, except a single process larger than that.
+fn split_profile(p: &crate::profile::Profile, max: usize) -> Vec<crate::profile::Profile> {
+    let mut parts = Vec::new();
+    let mut cur = crate::profile::Profile {
+        processes: Vec::new(),
+        ..p.clone_header()
+    };
+    let mut n = 0;
+    for proc_ in &p.processes {
+        if n > 0 && n + proc_.samples.len() > max {
+            parts.push(std::mem::replace(
+                &mut cur,
+                crate::profile::Profile {
+                    processes: Vec::new(),
+                    ..p.clone_header()
+                },
+            ));
+            n = 0;
+        }
+        n += proc_.samples.len();
+        cur.processes.push(proc_.clone());
+    }
+    if !cur.processes.is_empty() || parts.is_empty() {
+        parts.push(cur);
+    }
+    parts
+}
+
 /// Directory under `output.dir` for pprof files when profiles have no OTLP endpoint.
 pub const PROFILES_DIR: &str = "profiles";
 /// Profile files kept there (newest first).
@@ -389,3 +424,31 @@ const PROFILE_FILES_KEPT: usize = 60;
 
 /// The logs file next to `metrics.jsonl`.
 pub const LOGS_FILE: &str = "logs.jsonl";
+
+#[cfg(test)]
+mod tests {
+    use super::split_profile;
+    use crate::profile::{ProcessProfile, Profile, Sample};
+
+    #[test]
+    fn profiles_split_by_whole_processes() {
+        let proc_ = |pid, n| ProcessProfile {
+            pid,
+            samples: vec![Sample::default(); n],
+            ..Default::default()
+        };
+        let p = Profile {
+            period_nanos: 7,
+            processes: vec![proc_(1, 3), proc_(2, 3), proc_(3, 9), proc_(4, 1)],
+            ..Default::default()
+        };
+        let parts = split_profile(&p, 6);
+        let pids: Vec<Vec<u32>> = parts
+            .iter()
+            .map(|x| x.processes.iter().map(|p| p.pid).collect())
+            .collect();
+        assert_eq!(pids, vec![vec![1, 2], vec![3], vec![4]]);
+        assert!(parts.iter().all(|x| x.period_nanos == 7));
+        assert_eq!(split_profile(&Profile::default(), 6).len(), 1);
+    }
+}

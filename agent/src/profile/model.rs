@@ -20,6 +20,19 @@ pub struct Profile {
     pub processes: Vec<ProcessProfile>,
 }
 
+impl Profile {
+    /// The same window and period with no processes.
+    pub fn clone_header(&self) -> Profile {
+        Profile {
+            start_unix_nanos: self.start_unix_nanos,
+            duration_nanos: self.duration_nanos,
+            period_nanos: self.period_nanos,
+            host_name: self.host_name.clone(),
+            processes: Vec::new(),
+        }
+    }
+}
+
 /// The samples of one process (one OTLP resource).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ProcessProfile {
