@@ -4,7 +4,7 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -18,6 +18,13 @@ use crate::{
     setup,
     util::{self, cargo, root},
 };
+
+/// The profiler bench's conditions: label, sampling frequency (Hz) and mode.
+const PROFILER_CONDITIONS: [(&str, u32, &str); 3] = [
+    ("19 Hz aggregate", 19, "aggregate"),
+    ("99 Hz aggregate", 99, "aggregate"),
+    ("99 Hz stream", 99, "stream"),
+];
 
 #[derive(Subcommand)]
 pub enum Which {
@@ -56,6 +63,18 @@ pub enum Which {
         #[arg(long, default_value_t = 1000)]
         series: usize,
     },
+    /// CPU profiler: a workload keeping every CPU busy (`tests/workloads/hotspots.c`), bare vs
+    /// under the agent (profiler only) at 19 Hz aggregate, 99 Hz aggregate and 99 Hz stream,
+    /// alternating rounds; then the kernel programs' own cost per sample in each mode.
+    Profiler {
+        /// Seconds per run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Rounds of (bare, 19 Hz aggregate, 99 Hz aggregate, 99 Hz stream); the median of each
+        /// is reported.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
 }
 
 pub fn run(which: Which) -> Result<()> {
@@ -68,6 +87,7 @@ pub fn run(which: Which) -> Result<()> {
             size,
         } => network(seconds, rounds, conns, size),
         Which::Export { seconds, series } => export(seconds, series),
+        Which::Profiler { seconds, rounds } => profiler(seconds, rounds),
     }
 }
 
@@ -265,15 +285,16 @@ fn start_agent(out_dir: &Path, config: Option<&Path>) -> Result<Stopper> {
     if let Some(config) = config {
         cmd.arg("--config").arg(config);
     }
-    let child = cmd.spawn().context("start agent")?;
+    let agent = Stopper(cmd.spawn().context("start agent")?);
     let deadline = Instant::now() + Duration::from_secs(60);
     while http_status(port, "/readyz") != Some(200) {
         if Instant::now() > deadline {
+            agent.stop()?;
             bail!("agent never became ready on port {port}");
         }
         thread::sleep(Duration::from_millis(100));
     }
-    Ok(Stopper(child))
+    Ok(agent)
 }
 
 fn start_syscount() -> Result<Stopper> {
@@ -298,8 +319,10 @@ fn start_syscount() -> Result<Stopper> {
     Ok(Stopper(child))
 }
 
-/// (run_time_ns, run_cnt) of every loaded BPF program with this name.
+/// (run_time_ns, run_cnt) of every loaded BPF program with this name (the kernel keeps the
+/// first 15 bytes: `profile_aggregate` shows as `profile_aggrega`).
 fn program_stats(name: &str) -> Result<(u64, u64)> {
+    let name = &name[..name.len().min(15)];
     let out = Command::new("bpftool")
         .args(["prog", "show", "--json"])
         .output()
@@ -330,7 +353,7 @@ type Costs = Vec<(String, u64, u64)>;
 /// The kernel's own per-run cost of each program (`kernel.bpf_stats_enabled`, which adds a
 /// clock read on each side of every run, so figures include ~that much instrumentation). A
 /// separate run: stats must not inflate the timed rounds. `workload` returns how many units
-/// (calls, round trips) it did; the cost per unit is printed too.
+/// (calls, round trips, samples) it did; the cost per unit is printed too.
 fn program_costs(
     progs: &[&str],
     config: Option<&Path>,
@@ -343,16 +366,20 @@ fn program_costs(
     std::fs::write(sysctl, "1").context("enable kernel.bpf_stats_enabled")?;
     let result = (|| -> Result<(Costs, u64)> {
         let agent = start_agent(out_dir, config)?;
-        let start: Vec<_> = progs
-            .iter()
-            .map(|p| program_stats(p))
-            .collect::<Result<_>>()?;
-        let units = workload()?;
-        let end: Vec<_> = progs
-            .iter()
-            .map(|p| program_stats(p))
-            .collect::<Result<_>>()?;
+        let measured = (|| -> Result<_> {
+            let start: Vec<(u64, u64)> = progs
+                .iter()
+                .map(|p| program_stats(p))
+                .collect::<Result<_>>()?;
+            let units = workload()?;
+            let end: Vec<(u64, u64)> = progs
+                .iter()
+                .map(|p| program_stats(p))
+                .collect::<Result<_>>()?;
+            Ok((start, units, end))
+        })();
         agent.stop()?;
+        let (start, units, end) = measured?;
         let costs = progs
             .iter()
             .zip(start.iter().zip(end.iter()))
@@ -625,4 +652,311 @@ fn network(seconds: u64, rounds: usize, conns: usize, size: usize) -> Result<()>
     let _ = std::fs::remove_dir_all(out_dir);
     let _ = std::fs::remove_file(config);
     result
+}
+
+/// Online CPUs (the workload runs one thread on each).
+fn online_cpus() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).unwrap_or(1).max(1)
+}
+
+/// Compiles `tests/workloads/hotspots.c` into `dir` (frame pointers all the way, so the
+/// profiler walks its stacks as it would in production).
+fn build_hotspots(dir: &Path) -> Result<PathBuf> {
+    let bin = dir.join("hotspots");
+    util::run(
+        Command::new("cc")
+            .args([
+                "-O2",
+                "-g",
+                "-pthread",
+                "-Wl,--build-id",
+                "-fno-omit-frame-pointer",
+                "-mno-omit-leaf-frame-pointer",
+                "-o",
+            ])
+            .arg(&bin)
+            .arg(root().join("tests/workloads/hotspots.c")),
+    )?;
+    Ok(bin)
+}
+
+/// CPU seconds (user + system) of every child waited for so far.
+fn children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
+}
+
+/// One `hotspots` run.
+#[derive(Clone, Copy)]
+struct HotspotsRun {
+    /// Inner iterations (hot_three's and hot_one's together) per second.
+    rate: f64,
+    /// Inner iterations per CPU second of the workload: what a neighbour's CPU use does not
+    /// move. The sampling interrupt and the programs it runs are charged to the interrupted
+    /// task (this kernel has no IRQ time accounting), so the profiler's cost is in it.
+    cpu_rate: f64,
+    /// Wall seconds the run took.
+    wall: f64,
+}
+
+/// Runs `hotspots` for `seconds` on `threads` threads.
+fn hotspots(bin: &Path, seconds: u64, threads: usize) -> Result<HotspotsRun> {
+    let started = Instant::now();
+    let cpu_before = children_cpu_seconds();
+    let out = Command::new(bin)
+        .args([seconds.to_string(), threads.to_string()])
+        .output()
+        .context("run hotspots")?;
+    let cpu = children_cpu_seconds() - cpu_before;
+    let wall = started.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |k: &str| -> Option<f64> {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+    };
+    let (Some(three), Some(one)) = (field("hot_three_iters"), field("hot_one_iters")) else {
+        bail!("hotspots printed no result ({}): {text}", out.status);
+    };
+    Ok(HotspotsRun {
+        rate: (three + one) / seconds as f64,
+        cpu_rate: (three + one) / cpu.max(1e-9),
+        wall,
+    })
+}
+
+/// CPU time so far of each thread of process `pid`, in nanoseconds
+/// (`/proc/<pid>/task/<tid>/schedstat`: not rounded to clock ticks like `/proc/<pid>/stat`).
+fn thread_cpu_ns(pid: u32) -> Result<std::collections::HashMap<u32, u64>> {
+    let mut threads = std::collections::HashMap::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let entry = entry?;
+        let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        // A thread may exit between the listing and the read.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("schedstat")) else {
+            continue;
+        };
+        if let Some(ns) = stat.split_whitespace().next().and_then(|v| v.parse().ok()) {
+            threads.insert(tid, ns);
+        }
+    }
+    Ok(threads)
+}
+
+/// CPU seconds process `pid` used since `before` (a [`thread_cpu_ns`] reading). A thread that
+/// exited in between loses its share (the agent's threads live as long as it does).
+fn thread_cpu_seconds_since(pid: u32, before: &std::collections::HashMap<u32, u64>) -> Result<f64> {
+    Ok(thread_cpu_ns(pid)?
+        .iter()
+        .map(|(tid, ns)| ns.saturating_sub(before.get(tid).copied().unwrap_or(0)))
+        .sum::<u64>() as f64
+        / 1e9)
+}
+
+fn profiler(seconds: u64, rounds: usize) -> Result<()> {
+    setup::ensure(true)?;
+    build_release()?;
+    ensure_tracefs();
+    let dir = std::env::temp_dir().join("agent-bench-profiler");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let result = profiler_in(&dir, seconds, rounds);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn profiler_in(dir: &Path, seconds: u64, rounds: usize) -> Result<()> {
+    let cpus = online_cpus();
+    let bin = build_hotspots(dir)?;
+    let out_dir = dir.join("output");
+    let configs: Vec<PathBuf> = PROFILER_CONDITIONS
+        .iter()
+        .map(|(_, frequency, mode)| {
+            let path = dir.join(format!("profiler-{frequency}-{mode}.yaml"));
+            std::fs::write(
+                &path,
+                format!(
+                    "probes:\n  syscalls:\n    enabled: false\n  network:\n    enabled: false\n  \
+                     profiler:\n    frequency: {frequency}\n    mode: {mode}\n"
+                ),
+            )?;
+            Ok(path)
+        })
+        .collect::<Result<_>>()?;
+    let n = PROFILER_CONDITIONS.len();
+    let (mut bare, mut bare_cpu) = (Vec::new(), Vec::new());
+    // Per condition: throughput, throughput per CPU second, agent CPU share, peak RSS (the
+    // highest of all rounds).
+    let mut rate = vec![Vec::new(); n];
+    let mut cpu_rate = vec![Vec::new(); n];
+    let mut share = vec![Vec::new(); n];
+    let mut rss = vec![0; n];
+    hotspots(&bin, 1, cpus)?; // warm the page cache and CPU frequency
+    for round in 1..=rounds {
+        // Bare, then each agent condition; each round starts one further along, so no condition
+        // always runs first.
+        for k in 0..=n {
+            let c = (k + round - 1) % (n + 1);
+            if c == 0 {
+                let r = hotspots(&bin, seconds, cpus)?;
+                bare.push(r.rate);
+                bare_cpu.push(r.cpu_rate);
+                continue;
+            }
+            let (i, config) = (c - 1, &configs[c - 1]);
+            let a = start_agent(&out_dir, Some(config))?;
+            let measured = (|| -> Result<_> {
+                let before = thread_cpu_ns(a.pid())?;
+                let r = hotspots(&bin, seconds, cpus)?;
+                let cpu = thread_cpu_seconds_since(a.pid(), &before)?;
+                Ok((r, cpu / (r.wall * cpus as f64), peak_rss(a.pid())?))
+            })();
+            a.stop()?;
+            let (r, s, m) = measured?;
+            rate[i].push(r.rate);
+            cpu_rate[i].push(r.cpu_rate);
+            share[i].push(s);
+            rss[i] = rss[i].max(m);
+        }
+        let mut line = format!(
+            "round {round}/{rounds}: M iterations/s (per CPU s): bare {:.0} ({:.0})",
+            bare.last().unwrap() / 1e6,
+            bare_cpu.last().unwrap() / 1e6
+        );
+        for (i, (label, ..)) in PROFILER_CONDITIONS.iter().enumerate() {
+            line += &format!(
+                ", {label} {:.0} ({:.0}, agent CPU {:.3}%)",
+                rate[i].last().unwrap() / 1e6,
+                cpu_rate[i].last().unwrap() / 1e6,
+                share[i].last().unwrap() * 100.0
+            );
+        }
+        eprintln!("{line}");
+    }
+    let (b, bc) = (median(bare), median(bare_cpu));
+    let rate: Vec<f64> = rate.into_iter().map(median).collect();
+    let cpu_rate: Vec<f64> = cpu_rate.into_iter().map(median).collect();
+    let share: Vec<f64> = share.into_iter().map(median).collect();
+    let slowdown: Vec<f64> = rate.iter().map(|r| (1.0 - r / b) * 100.0).collect();
+    let cpu_slowdown: Vec<f64> = cpu_rate.iter().map(|r| (1.0 - r / bc) * 100.0).collect();
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    println!(
+        "CPU profiler: hotspots on {cpus} threads ({cpus} CPUs, all busy), {seconds} s per run, \
+         median of {rounds} alternating rounds, a fresh agent (profiler only) per run"
+    );
+    println!(
+        "  {:16} {:>10} {:>9} {:>14} {:>9} {:>10} {:>10}",
+        "condition", "M iters/s", "slowdown", "M iters/CPU s", "slowdown", "agent CPU", "peak RSS"
+    );
+    println!(
+        "  {:16} {:>10.1} {:>9} {:>14.1} {:>9} {:>10} {:>10}",
+        "bare",
+        b / 1e6,
+        "-",
+        bc / 1e6,
+        "-",
+        "-",
+        "-"
+    );
+    for (i, (label, ..)) in PROFILER_CONDITIONS.iter().enumerate() {
+        println!(
+            "  {label:16} {:>10.1} {:>8.2}% {:>14.1} {:>8.2}% {:>9.3}% {:>6.1} MiB",
+            rate[i] / 1e6,
+            slowdown[i],
+            cpu_rate[i] / 1e6,
+            cpu_slowdown[i],
+            share[i] * 100.0,
+            mib(rss[i])
+        );
+    }
+    println!(
+        "  (slowdown: throughput lost vs bare, per wall second and per CPU second of the workload \
+         (which a neighbour's CPU use does not move); agent CPU: the agent process's CPU seconds \
+         over wall seconds x {cpus} CPUs, its kernel programs excluded: they run in the sampled \
+         task's context, so their cost is in the slowdown; a profile is exported every 10 s, so \
+         a shorter run may hold no export)"
+    );
+    let max_rss = rss.iter().copied().max().unwrap_or(0);
+    let met = |ok: bool| if ok { "met" } else { "NOT met" };
+    println!(
+        "  goal: <= 0.5% slowdown at 19 Hz, <= 64 MiB RSS: {:.2}% per wall s ({}), {:.2}% per CPU \
+         s ({}), {:.1} MiB peak ({})",
+        slowdown[0],
+        met(slowdown[0] <= 0.5),
+        cpu_slowdown[0],
+        met(cpu_slowdown[0] <= 0.5),
+        mib(max_rss),
+        met(mib(max_rss) <= 64.0)
+    );
+
+    // The noise-free view: the kernel's own cost per sample of each mode's program, 99 Hz.
+    let mut per_sample = Vec::new();
+    for (i, prog) in [(1, "profile_aggregate"), (2, "profile_stream")] {
+        // Samples the workload's run gets: every CPU, `frequency` times a second.
+        let expected = seconds * cpus as u64 * u64::from(PROFILER_CONDITIONS[i].1);
+        // Every run of the program is one sample (idle ones included, dropped at once; the
+        // workload leaves none). The agent's own sample counter reaches /status only at its
+        // one-second drains, so it cannot bound the same window as bpf_stats.
+        let costs = program_costs(&[prog], Some(&configs[i]), &out_dir, "sample", || {
+            hotspots(&bin, seconds, cpus)?;
+            Ok(expected)
+        })?;
+        let (_, ns, cnt) = &costs[0];
+        per_sample.push(*ns as f64 / (*cnt).max(1) as f64);
+    }
+    let (ka, ks) = (per_sample[0], per_sample[1]);
+    let (ca, cs) = (share[1] * 100.0, share[2] * 100.0);
+    // A program's share of each CPU: its ns per run x runs per second per CPU.
+    let prog_share = |ns: f64, hz: f64| ns * hz / 1e9 * 100.0;
+    println!("99 Hz, aggregate vs stream:");
+    println!("  {:36} {:>11} {:>11}", "", "aggregate", "stream");
+    println!("  {:36} {ka:>11.0} {ks:>11.0}", "kernel ns per program run");
+    println!(
+        "  {:36} {:>10.3}% {:>10.3}%",
+        "programs' CPU share (ns x 99 Hz)",
+        prog_share(ka, 99.0),
+        prog_share(ks, 99.0)
+    );
+    println!("  {:36} {ca:>10.3}% {cs:>10.3}%", "agent process CPU share");
+    println!(
+        "  {:36} {:>10.2}% {:>10.2}%",
+        "slowdown per wall s (timed rounds)", slowdown[1], slowdown[2]
+    );
+    println!(
+        "  {:36} {:>10.2}% {:>10.2}%",
+        "slowdown per CPU s (timed rounds)", cpu_slowdown[1], cpu_slowdown[2]
+    );
+    println!(
+        "  at 19 Hz the aggregate program takes {:.4}% of each CPU (the sampling interrupt \
+         itself not included)",
+        prog_share(ka, 19.0)
+    );
+    // The cheaper mode by one measure, and by how much (the dearer one's cost over its).
+    let cheaper = |a: f64, s: f64| {
+        if a <= s {
+            ("aggregate", s / a.max(1e-12))
+        } else {
+            ("stream", a / s.max(1e-12))
+        }
+    };
+    let ((kernel, kx), (agent, ax)) = (cheaper(ka, ks), cheaper(ca, cs));
+    if kernel == agent {
+        println!(
+            "  {kernel} is cheaper by both measures: kernel ns per sample ({kx:.2}x less), agent \
+             process CPU ({ax:.2}x less)"
+        );
+    } else {
+        println!(
+            "  neither mode is cheaper by both measures: {kernel} in the kernel ({kx:.2}x less), \
+             {agent} in the agent process ({ax:.2}x less)"
+        );
+    }
+    Ok(())
 }
