@@ -12,7 +12,7 @@ use std::{
 };
 
 use integration_tests::{
-    agent_bin,
+    agent_bin, bpf_programs_of,
     otlp::{attributes, python, text, Sink},
     profiling::*,
     require_root, serial, tempdir, Agent,
@@ -556,4 +556,48 @@ fn truncated_stacks_are_counted() {
         "the count is on /metrics too"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SIGHUP with `enabled: false` detaches every profiler program; enabling it again (at another
+/// frequency) reattaches, and flame graphs work again.
+#[test]
+fn sighup_disables_and_reenables_the_profiler() {
+    require_root();
+    let _g = serial();
+    let on = format!("{PROFILER_ONLY}  profiler: {{frequency: 19}}\n");
+    let agent = Agent::start(&on);
+    agent.wait_ready();
+    let ours = |a: &Agent| -> Vec<String> {
+        bpf_programs_of(a.child.id())
+            .into_iter()
+            .map(|(_, n)| n)
+            .filter(|n| n.starts_with("profile_"))
+            .collect()
+    };
+    // The kernel keeps 15 characters of a program name.
+    let progs = ours(&agent);
+    assert!(
+        progs.iter().any(|n| n == "profile_aggrega") && progs.iter().any(|n| n == "profile_exec"),
+        "{progs:?}"
+    );
+    std::fs::write(&agent.config, on.replace("frequency: 19", "enabled: false")).unwrap();
+    agent.signal(libc::SIGHUP);
+    agent.wait_for(
+        |a| a.status()["probes"]["profiler"]["state"] == "disabled",
+        "profiler disabled",
+    );
+    assert!(ours(&agent).is_empty(), "{:?}", ours(&agent));
+    let (code, body) = agent.get("/debug/flamegraph.svg?seconds=1").unwrap();
+    assert_eq!(code, 503);
+    assert!(body.contains("not running") && body.contains("fix: enable probes.profiler"));
+
+    std::fs::write(&agent.config, on.replace("frequency: 19", "frequency: 49")).unwrap();
+    agent.signal(libc::SIGHUP);
+    agent.wait_for(
+        |a| a.status()["probes"]["profiler"]["state"] == "attached",
+        "profiler attached again",
+    );
+    assert!(!ours(&agent).is_empty());
+    let (code, _) = agent.get("/debug/flamegraph.svg?seconds=1").unwrap();
+    assert_eq!(code, 200);
 }

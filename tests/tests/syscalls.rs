@@ -11,7 +11,7 @@ use integration_tests::*;
 
 /// Fast drains so the tests do not wait long; only the syscall probe (these tests count its
 /// programs).
-const FAST: &str = "probes:\n  syscalls:\n    interval: 1s\n    retain_exited: 5m\n  network:\n    enabled: false\noutput:\n  interval: 1s\n";
+const FAST: &str = "probes:\n  syscalls:\n    interval: 1s\n    retain_exited: 5m\n  network:\n    enabled: false\n  profiler:\n    enabled: false\noutput:\n  interval: 1s\n";
 
 /// `FAST` with one more `probes.syscalls` field.
 fn fast_with(field: &str) -> String {

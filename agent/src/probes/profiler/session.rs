@@ -99,6 +99,8 @@ pub struct Session {
     pub period_nanos: u64,
     pub stats: DrainStats,
     pub max_entries: u32,
+    /// cgroup id → container id, for processes that exited unseen.
+    cgroups: crate::procinfo::ProcCache,
 }
 
 fn program<'a, T>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, LoadError>
@@ -225,6 +227,7 @@ impl Session {
             period_nanos,
             stats: DrainStats::default(),
             max_entries: cfg.max_entries,
+            cgroups: crate::procinfo::ProcCache::new(1024),
         })
     }
 
@@ -437,7 +440,7 @@ impl Session {
         host_name: &str,
         account: bool,
     ) -> Profile {
-        let p = self.symbolizer.symbolize(
+        let mut p = self.symbolizer.symbolize(
             raw,
             &mut self.procs,
             pid,
@@ -445,6 +448,19 @@ impl Session {
             host_name,
             account,
         );
+        // Processes gone before their first snapshot: the container from the cgroup id the
+        // kernel recorded.
+        for proc_ in p.processes.iter_mut().filter(|p| p.container_id.is_none()) {
+            let seen = self.procs.get(proc_.pid).is_some();
+            if !seen {
+                let cgroup = raw
+                    .counts
+                    .keys()
+                    .find(|k| k.tgid == proc_.pid)
+                    .map_or(0, |k| k.cgroup_id);
+                proc_.container_id = self.cgroups.container_of_cgroup(cgroup);
+            }
+        }
         self.procs.mark_exited();
         p
     }
