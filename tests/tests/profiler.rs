@@ -247,8 +247,11 @@ fn otlp_stack(dict: &Value, stack_index: usize) -> Vec<String> {
     names
 }
 
-/// Per process resource: (attributes, [(stack names, count)]).
-fn otlp_processes(req: &Value) -> Vec<(BTreeMap<String, Value>, Vec<(Vec<String>, u64)>)> {
+/// Stacks (names, leaf first) and their sample counts.
+type Stacks = Vec<(Vec<String>, u64)>;
+
+/// Per process resource: (attributes, stacks).
+fn otlp_processes(req: &Value) -> Vec<(BTreeMap<String, Value>, Stacks)> {
     let dict = &req["dictionary"];
     req["resourceProfiles"]
         .as_array()
