@@ -185,6 +185,22 @@ fn raise_memlock_limit() {
     }
 }
 
+/// Program `name` of `probe`'s loaded object, as its typed program.
+pub fn program<'a, T>(bpf: &'a mut Ebpf, probe: &str, name: &str) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    bpf.program_mut(name)
+        .ok_or_else(|| {
+            LoadError::new(
+                format!("program {name} missing from the {probe} object"),
+                "rebuild with `cargo xtask build-ebpf`",
+            )
+        })?
+        .try_into()
+        .map_err(|e| explain(&format!("opening {name}"), &e))
+}
+
 /// Takes map `name` out of `probe`'s loaded object as a typed map.
 pub fn take_map<T>(bpf: &mut Ebpf, probe: &str, name: &str) -> Result<T, LoadError>
 where

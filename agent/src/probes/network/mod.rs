@@ -75,21 +75,6 @@ fn aggregation_code(a: Aggregation) -> u32 {
     }
 }
 
-fn program<'a, T>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, LoadError>
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-{
-    bpf.program_mut(name)
-        .ok_or_else(|| {
-            LoadError::new(
-                format!("program {name} missing from the network object"),
-                "rebuild with `cargo xtask build-ebpf`",
-            )
-        })?
-        .try_into()
-        .map_err(|e| ebpf::explain(&format!("opening {name}"), &e))
-}
-
 /// The cgroup directory to attach to: the configured one, or the cgroup2 mount for `auto`.
 pub fn cgroup_dir(cfg: &NetworkConfig) -> Result<PathBuf, LoadError> {
     if cfg.cgroup.as_os_str() != "auto" {
@@ -111,7 +96,7 @@ fn attach_sockops(bpf: &mut Ebpf, dir: &Path) -> Result<(), LoadError> {
             "set probes.network.cgroup to a cgroup v2 directory, or auto",
         )
     })?;
-    let p: &mut SockOps = program(bpf, SOCKOPS_PROG)?;
+    let p: &mut SockOps = ebpf::program(bpf, NAME, SOCKOPS_PROG)?;
     p.load()
         .map_err(|e| ebpf::explain(&format!("verifying {SOCKOPS_PROG}"), &e))?;
     // A bpf_link: it runs beside other sock_ops programs (a CNI's, say) and never replaces
@@ -132,7 +117,7 @@ fn attach_error_report(bpf: &mut Ebpf) -> Result<(), LoadError> {
             "mount tracefs: mount -t tracefs tracefs /sys/kernel/tracing",
         )
     })?;
-    let p: &mut TracePoint = program(bpf, ERROR_PROG)?;
+    let p: &mut TracePoint = ebpf::program(bpf, NAME, ERROR_PROG)?;
     p.load()
         .map_err(|e| ebpf::explain(&format!("verifying {ERROR_PROG}"), &e))?;
     p.attach(ERROR_TP.0, ERROR_TP.1)

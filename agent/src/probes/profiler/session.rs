@@ -103,21 +103,6 @@ pub struct Session {
     cgroups: crate::procinfo::ProcCache,
 }
 
-fn program<'a, T>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, LoadError>
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-{
-    bpf.program_mut(name)
-        .ok_or_else(|| {
-            LoadError::new(
-                format!("program {name} missing from the {NAME} object"),
-                "rebuild with `cargo xtask build-ebpf`",
-            )
-        })?
-        .try_into()
-        .map_err(|e| ebpf::explain(&format!("opening program {name}"), &e))
-}
-
 impl Session {
     /// Loads and attaches. Fails only when no CPU could be sampled; a missing exec hook is
     /// reported in `hooks` (mappings are then refreshed on misses only).
@@ -160,7 +145,8 @@ impl Session {
         let period_nanos = 1_000_000_000 / u64::from(cfg.frequency.clamp(1, 999));
         let mut first_err = None;
         {
-            let p: &mut PerfEvent = program(&mut bpf, prog_name).map_err(|e| (e, hooks.clone()))?;
+            let p: &mut PerfEvent =
+                ebpf::program(&mut bpf, NAME, prog_name).map_err(|e| (e, hooks.clone()))?;
             p.load().map_err(|e| {
                 (
                     ebpf::explain(&format!("verifying {prog_name}"), &e),
@@ -193,7 +179,7 @@ impl Session {
             return Err((e, hooks));
         }
         let exec = (|| -> Result<(), LoadError> {
-            let p: &mut RawTracePoint = program(&mut bpf, PROG_EXEC)?;
+            let p: &mut RawTracePoint = ebpf::program(&mut bpf, NAME, PROG_EXEC)?;
             p.load()
                 .map_err(|e| ebpf::explain(&format!("verifying {PROG_EXEC}"), &e))?;
             p.attach("sched_process_exec")
