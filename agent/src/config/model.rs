@@ -267,6 +267,9 @@ pub struct ProfilerConfig {
     pub max_processes: usize,
     /// Symbolized addresses cached.
     pub symbol_cache: usize,
+    /// Read DWARF (source lines, inlined functions) where binaries have it; false: ELF symbols
+    /// only (less memory for large unstripped binaries).
+    pub debug_info: bool,
 }
 
 impl Default for ProfilerConfig {
@@ -281,6 +284,7 @@ impl Default for ProfilerConfig {
             include_idle: false,
             max_processes: 4096,
             symbol_cache: 65_536,
+            debug_info: true,
         }
     }
 }

@@ -78,6 +78,7 @@ pub(crate) const FIELDS: &[&str] = &[
     "probes.profiler.include_idle",
     "probes.profiler.max_processes",
     "probes.profiler.symbol_cache",
+    "probes.profiler.debug_info",
 ];
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -217,7 +218,8 @@ pub(crate) fn allowed(path: &str) -> Option<String> {
         | "probes.network.enabled"
         | "probes.network.rtt_histogram"
         | "probes.profiler.enabled"
-        | "probes.profiler.include_idle" => {
+        | "probes.profiler.include_idle"
+        | "probes.profiler.debug_info" => {
             "true or false".to_string()
         }
         "status.listen" => {

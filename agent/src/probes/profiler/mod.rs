@@ -63,6 +63,7 @@ fn reload_needed(a: &ProfilerConfig, b: &ProfilerConfig) -> bool {
         || a.include_idle != b.include_idle
         || a.max_processes != b.max_processes
         || a.symbol_cache != b.symbol_cache
+        || a.debug_info != b.debug_info
 }
 
 impl ProfilerProbe {

@@ -208,7 +208,7 @@ impl Session {
             generation: 0,
             interner: StackInterner::default(),
             procs: ProcMaps::new(cfg.max_processes),
-            symbolizer: Symbolizer::new(cfg.symbol_cache),
+            symbolizer: Symbolizer::new(cfg.symbol_cache, cfg.debug_info),
             window: RawProfile::new(now),
             period_nanos,
             stats: DrainStats::default(),

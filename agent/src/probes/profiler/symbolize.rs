@@ -109,6 +109,7 @@ type Lines = Arc<[Line]>;
 
 pub struct Symbolizer {
     blaze: blazesym::symbolize::Symbolizer,
+    debug_info: bool,
     user: BoundedCache<((u64, u64), u64), Lines>,
     kernel: BoundedCache<u64, Lines>,
     pub stats: SymStats,
@@ -144,13 +145,15 @@ fn lines_of(sym: &Sym<'_>) -> Lines {
 }
 
 impl Symbolizer {
-    pub fn new(cache_entries: usize) -> Self {
+    /// `debug_info`: read DWARF (lines, inlined functions) where present, else symbols only.
+    pub fn new(cache_entries: usize, debug_info: bool) -> Self {
         Symbolizer {
             blaze: blazesym::symbolize::Symbolizer::builder()
-                .enable_code_info(true)
-                .enable_inlined_fns(true)
+                .enable_code_info(debug_info)
+                .enable_inlined_fns(debug_info)
                 .enable_demangling(true)
                 .build(),
+            debug_info,
             user: BoundedCache::new(cache_entries / 2),
             kernel: BoundedCache::new(cache_entries / 4),
             stats: SymStats::default(),
@@ -162,7 +165,9 @@ impl Symbolizer {
     }
 
     fn resolve_file(&mut self, file: &MappedFile, offsets: &[u64]) {
-        let src = Source::Elf(Elf::new(&file.open_path));
+        let mut elf = Elf::new(&file.open_path);
+        elf.debug_syms = self.debug_info;
+        let src = Source::Elf(elf);
         let syms = self
             .blaze
             .symbolize(&src, Input::FileOffset(offsets))
@@ -460,7 +465,7 @@ mod tests {
             },
             7,
         );
-        let mut s = Symbolizer::new(1024);
+        let mut s = Symbolizer::new(1024, true);
         let p = s.symbolize(&raw, &mut procs, None, 1000, "h", true);
         assert_eq!(p.duration_nanos, 10);
         assert_eq!(p.processes.len(), 1);
