@@ -604,3 +604,59 @@ fn sighup_disables_and_reenables_the_profiler() {
     let (code, _) = agent.get("/debug/flamegraph.svg?seconds=1").unwrap();
     assert_eq!(code, 200);
 }
+
+/// `mode: stream` (one ring buffer record per sample, counted in userspace) sees the same
+/// workload the same way as the default in-kernel aggregation.
+#[test]
+fn stream_mode_counts_the_same_workload() {
+    require_root();
+    let _g = serial();
+    let dir = tempdir();
+    let bin = build_hotspots(&dir, true);
+    let child = start_hotspots(&bin, 6);
+    let pid = child.id().to_string();
+    let out = agent_profile(
+        &dir,
+        &[
+            "--duration",
+            "4s",
+            "--hz",
+            "99",
+            "--pid",
+            &pid,
+            "--mode",
+            "stream",
+        ],
+        "folded",
+    );
+    let stacks = folded(&std::fs::read_to_string(out).unwrap());
+    let total: u64 = stacks.iter().map(|(_, n)| n).sum();
+    let (three, one) = (
+        leaf_count(&stacks, "hot_three"),
+        leaf_count(&stacks, "hot_one"),
+    );
+    eprintln!("stream: {total} samples, hot_three {three}, hot_one {one}");
+    assert!(
+        total <= 4 * 99 + 20,
+        "{total} samples from one thread in 4 s"
+    );
+    assert!(three + one >= 150, "{stacks:?}");
+    let tol = proportion_tolerance(EXPECTED, three + one);
+    assert!(
+        (ratio(three, one) - EXPECTED).abs() <= tol,
+        "{three}/{one} ± {tol}"
+    );
+    // Frame pointers: the hot stacks walk up through run_loop to main (a sample on a leaf's
+    // first instruction, before `push %rbp`, may skip a frame: allow 5%).
+    let to_main: u64 = stacks
+        .iter()
+        .filter(|(s, _)| {
+            s.last().is_some_and(|l| l.starts_with("hot_"))
+                && s.windows(2).any(|w| w == ["main", "run_loop"])
+        })
+        .map(|(_, n)| n)
+        .sum();
+    assert!(to_main * 100 >= (three + one) * 95, "{stacks:?}");
+    assert!(wait(child).success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
