@@ -116,11 +116,38 @@ pub fn build_id(path: &std::path::Path) -> Option<String> {
     Some(id.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// How many mapped files the profiler may hold open: half the soft RLIMIT_NOFILE (raised to
+/// the hard limit first), at most 16384, so the rest of the agent always has descriptors.
+fn open_file_budget() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read or write a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 256;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    ((lim.rlim_cur / 2) as usize).clamp(16, 16_384)
+}
+
 /// The bounded cache of process snapshots and the files they hold open.
 pub struct ProcMaps {
     procs: HashMap<u32, ProcEntry>,
     files: HashMap<(u64, u64), Weak<MappedFile>>,
     max_processes: usize,
+    /// Files held open at most (a share of RLIMIT_NOFILE); beyond it files are read by path.
+    max_open_files: usize,
     closed: Arc<Mutex<Vec<PathBuf>>>,
     /// Snapshots taken (first sight, exec, refresh).
     pub snapshots: u64,
@@ -134,6 +161,7 @@ impl ProcMaps {
             procs: HashMap::new(),
             files: HashMap::new(),
             max_processes: max_processes.max(1),
+            max_open_files: open_file_budget(),
             closed: Arc::new(Mutex::new(Vec::new())),
             snapshots: 0,
             missed: 0,
@@ -278,9 +306,15 @@ impl ProcMaps {
         }
         let path = l.path.strip_suffix(" (deleted)").unwrap_or(l.path);
         // map_files works for deleted files and other mount namespaces; root/<path> is the
-        // fallback where map_files is not readable.
-        let opened = File::open(format!("/proc/{pid}/map_files/{:x}-{:x}", l.start, l.end))
-            .or_else(|_| File::open(format!("/proc/{pid}/root{path}")));
+        // fallback where map_files is not readable. Past the budget, nothing is held open (the
+        // file is read by path while the process lives).
+        let held = self.files.values().filter(|f| f.strong_count() > 0).count();
+        let opened = if held >= self.max_open_files {
+            Err(std::io::Error::from_raw_os_error(libc::EMFILE))
+        } else {
+            File::open(format!("/proc/{pid}/map_files/{:x}-{:x}", l.start, l.end))
+                .or_else(|_| File::open(format!("/proc/{pid}/root{path}")))
+        };
         let (file, open_path) = match opened {
             Ok(f) => {
                 let p = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
@@ -341,6 +375,20 @@ mod tests {
         let files_before = pm.files.len();
         assert!(pm.snapshot(pid));
         assert_eq!(pm.files.len(), files_before);
+    }
+
+    #[test]
+    fn open_files_stay_within_budget() {
+        let mut pm = ProcMaps::new(4);
+        pm.max_open_files = 1;
+        assert!(pm.snapshot(std::process::id()));
+        let e = pm.get(std::process::id()).unwrap();
+        let files: Vec<_> = e.maps.iter().filter_map(|m| m.file.as_ref()).collect();
+        assert!(files.len() >= 2, "the executable and libc at least");
+        let held = files.iter().filter(|f| f._file.is_some()).count();
+        assert_eq!(held, 1);
+        // Past the budget a file is still usable by path.
+        assert!(files.iter().all(|f| f.open_path.exists()));
     }
 
     #[test]
