@@ -290,10 +290,11 @@ fn profile(
         ProfileFormat::Otlp => {
             use prost::Message;
             let base = agent::export::resource::build("", |k| std::env::var(k).ok());
+            // One-shot: no instance of a running agent to name.
             let base: Vec<_> = base
                 .attributes
                 .into_iter()
-                .filter(|kv| kv.key != "host.name" && kv.key != "service.instance.id")
+                .filter(|kv| kv.key != "service.instance.id")
                 .collect();
             profile::otlp::encode(&p, &base).encode_to_vec()
         }

@@ -313,13 +313,7 @@ impl Producer {
     async fn export_profile(&mut self, p: &crate::profile::Profile) {
         match self.backend.delivery(Signal::Profiles) {
             Some(d) => {
-                let base: Vec<_> = self
-                    .resource
-                    .attributes
-                    .iter()
-                    .filter(|kv| kv.key != "host.name")
-                    .cloned()
-                    .collect();
+                let base = &self.resource.attributes;
                 for part in split_profile(p, MAX_STACKS_PER_REQUEST) {
                     let samples = part
                         .processes
@@ -327,7 +321,7 @@ impl Producer {
                         .flat_map(|x| &x.samples)
                         .map(|s| s.count)
                         .sum();
-                    let req = crate::profile::otlp::encode(&part, &base);
+                    let req = crate::profile::otlp::encode(&part, base);
                     d.submit(samples, &req.encode_to_vec());
                 }
             }

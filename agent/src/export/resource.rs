@@ -35,7 +35,8 @@ pub fn kv_int(key: &str, value: i64) -> KeyValue {
     }
 }
 
-fn host_name() -> String {
+/// This host's name (`host.name`), from the kernel.
+pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()

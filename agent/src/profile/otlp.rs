@@ -15,7 +15,8 @@ pub const FRAME_TYPE: &str = "profile.frame.type";
 pub const BUILD_ID: &str = "process.executable.build_id.gnu";
 
 /// Encodes a profile as one export request: a `ResourceProfiles` per process (resource
-/// attributes `base` plus the process's own), all sharing one dictionary.
+/// attributes `base` plus the process's own, which replace any `base` attribute of the same key,
+/// e.g. the agent's own `host.name`), all sharing one dictionary.
 pub fn encode(profile: &Profile, base: &[KeyValue]) -> ExportProfilesServiceRequest {
     let mut dict = Dictionary::new();
     let sample_type = Some(otlp::ValueType {
@@ -76,7 +77,7 @@ pub fn encode(profile: &Profile, base: &[KeyValue]) -> ExportProfilesServiceRequ
 }
 
 fn resource_attributes(profile: &Profile, p: &ProcessProfile, base: &[KeyValue]) -> Vec<KeyValue> {
-    let mut attrs = base.to_vec();
+    let mut attrs = Vec::with_capacity(6);
     attrs.push(kv(
         "process.pid",
         any_value::Value::IntValue(i64::from(p.pid)),
@@ -92,7 +93,13 @@ fn resource_attributes(profile: &Profile, p: &ProcessProfile, base: &[KeyValue])
         attrs.push(kv_str("container.id", id));
     }
     attrs.push(kv_str("host.name", &profile.host_name));
-    attrs
+    let mut all: Vec<KeyValue> = base
+        .iter()
+        .filter(|b| !attrs.iter().any(|a| a.key == b.key))
+        .cloned()
+        .collect();
+    all.extend(attrs);
+    all
 }
 
 fn kv(key: &str, value: any_value::Value) -> KeyValue {
@@ -486,7 +493,10 @@ pub(crate) mod tests {
 
     #[test]
     fn resources_carry_exact_attributes() {
-        let base = [kv_str("service.name", "agent")];
+        let base = [
+            kv_str("service.name", "agent"),
+            kv_str("host.name", "the-agent's-own"),
+        ];
         let req = encode(&profile(), &base);
         assert_eq!(req.resource_profiles.len(), 2);
         let attrs = |i: usize| {

@@ -176,9 +176,7 @@ fn convert(report: &::pprof::Report, hz: i32) -> Profile {
             .map_or(0, nanos),
         duration_nanos: nanos(timing.duration),
         period_nanos: 1_000_000_000 / u64::from(hz.unsigned_abs().max(1)),
-        host_name: std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_default(),
+        host_name: crate::export::resource::host_name(),
         processes: vec![ProcessProfile {
             pid: std::process::id(),
             executable_name,

@@ -26,6 +26,7 @@ use crate::{
     status::state::{AgentState, CaptureRequest, MapStats, ProbeState},
 };
 
+pub use crate::export::resource::host_name;
 pub use session::NAME;
 
 /// How often the kernel maps are drained.
@@ -45,13 +46,6 @@ struct Running {
 pub struct ProfilerProbe {
     state: Arc<AgentState>,
     running: Option<Running>,
-}
-
-/// The host name every profile carries.
-pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default()
 }
 
 /// Fields that need a new kernel object (the rest are retuned in place).
