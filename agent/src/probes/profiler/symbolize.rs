@@ -106,23 +106,19 @@ pub struct SymStats {
 }
 
 type Lines = Arc<[Line]>;
+/// A user address's symbol: (file id, file offset looked up).
+type UserKey = ((u64, u64), u64);
 
 pub struct Symbolizer {
     blaze: blazesym::symbolize::Symbolizer,
     debug_info: bool,
-    user: BoundedCache<((u64, u64), u64), Lines>,
+    user: BoundedCache<UserKey, Lines>,
     kernel: BoundedCache<u64, Lines>,
     pub stats: SymStats,
 }
 
-/// Where one user frame's symbol comes from.
-enum UserRef {
-    File(Arc<MappedFile>, u64),
-    None,
-}
-
-/// A user address's symbol source and the mapping it falls in.
-type UserFrameRef = (UserRef, Option<Arc<crate::profile::Mapping>>);
+/// A user address's symbol (none: not in a file mapping) and the mapping it falls in.
+type UserFrameRef = (Option<UserKey>, Option<Arc<crate::profile::Mapping>>);
 
 fn line_of(function: &str, ci: Option<&CodeInfo<'_>>) -> Line {
     Line {
@@ -164,7 +160,13 @@ impl Symbolizer {
         self.user.len() + self.kernel.len()
     }
 
-    fn resolve_file(&mut self, file: &MappedFile, offsets: &[u64]) {
+    /// Symbolizes `offsets` of one file into the cache and into `found`.
+    fn resolve_file(
+        &mut self,
+        file: &MappedFile,
+        offsets: &[u64],
+        found: &mut HashMap<UserKey, Lines>,
+    ) {
         let mut elf = Elf::new(&file.open_path);
         elf.debug_syms = self.debug_info;
         let src = Source::Elf(elf);
@@ -177,11 +179,13 @@ impl Symbolizer {
                 Some(Symbolized::Sym(s)) => lines_of(s),
                 _ => Arc::from(Vec::new()),
             };
-            self.user.insert((file.id, *off), lines);
+            self.user.insert((file.id, *off), lines.clone());
+            found.insert((file.id, *off), lines);
         }
     }
 
-    fn resolve_kernel(&mut self, addrs: &[u64]) {
+    /// Symbolizes kernel addresses into the cache and into `found`.
+    fn resolve_kernel(&mut self, addrs: &[u64], found: &mut HashMap<u64, Lines>) {
         let src = Source::Kernel(Kernel {
             kallsyms: MaybeDefault::Default,
             vmlinux: MaybeDefault::None,
@@ -193,11 +197,12 @@ impl Symbolizer {
             .symbolize(&src, Input::AbsAddr(addrs))
             .unwrap_or_default();
         for (i, a) in addrs.iter().enumerate() {
-            let lines = match syms.get(i) {
+            let lines: Lines = match syms.get(i) {
                 Some(Symbolized::Sym(s)) => Arc::from(vec![line_of(&s.name, None)]),
                 _ => Arc::from(Vec::new()),
             };
-            self.kernel.insert(*a, lines);
+            self.kernel.insert(*a, lines.clone());
+            found.insert(*a, lines);
         }
     }
 
@@ -228,6 +233,9 @@ impl Symbolizer {
         let mut user_refs: HashMap<(u32, u64), UserFrameRef> = HashMap::new();
         let mut missing: HashMap<(u64, u64), (Arc<MappedFile>, HashSet<u64>)> = HashMap::new();
         let mut kernel_missing: HashSet<u64> = HashSet::new();
+        // This window's symbols, taken from the cache once (a later insert may rotate it).
+        let mut found_user: HashMap<UserKey, Lines> = HashMap::new();
+        let mut found_kernel: HashMap<u64, Lines> = HashMap::new();
         for (&tgid, samples) in &by_pid {
             if tgid != 0 && procs.get(tgid).is_none() {
                 procs.snapshot(tgid);
@@ -256,8 +264,9 @@ impl Symbolizer {
                             match m.file {
                                 Some(f) => {
                                     self.stats.lookups += 1;
-                                    if self.user.get(&(f.id, off)).is_some() {
+                                    if let Some(lines) = self.user.get(&(f.id, off)) {
                                         self.stats.cache_hits += 1;
+                                        found_user.insert((f.id, off), lines);
                                     } else {
                                         missing
                                             .entry(f.id)
@@ -265,19 +274,23 @@ impl Symbolizer {
                                             .1
                                             .insert(off);
                                     }
-                                    (UserRef::File(f, off), Some(m.mapping))
+                                    (Some((f.id, off)), Some(m.mapping))
                                 }
-                                None => (UserRef::None, Some(m.mapping)),
+                                None => (None, Some(m.mapping)),
                             }
                         }
-                        None => (UserRef::None, None),
+                        None => (None, None),
                     };
                     user_refs.insert((tgid, addr), entry);
                 }
                 for &a in k.kernel.iter() {
+                    if found_kernel.contains_key(&a) || kernel_missing.contains(&a) {
+                        continue;
+                    }
                     self.stats.lookups += 1;
-                    if self.kernel.get(&a).is_some() {
+                    if let Some(lines) = self.kernel.get(&a) {
                         self.stats.cache_hits += 1;
+                        found_kernel.insert(a, lines);
                     } else {
                         kernel_missing.insert(a);
                     }
@@ -288,12 +301,12 @@ impl Symbolizer {
         for (_, (file, offsets)) in missing {
             let mut offsets: Vec<u64> = offsets.into_iter().collect();
             offsets.sort_unstable();
-            self.resolve_file(&file, &offsets);
+            self.resolve_file(&file, &offsets, &mut found_user);
         }
         if !kernel_missing.is_empty() {
             let mut addrs: Vec<u64> = kernel_missing.into_iter().collect();
             addrs.sort_unstable();
-            self.resolve_kernel(&addrs);
+            self.resolve_kernel(&addrs, &mut found_kernel);
         }
         // Pass 3: build the profile.
         let mut processes = Vec::with_capacity(by_pid.len());
@@ -322,7 +335,10 @@ impl Symbolizer {
                 }
                 let mut frames = Vec::with_capacity(k.kernel.len() + k.user.len());
                 for &a in k.kernel.iter() {
-                    let lines = self.kernel.get(&a).unwrap_or_else(|| Arc::from(Vec::new()));
+                    let lines = found_kernel
+                        .get(&a)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::from(Vec::new()));
                     if lines.is_empty() {
                         self.stats.unresolved += 1;
                     }
@@ -338,13 +354,11 @@ impl Symbolizer {
                 }
                 for &a in k.user.iter() {
                     let (lines, mapping) = match user_refs.get(&(tgid, a)) {
-                        Some((UserRef::File(f, off), m)) => (
-                            self.user
-                                .get(&(f.id, *off))
+                        Some((key, m)) => (
+                            key.and_then(|k| found_user.get(&k).cloned())
                                 .unwrap_or_else(|| Arc::from(Vec::new())),
                             m.clone(),
                         ),
-                        Some((UserRef::None, m)) => (Arc::from(Vec::new()), m.clone()),
                         None => (Arc::from(Vec::new()), None),
                     };
                     if lines.is_empty() {
@@ -421,6 +435,37 @@ mod tests {
     #[inline(never)]
     fn marker_function_for_symbolization() -> u64 {
         std::hint::black_box(42)
+    }
+
+    #[test]
+    fn a_window_larger_than_the_cache_resolves_every_frame() {
+        let pid = std::process::id();
+        let addr = marker_function_for_symbolization as *const () as u64;
+        let mut raw = RawProfile::new(0);
+        // Eight distinct offsets in one function, leaf first: more than the cache holds.
+        raw.add(
+            RawStack {
+                tgid: pid,
+                tid: pid,
+                cgroup_id: 0,
+                comm: [0; 16],
+                user: Arc::from((1..=8).map(|i| addr + i).collect::<Vec<_>>()),
+                kernel: Arc::from(&[][..]),
+                user_lost: false,
+                kernel_lost: false,
+            },
+            1,
+        );
+        let mut s = Symbolizer::new(4, false);
+        let p = s.symbolize(&raw, &mut ProcMaps::new(4), None, 1, "h", false);
+        let frames = &p.processes[0].samples[0].frames;
+        assert_eq!(frames.len(), 8);
+        for f in frames {
+            assert!(
+                f.name().contains("marker_function_for_symbolization"),
+                "{f:?}"
+            );
+        }
     }
 
     #[test]
