@@ -67,6 +67,9 @@ fn folded(text: &str) -> Vec<(Vec<String>, u64)> {
         .collect()
 }
 
+/// Stacks (names, root first) and their sample counts.
+type Stacks = Vec<(Vec<String>, u64)>;
+
 /// Samples whose leaf is `f`.
 fn leaf_count(stacks: &[(Vec<String>, u64)], f: &str) -> u64 {
     stacks
@@ -74,6 +77,47 @@ fn leaf_count(stacks: &[(Vec<String>, u64)], f: &str) -> u64 {
         .filter(|(s, _)| s.last().map(String::as_str) == Some(f))
         .map(|(_, n)| n)
         .sum()
+}
+
+/// (hot_three, hot_one) leaf samples.
+fn hot_counts(stacks: &[(Vec<String>, u64)]) -> (u64, u64) {
+    (
+        leaf_count(stacks, "hot_three"),
+        leaf_count(stacks, "hot_one"),
+    )
+}
+
+/// Asserts hot_three's share of the two is 0.75 within the binomial bound; returns the share
+/// and the bound.
+fn assert_three_to_one(three: u64, one: u64, who: &str) -> (f64, f64) {
+    let (share, tol) = (
+        ratio(three, one),
+        proportion_tolerance(EXPECTED, three + one),
+    );
+    assert!(
+        (share - EXPECTED).abs() <= tol,
+        "{who}: hot_three share {share:.4} ({three}/{one}), expected {EXPECTED} ± {tol:.4}"
+    );
+    (share, tol)
+}
+
+/// Asserts that at least 95% of the hot samples walked up through run_loop to main (frame
+/// pointers; a sample on a leaf's first instruction, before `push %rbp`, may skip a frame).
+fn assert_hot_stacks_reach_main(stacks: &[(Vec<String>, u64)]) {
+    let (three, one) = hot_counts(stacks);
+    let to_main: u64 = stacks
+        .iter()
+        .filter(|(s, _)| {
+            s.last().is_some_and(|l| l.starts_with("hot_"))
+                && s.windows(2).any(|w| w == ["main", "run_loop"])
+        })
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        to_main * 100 >= (three + one) * 95,
+        "{to_main} of {} hot stacks reach main: {stacks:?}",
+        three + one
+    );
 }
 
 /// The agent and `perf record` sample the same single-threaded run at 99 Hz for the same 8 s;
@@ -96,23 +140,19 @@ fn profile_matches_the_3_to_1_workload_and_perf() {
     let perf = perf.join().expect("perf thread");
     let stacks = folded(&std::fs::read_to_string(&out).unwrap());
     let total: u64 = stacks.iter().map(|(_, n)| n).sum();
-    let (three, one) = (
-        leaf_count(&stacks, "hot_three"),
-        leaf_count(&stacks, "hot_one"),
-    );
+    let (three, one) = hot_counts(&stacks);
     let (p3, p1) = (
         perf.self_counts.get("hot_three").copied().unwrap_or(0),
         perf.self_counts.get("hot_one").copied().unwrap_or(0),
     );
-    let (ours, theirs) = (ratio(three, one), ratio(p3, p1));
-    let (tol, ptol) = (
-        proportion_tolerance(EXPECTED, three + one),
-        proportion_tolerance(EXPECTED, p3 + p1),
-    );
     eprintln!(
-        "agent: {total} samples, hot_three {three}, hot_one {one}, share {ours:.4} ± {tol:.4}; \
-         perf: {} samples, {p3}/{p1}, share {theirs:.4} ± {ptol:.4}",
-        perf.total
+        "agent: {total} samples, hot_three {three}, hot_one {one}, share {:.4} ± {:.4}; \
+         perf: {} samples, {p3}/{p1}, share {:.4} ± {:.4}",
+        ratio(three, one),
+        proportion_tolerance(EXPECTED, three + one),
+        perf.total,
+        ratio(p3, p1),
+        proportion_tolerance(EXPECTED, p3 + p1),
     );
     // One thread for 8 s at 99 Hz gives at most ~792 samples (+1 for the tick at each edge);
     // a loaded machine gives fewer, never more.
@@ -126,29 +166,9 @@ fn profile_matches_the_3_to_1_workload_and_perf() {
         stacks.iter().all(|(s, _)| s[0] == "hotspots-fp"),
         "{stacks:?}"
     );
-    // Frame pointers: the hot stacks walk up through run_loop to main.
-    let to_main: u64 = stacks
-        .iter()
-        .filter(|(s, _)| {
-            s.last().is_some_and(|l| l.starts_with("hot_"))
-                && s.windows(2).any(|w| w == ["main", "run_loop"])
-        })
-        .map(|(_, n)| n)
-        .sum();
-    assert!(
-        to_main * 100 >= (three + one) * 95,
-        "{to_main} of {} hot stacks reach main: {stacks:?}",
-        three + one
-    );
-    assert!(
-        (ours - EXPECTED).abs() <= tol,
-        "agent: hot_three share {ours:.4} over {} samples, expected {EXPECTED} ± {tol:.4}",
-        three + one
-    );
-    assert!(
-        (theirs - EXPECTED).abs() <= ptol,
-        "perf: hot_three share {theirs:.4}, expected {EXPECTED} ± {ptol:.4}"
-    );
+    assert_hot_stacks_reach_main(&stacks);
+    let (ours, tol) = assert_three_to_one(three, one, "agent");
+    let (theirs, ptol) = assert_three_to_one(p3, p1, "perf");
     // Both sampled the same run: their shares differ by no more than both bounds allow.
     assert!(
         (ours - theirs).abs() <= tol + ptol,
@@ -222,7 +242,8 @@ print(json.dumps(MessageToDict(r)))\n";
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// Function names of every location of a sample's stack, leaf first, from the OTLP dictionary.
+/// Function names of every location of a sample's stack, root first (as folded stacks), from
+/// the OTLP dictionary (which lists them leaf first).
 fn otlp_stack(dict: &Value, stack_index: usize) -> Vec<String> {
     let strings = dict["stringTable"].as_array().unwrap();
     let s = |i: &Value| -> String {
@@ -247,9 +268,6 @@ fn otlp_stack(dict: &Value, stack_index: usize) -> Vec<String> {
     names
 }
 
-/// Stacks (names, leaf first) and their sample counts.
-type Stacks = Vec<(Vec<String>, u64)>;
-
 /// Per process resource: (attributes, stacks).
 fn otlp_processes(req: &Value) -> Vec<(BTreeMap<String, Value>, Stacks)> {
     let dict = &req["dictionary"];
@@ -269,21 +287,15 @@ fn otlp_processes(req: &Value) -> Vec<(BTreeMap<String, Value>, Stacks)> {
                             .and_then(|v| v.parse().ok())
                             .or(s["values"][0].as_u64())
                             .unwrap_or(0);
-                        samples.push((otlp_stack(dict, idx), n));
+                        let mut names = otlp_stack(dict, idx);
+                        names.reverse();
+                        samples.push((names, n));
                     }
                 }
             }
             (attrs, samples)
         })
         .collect()
-}
-
-fn hot_samples(samples: &[(Vec<String>, u64)], f: &str) -> u64 {
-    samples
-        .iter()
-        .filter(|(s, _)| s.first().map(String::as_str) == Some(f))
-        .map(|(_, n)| n)
-        .sum()
 }
 
 /// pprof opens in protoc with the pprof schema; OTLP decodes with the reference Python package,
@@ -348,7 +360,8 @@ fn pprof_otlp_and_svg_outputs_decode_independently() {
     assert_eq!(text(&attrs["process.executable.build_id.gnu"]), build_id);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert_eq!(text(&attrs["host.name"]), host.trim());
-    assert!(hot_samples(samples, "hot_three") > 0 && hot_samples(samples, "hot_one") > 0);
+    let (three, one) = hot_counts(samples);
+    assert!(three > 0 && one > 0, "{samples:?}");
     let profile = &req["resourceProfiles"][0]["scopeProfiles"][0]["profiles"][0];
     let st = |i: &Value| dict["stringTable"][i.as_u64().unwrap_or(0) as usize].clone();
     assert_eq!(st(&profile["sampleType"]["typeStrindex"]), "samples");
@@ -410,16 +423,10 @@ fn running_agent_exports_profiles_of_exited_processes() {
         .unwrap();
     assert_eq!(text(&attrs["process.executable.name"]), "hotspots-fp");
     assert_eq!(text(&attrs["process.executable.build_id.gnu"]), build_id);
-    let (three, one) = (
-        hot_samples(&samples, "hot_three"),
-        hot_samples(&samples, "hot_one"),
-    );
+    let (three, one) = hot_counts(&samples);
     // ~1.7 s of one thread at 99 Hz.
     assert!(three + one >= 50, "{samples:?}");
-    assert!(
-        (ratio(three, one) - EXPECTED).abs() <= proportion_tolerance(EXPECTED, three + one),
-        "{three}/{one}"
-    );
+    assert_three_to_one(three, one, "exported profile of the exited process");
     // Service resource attributes ride along; the kernel's own frames are in other processes'
     // stacks, never unnamed.
     assert!(text(&attrs["service.name"]).len() > 1);
@@ -631,32 +638,15 @@ fn stream_mode_counts_the_same_workload() {
     );
     let stacks = folded(&std::fs::read_to_string(out).unwrap());
     let total: u64 = stacks.iter().map(|(_, n)| n).sum();
-    let (three, one) = (
-        leaf_count(&stacks, "hot_three"),
-        leaf_count(&stacks, "hot_one"),
-    );
+    let (three, one) = hot_counts(&stacks);
     eprintln!("stream: {total} samples, hot_three {three}, hot_one {one}");
     assert!(
         total <= 4 * 99 + 20,
         "{total} samples from one thread in 4 s"
     );
     assert!(three + one >= 150, "{stacks:?}");
-    let tol = proportion_tolerance(EXPECTED, three + one);
-    assert!(
-        (ratio(three, one) - EXPECTED).abs() <= tol,
-        "{three}/{one} ± {tol}"
-    );
-    // Frame pointers: the hot stacks walk up through run_loop to main (a sample on a leaf's
-    // first instruction, before `push %rbp`, may skip a frame: allow 5%).
-    let to_main: u64 = stacks
-        .iter()
-        .filter(|(s, _)| {
-            s.last().is_some_and(|l| l.starts_with("hot_"))
-                && s.windows(2).any(|w| w == ["main", "run_loop"])
-        })
-        .map(|(_, n)| n)
-        .sum();
-    assert!(to_main * 100 >= (three + one) * 95, "{stacks:?}");
+    assert_three_to_one(three, one, "stream mode");
+    assert_hot_stacks_reach_main(&stacks);
     assert!(wait(child).success());
     let _ = std::fs::remove_dir_all(&dir);
 }
