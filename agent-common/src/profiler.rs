@@ -52,6 +52,18 @@ pub mod counter {
     pub const COUNT: u32 = 9;
 }
 
+/// `bpf_get_stackid` errors that mean the stack existed but was not stored.
+pub const EEXIST: i32 = 17;
+pub const ENOMEM: i32 = 12;
+
+/// A negative stack id that means the stack was lost (bucket taken by another stack, or the
+/// map full), as opposed to there being no stack (a kernel thread's user stack, a user-mode
+/// sample's kernel stack).
+#[inline(always)]
+pub fn stack_lost(id: i32) -> bool {
+    id == -EEXIST || id == -ENOMEM
+}
+
 /// Key of the in-kernel aggregation: one entry per (thread, user stack, kernel stack).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

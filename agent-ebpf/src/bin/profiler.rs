@@ -17,7 +17,9 @@ agent_ebpf::probe_object!();
 
 #[cfg(target_arch = "bpf")]
 mod probe {
-    use agent_common::profiler::{counter, PidEvent, SampleKey, StreamSample, MAX_STACK_DEPTH};
+    use agent_common::profiler::{
+        counter, stack_lost, PidEvent, SampleKey, StreamSample, EEXIST, ENOMEM, MAX_STACK_DEPTH,
+    };
     use aya_ebpf::{
         bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
         helpers::{
@@ -60,9 +62,6 @@ mod probe {
 
     #[map]
     static PROFILE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
-
-    const EEXIST: i32 = 17;
-    const ENOMEM: i32 = 12;
 
     #[inline(always)]
     fn bump(idx: u32) {
@@ -138,7 +137,7 @@ mod probe {
                 counter::USER_COLLISIONS,
             )
         };
-        if user_stack < 0 && user_stack != -EEXIST && user_stack != -ENOMEM && tgid != 0 {
+        if user_stack < 0 && !stack_lost(user_stack) && tgid != 0 {
             bump(counter::USER_MISSING);
         }
         let kernel_stack = stack_id(ctx, stacks, 0, counter::KERNEL_COLLISIONS);

@@ -14,7 +14,7 @@ use std::{
 };
 
 use agent_common::profiler::{
-    counter, PidEvent, SampleKey, StreamSample, COUNTERS_MAP, COUNTS_MAP, GEN_MAP,
+    counter, stack_lost, PidEvent, SampleKey, StreamSample, COUNTERS_MAP, COUNTS_MAP, GEN_MAP,
     INCLUDE_IDLE_GLOBAL, MAX_STACK_DEPTH, PID_EVENTS_MAP, PROG_AGGREGATE, PROG_EXEC, PROG_STREAM,
     SAMPLES_MAP, STACKS_MAP,
 };
@@ -54,9 +54,6 @@ pub const COUNTER_NAMES: [(&str, u32); counter::COUNT as usize] = [
     ("pid_events_full", counter::PID_EVENTS_FULL),
     ("stack_map_full", counter::STACKS_FULL),
 ];
-
-const EEXIST: i32 = 17;
-const ENOMEM: i32 = 12;
 
 fn perf_hook(cpu: u32) -> String {
     format!("perf_event/cpu-clock/cpu{cpu}")
@@ -365,7 +362,7 @@ impl Session {
             };
             let mut stack = |id: i32| -> (std::sync::Arc<[u64]>, bool) {
                 if id < 0 {
-                    return (self.interner.intern(&[]), id == -EEXIST || id == -ENOMEM);
+                    return (self.interner.intern(&[]), stack_lost(id));
                 }
                 if let Some(s) = stack_cache.get(&id) {
                     return (s.clone(), false);
