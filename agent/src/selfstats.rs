@@ -9,7 +9,7 @@ use std::{fs, time::SystemTime};
 use serde::Serialize;
 
 use crate::{
-    metrics::model::{Batch, Desc, Family, Kind, Labels, Point, Value},
+    metrics::model::{attr, Batch, Desc, Family, Kind, Labels, Point, Value},
     status::state::AgentState,
 };
 
@@ -198,9 +198,8 @@ pub fn batch(stats: &SelfStats, state: &AgentState, start: SystemTime) -> Batch 
     ];
 
     let maps = state.maps();
-    let labels = |map: &str, probe: &str| -> Labels {
-        vec![("probe", probe.to_string()), ("map", map.to_string())]
-    };
+    let labels =
+        |map: &str, probe: &str| -> Labels { vec![attr("probe", probe), attr("map", map)] };
     let mut processed = Family {
         desc: EVENTS_PROCESSED,
         points: Vec::new(),
@@ -232,12 +231,9 @@ pub fn batch(stats: &SelfStats, state: &AgentState, start: SystemTime) -> Batch 
         families.push(Family {
             desc: PROFILER_STACKS,
             points: vec![
+                point(vec![attr("truncated", "true")], Value::Counter(truncated)),
                 point(
-                    vec![("truncated", "true".to_string())],
-                    Value::Counter(truncated),
-                ),
-                point(
-                    vec![("truncated", "false".to_string())],
+                    vec![attr("truncated", "false")],
                     Value::Counter((n("user_stacks") - truncated).max(0.0)),
                 ),
             ],
@@ -274,7 +270,7 @@ pub fn batch(stats: &SelfStats, state: &AgentState, start: SystemTime) -> Batch 
         };
         for (signal, st) in &exporter.signals {
             let l = |outcome: &str| -> Labels {
-                vec![("signal", signal.clone()), ("outcome", outcome.to_string())]
+                vec![attr("signal", signal.as_str()), attr("outcome", outcome)]
             };
             for (outcome, v) in [
                 ("sent", st.sent_requests),
@@ -298,7 +294,7 @@ pub fn batch(stats: &SelfStats, state: &AgentState, start: SystemTime) -> Batch 
                     .push(point(l(outcome), Value::Counter(v as f64)));
             }
             queued.points.push(point(
-                vec![("signal", signal.clone())],
+                vec![attr("signal", signal.as_str())],
                 Value::Gauge(st.queued_requests as f64),
             ));
         }

@@ -172,7 +172,8 @@ fn check_histogram_point(p: &MetricPoint, pid: &str, c: &str) {
     assert_eq!(p.temporality, Some(2), "cumulative: {c}");
     assert_eq!(p.scope, "agent", "{c}");
     let a = &p.attributes;
-    assert_eq!(attr(a, "process.pid"), json!(pid), "a string: {c}");
+    let pid: i64 = pid.parse().unwrap();
+    assert_eq!(attr(a, "process.pid"), json!(pid), "an int: {c}");
     assert_eq!(
         attr(a, "process.executable.name"),
         json!("syscall-workload"),

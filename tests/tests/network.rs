@@ -447,7 +447,7 @@ fn series_beyond_max_series_fold_into_other_without_loss() {
         let other = sum(
             &samples,
             FAILURES,
-            &[("process_pid", "other"), ("error_type", "refused")],
+            &[("agent_series_folded", "other"), ("error_type", "refused")],
         );
         let folded = agent.status()["maps"]["NET_SERIES"]["detail"]["series_folded"]
             .as_u64()

@@ -417,7 +417,7 @@ fn json_logs_and_local_output_files() {
     );
 }
 
-/// Beyond `top_processes` the workloads fold into `process_pid="other"`, and nothing is lost:
+/// Beyond `top_processes` the workloads fold into `agent_series_folded="other"`, and nothing is lost:
 /// the getppid calls summed over every series grow by exactly the calls made.
 #[test]
 fn processes_beyond_top_n_fold_into_other_exactly() {
@@ -433,8 +433,12 @@ fn processes_beyond_top_n_fold_into_other_exactly() {
             .iter()
             .filter(|s| s.name == count && s.labels["syscall_name"] == "getppid")
             .filter(|s| {
-                let pid = &s.labels["process_pid"];
-                pid == "other" || pids.contains(pid)
+                s.labels
+                    .get("agent_series_folded")
+                    .is_some_and(|v| v == "other")
+                    || s.labels
+                        .get("process_pid")
+                        .is_some_and(|p| pids.contains(p))
             })
             .map(|s| s.value)
             .sum()
@@ -461,7 +465,10 @@ fn processes_beyond_top_n_fold_into_other_exactly() {
     let other = find(
         &samples,
         count,
-        &[("syscall_name", "getppid"), ("process_pid", "other")],
+        &[
+            ("syscall_name", "getppid"),
+            ("agent_series_folded", "other"),
+        ],
     );
     assert!(other.is_some_and(|s| s.value >= 30_000.0), "{other:?}");
     let folded = agent.status()["maps"]["SYSCALL_STATS"]["detail"]["folded_processes"].as_u64();

@@ -23,7 +23,7 @@ use super::{
 };
 use crate::{
     config::{Compression, Protocol, Temporality},
-    metrics::model::{Batch, Desc, Family, Histogram, Kind, Point, Value},
+    metrics::model::{attr, Batch, Desc, Family, Histogram, Kind, Point, Value},
 };
 
 /// What one bench run measured.
@@ -69,14 +69,14 @@ fn synthetic(series: usize) -> Arc<Batch> {
     let mut counters = Vec::with_capacity(series);
     for i in 0..series {
         let labels = vec![
-            (
+            attr(
                 "syscall.name",
-                ["read", "write", "openat", "futex", "epoll_wait"][i % 5].to_string(),
+                ["read", "write", "openat", "futex", "epoll_wait"][i % 5],
             ),
-            ("process.pid", (1000 + i / 5).to_string()),
-            ("process.executable.name", format!("service-{}", i / 50)),
-            ("container.id", format!("{:064x}", i / 100)),
-            ("host.cpu", (i % 2).to_string()),
+            attr("process.pid", (1000 + i / 5) as i64),
+            attr("process.executable.name", format!("service-{}", i / 50)),
+            attr("container.id", format!("{:064x}", i / 100)),
+            attr("host.cpu", (i % 2) as i64),
         ];
         let mut counts = vec![0u64; 40];
         for (b, c) in counts.iter_mut().enumerate().skip(8).take(14) {

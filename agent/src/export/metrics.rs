@@ -23,10 +23,10 @@ use opentelemetry_proto::tonic::{
     resource::v1::Resource,
 };
 
-use super::resource::kv;
+use super::resource::kv_attr;
 use crate::{
     config::Temporality,
-    metrics::model::{Batch, Family, Histogram, Kind, Point, Value},
+    metrics::model::{Batch, Family, Histogram, Kind, Labels, Point, Value},
 };
 
 pub fn unix_nanos(t: SystemTime) -> u64 {
@@ -44,7 +44,7 @@ pub fn scope() -> InstrumentationScope {
 }
 
 /// Identity of one series: metric name and attributes.
-type SeriesId = (&'static str, Vec<(&'static str, String)>);
+type SeriesId = (&'static str, Labels);
 
 /// The previous export of a series (delta mode).
 #[derive(Clone)]
@@ -145,7 +145,7 @@ impl MetricsEncoder {
     }
 
     fn metric(&mut self, family: &Family, points: &[&Point], now: u64, temporality: i32) -> Metric {
-        let attrs = |p: &Point| p.labels.iter().map(|(k, v)| kv(k, v.clone())).collect();
+        let attrs = |p: &Point| p.labels.iter().map(|(k, v)| kv_attr(k, v)).collect();
         let data = match family.desc.kind {
             Kind::Counter | Kind::Gauge => {
                 let dps = points
@@ -258,7 +258,10 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::metrics::model::Desc;
+    use crate::{
+        export::resource::kv,
+        metrics::model::{attr, Desc},
+    };
 
     const HIST: Desc = Desc {
         name: "process.syscall.duration",
@@ -277,7 +280,7 @@ mod tests {
         let start = UNIX_EPOCH + Duration::from_secs(100);
         let bounds: Arc<[f64]> = vec![1e-6, 2e-6].into();
         let hist = |i: usize| Point {
-            labels: vec![("process.pid", i.to_string())],
+            labels: vec![attr("process.pid", i as i64)],
             value: Value::Histogram(Histogram {
                 bounds: bounds.clone(),
                 bucket_counts: hist_counts.to_vec(),
@@ -297,7 +300,7 @@ mod tests {
                 Family {
                     desc: COUNTER,
                     points: vec![Point {
-                        labels: vec![("syscall.name", "read".into())],
+                        labels: vec![attr("syscall.name", "read")],
                         value: Value::Counter(counter),
                         start_time: start,
                     }],

@@ -25,6 +25,22 @@ pub fn kv(key: &str, value: impl Into<String>) -> KeyValue {
     }
 }
 
+/// A typed metric attribute as an OTLP `KeyValue`.
+pub fn kv_attr(key: &str, value: &crate::metrics::model::AttrValue) -> KeyValue {
+    use crate::metrics::model::AttrValue;
+    let v = match value {
+        AttrValue::Str(s) => any_value::Value::StringValue(s.clone()),
+        AttrValue::Int(i) => any_value::Value::IntValue(*i),
+        AttrValue::Double(d) => any_value::Value::DoubleValue(*d),
+        AttrValue::Bool(b) => any_value::Value::BoolValue(*b),
+    };
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue { value: Some(v) }),
+        ..Default::default()
+    }
+}
+
 pub fn kv_int(key: &str, value: i64) -> KeyValue {
     KeyValue {
         key: key.to_string(),

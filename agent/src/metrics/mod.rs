@@ -139,7 +139,7 @@ pub(crate) mod fixtures {
                     kind: Kind::Counter,
                 },
                 points: vec![Point {
-                    labels: vec![("syscall.name", "openat".into())],
+                    labels: vec![super::model::attr("syscall.name", "openat")],
                     value: Value::Counter(v),
                     start_time: SystemTime::now(),
                 }],

@@ -6,7 +6,7 @@
 //! `bucket_counts.len() == bounds.len() + 1` (the last bucket is `+Inf`), bounds are
 //! upper-inclusive and strictly increasing.
 
-use std::{sync::Arc, time::SystemTime};
+use std::{borrow::Cow, fmt, sync::Arc, time::SystemTime};
 
 /// What kind of instrument a family is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -31,8 +31,130 @@ pub struct Desc {
     pub kind: Kind,
 }
 
-/// Ordered attribute list; keys are OpenTelemetry attribute names (`process.pid`).
-pub type Labels = Vec<(&'static str, String)>;
+/// An attribute key: an OpenTelemetry attribute name (`process.pid`); static for the names the
+/// agent sets, owned for keys a transform statement creates.
+pub type Key = Cow<'static, str>;
+
+/// Ordered attribute list; keys are OpenTelemetry attribute names (`process.pid`), values typed
+/// as the semantic conventions define them (`process.pid` is an int).
+pub type Labels = Vec<(Key, AttrValue)>;
+
+/// A typed attribute value (the OTLP `AnyValue` scalars).
+///
+/// Equality and hashing compare doubles by bit pattern, so a label set can key a map (the
+/// exporter's delta state, the transform's merge of identical points).
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(untagged)]
+pub enum AttrValue {
+    Str(String),
+    Int(i64),
+    Double(f64),
+    Bool(bool),
+}
+
+impl AttrValue {
+    /// The string of a `Str` value, else `None`.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            AttrValue::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl PartialEq for AttrValue {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (AttrValue::Str(a), AttrValue::Str(b)) => a == b,
+            (AttrValue::Int(a), AttrValue::Int(b)) => a == b,
+            (AttrValue::Double(a), AttrValue::Double(b)) => a.to_bits() == b.to_bits(),
+            (AttrValue::Bool(a), AttrValue::Bool(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for AttrValue {}
+
+impl std::hash::Hash for AttrValue {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::mem::discriminant(self).hash(state);
+        match self {
+            AttrValue::Str(s) => s.hash(state),
+            AttrValue::Int(i) => i.hash(state),
+            AttrValue::Double(d) => d.to_bits().hash(state),
+            AttrValue::Bool(b) => b.hash(state),
+        }
+    }
+}
+
+/// The value as text (Prometheus label values, logs): ints and doubles in their shortest form.
+impl fmt::Display for AttrValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AttrValue::Str(s) => f.write_str(s),
+            AttrValue::Int(i) => write!(f, "{i}"),
+            AttrValue::Double(d) => write!(f, "{d}"),
+            AttrValue::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+impl From<String> for AttrValue {
+    fn from(s: String) -> Self {
+        AttrValue::Str(s)
+    }
+}
+
+impl From<&str> for AttrValue {
+    fn from(s: &str) -> Self {
+        AttrValue::Str(s.to_string())
+    }
+}
+
+impl From<i64> for AttrValue {
+    fn from(i: i64) -> Self {
+        AttrValue::Int(i)
+    }
+}
+
+impl From<u32> for AttrValue {
+    fn from(i: u32) -> Self {
+        AttrValue::Int(i64::from(i))
+    }
+}
+
+impl From<u16> for AttrValue {
+    fn from(i: u16) -> Self {
+        AttrValue::Int(i64::from(i))
+    }
+}
+
+impl From<bool> for AttrValue {
+    fn from(b: bool) -> Self {
+        AttrValue::Bool(b)
+    }
+}
+
+/// Marker attribute of a series that stands for several processes instead of one: it carries no
+/// `process.pid` (and no other per-process attribute). Values: [`FOLDED_OTHER`],
+/// [`FOLDED_UNKNOWN`].
+pub const FOLDED: &str = "agent.series.folded";
+/// The folded series of the processes beyond a probe's top N, or whose kernel map was full.
+pub const FOLDED_OTHER: &str = "other";
+/// The folded series of activity whose process is not known (a socket listening since before
+/// the agent started).
+pub const FOLDED_UNKNOWN: &str = "unknown";
+
+/// One attribute with a static key: `attr("process.pid", 42u32)`.
+pub fn attr(key: &'static str, value: impl Into<AttrValue>) -> (Key, AttrValue) {
+    (Cow::Borrowed(key), value.into())
+}
+
+/// The value of attribute `key` in `labels`, if present.
+pub fn get<'a>(labels: &'a [(Key, AttrValue)], key: &str) -> Option<&'a AttrValue> {
+    labels.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+}
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Histogram {

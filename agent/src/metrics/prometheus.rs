@@ -13,7 +13,7 @@
 
 use std::{fmt::Write as _, sync::Arc};
 
-use super::model::{Batch, Desc, Family, Histogram, Kind, Value};
+use super::model::{AttrValue, Batch, Desc, Family, Histogram, Key, Kind, Value};
 
 /// The Prometheus content type of [`encode`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -187,7 +187,7 @@ fn type_name(kind: Kind) -> &'static str {
 
 /// Sanitized label name and escaped value; names that collide after sanitizing have their
 /// values joined with `;` (the OTel rule).
-fn label_pairs(labels: &[(&'static str, String)]) -> Vec<(String, String)> {
+fn label_pairs(labels: &[(Key, AttrValue)]) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::with_capacity(labels.len());
     for (k, v) in labels {
         let mut name: String = k
@@ -203,7 +203,7 @@ fn label_pairs(labels: &[(&'static str, String)]) -> Vec<(String, String)> {
         if name.starts_with(|c: char| c.is_ascii_digit()) {
             name.insert_str(0, "key_");
         }
-        let value = escape_label_value(v);
+        let value = escape_label_value(&v.to_string());
         match out.iter_mut().find(|(n, _)| *n == name) {
             Some((_, existing)) => {
                 existing.push(';');
@@ -317,7 +317,10 @@ mod tests {
 
     fn point(labels: &[(&'static str, &str)], value: Value) -> Point {
         Point {
-            labels: labels.iter().map(|(k, v)| (*k, v.to_string())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| crate::metrics::model::attr(k, *v))
+                .collect(),
             value,
             start_time: SystemTime::UNIX_EPOCH,
         }

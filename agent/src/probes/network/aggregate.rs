@@ -18,7 +18,10 @@ use super::{
     reader::{add, Reading},
 };
 use crate::{
-    metrics::model::{Desc, Family, Histogram, Kind, Labels, Point, Value},
+    metrics::model::{
+        attr, Desc, Family, Histogram, Kind, Labels, Point, Value, FOLDED, FOLDED_OTHER,
+        FOLDED_UNKNOWN,
+    },
     procinfo::comm_str,
 };
 
@@ -192,7 +195,7 @@ impl Aggregator {
             for (kind, n) in t.failures.iter().enumerate() {
                 if *n > 0 {
                     let mut l = labels.clone();
-                    l.push(("error.type", failure::NAMES[kind].to_string()));
+                    l.push(attr("error.type", failure::NAMES[kind]));
                     failures.push(point(l, Value::Counter(*n as f64)));
                 }
             }
@@ -217,20 +220,16 @@ fn labels(
     attribute: &mut impl FnMut(&SeriesKey, &SeriesStats) -> Attribution,
 ) -> Labels {
     if *key == SeriesKey::default() {
-        return vec![
-            ("process.pid", "other".to_string()),
-            ("network.transport", "tcp".to_string()),
-        ];
+        return vec![attr(FOLDED, FOLDED_OTHER), attr("network.transport", "tcp")];
     }
     let mut l: Labels = Vec::with_capacity(9);
     if key.tgid == 0 {
         // A server socket whose listen() was not seen (listening before the agent started).
-        l.push(("process.pid", "unknown".to_string()));
-        l.push(("process.executable.name", "unknown".to_string()));
+        l.push(attr(FOLDED, FOLDED_UNKNOWN));
     } else {
         let a = attribute(key, stats);
-        l.push(("process.pid", key.tgid.to_string()));
-        l.push((
+        l.push(attr("process.pid", key.tgid));
+        l.push(attr(
             "process.executable.name",
             if a.exe_name.is_empty() {
                 comm_str(&stats.comm)
@@ -239,17 +238,17 @@ fn labels(
             },
         ));
         if let Some(c) = a.container_id {
-            l.push(("container.id", c));
+            l.push(attr("container.id", c));
         }
     }
-    l.push((
-        "network.tcp.handshake.role",
-        role_name(key.role).to_string(),
-    ));
-    l.push(("network.transport", "tcp".to_string()));
-    l.push(("network.type", family_name(key.family).to_string()));
+    l.push(attr("network.tcp.handshake.role", role_name(key.role)));
+    l.push(attr("network.transport", "tcp"));
+    l.push(attr("network.type", family_name(key.family)));
     if key.addr != [0; 16] {
-        l.push(("network.peer.address", addr_string(key.family, &key.addr)));
+        l.push(attr(
+            "network.peer.address",
+            addr_string(key.family, &key.addr),
+        ));
     }
     if key.port != 0 {
         let name = if key.role == ROLE_CLIENT {
@@ -257,7 +256,7 @@ fn labels(
         } else {
             "network.local.port"
         };
-        l.push((name, key.port.to_string()));
+        l.push(attr(name, key.port));
     }
     l
 }
@@ -267,6 +266,7 @@ mod tests {
     use agent_common::network::{AF_INET, ROLE_SERVER};
 
     use super::*;
+    use crate::metrics::model::{get, AttrValue};
 
     fn key(tgid: u32, role: u8) -> SeriesKey {
         let mut addr = [0u8; 16];
@@ -297,7 +297,7 @@ mod tests {
         }
     }
 
-    fn attr(_: &SeriesKey, _: &SeriesStats) -> Attribution {
+    fn attribution(_: &SeriesKey, _: &SeriesStats) -> Attribution {
         Attribution {
             exe_name: "curl".into(),
             container_id: None,
@@ -325,7 +325,7 @@ mod tests {
         assert_eq!(finals, vec![k]);
         // The kernel re-created the key (a socket outlived its owner): new entry from zero.
         a.ingest(vec![reading(k, stats(&[], 3), false)], now, wall);
-        let f = a.families(attr);
+        let f = a.families(attribution);
         let Value::Histogram(h) = &value(&f, HANDSHAKE.name)[0].value else {
             panic!()
         };
@@ -354,29 +354,33 @@ mod tests {
             now,
             wall,
         );
-        let f = a.families(attr);
+        let f = a.families(attribution);
         let hs = value(&f, HANDSHAKE.name);
         assert_eq!(hs.len(), 3);
-        let find = |pid: &str| {
+        let find = |pid: i64| {
             hs.iter()
-                .find(|p| {
-                    p.labels
-                        .iter()
-                        .any(|(k, v)| *k == "process.pid" && v == pid)
-                })
+                .find(|p| get(&p.labels, "process.pid") == Some(&AttrValue::Int(pid)))
                 .unwrap()
         };
-        let client = &find("7").labels;
-        assert!(client.contains(&("network.peer.port", "443".into())));
-        assert!(client.contains(&("network.peer.address", "10.1.2.3".into())));
-        assert!(client.contains(&("network.tcp.handshake.role", "client".into())));
-        let server = &find("8").labels;
-        assert!(server.contains(&("network.local.port", "443".into())));
-        assert!(server.contains(&("network.tcp.handshake.role", "server".into())));
-        assert_eq!(find("other").labels.len(), 2);
+        let has = |l: &Labels, k: &'static str, v: AttrValue| l.contains(&(k.into(), v));
+        let client = &find(7).labels;
+        assert!(has(client, "network.peer.port", AttrValue::Int(443)));
+        assert!(has(client, "network.peer.address", "10.1.2.3".into()));
+        assert!(has(client, "network.tcp.handshake.role", "client".into()));
+        let server = &find(8).labels;
+        assert!(has(server, "network.local.port", AttrValue::Int(443)));
+        assert!(has(server, "network.tcp.handshake.role", "server".into()));
+        let other = hs
+            .iter()
+            .find(|p| get(&p.labels, FOLDED).is_some())
+            .unwrap();
+        assert_eq!(
+            other.labels,
+            vec![attr(FOLDED, FOLDED_OTHER), attr("network.transport", "tcp")]
+        );
         let fails = value(&f, FAILURES.name);
         assert_eq!(fails.len(), 1);
-        assert!(fails[0].labels.contains(&("error.type", "refused".into())));
+        assert!(has(&fails[0].labels, "error.type", "refused".into()));
         assert_eq!(fails[0].value, Value::Counter(2.0));
     }
 

@@ -19,7 +19,9 @@ use std::{
 
 use agent_common::syscalls::HIST_BUCKETS;
 
-use crate::metrics::model::{Desc, Family, Histogram, Kind, Labels, Point, Value};
+use crate::metrics::model::{
+    attr, Desc, Family, Histogram, Kind, Labels, Point, Value, FOLDED, FOLDED_OTHER,
+};
 
 pub const DURATION: Desc = Desc {
     name: "process.syscall.duration",
@@ -426,7 +428,7 @@ impl Aggregator {
                 let total = s.base + s.last;
                 if p.individual {
                     let mut labels = proc_labels(&name(*nr), pid, &p.attribution);
-                    labels.push(("error.type", errno(*e)));
+                    labels.push(attr("error.type", errno(*e)));
                     errors.push(Point {
                         labels,
                         value: Value::Counter(total as f64),
@@ -444,7 +446,7 @@ impl Aggregator {
         }
         for ((nr, e), (start, total)) in other_err {
             let mut labels = other_labels(&name(nr));
-            labels.push(("error.type", errno(e)));
+            labels.push(attr("error.type", errno(e)));
             errors.push(Point {
                 labels,
                 value: Value::Counter(total as f64),
@@ -479,22 +481,18 @@ impl Aggregator {
 
 fn proc_labels(syscall: &str, pid: u32, a: &Attribution) -> Labels {
     let mut l: Labels = vec![
-        ("syscall.name", syscall.to_string()),
-        ("process.pid", pid.to_string()),
-        ("process.executable.name", a.exe_name.clone()),
+        attr("syscall.name", syscall),
+        attr("process.pid", pid),
+        attr("process.executable.name", a.exe_name.as_str()),
     ];
     if let Some(c) = &a.container_id {
-        l.push(("container.id", c.clone()));
+        l.push(attr("container.id", c.as_str()));
     }
     l
 }
 
 fn other_labels(syscall: &str) -> Labels {
-    vec![
-        ("syscall.name", syscall.to_string()),
-        ("process.pid", OTHER.to_string()),
-        ("process.executable.name", OTHER.to_string()),
-    ]
+    vec![attr("syscall.name", syscall), attr(FOLDED, FOLDED_OTHER)]
 }
 
 #[cfg(test)]
@@ -548,7 +546,10 @@ mod tests {
                     panic!()
                 };
                 assert_eq!(h.bucket_counts.iter().sum::<u64>(), h.count);
-                ((p.labels[0].1.clone(), p.labels[1].1.clone()), h.count)
+                (
+                    (p.labels[0].1.to_string(), p.labels[1].1.to_string()),
+                    h.count,
+                )
             })
             .collect()
     }
@@ -719,8 +720,8 @@ mod tests {
             .iter()
             .map(|p| {
                 (
-                    p.labels[1].1.clone(),
-                    p.labels[3].1.clone(),
+                    p.labels[1].1.to_string(),
+                    p.labels.last().unwrap().1.to_string(),
                     p.value.clone(),
                 )
             })
