@@ -17,8 +17,7 @@ pub mod reader;
 use std::{
     os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
-    sync::{mpsc, Arc},
-    thread,
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -37,20 +36,19 @@ use self::{
     events::Clock,
     reader::Maps,
 };
+use super::lifecycle::{ProbeEnv, ProbeSpec, ProbeWorker, StartResult};
 use crate::{
     config::{Aggregation, NetworkConfig},
     ebpf::{self, tracefs, LoadError},
     metrics::{model::Batch, Store},
     procinfo::{self, comm_str, ProcCache},
-    status::state::{AgentState, HookStatus, MapStats, ProbeState},
+    status::state::{AgentState, HookStatus, MapStats},
 };
 
 pub const NAME: &str = "network";
 const SOCKOPS_PROG: &str = "network_sockops";
 const ERROR_PROG: &str = "network_error_report";
 const ERROR_TP: (&str, &str) = ("sock", "inet_sk_error_report");
-/// Longest wait for ring-buffer data before checking for control messages.
-const POLL_SLICE: Duration = Duration::from_millis(200);
 
 fn hooks_for(cfg: &NetworkConfig) -> Vec<HookStatus> {
     let dir = cgroup_dir(cfg).unwrap_or_else(|_| cfg.cgroup.clone());
@@ -184,76 +182,38 @@ pub fn load_and_attach(
     Ok((bpf, hooks))
 }
 
-enum Ctl {
-    Config(NetworkConfig),
-    Stop,
-}
+/// The network probe for the shared lifecycle.
+pub struct Network;
 
-struct Running {
-    cfg: NetworkConfig,
-    bpf: Ebpf,
-    ctl: mpsc::Sender<Ctl>,
-    thread: thread::JoinHandle<()>,
-}
+impl ProbeSpec for Network {
+    type Config = NetworkConfig;
+    type Worker = Drainer;
+    const NAME: &'static str = NAME;
 
-pub struct NetworkProbe {
-    store: Arc<Store>,
-    state: Arc<AgentState>,
-    running: Option<Running>,
-}
-
-impl NetworkProbe {
-    pub fn new(store: Arc<Store>, state: Arc<AgentState>) -> Self {
-        NetworkProbe {
-            store,
-            state,
-            running: None,
-        }
+    fn enabled(cfg: &NetworkConfig) -> bool {
+        cfg.enabled
     }
 
-    /// Brings the probe in line with `cfg`: start, stop, reload (sizes, globals) or retune.
-    pub fn apply(&mut self, cfg: &NetworkConfig) {
-        if !cfg.enabled {
-            self.stop();
-            self.store.remove(NAME);
-            self.set_status(ProbeState::Disabled, None, vec![]);
-            return;
-        }
-        if let Some(r) = &mut self.running {
-            let reload = r.cfg.max_series != cfg.max_series
-                || r.cfg.max_connections != cfg.max_connections
-                || r.cfg.aggregation != cfg.aggregation
-                || r.cfg.events_per_second != cfg.events_per_second
-                || r.cfg.rtt_sample_interval != cfg.rtt_sample_interval
-                || r.cfg.rtt_histogram != cfg.rtt_histogram
-                || r.cfg.cgroup != cfg.cgroup;
-            if !reload {
-                let _ = r.ctl.send(Ctl::Config(cfg.clone()));
-                r.cfg = cfg.clone();
-                return;
-            }
-            tracing::info!(
-                probe = NAME,
-                "map sizes, aggregation, event rate, RTT sampling or cgroup changed: reloading the probe (its series restart)"
-            );
-            self.stop();
-        }
-        self.start(cfg);
+    fn needs_reload(a: &NetworkConfig, b: &NetworkConfig) -> bool {
+        a.max_series != b.max_series
+            || a.max_connections != b.max_connections
+            || a.aggregation != b.aggregation
+            || a.events_per_second != b.events_per_second
+            || a.rtt_sample_interval != b.rtt_sample_interval
+            || a.rtt_histogram != b.rtt_histogram
+            || a.cgroup != b.cgroup
     }
 
-    fn set_status(&self, state: ProbeState, err: Option<&LoadError>, hooks: Vec<HookStatus>) {
-        super::report(&self.state, NAME, state, err, hooks);
+    fn reload_reason() -> &'static str {
+        "map sizes, aggregation, event rate, RTT sampling or cgroup changed: reloading the probe (its series restart)"
     }
 
-    fn start(&mut self, cfg: &NetworkConfig) {
-        self.set_status(ProbeState::Starting, None, vec![]);
-        let (mut bpf, hooks) = match load_and_attach(cfg) {
-            Ok(x) => x,
-            Err((e, hooks)) => {
-                super::report_failure(&self.state, NAME, &e, hooks);
-                return;
-            }
-        };
+    fn detached_hooks(cfg: &NetworkConfig) -> Vec<HookStatus> {
+        hooks_for(cfg)
+    }
+
+    fn start(cfg: &NetworkConfig, env: &ProbeEnv) -> StartResult<Drainer> {
+        let (mut bpf, hooks) = load_and_attach(cfg)?;
         let taken = (|| -> Result<_, LoadError> {
             let maps = Maps {
                 series: ebpf::take_map(&mut bpf, NAME, SERIES_MAP)?,
@@ -264,66 +224,36 @@ impl NetworkProbe {
                 ebpf::take_map(&mut bpf, NAME, LISTENERS_MAP)?;
             Ok((maps, events, listeners))
         })();
-        let (maps, events, listeners) = match taken {
+        let (maps, events, mut listeners) = match taken {
             Ok(x) => x,
-            Err(e) => {
-                super::report_failure(&self.state, NAME, &e, hooks);
-                return;
-            }
+            Err(e) => return Err((e, hooks)),
         };
-        let (tx, rx) = mpsc::channel();
-        let drain = Drainer {
+        tracing::info!(probe = NAME, hook = %hooks[0].hook, aggregation = cfg.aggregation.as_str(), "attached sock_ops and the socket-error tracepoint");
+        // After attach, so no listen() falls between the scan and the hook.
+        let started = Instant::now();
+        let seeded = listeners::seed(&mut listeners);
+        drop(listeners);
+        tracing::info!(probe = NAME, found = seeded.found, added = seeded.inserted, took = ?started.elapsed(), "listening sockets opened before attach: attributed to their processes");
+        let drainer = Drainer {
+            bpf: Some(bpf),
             maps,
             events,
             events_read: 0,
-            listeners_seeded: 0,
+            listeners_seeded: seeded.inserted,
             clock: Clock::new(),
             cfg: cfg.clone(),
             agg: Aggregator::new(),
             cache: ProcCache::new(8192),
-            store: self.store.clone(),
-            state: self.state.clone(),
+            store: env.store.clone(),
+            state: env.state.clone(),
         };
-        let thread = match super::spawn_drain(NAME, move || drain.run(rx, listeners)) {
-            Ok(t) => t,
-            Err(e) => {
-                super::report_failure(&self.state, NAME, &e, hooks);
-                return;
-            }
-        };
-        let degraded = hooks.iter().any(|h| !h.attached);
-        tracing::info!(probe = NAME, hook = %hooks[0].hook, aggregation = cfg.aggregation.as_str(), "attached sock_ops and the socket-error tracepoint");
-        self.set_status(
-            if degraded {
-                ProbeState::Degraded
-            } else {
-                ProbeState::Attached
-            },
-            None,
-            hooks,
-        );
-        self.running = Some(Running {
-            cfg: cfg.clone(),
-            bpf,
-            ctl: tx,
-            thread,
-        });
-    }
-
-    /// Detaches, then drains one last time so the final values are published.
-    pub fn stop(&mut self) {
-        let Some(r) = self.running.take() else {
-            return;
-        };
-        drop(r.bpf);
-        let _ = r.ctl.send(Ctl::Stop);
-        let _ = r.thread.join();
-        self.set_status(ProbeState::Detached, None, hooks_for(&r.cfg));
-        tracing::info!(probe = NAME, "detached");
+        Ok((drainer, hooks))
     }
 }
 
-struct Drainer {
+pub struct Drainer {
+    /// The loaded object: dropping it detaches the programs (the maps were taken out of it).
+    bpf: Option<Ebpf>,
     maps: Maps,
     events: RingBuf<MapData>,
     events_read: u64,
@@ -336,40 +266,37 @@ struct Drainer {
     state: Arc<AgentState>,
 }
 
-impl Drainer {
-    fn run(mut self, rx: mpsc::Receiver<Ctl>, mut listeners: HashMap<MapData, ListenerKey, Owner>) {
-        // After attach, so no listen() falls between the scan and the hook.
-        let started = Instant::now();
-        let seeded = listeners::seed(&mut listeners);
-        drop(listeners);
-        self.listeners_seeded = seeded.inserted;
-        tracing::info!(probe = NAME, found = seeded.found, added = seeded.inserted, took = ?started.elapsed(), "listening sockets opened before attach: attributed to their processes");
-        let mut next = Instant::now() + self.cfg.interval;
-        loop {
-            let wait = next
-                .saturating_duration_since(Instant::now())
-                .min(POLL_SLICE);
-            self.wait_for_events(wait);
-            self.read_events();
-            match rx.try_recv() {
-                Ok(Ctl::Config(c)) => {
-                    next = next.min(Instant::now() + c.interval);
-                    self.cfg = c;
-                }
-                Ok(Ctl::Stop) | Err(mpsc::TryRecvError::Disconnected) => {
-                    self.read_events();
-                    self.drain_once();
-                    return;
-                }
-                Err(mpsc::TryRecvError::Empty) => {}
-            }
-            if Instant::now() >= next {
-                self.drain_once();
-                next = Instant::now() + self.cfg.interval;
-            }
-        }
+impl ProbeWorker for Drainer {
+    type Config = NetworkConfig;
+
+    fn period(&self) -> Duration {
+        self.cfg.interval
     }
 
+    fn wait(&mut self, timeout: Duration) {
+        self.wait_for_events(timeout);
+    }
+
+    fn poll(&mut self) {
+        self.read_events();
+    }
+
+    fn tick(&mut self) {
+        self.drain_once();
+    }
+
+    fn retune(&mut self, cfg: &NetworkConfig) {
+        self.cfg = cfg.clone();
+    }
+
+    fn finish(mut self) {
+        drop(self.bpf.take());
+        self.read_events();
+        self.drain_once();
+    }
+}
+
+impl Drainer {
     /// Sleeps until the ring buffer has data or `wait` passes.
     fn wait_for_events(&self, wait: Duration) {
         let mut fds = [libc::pollfd {

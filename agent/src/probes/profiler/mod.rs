@@ -15,15 +15,15 @@ pub mod symbolize;
 use std::{
     collections::BTreeMap,
     sync::{mpsc, Arc},
-    thread,
     time::{Duration, Instant},
 };
 
 use self::{raw::RawProfile, session::Session};
+use super::lifecycle::{ProbeEnv, ProbeSpec, ProbeWorker, StartResult};
 use crate::{
     config::ProfilerConfig,
     ebpf::LoadError,
-    status::state::{AgentState, CaptureRequest, MapStats, ProbeState},
+    status::state::{AgentState, CaptureRequest, MapStats},
 };
 
 pub use crate::export::resource::host_name;
@@ -32,117 +32,38 @@ pub use session::NAME;
 /// How often the kernel maps are drained.
 pub const DRAIN_EVERY: Duration = Duration::from_secs(1);
 
-enum Ctl {
-    Config(ProfilerConfig),
-    Stop,
-}
+/// The profiler for the shared lifecycle.
+pub struct Profiler;
 
-struct Running {
-    cfg: ProfilerConfig,
-    ctl: mpsc::Sender<Ctl>,
-    thread: thread::JoinHandle<()>,
-}
+impl ProbeSpec for Profiler {
+    type Config = ProfilerConfig;
+    type Worker = Worker;
+    const NAME: &'static str = NAME;
 
-pub struct ProfilerProbe {
-    state: Arc<AgentState>,
-    running: Option<Running>,
-}
-
-/// Fields that need a new kernel object (the rest are retuned in place).
-fn reload_needed(a: &ProfilerConfig, b: &ProfilerConfig) -> bool {
-    a.frequency != b.frequency
-        || a.mode != b.mode
-        || a.max_entries != b.max_entries
-        || a.stack_entries != b.stack_entries
-        || a.include_idle != b.include_idle
-        || a.max_processes != b.max_processes
-        || a.symbol_cache != b.symbol_cache
-        || a.debug_info != b.debug_info
-}
-
-impl ProfilerProbe {
-    pub fn new(state: Arc<AgentState>) -> Self {
-        ProfilerProbe {
-            state,
-            running: None,
-        }
+    fn enabled(cfg: &ProfilerConfig) -> bool {
+        cfg.enabled
     }
 
-    pub fn apply(&mut self, cfg: &ProfilerConfig) {
-        if !cfg.enabled {
-            self.stop();
-            super::report(&self.state, NAME, ProbeState::Disabled, None, vec![]);
-            return;
-        }
-        if let Some(r) = &mut self.running {
-            if !reload_needed(&r.cfg, cfg) {
-                let _ = r.ctl.send(Ctl::Config(cfg.clone()));
-                r.cfg = cfg.clone();
-                return;
-            }
-            tracing::info!(
-                probe = NAME,
-                "profiler settings changed: reloading the probe"
-            );
-            self.stop();
-        }
-        self.start(cfg);
+    /// Fields that need a new kernel object (the rest are retuned in place).
+    fn needs_reload(a: &ProfilerConfig, b: &ProfilerConfig) -> bool {
+        a.frequency != b.frequency
+            || a.mode != b.mode
+            || a.max_entries != b.max_entries
+            || a.stack_entries != b.stack_entries
+            || a.include_idle != b.include_idle
+            || a.max_processes != b.max_processes
+            || a.symbol_cache != b.symbol_cache
+            || a.debug_info != b.debug_info
     }
 
-    fn start(&mut self, cfg: &ProfilerConfig) {
-        super::report(&self.state, NAME, ProbeState::Starting, None, vec![]);
-        // blazesym's symbolizer is not `Send`: the session is built on its own thread, which
-        // reports back whether it started.
-        let (tx, rx) = mpsc::channel();
-        let (cap_tx, cap_rx) = mpsc::channel();
-        let (started_tx, started_rx) = mpsc::channel();
-        let (c, state) = (cfg.clone(), self.state.clone());
-        let thread = super::spawn_drain(NAME, move || {
-            let session = match Session::start(&c) {
-                Ok(s) => {
-                    let _ = started_tx.send(Ok(s.hooks.clone()));
-                    s
-                }
-                Err(e) => {
-                    let _ = started_tx.send(Err(e));
-                    return;
-                }
-            };
-            Worker {
-                session,
-                cfg: c,
-                state,
-                host: host_name(),
-                captures: Vec::new(),
-            }
-            .run(rx, cap_rx)
-        });
-        let thread = match thread {
-            Ok(t) => t,
-            Err(e) => {
-                super::report_failure(&self.state, NAME, &e, vec![]);
-                return;
-            }
-        };
-        let hooks = match started_rx.recv() {
-            Ok(Ok(hooks)) => hooks,
-            Ok(Err((e, hooks))) => {
-                let _ = thread.join();
-                super::report_failure(&self.state, NAME, &e, hooks);
-                return;
-            }
-            Err(_) => {
-                let _ = thread.join();
-                let e = LoadError::new(
-                    "the profiler thread ended while starting",
-                    "see the log above; report it to the agent's maintainers",
-                );
-                super::report_failure(&self.state, NAME, &e, vec![]);
-                return;
-            }
-        };
-        self.state.set_profiler(Some(cap_tx));
-        let attached = hooks.iter().filter(|h| h.attached).count();
+    fn reload_reason() -> &'static str {
+        "profiler settings changed: reloading the probe"
+    }
+
+    /// Builds the session on the drain thread (blazesym's symbolizer is not `Send`).
+    fn start(cfg: &ProfilerConfig, env: &ProbeEnv) -> StartResult<Worker> {
+        let mut session = Session::start(cfg)?;
+        let hooks = session.hooks.clone();
         tracing::info!(
             probe = NAME,
             frequency = cfg.frequency,
@@ -153,35 +74,20 @@ impl ProfilerProbe {
                 .filter(|h| h.attached && h.hook.starts_with("perf_event"))
                 .count()
         );
-        let state = if attached == hooks.len() {
-            ProbeState::Attached
-        } else {
-            ProbeState::Degraded
-        };
-        let err = hooks.iter().find_map(|h| h.error.clone()).map(|cause| {
-            LoadError::new(
-                cause,
-                "run `agent check`; the profiler keeps running on the rest",
-            )
-        });
-        super::report(&self.state, NAME, state, err.as_ref(), hooks);
-        self.running = Some(Running {
+        let (cap_tx, cap_rx) = mpsc::channel();
+        env.state.set_profiler(Some(cap_tx));
+        let now = Instant::now();
+        let worker = Worker {
+            window: session.take_window(),
+            session,
             cfg: cfg.clone(),
-            ctl: tx,
-            thread,
-        });
-    }
-
-    /// Drains and publishes the last window, then detaches.
-    pub fn stop(&mut self) {
-        let Some(r) = self.running.take() else {
-            return;
+            state: env.state.clone(),
+            host: host_name(),
+            captures: Vec::new(),
+            requests: cap_rx,
+            next_export: now + cfg.interval,
         };
-        self.state.set_profiler(None);
-        let _ = r.ctl.send(Ctl::Stop);
-        let _ = r.thread.join();
-        super::report(&self.state, NAME, ProbeState::Detached, None, vec![]);
-        tracing::info!(probe = NAME, "detached");
+        Ok((worker, hooks))
     }
 }
 
@@ -192,77 +98,86 @@ struct Capture {
     reply: tokio::sync::oneshot::Sender<crate::profile::Profile>,
 }
 
-struct Worker {
+pub struct Worker {
     session: Session,
+    /// Samples since the last export.
+    window: RawProfile,
+    requests: mpsc::Receiver<CaptureRequest>,
+    next_export: Instant,
     cfg: ProfilerConfig,
     state: Arc<AgentState>,
     host: String,
     captures: Vec<Capture>,
 }
 
-impl Worker {
-    fn run(mut self, ctl: mpsc::Receiver<Ctl>, requests: mpsc::Receiver<CaptureRequest>) {
-        let mut window = self.session.take_window();
-        let mut next_export = Instant::now() + self.cfg.interval;
-        let mut next_drain = Instant::now() + DRAIN_EVERY;
-        loop {
-            self.session
-                .wait(next_drain.saturating_duration_since(Instant::now()));
-            let mut stop = false;
-            loop {
-                match ctl.try_recv() {
-                    Ok(Ctl::Config(c)) => {
-                        next_export = next_export.min(Instant::now() + c.interval);
-                        self.cfg = c;
-                    }
-                    Ok(Ctl::Stop) | Err(mpsc::TryRecvError::Disconnected) => stop = true,
-                    Err(mpsc::TryRecvError::Empty) => break,
-                }
-                if stop {
-                    break;
-                }
-            }
-            while let Ok(r) = requests.try_recv() {
-                let now = crate::export::metrics::unix_nanos(std::time::SystemTime::now());
-                self.captures.push(Capture {
-                    until: Instant::now() + r.duration,
-                    pid: r.pid,
-                    raw: RawProfile::new(now),
-                    reply: r.reply,
-                });
-            }
-            let now = Instant::now();
-            if now < next_drain && !stop {
-                continue;
-            }
-            next_drain = now + DRAIN_EVERY;
-            if let Err(e) = self.session.drain() {
-                tracing::warn!(probe = NAME, "drain failed: {e}");
-            }
-            let tick = self.session.take_window();
-            window.merge(&tick, None);
-            for c in &mut self.captures {
-                c.raw.merge(&tick, c.pid);
-            }
-            self.finish_captures(stop);
-            if now >= next_export || stop {
-                next_export = now + self.cfg.interval;
-                let raw = std::mem::replace(&mut window, RawProfile::new(tick.end_unix_nanos));
-                if !raw.is_empty() {
-                    let started = Instant::now();
-                    let profile = self.session.symbolize(&raw, None, &self.host, true);
-                    tracing::debug!(probe = NAME, samples = raw.samples(), took = ?started.elapsed(), "symbolized");
-                    self.state.publish_profile(Arc::new(profile));
-                }
-                self.session
-                    .procs
-                    .forget_exited(Instant::now() - self.cfg.interval * 2);
-            }
-            self.report();
-            if stop {
-                return;
-            }
+impl ProbeWorker for Worker {
+    type Config = ProfilerConfig;
+
+    fn period(&self) -> Duration {
+        DRAIN_EVERY
+    }
+
+    fn wait(&mut self, timeout: Duration) {
+        self.session.wait(timeout);
+    }
+
+    /// Takes capture requests (`/debug/flamegraph.svg`): they see samples from now on.
+    fn poll(&mut self) {
+        while let Ok(r) = self.requests.try_recv() {
+            let now = crate::export::metrics::unix_nanos(std::time::SystemTime::now());
+            self.captures.push(Capture {
+                until: Instant::now() + r.duration,
+                pid: r.pid,
+                raw: RawProfile::new(now),
+                reply: r.reply,
+            });
         }
+    }
+
+    fn tick(&mut self) {
+        self.drain_and_export(false);
+    }
+
+    fn retune(&mut self, cfg: &ProfilerConfig) {
+        self.next_export = self.next_export.min(Instant::now() + cfg.interval);
+        self.cfg = cfg.clone();
+    }
+
+    /// Drains and publishes the last window; dropping the session then detaches.
+    fn finish(mut self) {
+        self.state.set_profiler(None);
+        self.drain_and_export(true);
+    }
+}
+
+impl Worker {
+    /// One drain: samples into the window and the running captures; a profile out when the
+    /// export interval has passed (or `last`).
+    fn drain_and_export(&mut self, last: bool) {
+        let now = Instant::now();
+        if let Err(e) = self.session.drain() {
+            tracing::warn!(probe = NAME, "drain failed: {e}");
+        }
+        let tick = self.session.take_window();
+        self.window.merge(&tick, None);
+        for c in &mut self.captures {
+            c.raw.merge(&tick, c.pid);
+        }
+        self.finish_captures(last);
+        if now >= self.next_export || last {
+            self.next_export = now + self.cfg.interval;
+            let raw = std::mem::replace(&mut self.window, RawProfile::new(tick.end_unix_nanos));
+            if !raw.is_empty() {
+                let started = Instant::now();
+                let profile = self.session.symbolize(&raw, None, &self.host, true);
+                tracing::debug!(probe = NAME, samples = raw.samples(), took = ?started.elapsed(), "symbolized");
+                self.state.publish_profile(Arc::new(profile));
+            }
+            self.session
+                .procs
+                .forget_exited(Instant::now() - self.cfg.interval * 2);
+        }
+        self.report();
     }
 
     fn finish_captures(&mut self, all: bool) {

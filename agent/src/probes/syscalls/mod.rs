@@ -4,16 +4,16 @@
 //!
 //! Invariants: attached means both hooks are attached (one alone is useless, so a half attach is
 //! rolled back); on stop the hooks are detached *before* the final drain, so the last published
-//! values are complete; map sizes change only by reloading the probe.
+//! values are complete; map sizes change only by reloading the probe (the shared lifecycle in
+//! `probes/lifecycle.rs`).
 
 pub mod aggregate;
 pub mod names;
 pub mod reader;
 
 use std::{
-    sync::{mpsc, Arc},
-    thread,
-    time::{Instant, SystemTime},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
 };
 
 use agent_common::syscalls::{
@@ -26,12 +26,13 @@ use self::{
     aggregate::{Aggregator, Attribution, Limits},
     reader::Maps,
 };
+use super::lifecycle::{ProbeEnv, ProbeSpec, ProbeWorker, StartResult};
 use crate::{
     config::SyscallsConfig,
     ebpf::{self, LoadError},
     metrics::{model::Batch, Store},
     procinfo::{self, ProcCache},
-    status::state::{AgentState, HookStatus, MapStats, ProbeState},
+    status::state::{AgentState, HookStatus, MapStats},
 };
 
 pub const NAME: &str = "syscalls";
@@ -40,25 +41,6 @@ pub const HOOKS: [(&str, &str); 2] = [
     ("syscalls_enter", "sys_enter"),
     ("syscalls_exit", "sys_exit"),
 ];
-
-enum Ctl {
-    Config(SyscallsConfig),
-    Stop,
-}
-
-struct Running {
-    cfg: SyscallsConfig,
-    bpf: Ebpf,
-    logger: Option<tokio::task::JoinHandle<()>>,
-    ctl: mpsc::Sender<Ctl>,
-    thread: thread::JoinHandle<()>,
-}
-
-pub struct SyscallsProbe {
-    store: Arc<Store>,
-    state: Arc<AgentState>,
-    running: Option<Running>,
-}
 
 fn hook_name(tp: &str) -> String {
     format!("raw_tracepoint/{tp}")
@@ -131,106 +113,55 @@ pub fn load_and_attach(
     Ok((bpf, hooks))
 }
 
-impl SyscallsProbe {
-    pub fn new(store: Arc<Store>, state: Arc<AgentState>) -> Self {
-        SyscallsProbe {
-            store,
-            state,
-            running: None,
-        }
+/// The syscall probe for the shared lifecycle.
+pub struct Syscalls;
+
+impl ProbeSpec for Syscalls {
+    type Config = SyscallsConfig;
+    type Worker = Drainer;
+    const NAME: &'static str = NAME;
+
+    fn enabled(cfg: &SyscallsConfig) -> bool {
+        cfg.enabled
     }
 
-    /// Brings the probe in line with `cfg`: start, stop, reload (map sizes) or retune.
-    pub fn apply(&mut self, cfg: &SyscallsConfig) {
-        if !cfg.enabled {
-            self.stop();
-            self.store.remove(NAME);
-            self.set_status(ProbeState::Disabled, None, vec![]);
-            return;
-        }
-        if let Some(r) = &mut self.running {
-            let resized = r.cfg.max_entries != cfg.max_entries
-                || r.cfg.error_entries != cfg.error_entries
-                || r.cfg.inflight_slots != cfg.inflight_slots
-                || r.cfg.fast_slots != cfg.fast_slots;
-            if !resized {
-                let _ = r.ctl.send(Ctl::Config(cfg.clone()));
-                r.cfg = cfg.clone();
-                return;
-            }
-            tracing::info!(
-                probe = NAME,
-                "map sizes changed: reloading the probe (its series restart)"
-            );
-            self.stop();
-        }
-        self.start(cfg);
+    fn needs_reload(a: &SyscallsConfig, b: &SyscallsConfig) -> bool {
+        a.max_entries != b.max_entries
+            || a.error_entries != b.error_entries
+            || a.inflight_slots != b.inflight_slots
+            || a.fast_slots != b.fast_slots
     }
 
-    fn set_status(&self, state: ProbeState, err: Option<&LoadError>, hooks: Vec<HookStatus>) {
-        super::report(&self.state, NAME, state, err, hooks);
+    fn reload_reason() -> &'static str {
+        "map sizes changed: reloading the probe (its series restart)"
     }
 
-    fn start(&mut self, cfg: &SyscallsConfig) {
-        self.set_status(ProbeState::Starting, None, vec![]);
-        let (mut bpf, hooks) = match load_and_attach(cfg) {
-            Ok(x) => x,
-            Err((e, hooks)) => {
-                super::report_failure(&self.state, NAME, &e, hooks);
-                return;
-            }
-        };
+    fn detached_hooks(_: &SyscallsConfig) -> Vec<HookStatus> {
+        detached_hooks()
+    }
+
+    fn start(cfg: &SyscallsConfig, env: &ProbeEnv) -> StartResult<Drainer> {
+        let (mut bpf, hooks) = load_and_attach(cfg)?;
         let maps = match take_maps(&mut bpf, cfg.fast_slots > 0) {
             Ok(m) => m,
-            Err(e) => {
-                super::report_failure(&self.state, NAME, &e, hooks);
-                return;
-            }
+            Err(e) => return Err((e, hooks)),
         };
         let programs = program_fds(&bpf);
         let logger = ebpf::logger::spawn(NAME, &mut bpf);
-        let (tx, rx) = mpsc::channel();
-        let drain = Drainer {
+        tracing::info!(probe = NAME, interval = ?cfg.interval, max_entries = cfg.max_entries, "attached raw_syscalls sys_enter/sys_exit");
+        let drainer = Drainer {
+            bpf: Some(bpf),
+            logger,
             maps,
             programs,
             warned_misses: Default::default(),
             cfg: cfg.clone(),
             agg: Aggregator::new(),
             cache: ProcCache::new(8192),
-            store: self.store.clone(),
-            state: self.state.clone(),
+            store: env.store.clone(),
+            state: env.state.clone(),
         };
-        let thread = match super::spawn_drain(NAME, move || drain.run(rx)) {
-            Ok(t) => t,
-            Err(e) => {
-                super::report_failure(&self.state, NAME, &e, hooks);
-                return;
-            }
-        };
-        tracing::info!(probe = NAME, interval = ?cfg.interval, max_entries = cfg.max_entries, "attached raw_syscalls sys_enter/sys_exit");
-        self.set_status(ProbeState::Attached, None, hooks);
-        self.running = Some(Running {
-            cfg: cfg.clone(),
-            bpf,
-            logger,
-            ctl: tx,
-            thread,
-        });
-    }
-
-    /// Detaches, then drains one last time so the final values are published.
-    pub fn stop(&mut self) {
-        let Some(r) = self.running.take() else {
-            return;
-        };
-        drop(r.bpf); // detaches both programs
-        if let Some(l) = r.logger {
-            l.abort();
-        }
-        let _ = r.ctl.send(Ctl::Stop);
-        let _ = r.thread.join();
-        self.set_status(ProbeState::Detached, None, detached_hooks());
-        tracing::info!(probe = NAME, "detached");
+        Ok((drainer, hooks))
     }
 }
 
@@ -261,7 +192,10 @@ fn take_maps(bpf: &mut Ebpf, fast_on: bool) -> Result<Maps, LoadError> {
     })
 }
 
-struct Drainer {
+pub struct Drainer {
+    /// The loaded object: dropping it detaches the programs (the maps were taken out of it).
+    bpf: Option<Ebpf>,
+    logger: Option<tokio::task::JoinHandle<()>>,
     maps: Maps,
     /// Our programs' fds (clones), to read the kernel's recursion-miss counts.
     programs: Vec<aya::programs::ProgramFd>,
@@ -273,28 +207,31 @@ struct Drainer {
     state: Arc<AgentState>,
 }
 
-impl Drainer {
-    fn run(mut self, rx: mpsc::Receiver<Ctl>) {
-        let mut next = Instant::now() + self.cfg.interval;
-        loop {
-            let wait = next.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(wait) {
-                Ok(Ctl::Config(c)) => {
-                    next = next.min(Instant::now() + c.interval);
-                    self.cfg = c;
-                }
-                Ok(Ctl::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    self.drain_once();
-                    return;
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.drain_once();
-                    next = Instant::now() + self.cfg.interval;
-                }
-            }
-        }
+impl ProbeWorker for Drainer {
+    type Config = SyscallsConfig;
+
+    fn period(&self) -> Duration {
+        self.cfg.interval
     }
 
+    fn tick(&mut self) {
+        self.drain_once();
+    }
+
+    fn retune(&mut self, cfg: &SyscallsConfig) {
+        self.cfg = cfg.clone();
+    }
+
+    fn finish(mut self) {
+        drop(self.bpf.take()); // detaches both programs
+        if let Some(l) = self.logger.take() {
+            l.abort();
+        }
+        self.drain_once();
+    }
+}
+
+impl Drainer {
     fn drain_once(&mut self) {
         let started = Instant::now();
         let drained = match self.maps.drain() {
