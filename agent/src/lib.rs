@@ -12,6 +12,7 @@ pub mod procinfo;
 pub mod profile;
 pub mod runtime;
 pub mod selfstats;
+pub mod signals;
 pub mod status;
 
 /// The agent's version (the crate version).

@@ -24,6 +24,7 @@ use crate::{
     metrics::Store,
     output::OutputSettings,
     probes::Probes,
+    signals::ActivityHub,
     status::{self, state::AgentState, StatusContext},
 };
 
@@ -109,7 +110,12 @@ pub async fn run(mut cfg: Config, overrides: Overrides, log: LevelHandle) -> Res
     let mut status_server = start_status(&cfg, &state, &store).await;
     let mut writer = spawn_writer(&cfg, &store, &state);
 
-    let probes = Arc::new(Mutex::new(Probes::new(store.clone(), state.clone())));
+    let activity = ActivityHub::new();
+    let probes = Arc::new(Mutex::new(Probes::new(
+        store.clone(),
+        state.clone(),
+        activity.clone(),
+    )));
     apply_probes(&probes, &cfg).await;
     state.set_pipeline_running(true);
     tracing::info!("agent running");
@@ -203,6 +209,10 @@ async fn start_status(
         state: state.clone(),
         store: store.clone(),
         version: crate::VERSION,
+        buckets: match cfg.status.histogram_buckets {
+            crate::config::HistogramBuckets::Full => crate::metrics::prometheus::Buckets::Full,
+            crate::config::HistogramBuckets::Coarse => crate::metrics::prometheus::Buckets::Coarse,
+        },
     };
     let task = tokio::spawn(async move {
         let shutdown = async move {

@@ -26,9 +26,10 @@ pub use env::ENV_OVERRIDES;
 pub use error::{ConfigError, Source};
 pub use load::DEFAULT_ORIGIN;
 pub use model::{
-    Aggregation, Compression, Config, ExportConfig, LogConfig, LogFormat, NetworkConfig,
-    OutputConfig, ProbesConfig, ProfilerConfig, ProfilerMode, Protocol, SignalConfig, SpoolConfig,
-    StatusConfig, SyscallsConfig, Temporality, TlsConfig,
+    Aggregation, Compression, Config, ExportConfig, HistogramBuckets, LogConfig, LogFormat,
+    NetworkConfig, OutputConfig, ProbesConfig, ProfilerConfig, ProfilerMode, Protocol,
+    SignalConfig, SpoolConfig, StatusConfig, SyscallAggregation, SyscallsConfig, Temporality,
+    TlsConfig,
 };
 pub use validate::check_url;
 

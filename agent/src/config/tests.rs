@@ -164,8 +164,9 @@ probes:
         "probes.syscalls.intervall",
         Some(8),
         "agent.yaml:8:5: unknown field probes.syscalls.intervall\n\
-         fix: allowed fields here: enabled, interval, max_entries, error_entries, \
-         inflight_slots, fast_slots, top_processes, retain_exited (did you mean interval?)",
+         fix: allowed fields here: enabled, interval, aggregation, max_entries, error_entries, \
+         max_processes, inflight_slots, fast_slots, top_processes, retain_exited (did you mean \
+         interval?)",
     );
 }
 
@@ -190,7 +191,7 @@ fn unknown_top_level_and_flow_fields() {
         &e,
         "status.port",
         Some(1),
-        "agent.yaml:1:25: unknown field status.port\nfix: allowed fields here: enabled, listen",
+        "agent.yaml:1:25: unknown field status.port\nfix: allowed fields here: enabled, listen, histogram_buckets",
     );
 }
 

@@ -20,6 +20,7 @@ pub(crate) const FIELDS: &[&str] = &[
     "status",
     "status.enabled",
     "status.listen",
+    "status.histogram_buckets",
     "output",
     "output.dir",
     "output.interval",
@@ -50,8 +51,10 @@ pub(crate) const FIELDS: &[&str] = &[
     "probes.syscalls",
     "probes.syscalls.enabled",
     "probes.syscalls.interval",
+    "probes.syscalls.aggregation",
     "probes.syscalls.max_entries",
     "probes.syscalls.error_entries",
+    "probes.syscalls.max_processes",
     "probes.syscalls.inflight_slots",
     "probes.syscalls.fast_slots",
     "probes.syscalls.top_processes",
@@ -213,6 +216,7 @@ pub(crate) fn allowed(path: &str) -> Option<String> {
                         directives like warn,agent=debug (a target needs a level: agent=debug)"
             .to_string(),
         "log.format" => "text or json".to_string(),
+        "status.histogram_buckets" => "coarse or full".to_string(),
         "status.enabled"
         | "probes.syscalls.enabled"
         | "probes.network.enabled"
@@ -253,7 +257,9 @@ pub(crate) fn allowed(path: &str) -> Option<String> {
             SPOOL_BYTES.min, SPOOL_BYTES.max, SPOOL_BYTES.example
         ),
         "probes.syscalls.interval" => durations(&SYSCALLS_INTERVAL),
+        "probes.syscalls.aggregation" => "process, executable, container or host".to_string(),
         "probes.syscalls.max_entries" | "probes.syscalls.error_entries" => numbers(&MAP_ENTRIES),
+        "probes.syscalls.max_processes" => numbers(&MAP_ENTRIES),
         "probes.syscalls.inflight_slots" => format!(
             "a power of two from {} to {}, e.g. {}",
             INFLIGHT_SLOTS.min, INFLIGHT_SLOTS.max, INFLIGHT_SLOTS.example
@@ -364,6 +370,7 @@ pub(crate) fn check_field(cfg: &Config, path: &str) -> Result<(), String> {
         "probes.syscalls.interval" => check_duration(sys.interval, &SYSCALLS_INTERVAL),
         "probes.syscalls.max_entries" => check_number(sys.max_entries.into(), &MAP_ENTRIES),
         "probes.syscalls.error_entries" => check_number(sys.error_entries.into(), &MAP_ENTRIES),
+        "probes.syscalls.max_processes" => check_number(sys.max_processes.into(), &MAP_ENTRIES),
         "probes.syscalls.inflight_slots" => {
             check_number(sys.inflight_slots.into(), &INFLIGHT_SLOTS)?;
             if !sys.inflight_slots.is_power_of_two() {
