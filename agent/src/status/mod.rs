@@ -57,6 +57,8 @@ pub struct StatusContext {
     pub state: Arc<AgentState>,
     pub store: Arc<Store>,
     pub version: &'static str,
+    /// Histogram buckets on `/metrics`.
+    pub buckets: prometheus::Buckets,
 }
 
 /// The status endpoint could not listen. Displays as two lines: cause, then `fix: ...`.
@@ -250,7 +252,7 @@ async fn metrics(State(ctx): State<StatusContext>) -> Response {
     batches.push(Arc::new(own));
     (
         [(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)],
-        prometheus::encode(&batches),
+        prometheus::encode_with(&batches, ctx.buckets),
     )
         .into_response()
 }
@@ -323,6 +325,7 @@ mod tests {
             state: Arc::new(AgentState::new("abc123".into())),
             store: Store::new(),
             version: "1.2.3",
+            buckets: prometheus::Buckets::Full,
         }
     }
 
