@@ -56,6 +56,13 @@ pub fn workload_bin() -> PathBuf {
     p
 }
 
+/// A copy of the syscall workload named `name` in `dir` (so its executable name is `name`).
+pub fn workload_copy(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::copy(workload_bin(), &p).expect("copy the workload");
+    p
+}
+
 /// The TCP workload (`tcp-workload`), built beside `syscall-workload`.
 pub fn tcp_workload_bin() -> PathBuf {
     let p = workspace_target().join("debug/tcp-workload");
@@ -353,8 +360,14 @@ pub struct Workload {
 
 impl Workload {
     pub fn start(kind: &str, count: u64) -> Workload {
-        let mut child = Command::new(workload_bin())
-            .args([kind, &count.to_string(), "--wait"])
+        Workload::start_args(&workload_bin(), &[kind, &count.to_string()])
+    }
+
+    /// `bin` (the workload or a renamed copy) with `args`, waiting for `go`.
+    pub fn start_args(bin: &Path, args: &[&str]) -> Workload {
+        let mut child = Command::new(bin)
+            .args(args)
+            .arg("--wait")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

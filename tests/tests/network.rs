@@ -10,7 +10,8 @@ use std::{
 use integration_tests::{netns::*, *};
 use serde_json::Value;
 
-/// Only the network probe, fast drains so the tests do not wait long.
+/// Only the network probe, fast drains so the tests do not wait long; every histogram bound
+/// on /metrics (the tests read the 2^19 µs bucket).
 const NETWORK: &str = "probes:
   syscalls:
     enabled: false
@@ -18,6 +19,8 @@ const NETWORK: &str = "probes:
     interval: 1s
 output:
   interval: 1s
+status:
+  histogram_buckets: full
 ";
 
 const HANDSHAKE: &str = "system_network_tcp_handshake_duration_seconds";
