@@ -64,6 +64,22 @@ enum Command {
         #[arg(long, hide = true, default_value = "aggregate")]
         mode: String,
     },
+    /// Score a `timestamp,value` CSV file (NAB's format) with an anomaly detector; writes
+    /// `timestamp,value,anomaly_score,alert` (alert: 1 where the agent would report). No
+    /// privileges needed.
+    Detect {
+        #[arg(long, short, required_unless_present = "list")]
+        input: Option<PathBuf>,
+        /// Output CSV (`-` for standard output).
+        #[arg(long, short, required_unless_present = "list")]
+        output: Option<PathBuf>,
+        /// Detector (`--list` shows them).
+        #[arg(long, short, default_value = "ensemble", value_parser = agent::detection::offline::parse_kind)]
+        detector: agent::detection::Kind,
+        /// List the detectors (name, shipped threshold, what it does) and exit.
+        #[arg(long)]
+        list: bool,
+    },
     /// Print the version.
     Version,
     /// Send one small CPU profile over OTLP (checks the profiles path end to end).
@@ -191,6 +207,22 @@ fn real_main() -> Result<ExitCode> {
         } => {
             let _ = logging::init("warn", agent::config::LogFormat::Text);
             profile(duration, pid, hz, format, &output, &mode)
+        }
+        Command::Detect {
+            input,
+            output,
+            detector,
+            list,
+        } => {
+            use agent::detection::offline;
+            if list {
+                print!("{}", offline::list());
+                return Ok(ExitCode::SUCCESS);
+            }
+            let (input, output) = (input.unwrap_or_default(), output.unwrap_or_default());
+            let s = offline::run_default(&input, &output, detector)?;
+            eprintln!("{}", s.line(&input, detector));
+            Ok(ExitCode::SUCCESS)
         }
         Command::Version => {
             println!("agent {}", agent::VERSION);
