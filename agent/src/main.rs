@@ -80,6 +80,20 @@ enum Command {
         #[arg(long)]
         list: bool,
     },
+    /// Measure the detectors and the detection engine (used by `cargo xtask bench detect`).
+    #[command(hide = true)]
+    DetectBench {
+        /// Detectors, in the order to run them (comma-separated).
+        #[arg(long, value_delimiter = ',', value_parser = agent::detection::offline::parse_kind)]
+        order: Vec<agent::detection::Kind>,
+        #[arg(long, default_value_t = 1_000_000)]
+        points: usize,
+        #[arg(long, default_value_t = 10_000)]
+        series: usize,
+        /// Points per series in the engine run.
+        #[arg(long, default_value_t = 100)]
+        rounds: usize,
+    },
     /// Print the version.
     Version,
     /// Send one small CPU profile over OTLP (checks the profiles path end to end).
@@ -222,6 +236,15 @@ fn real_main() -> Result<ExitCode> {
             let (input, output) = (input.unwrap_or_default(), output.unwrap_or_default());
             let s = offline::run_default(&input, &output, detector)?;
             eprintln!("{}", s.line(&input, detector));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DetectBench {
+            order,
+            points,
+            series,
+            rounds,
+        } => {
+            agent::detection::bench::run(&order, points, series, rounds);
             Ok(ExitCode::SUCCESS)
         }
         Command::Version => {

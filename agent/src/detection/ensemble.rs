@@ -17,7 +17,7 @@
 
 use super::{
     extreme::Envelope,
-    likelihood::{raw_of, Likelihood, LikelihoodParams},
+    likelihood::{Likelihood, LikelihoodParams},
     math::{decay, surprise, Clock, Ewm, Z_HALF},
     seasonal::{Seasonal, SeasonalParams},
     Detector,
@@ -98,12 +98,13 @@ impl Detector for Ensemble {
         } else {
             0.0
         };
-        let raw = raw_of(z, p.raw_scale).max(raw_of(slow_z, p.raw_scale));
+        let surprising = surprise(z);
+        let raw = (surprising.max(surprise(slow_z)) / p.raw_scale).min(1.0);
         let mut score = self.likelihood.update(&p.likelihood, dt, raw);
         let extreme = z.abs() >= p.extreme_min_z
             && self.envelope.n() >= p.extreme_min_points
             && self.envelope.overshoot(x, p.extreme_tolerance) >= 1.0;
-        if extreme || surprise(z) >= p.certain_surprise {
+        if extreme || surprising >= p.certain_surprise {
             score = 1.0;
         }
         self.model.learn(&p.seasonal, &f, dt, x);

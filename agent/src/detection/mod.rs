@@ -11,6 +11,7 @@
 //! 1e−5 (|z| ≈ 4.42), 1 is 1e−10 or beyond. [`gate::Gate`] turns scores into reports (warm-up,
 //! threshold, hold-off after a report) the same way for `agent detect` and the engine.
 
+pub mod bench;
 pub mod config;
 pub mod cusum;
 pub mod engine;
