@@ -65,7 +65,8 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(results) = &args.results {
         let cols = read_results(&corpus, results, None)?;
         print_header();
-        print_rows(&corpus, &results.display().to_string(), &cols, None);
+        let label = results.file_name().unwrap_or(results.as_os_str());
+        print_rows(&corpus, &label.to_string_lossy(), &cols, None);
         return Ok(());
     }
     let agent = match &args.agent {
