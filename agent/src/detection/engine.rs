@@ -83,6 +83,24 @@ pub struct Engine {
     stats: EngineStats,
 }
 
+/// The watch that covers `key` (same signal, and the same syscall or none on both sides), its
+/// detector and gate settings; `None` when detection is off or nothing watches it.
+fn resolve<'a>(
+    cfg: &'a DetectionConfig,
+    key: &SeriesKey,
+) -> Option<(&'a SignalSpec, Kind, GateParams)> {
+    if !cfg.enabled {
+        return None;
+    }
+    let syscall = key.attribute(SYSCALL_ATTRIBUTE);
+    let spec = cfg
+        .signals
+        .iter()
+        .map(|Watch(s)| s)
+        .find(|s| s.signal == key.signal && s.syscall.as_deref() == syscall)?;
+    Some((spec, spec.detector.unwrap_or(cfg.detector), cfg.gate(spec)))
+}
+
 /// Seconds since the Unix epoch (the detectors' time axis).
 fn seconds(t: SystemTime) -> Option<f64> {
     t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs_f64())
@@ -102,17 +120,9 @@ impl Engine {
         }
     }
 
-    /// The watch that covers `key`: same signal, and the same syscall (or none on both sides).
-    fn spec(&self, key: &SeriesKey) -> Option<&SignalSpec> {
-        if !self.config.enabled {
-            return None;
-        }
-        let syscall = key.attribute(SYSCALL_ATTRIBUTE);
-        self.config
-            .signals
-            .iter()
-            .map(|Watch(s)| s)
-            .find(|s| s.signal == key.signal && s.syscall.as_deref() == syscall)
+    /// The watch that covers `key` and what it resolves to.
+    fn spec(&self, key: &SeriesKey) -> Option<(&SignalSpec, Kind, GateParams)> {
+        resolve(&self.config, key)
     }
 
     /// Whether samples of `signal` are watched at all (lets a producer skip deriving them).
@@ -137,9 +147,7 @@ impl Engine {
         let series = match self.series.get_mut(key) {
             Some(s) => s,
             None => {
-                let spec = self.spec(key)?;
-                let kind = spec.detector.unwrap_or(self.config.detector);
-                let params = self.config.gate(spec);
+                let (_, kind, params) = self.spec(key)?;
                 let (s, evicted) = self.series.insert(
                     key.clone(),
                     Series {
@@ -210,20 +218,9 @@ impl Engine {
     pub fn reconfigure(&mut self, config: &DetectionConfig) {
         self.config = config.clone();
         self.stats.max_series = config.max_series.max(1);
-        let (default, cfg) = (config.detector, &self.config);
-        let resolved = |k: &SeriesKey| -> Option<(Kind, GateParams)> {
-            if !cfg.enabled {
-                return None;
-            }
-            let syscall = k.attribute(SYSCALL_ATTRIBUTE);
-            cfg.signals
-                .iter()
-                .map(|Watch(s)| s)
-                .find(|s| s.signal == k.signal && s.syscall.as_deref() == syscall)
-                .map(|s| (s.detector.unwrap_or(default), cfg.gate(s)))
-        };
-        self.series.retain(|k, s| match resolved(k) {
-            Some((kind, params)) if kind == s.kind => {
+        let cfg = &self.config;
+        self.series.retain(|k, s| match resolve(cfg, k) {
+            Some((_, kind, params)) if kind == s.kind => {
                 s.params = params;
                 true
             }
