@@ -1,6 +1,7 @@
 //! The agent library: everything `agent` (the binary) runs, exposed for tests.
 
 pub mod config;
+pub mod detection;
 pub mod ebpf;
 pub mod export;
 pub mod logging;

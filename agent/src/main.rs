@@ -64,6 +64,36 @@ enum Command {
         #[arg(long, hide = true, default_value = "aggregate")]
         mode: String,
     },
+    /// Score a `timestamp,value` CSV file (NAB's format) with an anomaly detector; writes
+    /// `timestamp,value,anomaly_score,alert` (alert: 1 where the agent would report). No
+    /// privileges needed.
+    Detect {
+        #[arg(long, short, required_unless_present = "list")]
+        input: Option<PathBuf>,
+        /// Output CSV (`-` for standard output).
+        #[arg(long, short, required_unless_present = "list")]
+        output: Option<PathBuf>,
+        /// Detector (`--list` shows them).
+        #[arg(long, short, default_value = "ensemble", value_parser = agent::detection::offline::parse_kind)]
+        detector: agent::detection::Kind,
+        /// List the detectors (name, shipped threshold, what it does) and exit.
+        #[arg(long)]
+        list: bool,
+    },
+    /// Measure the detectors and the detection engine (used by `cargo xtask bench detect`).
+    #[command(hide = true)]
+    DetectBench {
+        /// Detectors, in the order to run them (comma-separated).
+        #[arg(long, value_delimiter = ',', value_parser = agent::detection::offline::parse_kind)]
+        order: Vec<agent::detection::Kind>,
+        #[arg(long, default_value_t = 1_000_000)]
+        points: usize,
+        #[arg(long, default_value_t = 10_000)]
+        series: usize,
+        /// Points per series in the engine run.
+        #[arg(long, default_value_t = 100)]
+        rounds: usize,
+    },
     /// Print the version.
     Version,
     /// Send one small CPU profile over OTLP (checks the profiles path end to end).
@@ -191,6 +221,31 @@ fn real_main() -> Result<ExitCode> {
         } => {
             let _ = logging::init("warn", agent::config::LogFormat::Text);
             profile(duration, pid, hz, format, &output, &mode)
+        }
+        Command::Detect {
+            input,
+            output,
+            detector,
+            list,
+        } => {
+            use agent::detection::offline;
+            if list {
+                print!("{}", offline::list());
+                return Ok(ExitCode::SUCCESS);
+            }
+            let (input, output) = (input.unwrap_or_default(), output.unwrap_or_default());
+            let s = offline::run_default(&input, &output, detector)?;
+            eprintln!("{}", s.line(&input, detector));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DetectBench {
+            order,
+            points,
+            series,
+            rounds,
+        } => {
+            agent::detection::bench::run(&order, points, series, rounds);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Version => {
             println!("agent {}", agent::VERSION);

@@ -75,6 +75,17 @@ pub enum Which {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// Anomaly detectors: ns per point and state bytes per detector, and the engine's points
+    /// per second over 10,000 series (`bench_detect.rs`).
+    Detect {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Points per detector per round.
+        #[arg(long, default_value_t = 1_000_000)]
+        points: usize,
+        #[arg(long, default_value_t = 10_000)]
+        series: usize,
+    },
 }
 
 pub fn run(which: Which) -> Result<()> {
@@ -88,6 +99,11 @@ pub fn run(which: Which) -> Result<()> {
         } => network(seconds, rounds, conns, size),
         Which::Export { seconds, series } => export(seconds, series),
         Which::Profiler { seconds, rounds } => profiler(seconds, rounds),
+        Which::Detect {
+            rounds,
+            points,
+            series,
+        } => crate::bench_detect::run(rounds, points, series),
     }
 }
 

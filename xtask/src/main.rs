@@ -1,7 +1,9 @@
 //! `cargo xtask`: the project's build tasks (toolchain bootstrap, kernel object, run, tests, benchmarks).
 
 mod bench;
+mod bench_detect;
 mod build;
+mod nab;
 mod setup;
 mod util;
 
@@ -39,6 +41,9 @@ enum Task {
     },
     /// `cargo fmt --check` and `cargo clippy -D warnings` on every crate, the kernel one included.
     Lint,
+    /// Score a detector on the NAB corpus (`../shared/nab`): swept, shipped-threshold and
+    /// `alert`-column scores per profile.
+    Nab(nab::Args),
     /// Side-by-side overhead benchmarks.
     Bench {
         #[command(subcommand)]
@@ -53,6 +58,7 @@ fn main() -> Result<()> {
         Task::Run { args } => build::run_agent(&args),
         Task::Test { args } => build::test(&args),
         Task::Lint => build::lint(),
+        Task::Nab(args) => nab::run(args),
         Task::Bench { which } => bench::run(which),
     }
 }
