@@ -878,3 +878,46 @@ fn pid_reuse_does_not_rename_or_merge_old_series() {
     let reused = agent.status()["maps"]["NET_SERIES"]["detail"]["pid_reused"].as_u64();
     assert!(reused >= Some(1), "pid_reused {reused:?}");
 }
+
+/// Two servers already listening when the agent starts, on one port with `SO_REUSEPORT`: the
+/// kernel never saw their listen(), so the agent finds them in /proc and writes each owner on
+/// its own socket. Each one's handshakes are attributed to it, exactly what it accepted.
+#[test]
+fn listeners_from_before_the_start_are_attributed_per_socket() {
+    require_root();
+    let _g = serial();
+    let net = NetPair::new("nbsd");
+    let mut a = server(&net, false, PORT, &["--reuseport"]);
+    let mut b = server(&net, false, PORT, &["--reuseport"]);
+    let agent = start_agent();
+    let seeded = agent.status()["maps"]["NET_SERIES"]["detail"]["listeners_seeded"].as_u64();
+    assert!(seeded >= Some(2), "listeners_seeded {seeded:?}");
+    client(&net, false, PORT, &["--count", "20"]).finish();
+    let (mut took_a, mut took_b) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while took_a + took_b < 20 {
+        assert!(Instant::now() < deadline, "{took_a} + {took_b} accepts");
+        let count = |p: &mut NsProcess| {
+            p.ready_lines()
+                .iter()
+                .filter(|l| l.starts_with("accepted "))
+                .count()
+        };
+        took_a += count(&mut a);
+        took_b += count(&mut b);
+        thread::sleep(Duration::from_millis(50));
+    }
+    let want = (took_a as f64, took_b as f64);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = (
+            server_handshakes(&agent, a.pid),
+            server_handshakes(&agent, b.pid),
+        );
+        if got == want || Instant::now() > deadline {
+            assert_eq!(got, want, "{}", agent.stderr());
+            break;
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+}
