@@ -91,9 +91,10 @@ pub fn differences(a: &[f64], b: &[f64]) -> Vec<f64> {
 }
 
 /// How an effect (a per-round spread of, say, slowdown percentages, where 0 is "no effect")
-/// reads: "within noise" when the rounds' middle half includes no effect at all.
+/// reads: "within noise" when the rounds' middle half includes no effect at all, or when the
+/// effect (its median) is no larger than that middle half's width.
 pub fn noise_note(effect: &Spread) -> &'static str {
-    if effect.straddles(0.0) {
+    if effect.straddles(0.0) || effect.median.abs() <= effect.q3 - effect.q1 {
         "within noise"
     } else {
         "above noise"
@@ -150,6 +151,11 @@ mod tests {
         assert_eq!(
             verdict(&slowdown, 0.5),
             "undecided (the rounds straddle the goal)"
+        );
+        // Three rounds, one far off: -8% "speedup" smaller than the rounds' spread.
+        assert_eq!(
+            noise_note(&Spread::of(&[-36.2, -8.04, 6.32])),
+            "within noise"
         );
         let clear = Spread::of(&[3.0, 3.5, 4.0, 4.2, 9.0]);
         assert_eq!(noise_note(&clear), "above noise");

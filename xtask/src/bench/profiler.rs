@@ -210,7 +210,7 @@ pub(super) fn profiler_in(dir: &Path, seconds: u64, rounds: usize) -> Result<()>
     println!(
         "  (slowdown: throughput lost vs bare, per wall second and per CPU second of the workload \
          (which a neighbour's CPU use does not move), `~` = within noise (the rounds' middle \
-         half includes 0); agent CPU: the agent process's CPU seconds over wall seconds x \
+         half includes 0 or is wider than the median effect); agent CPU: the agent process's CPU seconds over wall seconds x \
          {cpus} CPUs, its kernel programs excluded: they run in the sampled task's context, so \
          their cost is in the slowdown; a profile is exported every 10 s, so a shorter run may \
          hold no export)"
