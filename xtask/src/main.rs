@@ -1,7 +1,6 @@
 //! `cargo xtask`: the project's build tasks (toolchain bootstrap, kernel object, run, tests, benchmarks).
 
 mod bench;
-mod bench_detect;
 mod build;
 mod nab;
 mod setup;

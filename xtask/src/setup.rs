@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::util::{is_root, output, run};
 
-const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+pub const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const LLVM_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -31,6 +31,10 @@ pub fn ensure(test_peers: bool) -> Result<()> {
     let mut missing: Vec<&str> = Vec::new();
     if !Path::new(LLVM_PREFIX).join("lib/libLLVM.so").exists() {
         missing.extend(LLVM_PACKAGES);
+    }
+    // build-ebpf strips `.BTF.ext` from objects that carry BTF (see build.rs).
+    if !Path::new(LLVM_PREFIX).join("bin/llvm-objcopy").exists() {
+        missing.push("llvm-22");
     }
     if test_peers {
         let have = |bin: &str| {
