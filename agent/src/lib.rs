@@ -3,6 +3,7 @@
 pub mod config;
 pub mod ebpf;
 pub mod export;
+pub mod k8s;
 pub mod logging;
 pub mod metrics;
 pub mod output;

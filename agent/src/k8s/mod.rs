@@ -1,0 +1,58 @@
+//! Kubernetes identity without a cluster: which container and pod a process belongs to, from its
+//! cgroup path (`identity.rs`: `container.id`, `container.runtime`, `k8s.pod.uid`) and the
+//! kubelet's pod log directories (`pods.rs`: `k8s.pod.name`, `k8s.namespace.name`).
+//!
+//! The downward API describes only the agent's own pod (see `export::resource`); everything here
+//! is about the other processes on the node.
+
+pub mod identity;
+pub mod pods;
+
+use std::sync::Arc;
+
+pub use identity::{
+    container_from_cgroup_file, container_from_cgroup_path, ContainerIdentity, ContainerRuntime,
+};
+pub use pods::PodRef;
+
+/// A process's container, and its pod's names when the kubelet's pod directory was found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    pub container: ContainerIdentity,
+    pub pod: Option<Arc<PodRef>>,
+}
+
+impl Workload {
+    /// The container of a cgroup path, with its pod's names looked up by UID.
+    pub fn from_cgroup_path(path: &str) -> Option<Workload> {
+        Self::with_pod(container_from_cgroup_path(path)?)
+    }
+
+    /// The same from the text of `/proc/<pid>/cgroup`.
+    pub fn from_cgroup_file(text: &str) -> Option<Workload> {
+        Self::with_pod(container_from_cgroup_file(text)?)
+    }
+
+    fn with_pod(container: ContainerIdentity) -> Option<Workload> {
+        let pod = container.pod_uid.as_deref().and_then(pods::lookup);
+        Some(Workload { container, pod })
+    }
+
+    /// OTel resource attributes: `container.id`, `container.runtime`, `k8s.pod.uid`,
+    /// `k8s.pod.name`, `k8s.namespace.name` (those known).
+    pub fn attributes(&self) -> Vec<(&'static str, String)> {
+        let c = &self.container;
+        let mut out = vec![("container.id", c.container_id.clone())];
+        if let Some(r) = c.runtime {
+            out.push(("container.runtime", r.as_str().to_string()));
+        }
+        if let Some(u) = &c.pod_uid {
+            out.push(("k8s.pod.uid", u.clone()));
+        }
+        if let Some(p) = &self.pod {
+            out.push(("k8s.pod.name", p.name.clone()));
+            out.push(("k8s.namespace.name", p.namespace.clone()));
+        }
+        out
+    }
+}
