@@ -189,7 +189,7 @@ async fn start_status(
     if !cfg.status.enabled {
         return None;
     }
-    let listener = match status::bind(cfg.status.listen).await {
+    let listeners = match status::access::bind_all(&cfg.status).await {
         Ok(l) => l,
         Err(e) => {
             // The agent keeps collecting; only the endpoint is missing.
@@ -197,7 +197,8 @@ async fn start_status(
             return None;
         }
     };
-    tracing::info!(addr = %cfg.status.listen, routes = %status::ROUTES.join(" "), "status endpoint listening");
+    let addrs: Vec<String> = listeners.addrs().iter().map(|a| a.to_string()).collect();
+    tracing::info!(addr = %addrs.join(" "), routes = %status::ROUTES.join(" "), "status endpoint listening");
     let (tx, mut rx) = watch::channel(false);
     let ctx = StatusContext {
         state: state.clone(),
@@ -208,7 +209,7 @@ async fn start_status(
         let shutdown = async move {
             let _ = rx.wait_for(|v| *v).await;
         };
-        if let Err(e) = status::serve(listener, ctx, shutdown).await {
+        if let Err(e) = status::access::serve_all(listeners, ctx, shutdown).await {
             tracing::error!("status endpoint stopped: {e}");
         }
     });

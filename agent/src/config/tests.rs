@@ -190,7 +190,7 @@ fn unknown_top_level_and_flow_fields() {
         &e,
         "status.port",
         Some(1),
-        "agent.yaml:1:25: unknown field status.port\nfix: allowed fields here: enabled, listen",
+        "agent.yaml:1:25: unknown field status.port\nfix: allowed fields here: enabled, listen, debug_listen, token_file",
     );
 }
 
