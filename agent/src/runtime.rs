@@ -98,6 +98,14 @@ pub async fn run(mut cfg: Config, overrides: Overrides, log: LevelHandle) -> Res
     let mut sighup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+    // A changed config file (a ConfigMap update) reloads as SIGHUP does.
+    let _config_watch = overrides.config.clone().map(|p| {
+        crate::config::watch::spawn(
+            p,
+            crate::config::watch::INTERVAL,
+            crate::config::watch::sighup_self,
+        )
+    });
 
     tracing::info!(version = crate::VERSION, config_hash = %cfg.hash(), "agent starting");
     if let Err(e) = tracefs::ensure() {
