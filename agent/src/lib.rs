@@ -7,6 +7,7 @@ pub mod k8s;
 pub mod logging;
 pub mod metrics;
 pub mod output;
+pub mod persist;
 pub mod preflight;
 pub mod probes;
 pub mod procinfo;
