@@ -15,6 +15,19 @@ pub use identity::{
 };
 pub use pods::PodRef;
 
+/// Metric labels of a workload besides `container.id` (which callers label already):
+/// `container.runtime`, `k8s.pod.uid`, `k8s.pod.name`, `k8s.namespace.name` (those known).
+/// One container has one value of each, so they add no series.
+pub fn pod_labels(w: Option<&Workload>) -> Vec<(&'static str, String)> {
+    w.map(|w| {
+        w.attributes()
+            .into_iter()
+            .filter(|(k, _)| *k != "container.id")
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
 /// A process's container, and its pod's names when the kubelet's pod directory was found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Workload {
@@ -54,5 +67,51 @@ impl Workload {
             out.push(("k8s.namespace.name", p.namespace.clone()));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_and_labels() {
+        let id = "ab".repeat(32);
+        let uid = "0c5e2d1a-1b2c-4d3e-8f90-123456789abc";
+        let w = Workload {
+            container: ContainerIdentity {
+                runtime: Some(ContainerRuntime::CriO),
+                container_id: id.clone(),
+                pod_uid: Some(uid.into()),
+            },
+            pod: Some(Arc::new(PodRef {
+                namespace: "shop".into(),
+                name: "cart-0".into(),
+                uid: uid.into(),
+            })),
+        };
+        let own = |v: Vec<(&'static str, String)>| -> Vec<(String, String)> {
+            v.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+        };
+        let want = [
+            ("container.id", id.as_str()),
+            ("container.runtime", "cri-o"),
+            ("k8s.pod.uid", uid),
+            ("k8s.pod.name", "cart-0"),
+            ("k8s.namespace.name", "shop"),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(own(w.attributes()), want);
+        assert_eq!(own(pod_labels(Some(&w))), want[1..]);
+        // A plain Docker container: a runtime, no pod.
+        let bare = Workload::from_cgroup_path(&format!("/docker/{id}")).unwrap();
+        assert_eq!(
+            own(pod_labels(Some(&bare))),
+            vec![("container.runtime".to_string(), "docker".to_string())]
+        );
+        assert!(pod_labels(None).is_empty());
     }
 }

@@ -57,6 +57,8 @@ pub const FAILURES: Desc = Desc {
 pub struct Attribution {
     pub exe_name: String,
     pub container_id: Option<String>,
+    /// Container runtime and pod (`crate::k8s`), labelled beside `container.id`.
+    pub workload: Option<crate::k8s::Workload>,
 }
 
 struct Series {
@@ -241,6 +243,7 @@ fn labels(
         if let Some(c) = a.container_id {
             l.push(("container.id", c));
         }
+        l.extend(crate::k8s::pod_labels(a.workload.as_ref()));
     }
     l.push((
         "network.tcp.handshake.role",
@@ -301,6 +304,7 @@ mod tests {
         Attribution {
             exe_name: "curl".into(),
             container_id: None,
+            workload: None,
         }
     }
 

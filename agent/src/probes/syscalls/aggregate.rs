@@ -95,6 +95,8 @@ pub struct ErrorReading {
 pub struct Attribution {
     pub exe_name: String,
     pub container_id: Option<String>,
+    /// Container runtime and pod (`crate::k8s`), labelled beside `container.id`.
+    pub workload: Option<crate::k8s::Workload>,
 }
 
 /// Settings the aggregator follows (from `probes.syscalls`).
@@ -486,6 +488,7 @@ fn proc_labels(syscall: &str, pid: u32, a: &Attribution) -> Labels {
     if let Some(c) = &a.container_id {
         l.push(("container.id", c.clone()));
     }
+    l.extend(crate::k8s::pod_labels(a.workload.as_ref()));
     l
 }
 
@@ -534,6 +537,7 @@ mod tests {
         Attribution {
             exe_name: comm.to_string(),
             container_id: None,
+            workload: None,
         }
     }
 

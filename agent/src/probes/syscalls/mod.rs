@@ -330,6 +330,7 @@ impl Drainer {
                 Attribution {
                     exe_name: info.exe_name,
                     container_id: info.container_id,
+                    workload: info.workload,
                 }
             },
         );
