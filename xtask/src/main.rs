@@ -2,6 +2,7 @@
 
 mod bench;
 mod build;
+mod image;
 mod setup;
 mod util;
 
@@ -39,6 +40,8 @@ enum Task {
     },
     /// `cargo fmt --check` and `cargo clippy -D warnings` on every crate, the kernel one included.
     Lint,
+    /// The container image (deploy/Dockerfile) with podman, from local base images.
+    Image(image::ImageArgs),
     /// Side-by-side overhead benchmarks.
     Bench {
         #[command(subcommand)]
@@ -53,6 +56,7 @@ fn main() -> Result<()> {
         Task::Run { args } => build::run_agent(&args),
         Task::Test { args } => build::test(&args),
         Task::Lint => build::lint(),
+        Task::Image(args) => image::run_image(args),
         Task::Bench { which } => bench::run(which),
     }
 }
