@@ -703,3 +703,142 @@ fn sigterm_spools_the_last_export_and_a_restart_delivers_it() {
     assert_eq!(text(&new[0].resource["service.instance.id"]), id);
     let _ = std::fs::remove_dir_all(state.parent().unwrap());
 }
+
+/// A ConfigMap update, as the kubelet makes it (new `..<timestamp>` directory, `..data`
+/// symlink renamed over, `agent.yaml -> ..data/agent.yaml`), reloads the running agent
+/// without a signal: the debug listener moves to the new port. Re-laying out the same content
+/// reloads nothing.
+#[test]
+fn configmap_update_reloads_the_running_agent() {
+    require_root();
+    let (p1, p2) = (free_port(), free_port());
+    let yaml = |debug: u16, level: &str| {
+        format!(
+            "log:\n  level: {level}\nstatus:\n  debug_listen: 127.0.0.1:{debug}\n\
+             probes:\n  syscalls:\n    enabled: false\n  network:\n    enabled: false\n  profiler:\n    enabled: false\n"
+        )
+    };
+    let v1 = yaml(p1, "info");
+    let agent = Agent::start(&v1);
+    agent.wait_ready();
+    let debug = |port: u16| {
+        http_get(format!("127.0.0.1:{port}").parse().unwrap(), "/status").map(|(c, _)| c)
+    };
+    assert_eq!(debug(p1).unwrap(), 200);
+    let hash0 = agent.status()["config_hash"].clone();
+
+    // The kubelet's layout, same content: the file the agent watches becomes a symlink.
+    let dir = agent.config.parent().unwrap().to_path_buf();
+    let swap = |n: u32, content: &str| {
+        let ts = format!("..2026_11_30_00_00_0{n}.00000000{n}");
+        std::fs::create_dir(dir.join(&ts)).unwrap();
+        std::fs::write(dir.join(&ts).join("agent.yaml"), content).unwrap();
+        let tmp = dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&ts, &tmp).unwrap();
+        std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    };
+    swap(1, &v1);
+    let link = dir.join("agent.yaml.tmp");
+    std::os::unix::fs::symlink("..data/agent.yaml", &link).unwrap();
+    std::fs::rename(&link, &agent.config).unwrap();
+    thread::sleep(Duration::from_secs(5)); // 2 watch intervals and more
+    assert!(
+        !agent.stderr().contains("config file changed"),
+        "{}",
+        agent.stderr()
+    );
+    assert_eq!(agent.status()["config_hash"], hash0);
+
+    // An update.
+    swap(2, &yaml(p2, "debug"));
+    agent.wait_for(
+        |a| a.stderr().contains("configuration applied"),
+        "the reload after the ConfigMap update",
+    );
+    agent.wait_for(
+        |_| debug(p2).is_ok_and(|c| c == 200),
+        "the new debug listener",
+    );
+    assert!(debug(p1).is_err(), "the old debug listener is closed");
+    assert_ne!(agent.status()["config_hash"], hash0);
+    let log = agent.stderr();
+    assert_eq!(log.matches("config file changed").count(), 1, "{log}");
+}
+
+/// A process in a kubelet-style pod cgroup (systemd driver, containerd) is labelled with its
+/// container, runtime, pod UID, and the pod's name and namespace from a `/var/log/pods`
+/// directory; the counts stay exact.
+#[test]
+fn pod_identity_from_cgroup_path_and_pod_log_directory() {
+    require_root();
+    let _g = serial();
+    let uid = "7d3c5a1e-2b4f-4c6d-8e9f-0a1b2c3d4e5f";
+    let id = format!("{:064x}", u64::from(std::process::id()) * 0x9e37_79b9);
+    let pods = tempdir();
+    std::fs::create_dir(pods.join(format!("deploy-ns_web-7f9c4_{uid}"))).unwrap();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let cgroup2 = mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .expect("a cgroup2 mount");
+    let top = cgroup2.join(format!("deploy-it-{}", std::process::id()));
+    let scope = top.join(format!(
+        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{id}.scope",
+        uid.replace('-', "_")
+    ));
+    std::fs::create_dir_all(&scope).unwrap();
+    let _cleanup = CgroupTree(top.clone());
+
+    let w = Workload::start("getppid", 50_000);
+    let pid = w.pid.to_string();
+    std::fs::write(scope.join("cgroup.procs"), &pid).unwrap();
+    // Started after the move, so the agent's first look at the pid sees the pod cgroup.
+    let agent = Agent::start_with(
+        "probes:\n  syscalls:\n    interval: 1s\n  network:\n    enabled: false\n  profiler:\n    enabled: false\n",
+        |c| {
+            c.env("AGENT_POD_LOGS_DIR", &pods);
+        },
+    );
+    agent.wait_ready();
+    // It may exit before a drain sees it alive: then it is attributed from the cgroup id the
+    // kernel recorded (the cgroup directory still exists), which this also checks.
+    w.go();
+    let labels = [
+        ("syscall_name", "getppid"),
+        ("process_pid", pid.as_str()),
+        ("container_id", id.as_str()),
+        ("container_runtime", "containerd"),
+        ("k8s_pod_uid", uid),
+        ("k8s_pod_name", "web-7f9c4"),
+        ("k8s_namespace_name", "deploy-ns"),
+    ];
+    assert_eventually(
+        &agent,
+        "process_syscall_duration_seconds_count",
+        &labels,
+        50_000.0,
+    );
+    drop(agent);
+    let _ = std::fs::remove_dir_all(pods);
+}
+
+/// Removes a cgroup directory tree, innermost first (cgroup directories are removed with
+/// rmdir once empty; the test's workload has exited by then).
+struct CgroupTree(PathBuf);
+
+impl Drop for CgroupTree {
+    fn drop(&mut self) {
+        fn remove(d: &Path) {
+            for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove(&e.path());
+                }
+            }
+            let _ = std::fs::remove_dir(d);
+        }
+        remove(&self.0);
+    }
+}
