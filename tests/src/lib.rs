@@ -460,5 +460,6 @@ pub fn assert_eventually(
     }
 }
 
+pub mod deploy;
 pub mod otlp;
 pub mod profiling;
