@@ -332,6 +332,21 @@ pub fn check_config_with_agent(docs: &[Yaml], ctx: &str) {
         .unwrap()["value"])
     .starts_with('[');
     let pod_ip = if ipv6 { "fd00:10:244::7" } else { "10.244.1.7" };
+    // A status token Secret is mounted where the config's status.token_file points.
+    let token_mount = c["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "status-token");
+    let parsed: Yaml = serde_yaml_ng::from_str(yaml).unwrap();
+    match token_mount {
+        Some(m) => assert_eq!(
+            s(&parsed["status"]["token_file"]),
+            format!("{}/token", s(&m["mountPath"])),
+            "{ctx}"
+        ),
+        None => assert!(parsed["status"]["token_file"].is_null(), "{ctx}"),
+    }
     let dir = tempdir();
     let file = dir.join("agent.yaml");
     std::fs::write(&file, yaml).unwrap();
