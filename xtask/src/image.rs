@@ -31,6 +31,8 @@ pub const BUILD_BASE: &str = "localhost/agent-build:bookworm";
 const SUITE: &str = "bookworm";
 /// The binary links only these (see `ldd target/release/agent`).
 const RUNTIME_PACKAGES: &str = "libc6,libgcc-s1,base-files,netbase";
+/// The host's CA certificates (Debian layout), lent to `--full` builds.
+const HOST_CA_DIR: &str = "/etc/ssl/certs";
 /// Fixed timestamps in the base: the same packages give the same layer.
 const SOURCE_DATE_EPOCH: &str = "1700000000";
 
@@ -166,9 +168,13 @@ pub fn run_image(args: ImageArgs) -> Result<()> {
             );
         }
         cmd.args(["--build-arg", &format!("BUILD_BASE={}", args.build_base)])
-            .args(["--network", "host"])
-            .args(["--target", "runtime"])
-            .arg(root());
+            .args(["--network", "host"]);
+        // The build downloads crates: trust what this host trusts (a TLS-inspecting proxy's
+        // CA, as on the development VM), read-only and only while building.
+        if Path::new(HOST_CA_DIR).join("ca-certificates.crt").exists() {
+            cmd.args(["--volume", &format!("{HOST_CA_DIR}:{HOST_CA_DIR}:ro")]);
+        }
+        cmd.args(["--target", "runtime"]).arg(root());
     } else {
         let binary = match args.binary {
             Some(b) => b,
