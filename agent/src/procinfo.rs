@@ -17,6 +17,8 @@ pub struct ProcInfo {
     /// Base name of `/proc/<pid>/exe`, else the command name.
     pub exe_name: String,
     pub container_id: Option<String>,
+    /// Container runtime, pod UID and pod names (`crate::k8s`), when in a container.
+    pub workload: Option<crate::k8s::Workload>,
 }
 
 /// Whether `pid` is still a live process (a zombie counts as alive until reaped).
@@ -57,6 +59,12 @@ pub fn container_id_from_path(path: &str) -> Option<String> {
 pub fn container_id(pid: u32) -> Option<String> {
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     container_id_from_cgroup_file(&text)
+}
+
+/// Container and pod of a live pid from `/proc/<pid>/cgroup` (see `crate::k8s`).
+pub fn workload(pid: u32) -> Option<crate::k8s::Workload> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    crate::k8s::Workload::from_cgroup_file(&text)
 }
 
 pub fn container_id_from_cgroup_file(text: &str) -> Option<String> {
@@ -109,11 +117,13 @@ impl ProcCache {
             Some(exe_name) => ProcInfo {
                 exe_name,
                 container_id: container_id(pid).or_else(|| self.container_of_cgroup(cgroup_id)),
+                workload: workload(pid).or_else(|| self.workload_of_cgroup(cgroup_id)),
             },
             // Exited: what the kernel saw is all there is.
             None => ProcInfo {
                 exe_name: comm.to_string(),
                 container_id: self.container_of_cgroup(cgroup_id),
+                workload: self.workload_of_cgroup(cgroup_id),
             },
         };
         if self.procs.len() >= self.max {
@@ -139,6 +149,12 @@ impl ProcCache {
         self.cgroups
             .get(&cgroup_id)
             .and_then(|p| container_id_from_path(p))
+    }
+
+    /// Container and pod of a cgroup v2 id (after [`Self::container_of_cgroup`]'s lookup).
+    pub fn workload_of_cgroup(&mut self, cgroup_id: u64) -> Option<crate::k8s::Workload> {
+        self.container_of_cgroup(cgroup_id)?;
+        crate::k8s::Workload::from_cgroup_path(self.cgroups.get(&cgroup_id)?)
     }
 
     fn rescan_cgroups(&mut self) {

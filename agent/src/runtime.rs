@@ -99,6 +99,14 @@ pub async fn run(mut cfg: Config, overrides: Overrides, log: LevelHandle) -> Res
     let mut sighup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+    // A changed config file (a ConfigMap update) reloads as SIGHUP does.
+    let _config_watch = overrides.config.clone().map(|p| {
+        crate::config::watch::spawn(
+            p,
+            crate::config::watch::INTERVAL,
+            crate::config::watch::sighup_self,
+        )
+    });
 
     tracing::info!(version = crate::VERSION, config_hash = %cfg.hash(), "agent starting");
     if let Err(e) = tracefs::ensure() {
@@ -195,7 +203,7 @@ async fn start_status(
     if !cfg.status.enabled {
         return None;
     }
-    let listener = match status::bind(cfg.status.listen).await {
+    let listeners = match status::access::bind_all(&cfg.status).await {
         Ok(l) => l,
         Err(e) => {
             // The agent keeps collecting; only the endpoint is missing.
@@ -203,7 +211,8 @@ async fn start_status(
             return None;
         }
     };
-    tracing::info!(addr = %cfg.status.listen, routes = %status::ROUTES.join(" "), "status endpoint listening");
+    let addrs: Vec<String> = listeners.addrs().iter().map(|a| a.to_string()).collect();
+    tracing::info!(addr = %addrs.join(" "), routes = %status::ROUTES.join(" "), "status endpoint listening");
     let (tx, mut rx) = watch::channel(false);
     let ctx = StatusContext {
         state: state.clone(),
@@ -218,7 +227,7 @@ async fn start_status(
         let shutdown = async move {
             let _ = rx.wait_for(|v| *v).await;
         };
-        if let Err(e) = status::serve(listener, ctx, shutdown).await {
+        if let Err(e) = status::access::serve_all(listeners, ctx, shutdown).await {
             tracing::error!("status endpoint stopped: {e}");
         }
     });

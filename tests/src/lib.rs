@@ -209,6 +209,16 @@ impl Agent {
     }
 
     pub fn start_with(config_yaml: &str, tweak: impl FnOnce(&mut Command)) -> Agent {
+        Self::start_at(config_yaml, None, tweak)
+    }
+
+    /// As `start_with`, with this output directory (instance id, spool) instead of a fresh
+    /// one: a second agent on the same directory is a restart.
+    pub fn start_at(
+        config_yaml: &str,
+        output_dir: Option<&Path>,
+        tweak: impl FnOnce(&mut Command),
+    ) -> Agent {
         let dir = tempdir();
         let config = dir.join("agent.yaml");
         std::fs::write(&config, config_yaml).unwrap();
@@ -219,7 +229,7 @@ impl Agent {
             .arg("--status-addr")
             .arg(addr.to_string())
             .arg("--output-dir")
-            .arg(dir.join("out"))
+            .arg(output_dir.map_or_else(|| dir.join("out"), Path::to_path_buf))
             .env("AGENT_LOG_LEVEL", "info,agent=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -463,5 +473,6 @@ pub fn assert_eventually(
     }
 }
 
+pub mod deploy;
 pub mod otlp;
 pub mod profiling;

@@ -3,6 +3,7 @@
 mod bench;
 mod build;
 mod nab;
+mod image;
 mod setup;
 mod util;
 
@@ -43,6 +44,8 @@ enum Task {
     /// Score a detector on the NAB corpus (`../shared/nab`): swept, shipped-threshold and
     /// `alert`-column scores per profile.
     Nab(nab::Args),
+    /// The container image (deploy/Dockerfile) with podman, from local base images.
+    Image(image::ImageArgs),
     /// Side-by-side overhead benchmarks.
     Bench {
         #[command(subcommand)]
@@ -58,6 +61,7 @@ fn main() -> Result<()> {
         Task::Test { args } => build::test(&args),
         Task::Lint => build::lint(),
         Task::Nab(args) => nab::run(args),
+        Task::Image(args) => image::run_image(args),
         Task::Bench { which } => bench::run(which),
     }
 }

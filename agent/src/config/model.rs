@@ -69,6 +69,10 @@ impl std::fmt::Display for LogFormat {
 }
 
 /// The HTTP status endpoint (/healthz /readyz /status /metrics, and /debug/ profiling).
+///
+/// `/status` and `/debug/*` (they name every process and cost CPU per request) answer only on
+/// a loopback listener, or with `Authorization: Bearer <token>` when `token_file` is set; the
+/// other routes answer on every listener (see `status::access`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StatusConfig {
@@ -77,6 +81,11 @@ pub struct StatusConfig {
     /// Histogram buckets on `/metrics`: every kernel bound, or every third (OTLP always gets
     /// every bound).
     pub histogram_buckets: HistogramBuckets,
+    /// A second listener serving every route, e.g. 127.0.0.1:9465 beside a pod-IP `listen`.
+    pub debug_listen: Option<SocketAddr>,
+    /// A file whose content (trimmed) is the bearer token that opens /status and /debug/* on a
+    /// non-loopback listener.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for StatusConfig {
@@ -85,6 +94,8 @@ impl Default for StatusConfig {
             enabled: true,
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 9464)),
             histogram_buckets: HistogramBuckets::Coarse,
+            debug_listen: None,
+            token_file: None,
         }
     }
 }

@@ -191,7 +191,7 @@ fn unknown_top_level_and_flow_fields() {
         &e,
         "status.port",
         Some(1),
-        "agent.yaml:1:25: unknown field status.port\nfix: allowed fields here: enabled, listen, histogram_buckets",
+        "agent.yaml:1:25: unknown field status.port\nfix: allowed fields here: enabled, listen, histogram_buckets, debug_listen, token_file",
     );
 }
 

@@ -21,6 +21,8 @@ pub(crate) const FIELDS: &[&str] = &[
     "status.enabled",
     "status.listen",
     "status.histogram_buckets",
+    "status.debug_listen",
+    "status.token_file",
     "output",
     "output.dir",
     "output.interval",
@@ -229,6 +231,12 @@ pub(crate) fn allowed(path: &str) -> Option<String> {
         "status.listen" => {
             "an IP:port address such as 127.0.0.1:9464, 0.0.0.0:9464 or [::1]:9464".to_string()
         }
+        "status.debug_listen" => "an IP:port address such as 127.0.0.1:9465 (another port than \
+                                  status.listen), or null for none"
+            .to_string(),
+        "status.token_file" => {
+            "a path to a file holding the bearer token, or null for none".to_string()
+        }
         "output.dir" => "a directory path such as agent-output or /var/lib/agent".to_string(),
         "output.interval" => durations(&OUTPUT_INTERVAL),
         "output.max_file_bytes" => format!(
@@ -356,6 +364,9 @@ pub(crate) fn check_field(cfg: &Config, path: &str) -> Result<(), String> {
     let prof = &cfg.probes.profiler;
     match path {
         "log.level" => check_level(&cfg.log.level),
+        "status.debug_listen" if cfg.status.debug_listen == Some(cfg.status.listen) => {
+            Err(format!("{} is also status.listen", cfg.status.listen))
+        }
         "output.dir" if cfg.output.dir.as_os_str().is_empty() => Err("is empty".to_string()),
         "output.interval" => check_duration(cfg.output.interval, &OUTPUT_INTERVAL),
         "output.max_file_bytes" => check_number(cfg.output.max_file_bytes, &MAX_FILE_BYTES),

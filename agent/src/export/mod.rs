@@ -72,13 +72,24 @@ pub struct Exporter {
     /// What it was built from (rebuilt when this changes).
     pub key: (Settings, OutputSettings),
     stop: watch::Sender<bool>,
+    /// Stops the deliveries, once the producer's last export is in their spools.
+    stop_deliveries: watch::Sender<bool>,
+    /// The producer first, then one delivery per signal.
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Exporter {
+    /// The producer makes its last export (into the spools) and ends; only then do the
+    /// deliveries get their grace period, so that export is sent too when the collector
+    /// answers, instead of a delivery finding its spool empty and ending first.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        for t in self.tasks {
+        let mut tasks = self.tasks.into_iter();
+        if let Some(producer) = tasks.next() {
+            let _ = producer.await;
+        }
+        let _ = self.stop_deliveries.send(true);
+        for t in tasks {
             let _ = t.await;
         }
     }
@@ -92,6 +103,7 @@ pub fn spawn(
     state: Arc<AgentState>,
 ) -> Exporter {
     let (stop, rx) = watch::channel(false);
+    let (stop_deliveries, delivery_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let instance = resource::instance_id(&output.dir);
     let resource = resource::build(&instance, |k| std::env::var(k).ok());
@@ -147,7 +159,11 @@ pub fn spawn(
             };
             let d = Delivery::new(target.signal, spool, target.url.to_string(), state.clone());
             let grace = target.timeout.min(Duration::from_secs(5));
-            tasks.push(tokio::spawn(d.clone().run(transport, rx.clone(), grace)));
+            tasks.push(tokio::spawn(d.clone().run(
+                transport,
+                delivery_rx.clone(),
+                grace,
+            )));
             deliveries.push((target.signal, d));
         }
         let targets: Vec<String> = settings.targets.iter().map(|t| t.url.to_string()).collect();
@@ -180,6 +196,7 @@ pub fn spawn(
     Exporter {
         key: (settings, output),
         stop,
+        stop_deliveries,
         tasks,
     }
 }

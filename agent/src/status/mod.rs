@@ -10,6 +10,7 @@
 //! must not set its own fallback), served with [`serve_router`]; add the path to [`ROUTES`] so
 //! the 404 body lists it.
 
+pub mod access;
 pub mod debug;
 pub mod state;
 

@@ -71,6 +71,8 @@ pub const FAILURES: Desc = Desc {
 pub struct Attribution {
     pub exe_name: String,
     pub container_id: Option<String>,
+    /// Container runtime and pod (`crate::k8s`), labelled beside `container.id`.
+    pub workload: Option<crate::k8s::Workload>,
 }
 
 /// How to attribute a new series: from `/proc` (its owner is alive and is the process that
@@ -337,6 +339,9 @@ fn labels(key: &SeriesKey, s: &Series) -> Labels {
         if let Some(c) = container {
             l.push(attr("container.id", c));
         }
+        l.extend(crate::k8s::pod_labels(
+            s.attribution.as_ref().and_then(|a| a.workload.as_ref()),
+        ));
     }
     l.push(attr("network.tcp.handshake.role", role_name(key.role)));
     l.push(attr("network.transport", "tcp"));
@@ -428,6 +433,7 @@ mod tests {
                 format!("{comm}(kernel)")
             },
             container_id: None,
+            workload: None,
         }
     }
 

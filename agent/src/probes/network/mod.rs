@@ -346,10 +346,12 @@ impl Drainer {
                 Attribution {
                     exe_name: info.exe_name,
                     container_id: info.container_id,
+                    workload: info.workload,
                 }
             } else {
                 Attribution {
                     container_id: cache.container_of_cgroup(stats.cgroup_id),
+                    workload: cache.workload_of_cgroup(stats.cgroup_id),
                     exe_name: comm,
                 }
             }

@@ -75,7 +75,7 @@ impl Identities {
                 self.stats.from_exec_path += 1;
                 Identity {
                     exe_name: exec_path_name(&ev.filename, &ev.comm).into(),
-                    container_id: None,
+                    ..Default::default()
                 }
             }
         };
@@ -112,12 +112,16 @@ impl Identities {
                 self.stats.from_comm += 1;
                 Identity {
                     exe_name: comm.into(),
-                    container_id: None,
+                    ..Default::default()
                 }
             }
         };
         if id.container_id.is_none() {
             id.container_id = self.cache.container_of_cgroup(cgroup_id).map(Arc::from);
+            if id.container_id.is_some() {
+                id.container_labels =
+                    crate::k8s::pod_labels(self.cache.workload_of_cgroup(cgroup_id).as_ref());
+            }
         }
         id
     }
@@ -133,12 +137,14 @@ impl Identities {
         }
         let exe = procinfo::exe_name(key.tgid)?;
         let container = procinfo::container_id(key.tgid);
+        let workload = procinfo::workload(key.tgid);
         if current(key.tgid) != Some(key.gen) {
             return None;
         }
         self.stats.from_proc += 1;
         Some(Identity {
             exe_name: exe.into(),
+            container_labels: crate::k8s::pod_labels(workload.as_ref()),
             container_id: container.map(Arc::from),
         })
     }

@@ -55,6 +55,9 @@ pub const ERROR_TYPE_OTHER: &str = "_OTHER";
 pub struct Identity {
     pub exe_name: Arc<str>,
     pub container_id: Option<Arc<str>>,
+    /// Labels of the container's workload besides `container.id` (`container.runtime`, the
+    /// pod's uid, name and namespace): one value per container, so no new series.
+    pub container_labels: Labels,
 }
 
 /// Who a series belongs to, at the configured aggregation level.
@@ -114,7 +117,7 @@ impl Owner {
         }
     }
 
-    fn labels(&self, syscall: &str) -> Labels {
+    fn labels(&self, syscall: &str, containers: &HashMap<Arc<str>, Labels>) -> Labels {
         let mut l: Labels = vec![attr("syscall.name", syscall)];
         let (pid, exe, container) = match self {
             Owner::Process {
@@ -135,6 +138,9 @@ impl Owner {
         }
         if let Some(c) = container {
             l.push(attr("container.id", &**c));
+            if let Some(extra) = containers.get(c) {
+                l.extend(extra.iter().cloned());
+            }
         }
         l
     }
@@ -184,6 +190,8 @@ pub struct Series {
     owners: HashMap<Owner, OwnerSeries>,
     /// Which owner holds the series of each attribute set (see [`Owner::shown`]).
     shown: HashMap<Owner, Owner>,
+    /// Workload labels per container id (from the first incarnation seen in it).
+    containers: HashMap<Arc<str>, Labels>,
     other_stats: BTreeMap<u32, (SystemTime, Agg)>,
     other_errors: BTreeMap<(u32, Option<u32>), (SystemTime, u64)>,
     pub accounting: Accounting,
@@ -207,6 +215,7 @@ impl Series {
             members: HashMap::new(),
             owners: HashMap::new(),
             shown: HashMap::new(),
+            containers: HashMap::new(),
             other_stats: BTreeMap::new(),
             other_errors: BTreeMap::new(),
             accounting: Accounting::default(),
@@ -245,7 +254,13 @@ impl Series {
             let owner = match self.incarnations.get(&d.proc) {
                 Some(o) => o.clone(),
                 None => {
-                    let o = Owner::of(self.level, d.proc, &identity(d));
+                    let id = identity(d);
+                    if let Some(c) = &id.container_id {
+                        if !id.container_labels.is_empty() && !self.containers.contains_key(c) {
+                            self.containers.insert(c.clone(), id.container_labels.clone());
+                        }
+                    }
+                    let o = Owner::of(self.level, d.proc, &id);
                     let m = self.members.entry(o.clone()).or_default();
                     m.live += 1;
                     m.idle_since = None;
@@ -391,10 +406,10 @@ impl Series {
         owners.sort_by(|a, b| a.0.cmp(b.0));
         for (o, s) in owners {
             for (nr, a) in &s.stats {
-                durations.push(self.histogram(o.labels(&name(*nr)), a, s.start));
+                durations.push(self.histogram(o.labels(&name(*nr), &self.containers), a, s.start));
             }
             for ((nr, e), n) in &s.errors {
-                let mut labels = o.labels(&name(*nr));
+                let mut labels = o.labels(&name(*nr), &self.containers);
                 labels.push(attr("error.type", errno(*e)));
                 errors.push(counter(labels, *n, s.start));
             }

@@ -35,11 +35,13 @@ fn identity(d: &ProcDelta) -> Identity {
         Identity {
             exe_name: "shared".into(),
             container_id: Some("c1".into()),
+            container_labels: vec![],
         }
     } else {
         Identity {
             exe_name: d.comm.as_str().into(),
             container_id: None,
+            container_labels: vec![],
         }
     }
 }
