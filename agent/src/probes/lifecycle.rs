@@ -181,9 +181,12 @@ impl<S: ProbeSpec> ProbeHandle<S> {
         let (ctl_tx, ctl_rx) = mpsc::channel();
         let (started_tx, started_rx) = mpsc::channel();
         let (c, env) = (cfg.clone(), self.env.clone());
+        // The worker may register with tokio (the kernel log forwarder's AsyncFd).
+        let rt = tokio::runtime::Handle::try_current().ok();
         let spawned = thread::Builder::new()
             .name(format!("{}-drain", S::NAME))
             .spawn(move || {
+                let _rt = rt.as_ref().map(|h| h.enter());
                 let worker = match S::start(&c, &env) {
                     Ok((w, hooks)) => {
                         let _ = started_tx.send(Ok(hooks));
