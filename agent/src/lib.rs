@@ -14,6 +14,7 @@ pub mod profile;
 pub mod runtime;
 pub mod selfstats;
 pub mod status;
+pub mod transform;
 
 /// The agent's version (the crate version).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

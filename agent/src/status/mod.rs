@@ -57,6 +57,8 @@ pub struct StatusContext {
     pub state: Arc<AgentState>,
     pub store: Arc<Store>,
     pub version: &'static str,
+    /// The `transform:`/`filter:` pipeline `/metrics` applies (as the exporter does).
+    pub transform: Arc<crate::transform::Transformer>,
 }
 
 /// The status endpoint could not listen. Displays as two lines: cause, then `fix: ...`.
@@ -248,11 +250,19 @@ async fn metrics(State(ctx): State<StatusContext>) -> Response {
     let mut batches = ctx.store.snapshot();
     let own = selfstats::batch(&selfstats::sample(), &ctx.state, ctx.state.started_at);
     batches.push(Arc::new(own));
-    (
-        [(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)],
-        prometheus::encode(&batches),
-    )
-        .into_response()
+    // What leaves the agent is transformed; an empty resource: Prometheus text carries none.
+    let resource = Default::default();
+    match ctx
+        .transform
+        .metrics(&batches, &resource, SystemTime::now())
+    {
+        Ok(view) => (
+            [(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)],
+            prometheus::encode(&view.batches),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
 }
 
 async fn not_found() -> (StatusCode, String) {
@@ -323,6 +333,7 @@ mod tests {
             state: Arc::new(AgentState::new("abc123".into())),
             store: Store::new(),
             version: "1.2.3",
+            transform: crate::transform::Transformer::passthrough(),
         }
     }
 
