@@ -206,6 +206,20 @@ fn export(seconds: f64, series: usize) -> Result<()> {
                 field("protobuf_bytes_per_point")
             );
         }
+        // OTTL transform (five statements) against encoding, CPU ns per point, on CPU 0.
+        let out = Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(bin_path("release", "agent"))
+            .args(["export-bench", "--transform", "--url", "-", "--series"])
+            .arg(series.to_string())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "export-bench --transform failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        print!("{}", String::from_utf8_lossy(&out.stdout));
         Ok(())
     })();
     rotel.stop()?;

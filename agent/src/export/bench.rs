@@ -190,6 +190,109 @@ pub async fn run(
     Ok(r)
 }
 
+/// The five statements of the transform bench: a redaction (`set` with `SHA256` and a `where`
+/// that holds for 5% of the points: one executable name in twenty), a `delete_key`, a
+/// `keep_keys`, a `replace_pattern` (container ids cut to 12 characters) and a `limit`.
+pub const TRANSFORM_STATEMENTS: [&str; 5] = [
+    r#"set(attributes["process.executable.name"], SHA256(attributes["process.executable.name"])) where attributes["process.executable.name"] == "service-3""#,
+    r#"delete_key(attributes, "host.cpu")"#,
+    r#"keep_keys(attributes, ["syscall.name", "process.pid", "process.executable.name", "container.id"])"#,
+    r#"replace_pattern(attributes["container.id"], "^([0-9a-f]{12})[0-9a-f]+$", "$1")"#,
+    r#"limit(attributes, 4, ["process.pid"])"#,
+];
+
+/// Transform cost per data point against encoding cost per point, measured side by side.
+#[derive(Debug)]
+pub struct TransformReport {
+    /// Per round: (transform ns/point, encode ns/point, transform + encode ns/point).
+    pub rounds: Vec<(f64, f64, f64)>,
+    pub points_per_export: usize,
+}
+
+/// `rounds` rounds, each timing the three conditions (transformed view only, OTLP encode of
+/// the raw snapshot only, both) over `exports` exports of `series` histogram series plus as
+/// many counters, the order of conditions rotating every round. CPU time of this thread.
+pub fn transform_bench(
+    series: usize,
+    rounds: usize,
+    exports: usize,
+) -> Result<TransformReport, String> {
+    use crate::transform::{
+        config::StatementGroup, FilterConfig, Pipeline, TransformConfig, Transformer,
+    };
+    let t = TransformConfig {
+        metric_statements: vec![StatementGroup {
+            context: crate::ottl::Context::Datapoint,
+            conditions: Vec::new(),
+            statements: TRANSFORM_STATEMENTS.iter().map(|s| s.to_string()).collect(),
+            error_mode: None,
+        }],
+        ..Default::default()
+    };
+    let p = Pipeline::compile(&t, &FilterConfig::default()).map_err(|e| e.problem)?;
+    let tr = Transformer::new(p);
+    let batch = synthetic(series);
+    let batches = vec![batch];
+    let points = series * 2;
+    let res = resource::build("00000000-0000-0000-0000-000000000000", |_| None);
+    let mut enc = MetricsEncoder::new(Temporality::Cumulative, super::MAX_POINTS_PER_REQUEST);
+    // Sanity: the statements did what they say.
+    let view = tr
+        .metrics(&batches, &res, SystemTime::now())
+        .map_err(|e| e.to_string())?;
+    let p0 = &view.batches[0].families[0].points[0];
+    if p0.labels.len() != 4
+        || crate::metrics::model::get(&p0.labels, "container.id")
+            .and_then(|v| v.as_str())
+            .map(str::len)
+            != Some(12)
+    {
+        return Err(format!(
+            "transform bench statements did not apply: {:?}",
+            p0.labels
+        ));
+    }
+    let cpu = || {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes the timespec we pass.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as f64 * 1e9 + ts.tv_nsec as f64
+    };
+    let mut out = Vec::new();
+    for round in 0..rounds {
+        let mut r = [0.0f64; 3];
+        for k in 0..3 {
+            let cond = (k + round) % 3;
+            let t0 = cpu();
+            for _ in 0..exports {
+                let now = SystemTime::now();
+                match cond {
+                    0 => {
+                        let v = tr.metrics(&batches, &res, now).map_err(|e| e.to_string())?;
+                        std::hint::black_box(&v.batches);
+                    }
+                    1 => {
+                        std::hint::black_box(enc.encode(&batches, &res, now));
+                    }
+                    _ => {
+                        let v = tr.metrics(&batches, &res, now).map_err(|e| e.to_string())?;
+                        std::hint::black_box(enc.encode(&v.batches, &v.resource, now));
+                    }
+                }
+            }
+            r[cond] = (cpu() - t0) / (exports * points) as f64;
+        }
+        out.push((r[0], r[1], r[2]));
+    }
+    Ok(TransformReport {
+        rounds: out,
+        points_per_export: points,
+    })
+}
+
 /// The body size as the transport sends it. Measured on the side (not on the timed path's
 /// socket), with the same encoders.
 fn wire_size(protocol: Protocol, compression: Compression, proto: &[u8]) -> u64 {
