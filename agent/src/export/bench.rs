@@ -238,7 +238,12 @@ pub fn transform_bench(
     let mut enc = MetricsEncoder::new(Temporality::Cumulative, super::MAX_POINTS_PER_REQUEST);
     // Sanity: the statements did what they say.
     let view = tr
-        .metrics(&batches, &res, SystemTime::now())
+        .metrics(
+            crate::transform::Consumer::Export,
+            || batches.clone(),
+            &res,
+            SystemTime::now(),
+        )
         .map_err(|e| e.to_string())?;
     let p0 = &view.batches[0].families[0].points[0];
     if p0.labels.len() != 4
@@ -271,14 +276,28 @@ pub fn transform_bench(
                 let now = SystemTime::now();
                 match cond {
                     0 => {
-                        let v = tr.metrics(&batches, &res, now).map_err(|e| e.to_string())?;
+                        let v = tr
+                            .metrics(
+                                crate::transform::Consumer::Export,
+                                || batches.clone(),
+                                &res,
+                                now,
+                            )
+                            .map_err(|e| e.to_string())?;
                         std::hint::black_box(&v.batches);
                     }
                     1 => {
                         std::hint::black_box(enc.encode(&batches, &res, now));
                     }
                     _ => {
-                        let v = tr.metrics(&batches, &res, now).map_err(|e| e.to_string())?;
+                        let v = tr
+                            .metrics(
+                                crate::transform::Consumer::Export,
+                                || batches.clone(),
+                                &res,
+                                now,
+                            )
+                            .map_err(|e| e.to_string())?;
                         std::hint::black_box(enc.encode(&v.batches, &v.resource, now));
                     }
                 }

@@ -40,7 +40,7 @@ use crate::{
     output::{self, OutputSettings},
     selfstats,
     status::state::{AgentState, ConnRecord},
-    transform::Transformer,
+    transform::{Consumer, Transformer},
 };
 
 /// Data points per metrics request (larger exports are split).
@@ -97,6 +97,7 @@ pub fn spawn(
     let mut tasks = Vec::new();
     let instance = resource::instance_id(&output.dir);
     let resource = resource::build(&instance, |k| std::env::var(k).ok());
+    transform.set_resource(resource.clone());
     let backend = if settings.targets.is_empty() {
         state.update_exporter(|e| {
             e.kind = "file".into();
@@ -263,11 +264,18 @@ impl Producer {
     }
 
     async fn export(&mut self) {
-        let mut batches = self.store.snapshot();
-        let own = selfstats::batch(&selfstats::sample(), &self.state, self.state.started_at);
-        batches.push(Arc::new(own));
+        let (store, state) = (&self.store, &self.state);
+        let snapshot = || {
+            let mut batches = store.snapshot();
+            let own = selfstats::batch(&selfstats::sample(), state, state.started_at);
+            batches.push(Arc::new(own));
+            batches
+        };
         let now = SystemTime::now();
-        let view = match self.transform.metrics(&batches, &self.resource, now) {
+        let view = match self
+            .transform
+            .metrics(Consumer::Export, snapshot, &self.resource, now)
+        {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!("{e}");

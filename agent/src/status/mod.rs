@@ -247,14 +247,19 @@ async fn status(State(ctx): State<StatusContext>) -> Json<StatusReport> {
 }
 
 async fn metrics(State(ctx): State<StatusContext>) -> Response {
-    let mut batches = ctx.store.snapshot();
-    let own = selfstats::batch(&selfstats::sample(), &ctx.state, ctx.state.started_at);
-    batches.push(Arc::new(own));
-    // What leaves the agent is transformed; an empty resource: Prometheus text carries none.
-    let resource = Default::default();
+    let snapshot = || {
+        let mut batches = ctx.store.snapshot();
+        let own = selfstats::batch(&selfstats::sample(), &ctx.state, ctx.state.started_at);
+        batches.push(Arc::new(own));
+        batches
+    };
+    // What leaves the agent is transformed, with the exporter's resource for statements to read
+    // (Prometheus text carries no resource).
+    let resource = ctx.transform.resource();
+    let now = SystemTime::now();
     match ctx
         .transform
-        .metrics(&batches, &resource, SystemTime::now())
+        .metrics(crate::transform::Consumer::Scrape, snapshot, &resource, now)
     {
         Ok(view) => (
             [(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)],

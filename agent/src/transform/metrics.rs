@@ -22,7 +22,7 @@ use std::{
 
 use opentelemetry_proto::tonic::{common::v1::InstrumentationScope, resource::v1::Resource};
 
-use super::{resource_groups, Propagated, Run, Transformer};
+use super::{resource_groups, Consumer, Propagated, Run, Transformer};
 use crate::{
     metrics::model::{AttrValue, Batch, Family, Key, Kind, Point, Value},
     ottl::{Context, Env, Subject, Tcx},
@@ -43,21 +43,29 @@ fn unix_nanos(t: SystemTime) -> u64 {
 }
 
 impl Transformer {
-    /// The transformed view of `batches` exported at `now` with `resource`.
+    /// The transformed view of the batches `snapshot` returns, exported at `now` with
+    /// `resource`. The snapshot is taken under `consumer`'s lock, so its views are made in
+    /// snapshot order.
     pub fn metrics<'a>(
         &self,
-        batches: &[Arc<Batch>],
+        consumer: Consumer,
+        snapshot: impl FnOnce() -> Vec<Arc<Batch>>,
         resource: &'a Resource,
         now: SystemTime,
     ) -> Result<MetricsView<'a>, Propagated> {
         let p = self.pipeline();
         if p.metrics_unchanged() {
             return Ok(MetricsView {
-                batches: batches.to_vec(),
+                batches: snapshot(),
                 resource: Cow::Borrowed(resource),
                 scope: None,
             });
         }
+        let mut st = self.merge[consumer as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let batches = snapshot();
+        let batches = &batches;
         let now_ns = unix_nanos(now);
         let mut run = Run::new(self, "metrics");
         let result = (|| {
@@ -89,10 +97,7 @@ impl Transformer {
                     }
                 }
             }
-            let conflicts = {
-                let mut st = self.merge.lock().unwrap_or_else(|e| e.into_inner());
-                merge(&mut families, &mut st, now)
-            };
+            let conflicts = merge(&mut families, &mut st, now);
             run.errors += conflicts;
             Ok(MetricsView {
                 batches: vec![Arc::new(Batch {
@@ -497,7 +502,9 @@ mod tests {
                 },
             ])
         };
-        let v = t.metrics(&input(5.0, 7.0, true), &res, t0(200)).unwrap();
+        let v = t
+            .metrics(Consumer::Export, || input(5.0, 7.0, true), &res, t0(200))
+            .unwrap();
         let fams = &v.batches[0].families;
         assert_eq!(fams[0].points.len(), 1);
         assert_eq!(fams[0].points[0].labels, vec![attr("syscall.name", "read")]);
@@ -512,20 +519,26 @@ mod tests {
         );
         assert_eq!(fams[1].points[0].start_time, t0(90));
         // Grows: same start.
-        let v = t.metrics(&input(6.0, 8.0, true), &res, t0(210)).unwrap();
+        let v = t
+            .metrics(Consumer::Export, || input(6.0, 8.0, true), &res, t0(210))
+            .unwrap();
         assert_eq!(
             v.batches[0].families[0].points[0].value,
             Value::Counter(14.0)
         );
         assert_eq!(v.batches[0].families[0].points[0].start_time, t0(50));
         // Member b ended: the total went down, so the series restarts at this export.
-        let v = t.metrics(&input(7.0, 0.0, false), &res, t0(220)).unwrap();
+        let v = t
+            .metrics(Consumer::Export, || input(7.0, 0.0, false), &res, t0(220))
+            .unwrap();
         assert_eq!(
             v.batches[0].families[0].points[0].value,
             Value::Counter(7.0)
         );
         assert_eq!(v.batches[0].families[0].points[0].start_time, t0(220));
-        let v = t.metrics(&input(9.0, 0.0, false), &res, t0(230)).unwrap();
+        let v = t
+            .metrics(Consumer::Export, || input(9.0, 0.0, false), &res, t0(230))
+            .unwrap();
         assert_eq!(v.batches[0].families[0].points[0].start_time, t0(220));
         // The store's batches are untouched.
         assert_eq!(input(5.0, 7.0, true)[0].families[0].points.len(), 2);
@@ -596,7 +609,9 @@ mod tests {
                 points: vec![hist(1, [1, 0, 0], 1), hist(2, [1, 0, 0], 1)],
             },
         ]);
-        let v = t.metrics(&input, &res, t0(5)).unwrap();
+        let v = t
+            .metrics(Consumer::Export, || input.clone(), &res, t0(5))
+            .unwrap();
         let fams = &v.batches[0].families;
         assert_eq!(fams.len(), 1);
         assert_eq!(fams[0].desc.name, DURATION.name);
@@ -626,7 +641,9 @@ mod tests {
         let res = Resource::default();
         // ignore: the failing point goes on to the next statement.
         let t = transformer(stmt, "{}");
-        let v = t.metrics(&input, &res, t0(5)).unwrap();
+        let v = t
+            .metrics(Consumer::Export, || input.clone(), &res, t0(5))
+            .unwrap();
         let pts = &v.batches[0].families[0].points;
         assert!(pts
             .iter()
@@ -634,7 +651,10 @@ mod tests {
         assert_eq!(t.counts()["metrics"].errors, 1);
         // propagate: the export is dropped.
         let t = transformer(&format!("error_mode: propagate\n{stmt}"), "{}");
-        let e = t.metrics(&input, &res, t0(5)).err().unwrap();
+        let e = t
+            .metrics(Consumer::Export, || input.clone(), &res, t0(5))
+            .err()
+            .unwrap();
         assert_eq!(e.error, "expected string but got nil");
     }
 }

@@ -47,10 +47,22 @@ pub struct Counts {
     pub errors: u64,
 }
 
+/// Who takes a metric view: each keeps its own merged-series state, so one consumer's
+/// snapshots are seen in order (a scrape between two exports cannot look like a reset).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consumer {
+    /// The exporter (OTLP, JSON lines files).
+    Export = 0,
+    /// `/metrics`.
+    Scrape = 1,
+}
+
 /// The running pipeline, shared by every output.
 pub struct Transformer {
     pipeline: RwLock<Arc<Pipeline>>,
-    merge: Mutex<metrics::MergeState>,
+    merge: [Mutex<metrics::MergeState>; 2],
+    /// The exporter's resource, so `/metrics` statements read the same `resource.attributes`.
+    resource: RwLock<opentelemetry_proto::tonic::resource::v1::Resource>,
     counts: Mutex<HashMap<&'static str, Counts>>,
     /// When each failing statement was last logged (one line per statement per minute).
     logged: Mutex<HashMap<String, Instant>>,
@@ -62,7 +74,8 @@ impl Transformer {
     pub fn new(p: Pipeline) -> Arc<Transformer> {
         Arc::new(Transformer {
             pipeline: RwLock::new(Arc::new(p)),
-            merge: Mutex::new(metrics::MergeState::default()),
+            merge: Default::default(),
+            resource: Default::default(),
             counts: Mutex::new(HashMap::new()),
             logged: Mutex::new(HashMap::new()),
         })
@@ -76,7 +89,21 @@ impl Transformer {
     /// Replaces the pipeline (config reload); merged-series state starts over.
     pub fn set(&self, p: Pipeline) {
         *self.pipeline.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(p);
-        *self.merge.lock().unwrap_or_else(|e| e.into_inner()) = metrics::MergeState::default();
+        for m in &self.merge {
+            *m.lock().unwrap_or_else(|e| e.into_inner()) = metrics::MergeState::default();
+        }
+    }
+
+    /// The resource the exporter sends (set when it starts).
+    pub fn set_resource(&self, r: opentelemetry_proto::tonic::resource::v1::Resource) {
+        *self.resource.write().unwrap_or_else(|e| e.into_inner()) = r;
+    }
+
+    pub fn resource(&self) -> opentelemetry_proto::tonic::resource::v1::Resource {
+        self.resource
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn pipeline(&self) -> Arc<Pipeline> {
