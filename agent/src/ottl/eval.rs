@@ -40,7 +40,7 @@ impl Getter {
     }
 
     /// A string literal without a copy (the common `== "x"` case).
-    fn lit_str(&self) -> Option<&str> {
+    pub fn lit_str(&self) -> Option<&str> {
         match self {
             Getter::Lit(Value::Str(s)) => Some(s),
             _ => None,
@@ -79,13 +79,13 @@ impl CPath {
     }
 
     /// The string key of a one-key path (`attributes["k"]`), evaluated.
-    pub fn key(&self, tcx: &Tcx) -> Result<Option<String>, EvalError> {
+    pub fn key(&self, tcx: &Tcx) -> Result<Option<Cow<'_, str>>, EvalError> {
         match self.keys.first() {
             None => Ok(None),
-            Some(CKey::Str(s)) => Ok(Some(s.clone())),
+            Some(CKey::Str(s)) => Ok(Some(Cow::Borrowed(s))),
             Some(CKey::Int(_)) => Err(EvalError::new("maps are indexed by string keys")),
             Some(CKey::Dyn(g)) => match g.eval(tcx)? {
-                Value::Str(s) => Ok(Some(s.into_owned())),
+                Value::Str(s) => Ok(Some(Cow::Owned(s.into_owned()))),
                 other => Err(EvalError::new(format!(
                     "a map key must be a string, got {}",
                     type_name(&other)

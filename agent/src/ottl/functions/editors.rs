@@ -289,6 +289,10 @@ impl Editor {
                 set(tcx, target, v)
             }
             Editor::DeleteKey(t, key) => {
+                if let Some(k) = key.lit_str() {
+                    tcx.map_mut(t.field)?.remove(k);
+                    return Ok(());
+                }
                 let k = key.eval(tcx)?;
                 let k = expect_str(&k)?.to_string();
                 tcx.map_mut(t.field)?.remove(&k);
@@ -344,13 +348,20 @@ impl Editor {
                 Ok(())
             }
             Editor::ReplacePattern(t, r) => {
-                let repl = r.replacement.eval(tcx)?;
-                let repl = expect_str(&repl)?.to_string();
+                let owned;
+                let repl = match r.replacement.lit_str() {
+                    Some(s) => s,
+                    None => {
+                        let v = r.replacement.eval(tcx)?;
+                        owned = expect_str(&v)?.to_string();
+                        &owned
+                    }
+                };
                 let Value::Str(s) = t.eval(tcx)? else {
                     // Non-strings and nil are left alone.
                     return Ok(());
                 };
-                let Some(new) = r.apply(&s, &repl) else {
+                let Some(new) = r.apply(&s, repl) else {
                     return Ok(());
                 };
                 set(tcx, t, Value::Str(new.into()))
@@ -399,24 +410,22 @@ impl Editor {
 impl Replace {
     /// `s` with every match replaced; `None` when nothing matched.
     pub fn apply(&self, s: &str, replacement: &str) -> Option<String> {
-        if !self.re.is_match(s) {
-            return None;
+        let out = match self.function {
+            None => self.re.replace_all(s, replacement),
+            Some(f) => self.re.replace_all(s, |caps: &regex::Captures| {
+                let mut expanded = String::new();
+                caps.expand(replacement, &mut expanded);
+                let hashed = f.apply(&expanded);
+                match &self.format {
+                    Some(fmt) => fmt.replacen("%s", &hashed, 1),
+                    None => hashed,
+                }
+            }),
+        };
+        match out {
+            std::borrow::Cow::Borrowed(_) => None,
+            std::borrow::Cow::Owned(n) => Some(n),
         }
-        Some(match self.function {
-            None => self.re.replace_all(s, replacement).into_owned(),
-            Some(f) => self
-                .re
-                .replace_all(s, |caps: &regex::Captures| {
-                    let mut expanded = String::new();
-                    caps.expand(replacement, &mut expanded);
-                    let hashed = f.apply(&expanded);
-                    match &self.format {
-                        Some(fmt) => fmt.replacen("%s", &hashed, 1),
-                        None => hashed,
-                    }
-                })
-                .into_owned(),
-        })
     }
 }
 
