@@ -115,29 +115,43 @@ enum ConfigAction {
     Validate { file: PathBuf },
 }
 
-/// `agent export-bench --transform`: prints the statements, then per-round and median CPU ns
-/// per data point of the transform, the encode, and both, with ratios and their spread.
+/// `agent export-bench --transform`: prints the statements, then the median CPU ns per data
+/// point of each condition with the range over rounds, and transform / encode per round.
 fn transform_bench(series: usize) -> anyhow::Result<ExitCode> {
     let rounds = 9;
-    let r = agent::export::bench::transform_bench(series, rounds, 20)
+    let r = agent::export::bench::transform_bench(series, rounds, 10)
         .map_err(|e| anyhow::anyhow!(e))?;
-    for s in agent::export::bench::TRANSFORM_STATEMENTS {
-        println!("transform statement: {s}");
+    for (k, s) in agent::export::bench::TRANSFORM_STATEMENTS
+        .iter()
+        .enumerate()
+    {
+        println!("transform statement s{}: {s}", k + 1);
     }
-    let med = |mut v: Vec<f64>| {
+    let med = |v: &[f64]| {
+        let mut v = v.to_vec();
         v.sort_by(f64::total_cmp);
         (v[v.len() / 2], v[0], v[v.len() - 1])
     };
-    let (t, tmin, tmax) = med(r.rounds.iter().map(|x| x.0).collect());
-    let (e, emin, emax) = med(r.rounds.iter().map(|x| x.1).collect());
-    let (b, bmin, bmax) = med(r.rounds.iter().map(|x| x.2).collect());
-    let (ratio, rmin, rmax) = med(r.rounds.iter().map(|x| x.0 / x.1).collect());
-    println!(
-        "transform_ns_per_point {t:.1} (rounds {tmin:.1}-{tmax:.1}) encode_ns_per_point {e:.1} \
-         ({emin:.1}-{emax:.1}) both_ns_per_point {b:.1} ({bmin:.1}-{bmax:.1}) \
-         transform_over_encode {ratio:.2} ({rmin:.2}-{rmax:.2}) points_per_export {} rounds {rounds}",
-        r.points_per_export
-    );
+    let get = |name: &str| {
+        r.conditions
+            .iter()
+            .find(|c| c.0 == name)
+            .map(|c| c.1.clone())
+    };
+    for (name, v) in &r.conditions {
+        let (m, lo, hi) = med(v);
+        println!("transform bench {name:18} {m:8.1} ns/point (rounds {lo:.1}-{hi:.1})");
+    }
+    if let (Some(t), Some(e)) = (get("transform"), get("encode")) {
+        let ratios: Vec<f64> = t.iter().zip(&e).map(|(a, b)| a / b).collect();
+        let (m, lo, hi) = med(&ratios);
+        let (tm, _, _) = med(&t);
+        println!(
+            "transform_ns_per_point {tm:.1} transform_over_encode {m:.2} (rounds {lo:.2}-{hi:.2}), \
+             {} points per export, {rounds} rounds",
+            r.points_per_export
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

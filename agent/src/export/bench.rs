@@ -201,49 +201,61 @@ pub const TRANSFORM_STATEMENTS: [&str; 5] = [
     r#"limit(attributes, 4, ["process.pid"])"#,
 ];
 
-/// Transform cost per data point against encoding cost per point, measured side by side.
+/// CPU ns per data point of each condition, per round.
 #[derive(Debug)]
 pub struct TransformReport {
-    /// Per round: (transform ns/point, encode ns/point, transform + encode ns/point).
-    pub rounds: Vec<(f64, f64, f64)>,
+    /// (condition, ns per point of each round): `encode` (the raw snapshot to OTLP),
+    /// `transform` (the five statements), `transform+encode`, `copy` (a statement that never
+    /// applies: the view's copy and merge check alone), and each statement alone (`s1`..`s5`).
+    pub conditions: Vec<(String, Vec<f64>)>,
     pub points_per_export: usize,
 }
 
-/// `rounds` rounds, each timing the three conditions (transformed view only, OTLP encode of
-/// the raw snapshot only, both) over `exports` exports of `series` histogram series plus as
-/// many counters, the order of conditions rotating every round. CPU time of this thread.
-pub fn transform_bench(
-    series: usize,
-    rounds: usize,
-    exports: usize,
-) -> Result<TransformReport, String> {
-    use crate::transform::{
-        config::StatementGroup, FilterConfig, Pipeline, TransformConfig, Transformer,
-    };
+fn transformer_of(statements: &[&str]) -> Result<Arc<crate::transform::Transformer>, String> {
+    use crate::transform::{config::StatementGroup, FilterConfig, Pipeline, TransformConfig};
     let t = TransformConfig {
         metric_statements: vec![StatementGroup {
             context: crate::ottl::Context::Datapoint,
             conditions: Vec::new(),
-            statements: TRANSFORM_STATEMENTS.iter().map(|s| s.to_string()).collect(),
+            statements: statements.iter().map(|s| s.to_string()).collect(),
             error_mode: None,
         }],
         ..Default::default()
     };
     let p = Pipeline::compile(&t, &FilterConfig::default()).map_err(|e| e.problem)?;
-    let tr = Transformer::new(p);
-    let batch = synthetic(series);
-    let batches = vec![batch];
+    Ok(crate::transform::Transformer::new(p))
+}
+
+/// `rounds` rounds over `exports` exports of `series` histogram series plus as many counters;
+/// every round times each condition once, in an order rotated every round. CPU time of this
+/// thread (`CLOCK_THREAD_CPUTIME_ID`).
+pub fn transform_bench(
+    series: usize,
+    rounds: usize,
+    exports: usize,
+) -> Result<TransformReport, String> {
+    let export = crate::transform::Consumer::Export;
+    let all = transformer_of(&TRANSFORM_STATEMENTS)?;
+    let mut conds: Vec<(String, Option<Arc<crate::transform::Transformer>>, bool)> = vec![
+        ("encode".into(), None, true),
+        ("transform".into(), Some(all.clone()), false),
+        ("transform+encode".into(), Some(all.clone()), true),
+        (
+            "copy".into(),
+            Some(transformer_of(&[r#"set(attributes["x"], 1) where false"#])?),
+            false,
+        ),
+    ];
+    for (k, s) in TRANSFORM_STATEMENTS.iter().enumerate() {
+        conds.push((format!("s{}", k + 1), Some(transformer_of(&[s])?), false));
+    }
+    let batches = vec![synthetic(series)];
     let points = series * 2;
     let res = resource::build("00000000-0000-0000-0000-000000000000", |_| None);
     let mut enc = MetricsEncoder::new(Temporality::Cumulative, super::MAX_POINTS_PER_REQUEST);
     // Sanity: the statements did what they say.
-    let view = tr
-        .metrics(
-            crate::transform::Consumer::Export,
-            || batches.clone(),
-            &res,
-            SystemTime::now(),
-        )
+    let view = all
+        .metrics(export, || batches.clone(), &res, SystemTime::now())
         .map_err(|e| e.to_string())?;
     let p0 = &view.batches[0].families[0].points[0];
     if p0.labels.len() != 4
@@ -266,48 +278,34 @@ pub fn transform_bench(
         unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
         ts.tv_sec as f64 * 1e9 + ts.tv_nsec as f64
     };
-    let mut out = Vec::new();
+    let mut out: Vec<Vec<f64>> = vec![Vec::new(); conds.len()];
     for round in 0..rounds {
-        let mut r = [0.0f64; 3];
-        for k in 0..3 {
-            let cond = (k + round) % 3;
+        for k in 0..conds.len() {
+            let c = (k + round) % conds.len();
+            let (_, tr, encode) = &conds[c];
             let t0 = cpu();
             for _ in 0..exports {
                 let now = SystemTime::now();
-                match cond {
-                    0 => {
-                        let v = tr
-                            .metrics(
-                                crate::transform::Consumer::Export,
-                                || batches.clone(),
-                                &res,
-                                now,
-                            )
-                            .map_err(|e| e.to_string())?;
-                        std::hint::black_box(&v.batches);
-                    }
-                    1 => {
+                match tr {
+                    None => {
                         std::hint::black_box(enc.encode(&batches, &res, now));
                     }
-                    _ => {
+                    Some(tr) => {
                         let v = tr
-                            .metrics(
-                                crate::transform::Consumer::Export,
-                                || batches.clone(),
-                                &res,
-                                now,
-                            )
+                            .metrics(export, || batches.clone(), &res, now)
                             .map_err(|e| e.to_string())?;
-                        std::hint::black_box(enc.encode(&v.batches, &v.resource, now));
+                        if *encode {
+                            std::hint::black_box(enc.encode(&v.batches, &v.resource, now));
+                        }
+                        std::hint::black_box(&v.batches);
                     }
                 }
             }
-            r[cond] = (cpu() - t0) / (exports * points) as f64;
+            out[c].push((cpu() - t0) / (exports * points) as f64);
         }
-        out.push((r[0], r[1], r[2]));
     }
     Ok(TransformReport {
-        rounds: out,
+        conditions: conds.into_iter().map(|c| c.0).zip(out).collect(),
         points_per_export: points,
     })
 }

@@ -245,6 +245,9 @@ pub struct Env<'a> {
 
 /// A transform context: the item and its surroundings.
 pub struct Tcx<'a> {
+    /// Set when an editor took the subject's map to change it (so a caller knows which items'
+    /// attribute sets may have changed; `false` initially).
+    pub touched: bool,
     pub subject: Subject<'a>,
     pub env: Env<'a>,
 }
@@ -384,6 +387,7 @@ impl<'a> Tcx<'a> {
 
     /// The subject's map at `f` (`attributes`, or a `body` that holds a map), to edit in place.
     pub fn map_mut(&mut self, f: Field) -> Result<&mut dyn AttrMap, EvalError> {
+        self.touched = true;
         match (&mut self.subject, f.name) {
             (Subject::Resource(a), "attributes") => Ok(&mut **a),
             (Subject::Scope(s), "attributes") => Ok(&mut s.attributes),

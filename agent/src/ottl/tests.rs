@@ -31,6 +31,7 @@ fn on_log(stmt: &str, attrs: &[(&str, Value<'static>)]) -> Result<Vec<KeyValue>,
         rec.attributes.put(k, v.clone()).unwrap();
     }
     let mut tcx = Tcx {
+        touched: false,
         subject: Subject::Log(&mut rec),
         env: env(&[]),
     };
@@ -847,6 +848,7 @@ fn datapoint_context_reads_and_writes_typed_labels() {
         let st =
             statement(stmt, Context::Datapoint).unwrap_or_else(|e| panic!("{}", e.render(stmt)));
         let mut tcx = Tcx {
+            touched: false,
             subject: Subject::Datapoint(p),
             env: Env {
                 resource: &res,
@@ -935,6 +937,7 @@ fn conditions_from_the_language_documentation() {
     let mut d = desc.clone();
     let res: Vec<KeyValue> = Vec::new();
     let tcx = Tcx {
+        touched: false,
         subject: Subject::Metric(&mut d),
         env: env(&res),
     };
@@ -955,6 +958,7 @@ fn conditions_from_the_language_documentation() {
     let cond = condition(r#"attributes["custom-attr"] != nil"#, Context::Log).unwrap();
     let mut rec = LogRecord::default();
     let tcx = Tcx {
+        touched: false,
         subject: Subject::Log(&mut rec),
         env: env(&res),
     };

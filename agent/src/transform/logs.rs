@@ -29,6 +29,7 @@ impl Transformer {
                         let mut scope = sl.scope.take().unwrap_or_default();
                         for g in p.log_groups.iter().filter(|g| g.context == Context::Scope) {
                             let mut tcx = Tcx {
+                                touched: false,
                                 subject: Subject::Scope(&mut scope),
                                 env: Env {
                                     resource: &res.attributes,
@@ -48,6 +49,7 @@ impl Transformer {
                         let mut kept = Vec::with_capacity(sl.log_records.len());
                         for mut rec in std::mem::take(&mut sl.log_records) {
                             let mut tcx = Tcx {
+                                touched: false,
                                 subject: Subject::Log(&mut rec),
                                 env,
                             };

@@ -79,6 +79,7 @@ impl Transformer {
                 .filter(|g| g.context == Context::Scope)
             {
                 let mut tcx = Tcx {
+                    touched: false,
                     subject: Subject::Scope(&mut scope),
                     env: Env {
                         resource: &res.attributes,
@@ -90,14 +91,16 @@ impl Transformer {
                 run.group(g, &mut tcx)?;
             }
             let mut families = Vec::new();
+            let mut touched = Vec::new();
             for batch in batches {
                 for fam in &batch.families {
-                    if let Some(f) = self.family(&mut run, &p, fam, &res, &scope, now_ns)? {
+                    if let Some((f, t)) = self.family(&mut run, &p, fam, &res, &scope, now_ns)? {
                         families.push(f);
+                        touched.push(t);
                     }
                 }
             }
-            let conflicts = merge(&mut families, &mut st, now);
+            let conflicts = merge(&mut families, &mut touched, &mut st, now);
             run.errors += conflicts;
             Ok(MetricsView {
                 batches: vec![Arc::new(Batch {
@@ -121,7 +124,7 @@ impl Transformer {
         res: &Resource,
         scope: &InstrumentationScope,
         now: u64,
-    ) -> Result<Option<Family>, Propagated> {
+    ) -> Result<Option<(Family, bool)>, Propagated> {
         let base = Env {
             resource: &res.attributes,
             scope: Some(scope),
@@ -131,6 +134,7 @@ impl Transformer {
         let mut desc = fam.desc.clone();
         {
             let tcx = Tcx {
+                touched: false,
                 subject: Subject::Metric(&mut desc),
                 env: base,
             };
@@ -145,6 +149,7 @@ impl Transformer {
             let mut pt = point.clone();
             if !p.datapoint_filters.is_empty() {
                 let tcx = Tcx {
+                    touched: false,
                     subject: Subject::Datapoint(&mut pt),
                     env: Env {
                         metric: Some(&desc),
@@ -160,10 +165,12 @@ impl Transformer {
         if points.is_empty() && !fam.points.is_empty() {
             return Ok(None);
         }
+        let mut touched = false;
         for g in &p.metric_groups {
             match g.context {
                 Context::Metric => {
                     let mut tcx = Tcx {
+                        touched: false,
                         subject: Subject::Metric(&mut desc),
                         env: base,
                     };
@@ -172,6 +179,7 @@ impl Transformer {
                 Context::Datapoint => {
                     for pt in &mut points {
                         let mut tcx = Tcx {
+                            touched: false,
                             subject: Subject::Datapoint(pt),
                             env: Env {
                                 metric: Some(&desc),
@@ -179,12 +187,13 @@ impl Transformer {
                             },
                         };
                         run.group(g, &mut tcx)?;
+                        touched |= tcx.touched;
                     }
                 }
                 _ => {}
             }
         }
-        Ok(Some(Family { desc, points }))
+        Ok(Some((Family { desc, points }, touched)))
     }
 }
 
@@ -233,12 +242,13 @@ fn mix(mut h: u64, bytes: &[u8]) -> u64 {
     (h.rotate_left(5) ^ u64::from_le_bytes(w) ^ (bytes.len() as u64) << 56).wrapping_mul(K)
 }
 
-/// An order-independent hash of an attribute set.
+/// An order-independent hash of an attribute set: of its values and their count (keys are left
+/// out for speed; sets that differ only in keys are told apart by the equality check).
 fn labels_hash(labels: &[(Key, AttrValue)]) -> u64 {
-    let mut total = 0u64;
-    for (k, v) in labels {
-        let mut h = mix(0, k.as_bytes());
-        h = match v {
+    let mut total = labels.len() as u64;
+    for (_, v) in labels {
+        let h = 0;
+        let h = match v {
             AttrValue::Str(s) => mix(h ^ 1, s.as_bytes()),
             AttrValue::Int(i) => mix(h ^ 2, &i.to_le_bytes()),
             AttrValue::Double(d) => mix(h ^ 3, &d.to_bits().to_le_bytes()),
@@ -277,8 +287,15 @@ fn add(into: &mut Point, from: Point) -> bool {
 }
 
 /// Merges families of one name and kind, and points with one attribute set; returns the points
-/// that could not be merged (and were dropped).
-pub(crate) fn merge(families: &mut Vec<Family>, st: &mut MergeState, now: SystemTime) -> u64 {
+/// that could not be merged (and were dropped). `touched[i]`: an editor changed attributes of
+/// family `i` (the probes' own attribute sets are unique per family: untouched families need
+/// no check).
+pub(crate) fn merge(
+    families: &mut Vec<Family>,
+    touched: &mut Vec<bool>,
+    st: &mut MergeState,
+    now: SystemTime,
+) -> u64 {
     let mut conflicts = 0;
     // Families renamed onto one another.
     let mut by_name: HashMap<(&'static str, u8), usize> = HashMap::new();
@@ -293,7 +310,9 @@ pub(crate) fn merge(families: &mut Vec<Family>, st: &mut MergeState, now: System
         match by_name.get(&key) {
             Some(&first) => {
                 let f = families.remove(i);
+                touched.remove(i);
                 families[first].points.extend(f.points);
+                touched[first] = true;
             }
             None => {
                 by_name.insert(key, i);
@@ -302,7 +321,7 @@ pub(crate) fn merge(families: &mut Vec<Family>, st: &mut MergeState, now: System
         }
     }
     st.epoch += 1;
-    for fam in families.iter_mut() {
+    for (fam, _) in families.iter_mut().zip(touched.iter()).filter(|(_, t)| **t) {
         let name_hash = mix(0, fam.desc.name.as_bytes());
         let n = fam.points.len();
         let hashes: Vec<u64> = fam.points.iter().map(|p| labels_hash(&p.labels)).collect();
@@ -565,7 +584,7 @@ mod tests {
             ],
         }];
         let mut st = MergeState::default();
-        assert_eq!(merge(&mut fams, &mut st, t0(5)), 0);
+        assert_eq!(merge(&mut fams, &mut vec![true], &mut st, t0(5)), 0);
         assert_eq!(fams[0].points.len(), 1);
         assert_eq!(fams[0].points[0].value, Value::Gauge(2.0));
         let mut other = hist(1, [1, 1, 1], 1);
@@ -576,7 +595,7 @@ mod tests {
             desc: DURATION,
             points: vec![hist(1, [1, 1, 1], 1), other],
         }];
-        assert_eq!(merge(&mut fams, &mut st, t0(5)), 1);
+        assert_eq!(merge(&mut fams, &mut vec![true], &mut st, t0(5)), 1);
         assert_eq!(fams[0].points.len(), 1);
         // Attribute order does not matter.
         let mut a = counter(1, "a", 1.0, 1);
@@ -587,7 +606,20 @@ mod tests {
             desc: ERRORS,
             points: vec![a, b],
         }];
-        merge(&mut fams, &mut st, t0(5));
+        merge(&mut fams, &mut vec![true], &mut st, t0(5));
+        assert_eq!(fams[0].points.len(), 1);
+        // Untouched families are not checked.
+        let mut fams = vec![Family {
+            desc: ERRORS,
+            points: vec![counter(1, "a", 1.0, 1), counter(1, "a", 2.0, 1)],
+        }];
+        merge(&mut fams, &mut vec![false], &mut st, t0(5));
+        assert_eq!(fams[0].points.len(), 2);
+        let mut fams = vec![Family {
+            desc: ERRORS,
+            points: vec![counter(1, "a", 1.0, 1), counter(1, "a", 2.0, 1)],
+        }];
+        merge(&mut fams, &mut vec![true], &mut st, t0(5));
         assert_eq!(fams[0].points.len(), 1);
         assert_eq!(fams[0].points[0].value, Value::Counter(3.0));
     }

@@ -245,6 +245,7 @@ pub(crate) fn resource_groups(
         .filter(|g| g.context == crate::ottl::Context::Resource)
     {
         let mut tcx = Tcx {
+            touched: false,
             subject: Subject::Resource(attrs),
             env: Env {
                 resource: &[],

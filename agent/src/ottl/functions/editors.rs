@@ -316,8 +316,7 @@ impl Editor {
                 if m.len() <= *limit {
                     return Ok(());
                 }
-                let keys = m.keys();
-                let mut count = priority.iter().filter(|p| keys.contains(p)).count();
+                let mut count = priority.iter().filter(|p| m.get(p).is_some()).count();
                 m.retain_keys(&mut |k| {
                     if priority.iter().any(|p| p == k) {
                         return true;
