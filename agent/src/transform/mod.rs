@@ -4,7 +4,8 @@
 //! diagnostics) see the data as the probes made it.
 //!
 //! - `config.rs`: the sections and their compilation into a [`Pipeline`] (checked at load).
-//! - `metrics.rs`: the transformed view of a metric snapshot, with identical points merged.
+//! - `metrics.rs`: the transformed view of a metric snapshot; `merge.rs`: identical points
+//!   merged.
 //! - `logs.rs`: log records in their OTLP requests; `profiles.rs`: profile resources.
 //!
 //! Invariants: one [`Transformer`] per agent, shared by the exporter and the status server and
@@ -14,6 +15,7 @@
 
 pub mod config;
 pub mod logs;
+mod merge;
 pub mod metrics;
 pub mod profiles;
 
@@ -60,7 +62,7 @@ pub enum Consumer {
 /// The running pipeline, shared by every output.
 pub struct Transformer {
     pipeline: RwLock<Arc<Pipeline>>,
-    merge: [Mutex<metrics::MergeState>; 2],
+    merge: [Mutex<merge::MergeState>; 2],
     /// The exporter's resource, so `/metrics` statements read the same `resource.attributes`.
     resource: RwLock<opentelemetry_proto::tonic::resource::v1::Resource>,
     counts: Mutex<HashMap<&'static str, Counts>>,
@@ -90,7 +92,7 @@ impl Transformer {
     pub fn set(&self, p: Pipeline) {
         *self.pipeline.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(p);
         for m in &self.merge {
-            *m.lock().unwrap_or_else(|e| e.into_inner()) = metrics::MergeState::default();
+            *m.lock().unwrap_or_else(|e| e.into_inner()) = merge::MergeState::default();
         }
     }
 
