@@ -20,10 +20,7 @@ use std::{
 
 use opentelemetry_proto::tonic::{common::v1::InstrumentationScope, resource::v1::Resource};
 
-use super::{
-    merge::{merge, MergeState},
-    resource_groups, Consumer, Propagated, Run, Transformer,
-};
+use super::{merge::merge, resource_groups, Consumer, Propagated, Run, Transformer};
 use crate::{
     metrics::model::{Batch, Family},
     ottl::{Context, Env, Subject, Tcx},
@@ -205,6 +202,7 @@ mod tests {
     use super::*;
     use crate::{
         metrics::model::{attr, AttrValue, Desc, Histogram, Kind, Point, Value},
+        transform::merge::MergeState,
         transform::{FilterConfig, Pipeline, TransformConfig},
     };
 
