@@ -7,6 +7,7 @@ pub mod export;
 pub mod k8s;
 pub mod logging;
 pub mod metrics;
+pub mod ottl;
 pub mod output;
 pub mod persist;
 pub mod preflight;
@@ -17,6 +18,7 @@ pub mod runtime;
 pub mod selfstats;
 pub mod signals;
 pub mod status;
+pub mod transform;
 
 /// The agent's version (the crate version).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -26,6 +26,7 @@ use crate::{
     probes::Probes,
     signals::ActivityHub,
     status::{self, state::AgentState, StatusContext},
+    transform::{Pipeline, Transformer},
 };
 
 /// Command-line overrides; they win over the file and the environment.
@@ -85,13 +86,28 @@ fn output_settings(cfg: &Config) -> OutputSettings {
     }
 }
 
-fn spawn_writer(cfg: &Config, store: &Arc<Store>, state: &Arc<AgentState>) -> Exporter {
+fn spawn_writer(
+    cfg: &Config,
+    store: &Arc<Store>,
+    state: &Arc<AgentState>,
+    transform: &Arc<Transformer>,
+) -> Exporter {
     export::spawn(
         export_settings(cfg, state),
         output_settings(cfg),
         store.clone(),
         state.clone(),
+        transform.clone(),
     )
+}
+
+/// The `transform:`/`filter:` pipeline of a validated config.
+fn pipeline(cfg: &Config) -> Pipeline {
+    Pipeline::compile(&cfg.transform, &cfg.filter).unwrap_or_else(|e| {
+        // Unreachable: validation compiled the same sections.
+        tracing::error!("{}: {}; no transform applied", e.path, e.problem);
+        Pipeline::default()
+    })
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -114,9 +130,10 @@ pub async fn run(mut cfg: Config, overrides: Overrides, log: LevelHandle) -> Res
     }
     let state = Arc::new(AgentState::new(cfg.hash()));
     let store = Store::new();
+    let transform = Transformer::new(pipeline(&cfg));
 
-    let mut status_server = start_status(&cfg, &state, &store).await;
-    let mut writer = spawn_writer(&cfg, &store, &state);
+    let mut status_server = start_status(&cfg, &state, &store, &transform).await;
+    let mut writer = spawn_writer(&cfg, &store, &state, &transform);
 
     let activity = ActivityHub::new();
     let probes = Arc::new(Mutex::new(Probes::new(
@@ -154,11 +171,15 @@ pub async fn run(mut cfg: Config, overrides: Overrides, log: LevelHandle) -> Res
                     if let Some(s) = status_server.take() {
                         s.stop().await;
                     }
-                    status_server = start_status(&new, &state, &store).await;
+                    status_server = start_status(&new, &state, &store, &transform).await;
                 }
                 if (export_settings(&new, &state), output_settings(&new)) != writer.key {
                     writer.stop().await;
-                    writer = spawn_writer(&new, &store, &state);
+                    writer = spawn_writer(&new, &store, &state, &transform);
+                }
+                if (&new.transform, &new.filter) != (&cfg.transform, &cfg.filter) {
+                    transform.set(pipeline(&new));
+                    tracing::info!("transform and filter statements reloaded");
                 }
                 apply_probes(&probes, &new).await;
                 state.set_config_hash(new.hash());
@@ -199,6 +220,7 @@ async fn start_status(
     cfg: &Config,
     state: &Arc<AgentState>,
     store: &Arc<Store>,
+    transform: &Arc<Transformer>,
 ) -> Option<StatusServer> {
     if !cfg.status.enabled {
         return None;
@@ -222,6 +244,7 @@ async fn start_status(
             crate::config::HistogramBuckets::Full => crate::metrics::prometheus::Buckets::Full,
             crate::config::HistogramBuckets::Coarse => crate::metrics::prometheus::Buckets::Coarse,
         },
+        transform: transform.clone(),
     };
     let task = tokio::spawn(async move {
         let shutdown = async move {

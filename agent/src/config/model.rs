@@ -21,6 +21,10 @@ pub struct Config {
     pub output: OutputConfig,
     pub export: ExportConfig,
     pub probes: ProbesConfig,
+    /// OTTL statements applied to everything that leaves the agent (`transform::config`).
+    pub transform: crate::transform::TransformConfig,
+    /// OTTL conditions that drop metrics, points and log records before they leave.
+    pub filter: crate::transform::FilterConfig,
 }
 
 /// The agent's own log.

@@ -84,6 +84,18 @@ pub(crate) const FIELDS: &[&str] = &[
     "probes.profiler.max_processes",
     "probes.profiler.symbol_cache",
     "probes.profiler.debug_info",
+    "transform",
+    "transform.error_mode",
+    "transform.metric_statements",
+    "transform.log_statements",
+    "transform.profile_statements",
+    "filter",
+    "filter.error_mode",
+    "filter.metrics",
+    "filter.metrics.metric",
+    "filter.metrics.datapoint",
+    "filter.logs",
+    "filter.logs.log_record",
 ];
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -211,7 +223,8 @@ pub(crate) fn allowed(path: &str) -> Option<String> {
         "" => format!("a mapping with the sections {}", fields_of("")),
         "log" | "status" | "output" | "export" | "export.tls" | "export.metrics"
         | "export.logs" | "export.profiles" | "export.spool" | "probes" | "probes.syscalls"
-        | "probes.network" | "probes.profiler" => {
+        | "probes.network" | "probes.profiler" | "transform" | "filter" | "filter.metrics"
+        | "filter.logs" => {
             format!("a mapping with the fields {}", fields_of(path))
         }
         "log.level" => "a level (off, error, warn, info, debug, trace) or tracing filter \
@@ -298,6 +311,16 @@ pub(crate) fn allowed(path: &str) -> Option<String> {
         "probes.profiler.max_entries" | "probes.profiler.stack_entries" => numbers(&MAP_ENTRIES),
         "probes.profiler.max_processes" => numbers(&MAX_PROCESSES),
         "probes.profiler.symbol_cache" => numbers(&SYMBOL_CACHE),
+        "transform.error_mode" | "filter.error_mode" => "ignore, silent or propagate".to_string(),
+        "transform.metric_statements" | "transform.log_statements" | "transform.profile_statements" => {
+            "a list of groups, each with context (metric_statements: resource, scope, metric, \
+             datapoint; log_statements: resource, scope, log; profile_statements: resource) and \
+             statements (OTTL), optionally conditions and error_mode"
+                .to_string()
+        }
+        "filter.metrics.metric" | "filter.metrics.datapoint" | "filter.logs.log_record" => {
+            "a list of OTTL conditions (an item matching any of them is dropped)".to_string()
+        }
         _ => return None,
     })
 }
@@ -449,6 +472,15 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 fix: fix_for(path),
             });
         }
+    }
+    // Every OTTL statement and condition, parsed and checked (`transform::config`).
+    if let Err(e) = crate::transform::Pipeline::compile(&cfg.transform, &cfg.filter) {
+        return Err(ConfigError::Invalid {
+            at: Box::new(Source::Unknown),
+            path: e.path,
+            problem: e.problem,
+            fix: e.fix,
+        });
     }
     Ok(())
 }

@@ -60,6 +60,8 @@ pub struct StatusContext {
     pub version: &'static str,
     /// Histogram buckets on `/metrics`.
     pub buckets: prometheus::Buckets,
+    /// The `transform:`/`filter:` pipeline `/metrics` applies (as the exporter does).
+    pub transform: Arc<crate::transform::Transformer>,
 }
 
 /// The status endpoint could not listen. Displays as two lines: cause, then `fix: ...`.
@@ -248,14 +250,27 @@ async fn status(State(ctx): State<StatusContext>) -> Json<StatusReport> {
 }
 
 async fn metrics(State(ctx): State<StatusContext>) -> Response {
-    let mut batches = ctx.store.snapshot();
-    let own = selfstats::batch(&selfstats::sample(), &ctx.state, ctx.state.started_at);
-    batches.push(Arc::new(own));
-    (
-        [(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)],
-        prometheus::encode_with(&batches, ctx.buckets),
-    )
-        .into_response()
+    let snapshot = || {
+        let mut batches = ctx.store.snapshot();
+        let own = selfstats::batch(&selfstats::sample(), &ctx.state, ctx.state.started_at);
+        batches.push(Arc::new(own));
+        batches
+    };
+    // What leaves the agent is transformed, with the exporter's resource for statements to read
+    // (Prometheus text carries no resource).
+    let resource = ctx.transform.resource();
+    let now = SystemTime::now();
+    match ctx
+        .transform
+        .metrics(crate::transform::Consumer::Scrape, snapshot, &resource, now)
+    {
+        Ok(view) => (
+            [(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)],
+            prometheus::encode_with(&view.batches, ctx.buckets),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
 }
 
 async fn not_found() -> (StatusCode, String) {
@@ -327,6 +342,7 @@ mod tests {
             store: Store::new(),
             version: "1.2.3",
             buckets: prometheus::Buckets::Full,
+            transform: crate::transform::Transformer::passthrough(),
         }
     }
 

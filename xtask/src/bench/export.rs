@@ -113,6 +113,20 @@ pub(super) fn run(seconds: f64, series: usize, rounds: usize) -> Result<()> {
                 bytes[c].1
             );
         }
+        // OTTL transform (five statements) against encoding, CPU ns per point, on CPU 0.
+        let out = Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(crate::build::bin_path("release", "agent"))
+            .args(["export-bench", "--transform", "--url", "-", "--series"])
+            .arg(series.to_string())
+            .output()?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "export-bench --transform failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        print!("{}", String::from_utf8_lossy(&out.stdout));
         Ok(())
     })();
     rotel.stop()?;
