@@ -220,6 +220,7 @@ mod tests {
             store: Store::new(),
             version: "0",
             buckets: crate::metrics::prometheus::Buckets::Full,
+            transform: crate::transform::Transformer::passthrough(),
         }
     }
 
