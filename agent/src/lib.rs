@@ -5,6 +5,7 @@ pub mod ebpf;
 pub mod export;
 pub mod logging;
 pub mod metrics;
+pub mod opamp;
 pub mod output;
 pub mod preflight;
 pub mod probes;

@@ -21,6 +21,8 @@ pub struct Config {
     pub output: OutputConfig,
     pub export: ExportConfig,
     pub probes: ProbesConfig,
+    /// OpAMP remote management (local-only: a remote config cannot change it).
+    pub opamp: crate::opamp::config::OpampConfig,
 }
 
 /// The agent's own log.

@@ -79,6 +79,19 @@ pub(crate) const FIELDS: &[&str] = &[
     "probes.profiler.max_processes",
     "probes.profiler.symbol_cache",
     "probes.profiler.debug_info",
+    "opamp",
+    "opamp.endpoint",
+    "opamp.headers",
+    "opamp.tls",
+    "opamp.tls.ca_file",
+    "opamp.tls.cert_file",
+    "opamp.tls.key_file",
+    "opamp.compression",
+    "opamp.heartbeat_interval",
+    "opamp.timeout",
+    "opamp.max_message_bytes",
+    "opamp.accept_remote_config",
+    "opamp.rollback_grace",
 ];
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -206,7 +219,7 @@ pub(crate) fn allowed(path: &str) -> Option<String> {
         "" => format!("a mapping with the sections {}", fields_of("")),
         "log" | "status" | "output" | "export" | "export.tls" | "export.metrics"
         | "export.logs" | "export.profiles" | "export.spool" | "probes" | "probes.syscalls"
-        | "probes.network" | "probes.profiler" => {
+        | "probes.network" | "probes.profiler" | "opamp" | "opamp.tls" => {
             format!("a mapping with the fields {}", fields_of(path))
         }
         "log.level" => "a level (off, error, warn, info, debug, trace) or tracing filter \
@@ -284,6 +297,7 @@ pub(crate) fn allowed(path: &str) -> Option<String> {
         "probes.profiler.max_entries" | "probes.profiler.stack_entries" => numbers(&MAP_ENTRIES),
         "probes.profiler.max_processes" => numbers(&MAX_PROCESSES),
         "probes.profiler.symbol_cache" => numbers(&SYMBOL_CACHE),
+        p if p.starts_with("opamp.") => return crate::opamp::config::allowed(p),
         _ => return None,
     })
 }
@@ -416,6 +430,7 @@ pub(crate) fn check_field(cfg: &Config, path: &str) -> Result<(), String> {
             prof.symbol_cache.try_into().unwrap_or(u64::MAX),
             &SYMBOL_CACHE,
         ),
+        p if p.starts_with("opamp.") => crate::opamp::config::check_field(&cfg.opamp, p),
         _ => Ok(()),
     }
 }

@@ -4,8 +4,8 @@
 //! Sources: `host.name` (uname), `host.id` (`/etc/machine-id`), `os.type` = linux,
 //! `k8s.node.name` / `k8s.pod.name` / `k8s.pod.uid` / `k8s.namespace.name` from `K8S_NODE_NAME`
 //! / `K8S_POD_NAME` / `K8S_POD_UID` / `K8S_NAMESPACE`, `service.name` (`OTEL_SERVICE_NAME`,
-//! default `agent`), `service.version`, `service.instance.id` (a UUID kept in the spool
-//! directory so restarts keep it), then `OTEL_RESOURCE_ATTRIBUTES` (which never overrides the
+//! default `agent`), `service.version`, `service.instance.id` (a UUIDv7 kept in `<output.dir>/instance-id`
+//! so restarts keep it; the same id is the OpAMP `instance_uid`), then `OTEL_RESOURCE_ATTRIBUTES` (which never overrides the
 //! detected keys above).
 
 use std::path::Path;
@@ -50,25 +50,49 @@ fn machine_id() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// A random UUID (v4) from the kernel's generator.
-fn new_uuid() -> String {
-    let raw = std::fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap_or_default();
-    raw.trim().to_string()
+/// The file under the output directory that holds the instance id (one id for OTLP's
+/// `service.instance.id` and OpAMP's `instance_uid`).
+pub const INSTANCE_ID_FILE: &str = "instance-id";
+
+/// The instance id stored in `dir/instance-id` (canonical UUID text), created on first use as a
+/// UUIDv7 (RFC 9562, as OpAMP asks for `instance_uid`). An id of another version (agents before
+/// OpAMP wrote a v4) is replaced by a new v7 once, and the change logged. When the directory
+/// cannot be written the id is fresh per call.
+pub fn instance_id(dir: &Path) -> String {
+    let file = dir.join(INSTANCE_ID_FILE);
+    let old = std::fs::read_to_string(&file).ok();
+    let parsed = old
+        .as_deref()
+        .and_then(|s| uuid::Uuid::try_parse(s.trim()).ok());
+    if let Some(id) = parsed.filter(|u| u.get_version_num() == 7) {
+        return id.hyphenated().to_string();
+    }
+    let id = uuid::Uuid::now_v7().hyphenated().to_string();
+    match store_instance_id(dir, &id) {
+        Ok(()) => {
+            if let Some(old) = parsed {
+                tracing::info!(
+                    old = %old,
+                    new = %id,
+                    "instance id migrated to a UUIDv7 (service.instance.id and the OpAMP instance_uid)"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(
+            "cannot keep the instance id in {}: {e}; it changes at every start",
+            file.display()
+        ),
+    }
+    id
 }
 
-/// The instance id stored in `dir/instance-id`, created on first use; a fresh one when the
-/// directory cannot be written.
-pub fn instance_id(dir: &Path) -> String {
-    let file = dir.join("instance-id");
-    if let Ok(s) = std::fs::read_to_string(&file) {
-        let s = s.trim().to_string();
-        if s.len() == 36 {
-            return s;
-        }
-    }
-    let id = new_uuid();
-    let _ = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&file, &id));
-    id
+/// Replaces the stored instance id (e.g. with an OpAMP server's `new_instance_uid`): written to
+/// a temporary file and renamed, so a crash leaves the old id or the new one.
+pub fn store_instance_id(dir: &Path, id: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!("{INSTANCE_ID_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{id}\n"))?;
+    std::fs::rename(&tmp, dir.join(INSTANCE_ID_FILE))
 }
 
 /// Builds the resource; `get` reads environment variables.
@@ -148,10 +172,29 @@ mod tests {
     }
 
     #[test]
-    fn instance_id_is_kept_across_calls() {
+    fn instance_id_is_a_kept_uuid_v7() {
         let dir = tempfile::tempdir().unwrap();
         let a = instance_id(dir.path());
         assert_eq!(a.len(), 36);
+        assert_eq!(uuid::Uuid::parse_str(&a).unwrap().get_version_num(), 7);
+        assert_eq!(instance_id(dir.path()), a);
+        store_instance_id(dir.path(), "01900000-0000-7000-8000-000000000001").unwrap();
+        assert_eq!(
+            instance_id(dir.path()),
+            "01900000-0000-7000-8000-000000000001"
+        );
+    }
+
+    #[test]
+    fn a_v4_instance_id_is_migrated_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let v4 = "0b6f3a1e-4c2d-4e8f-9a7b-123456789abc";
+        std::fs::write(dir.path().join(INSTANCE_ID_FILE), format!("{v4}\n")).unwrap();
+        let a = instance_id(dir.path());
+        assert_ne!(a, v4);
+        assert_eq!(uuid::Uuid::parse_str(&a).unwrap().get_version_num(), 7);
+        let stored = std::fs::read_to_string(dir.path().join(INSTANCE_ID_FILE)).unwrap();
+        assert_eq!(stored.trim(), a);
         assert_eq!(instance_id(dir.path()), a);
     }
 }
