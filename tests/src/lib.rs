@@ -202,7 +202,12 @@ impl Agent {
     }
 
     pub fn start_with(config_yaml: &str, tweak: impl FnOnce(&mut Command)) -> Agent {
-        let dir = tempdir();
+        Self::start_in(tempdir(), config_yaml, tweak)
+    }
+
+    /// As `start_with`, in `dir` (config `dir/agent.yaml`, output `dir/out`): a second agent
+    /// in the same directory finds what the first one left (instance id, spool, OpAMP state).
+    pub fn start_in(dir: PathBuf, config_yaml: &str, tweak: impl FnOnce(&mut Command)) -> Agent {
         let config = dir.join("agent.yaml");
         std::fs::write(&config, config_yaml).unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -450,5 +455,6 @@ pub fn assert_eventually(
     }
 }
 
+pub mod opamp;
 pub mod otlp;
 pub mod profiling;

@@ -24,7 +24,11 @@ const PYTHON_PEERS: &[(&str, &str)] = &[
     ("protobuf", "7.36.2"),
     ("grpcio", "1.85.1"),
     ("rotel", "0.0.1a15"),
+    // The OpAMP tests' WebSocket server (tests/opamp_server/server.py).
+    ("websockets", "15.0.1"),
 ];
+/// The OpAMP tests' third-party server (plain HTTP; `npm install -g`), pinned.
+const NPM_PEERS: &[(&str, &str)] = &[("@elastic/mockopampserver", "0.5.0")];
 
 pub fn ensure(test_peers: bool) -> Result<()> {
     ensure_nightly_rust_src()?;
@@ -57,10 +61,17 @@ pub fn ensure(test_peers: bool) -> Result<()> {
         if output(Command::new("python3").args(["-m", "pip", "--version"])).is_none() {
             missing.push("python3-pip");
         }
+        if !have("node") {
+            missing.push("nodejs");
+        }
+        if !have("npm") {
+            missing.push("npm");
+        }
     }
     apt_install(&missing)?;
     if test_peers {
         ensure_python_peers()?;
+        ensure_npm_peers()?;
     }
     ensure_bpf_linker()?;
     Ok(())
@@ -108,6 +119,39 @@ for name in sys.argv[1:]:
         cmd.arg("--break-system-packages");
     }
     run(cmd.args(&wanted).env("PIP_ROOT_USER_ACTION", "ignore"))
+}
+
+/// `npm install -g` of the pinned `NPM_PEERS` that are missing or at another version.
+fn ensure_npm_peers() -> Result<()> {
+    // Lines of `<path>:<name>@<version>`.
+    let listed =
+        output(Command::new("npm").args(["ls", "-g", "--depth=0", "--parseable", "--long"]))
+            .unwrap_or_default();
+    let wanted: Vec<String> = NPM_PEERS
+        .iter()
+        .filter(|(name, version)| {
+            let want = format!(":{name}@{version}");
+            !listed.lines().any(|l| l.trim_end().ends_with(&want))
+        })
+        .map(|(name, version)| format!("{name}@{version}"))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing npm packages: {}\nfix: sudo npm install -g {}",
+            wanted.join(" "),
+            wanted.join(" ")
+        );
+    }
+    eprintln!(
+        "installing npm packages for the OpAMP test peers: {}",
+        wanted.join(" ")
+    );
+    run(Command::new("npm")
+        .args(["install", "-g", "--no-audit", "--no-fund"])
+        .args(&wanted))
 }
 
 fn ensure_nightly_rust_src() -> Result<()> {

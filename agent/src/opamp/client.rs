@@ -1,7 +1,8 @@
 //! The OpAMP client: connects, reports, answers the server, reconnects (spec "Operation",
 //! "Connection Management").
 //!
-//! Invariants: the first message on every connection is a full report; after that a message is
+//! Invariants: the first message (and the first on every WebSocket connection) is a full
+//! report; after that a message is
 //! sent only when the agent's status changed, the server set ReportFullState, or a heartbeat
 //! (HTTP: poll) is due — a ServerToAgent that changes nothing gets no reply; one message is
 //! pending at most (`state::Reporter`); BAD_REQUEST answers are never retried; UNAVAILABLE and
@@ -196,7 +197,12 @@ impl Engine {
     }
 
     fn on_connected(&mut self) {
-        self.reporter.request_full();
+        // A new WebSocket starts with a full report. Over HTTP each request stands alone: after
+        // failed requests the undelivered changes are resent, and a server that lost state
+        // sees the sequence gap and asks for ReportFullState (the first report of all is full).
+        if self.settings.kind == Kind::WebSocket {
+            self.reporter.request_full();
+        }
         let (endpoint, kind) = (self.settings.endpoint.clone(), self.settings.kind.name());
         let hb = self.interval().map(|d| d.as_secs());
         self.status(|s| {
