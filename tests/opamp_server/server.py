@@ -21,7 +21,7 @@ A ServerToAgent is protobuf JSON (json_format.ParseDict, proto field names). Sho
   "new_uid": "<uuid>"  -> agent_identification.new_instance_uid
 
 stdout (events): {"ev": "listening", "port": P}, {"ev": "connect", "conn": n, "t": s,
-"headers": {...}}, {"ev": "a2s", "conn": n, "t": s, "uid": "...", "seq": n, "caps": n,
+"headers": {...}, "tls_client": CN or null}, {"ev": "a2s", "conn": n, "t": s, "uid": "...", "seq": n, "caps": n,
 "fields": [...], "msg": {...}}, {"ev": "sent", "conn": n, "t": s, "msg": {...}},
 {"ev": "bad_frame", "conn": n, "why": "..."}, {"ev": "close", "conn": n, "t": s, "code": c,
 "reason": "..."}. Times are time.time() seconds.
@@ -32,6 +32,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import ssl
 import sys
 import threading
 import time
@@ -100,8 +101,11 @@ class Server:
         self.conns[conn] = ws
         self.newest = conn
         headers = {k.lower(): v for k, v in ws.request.headers.raw_items()}
+        peer = ws.transport.get_extra_info("peercert") or {}
+        client_cn = next((v for rdn in peer.get("subject", ()) for k, v in rdn
+                          if k == "commonName"), None)
         emit({"ev": "connect", "conn": conn, "t": time.time(), "headers": headers,
-              "path": ws.request.path})
+              "path": ws.request.path, "tls_client": client_cn})
         first = True
         try:
             async for data in ws:
@@ -157,7 +161,17 @@ async def main():
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--proto-dir", required=True)
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
+    p.add_argument("--tls-client-ca", help="require a client certificate signed by this CA")
     args = p.parse_args()
+    tls = None
+    if args.tls_cert:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
+        if args.tls_client_ca:
+            tls.verify_mode = ssl.CERT_REQUIRED
+            tls.load_verify_locations(args.tls_client_ca)
     sys.path.insert(0, args.proto_dir)
     import opamp_pb2  # noqa: E402 - generated at test time
 
@@ -172,7 +186,7 @@ async def main():
 
     threading.Thread(target=read_stdin, daemon=True).start()
     async with serve(server.handler, "127.0.0.1", args.port, compression=None,
-                     max_size=16 * 1024 * 1024) as s:
+                     max_size=16 * 1024 * 1024, ssl=tls) as s:
         port = s.sockets[0].getsockname()[1]
         emit({"ev": "listening", "port": port})
         while True:

@@ -89,9 +89,26 @@ pub fn strip_ansi(s: &str) -> String {
     out
 }
 
+/// `2026-11-30T04:59:50.062Z` as Unix milliseconds.
+pub fn iso_ms(s: &str) -> Option<u64> {
+    let n = |a: usize, b: usize| s.get(a..b)?.parse::<i64>().ok();
+    let (y, m, d) = (n(0, 4)?, n(5, 7)?, n(8, 10)?);
+    let (hh, mm, ss, ms) = (n(11, 13)?, n(14, 16)?, n(17, 19)?, n(20, 23)?);
+    // Days from civil (H. Hinnant).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000) + ms).ok()
+}
+
 /// One request the mock server handled, from its log.
 #[derive(Clone, Debug)]
 pub struct MockRequest {
+    /// When the mock logged it (Unix ms).
+    pub time_ms: u64,
     /// The AgentToServer as the mock printed it (`util.inspect`, colors removed).
     pub a2s: String,
     /// The ServerToAgent it answered.
@@ -213,6 +230,7 @@ impl MockOpamp {
             .iter()
             .filter(|r| r["msg"] == "request")
             .map(|r| MockRequest {
+                time_ms: iso_ms(r["time"].as_str().unwrap_or("")).unwrap_or(0),
                 a2s: strip_ansi(r["req"]["body"].as_str().unwrap_or("")),
                 s2a: strip_ansi(r["res"]["body"].as_str().unwrap_or("")),
             })
@@ -317,16 +335,40 @@ pub struct WsServer {
     child: Child,
     stdin: Mutex<ChildStdin>,
     pub port: u16,
+    tls: bool,
     events: Arc<Mutex<Vec<Value>>>,
     log: Arc<Mutex<String>>,
 }
 
 impl WsServer {
     pub fn start() -> WsServer {
+        Self::start_with(&[])
+    }
+
+    /// Over TLS with `pki`'s server certificate (`wss://localhost:<port>`); `client_certs`:
+    /// a client certificate signed by `pki`'s CA is required (its CN in `connect` events).
+    pub fn start_tls(pki: &crate::otlp::TestPki, client_certs: bool) -> WsServer {
+        let p = |p: &Path| p.to_string_lossy().into_owned();
+        let mut args = vec![
+            "--tls-cert".to_string(),
+            p(&pki.server_cert),
+            "--tls-key".to_string(),
+            p(&pki.server_key),
+        ];
+        if client_certs {
+            args.extend(["--tls-client-ca".to_string(), p(&pki.ca)]);
+        }
+        let mut s = Self::start_with(&args);
+        s.tls = true;
+        s
+    }
+
+    fn start_with(args: &[String]) -> WsServer {
         let mut child = Command::new(python())
             .arg(ws_server_script())
             .arg("--proto-dir")
             .arg(python_protos())
+            .args(args)
             .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -358,6 +400,7 @@ impl WsServer {
             child,
             stdin,
             port: 0,
+            tls: false,
             events,
             log,
         };
@@ -369,7 +412,11 @@ impl WsServer {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("ws://127.0.0.1:{}/v1/opamp", self.port)
+        if self.tls {
+            format!("wss://localhost:{}/v1/opamp", self.port)
+        } else {
+            format!("ws://127.0.0.1:{}/v1/opamp", self.port)
+        }
     }
 
     /// Sends one command (see server.py).

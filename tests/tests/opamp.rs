@@ -14,7 +14,7 @@ use integration_tests::{
         base64_decode, base64_encode, kv, profile_files, profile_windows, remote_status, window,
         MockOpamp, Spinner, Window, WsServer,
     },
-    otlp::{log_records, metric_points, Sink},
+    otlp::{log_records, metric_points, Sink, TestPki, TEST_CLIENT_CN},
     require_root, serial, tempdir, Agent,
 };
 use serde_json::{json, Value};
@@ -131,6 +131,12 @@ fn next_window(a: &Agent) -> Window {
     window(&f).unwrap()
 }
 
+/// Bound for a remote config that reloads the profiler (received → applied). Most of it is the
+/// profiler's own reload: it finishes the symbolization in progress, symbolizes its last window
+/// and loads and verifies a new kernel object; in the debug build on the shared 2-CPU VM that
+/// measured 0.6-2.2 s. Configs without a reload are held to 2 s.
+const PROFILER_RELOAD_MS: u64 = 5000;
+
 const DETACH: &str = "probes:\n  syscalls: {enabled: false}\n";
 const DETACH_99HZ: &str = "probes:\n  syscalls: {enabled: false}\n  profiler: {frequency: 99}\n";
 const BAD_FREQUENCY: &str =
@@ -148,7 +154,8 @@ fn mockopampserver_http_registration_remote_config_and_persistence() {
     let _g = serial();
     let mut mock = MockOpamp::start(Some(DETACH));
     let dir = tempdir();
-    let cfg = local(&mock.endpoint(), true, "  heartbeat_interval: 2s\n");
+    // Polls 5 s apart: a status sent at once is told from one that waited for the next poll.
+    let cfg = local(&mock.endpoint(), true, "  heartbeat_interval: 5s\n");
     let agent = Agent::start_in(dir.clone(), &cfg, |_| {});
     let uid = wait_uid(&agent);
     assert_eq!(opamp(&agent)["transport"], "http");
@@ -199,7 +206,7 @@ fn mockopampserver_http_registration_remote_config_and_persistence() {
     mock.set_config(DETACH_99HZ);
     let rc = wait_remote(&agent, "APPLIED", Some(&first_hash));
     assert!(
-        apply_ms(&rc) <= 2000,
+        apply_ms(&rc) <= PROFILER_RELOAD_MS,
         "received → applied took {} ms",
         apply_ms(&rc)
     );
@@ -379,13 +386,10 @@ fn websocket_registration_remote_config_and_refusals() {
         "{full}"
     );
 
-    // A good config: APPLYING, then APPLIED with the server's hash, within 2 s; behaviour
-    // follows (the syscall probe detached, the profiler at 99 Hz).
-    let _spin = Spinner::start();
-    wait_profiler_warm(&agent);
-    let r19 = sample_rate(&agent, 19, 3.0);
+    // A good config: APPLYING, then APPLIED with the server's hash, within 2 s; the syscall
+    // probe is detached.
     let n = srv.events().len();
-    srv.send(json!({"remote_yaml": {"body": DETACH_99HZ}}));
+    srv.send(json!({"remote_yaml": {"body": DETACH}}));
     srv.wait_message(n, "APPLYING", |m| {
         remote_status(m) == "RemoteConfigStatuses_APPLYING"
     });
@@ -393,7 +397,7 @@ fn websocket_registration_remote_config_and_refusals() {
         remote_status(m) == "RemoteConfigStatuses_APPLIED"
     });
     srv.wait_message(n, "the new effective config", |m| {
-        effective_yaml(m).is_some_and(|y| y.contains("frequency: 99"))
+        effective_yaml(m).is_some_and(|y| y.contains("syscalls:\n    enabled: false"))
     });
     let rc = wait_remote(&agent, "APPLIED", None);
     assert!(
@@ -411,6 +415,22 @@ fn websocket_registration_remote_config_and_refusals() {
         hex_bytes(rc["hash"].as_str().unwrap())
     );
     assert_eq!(syscall_programs(&agent), 0);
+
+    // The profiler's frequency: its sample rate follows.
+    let _spin = Spinner::start();
+    wait_profiler_warm(&agent);
+    let r19 = sample_rate(&agent, 19, 3.0);
+    let n = srv.events().len();
+    srv.send(json!({"remote_yaml": {"body": DETACH_99HZ}}));
+    srv.wait_message(n, "APPLIED", |m| {
+        remote_status(m) == "RemoteConfigStatuses_APPLIED"
+    });
+    let rc = wait_remote(&agent, "APPLIED", rc["hash"].as_str());
+    assert!(
+        apply_ms(&rc) <= PROFILER_RELOAD_MS,
+        "received → applied took {} ms",
+        apply_ms(&rc)
+    );
     let r99 = sample_rate(&agent, 99, 3.0);
     assert!(
         r19 < 45.0 && r99 > 80.0,
@@ -644,9 +664,10 @@ fn websocket_unavailable_bad_request_and_message_limit() {
 }
 
 /// A remote config whose probe cannot attach (a cgroup that does not exist): the agent returns
-/// to the last good config by itself and reports FAILED with why, never APPLIED.
+/// to the last good config by itself and reports FAILED with why, never APPLIED. A new export
+/// endpoint that fails for good within the grace period: APPLIED, then FAILED and back.
 #[test]
-fn websocket_rollback_when_a_probe_cannot_attach() {
+fn websocket_rollback_when_a_probe_cannot_attach_or_an_export_endpoint_fails() {
     require_root();
     // The network probe attaches sock_ops to the cgroup2 root: one at a time.
     let _g = serial();
@@ -701,6 +722,31 @@ fn websocket_rollback_when_a_probe_cannot_attach() {
         !agent.dir.join("out/opamp/remote-config.json").exists(),
         "nothing good to keep"
     );
+
+    // A new export endpoint that fails for good (the name does not resolve): APPLIED, then
+    // within the grace period rolled back to local files.
+    let n = srv.events().len();
+    srv.send(json!({"remote_yaml": {"body": "export: {endpoint: 'http://agent-opamp-test.invalid:4318', interval: 1s}\n"}}));
+    srv.wait_message(n, "APPLIED", |m| {
+        remote_status(m) == "RemoteConfigStatuses_APPLIED"
+    });
+    let failed = srv.wait_message(n, "FAILED", |m| {
+        remote_status(m) == "RemoteConfigStatuses_FAILED"
+    });
+    let msg = failed["msg"]["remote_config_status"]["error_message"]
+        .as_str()
+        .unwrap();
+    assert!(
+        msg.contains("rolled back to the last good config: export of"),
+        "{msg}"
+    );
+    assert!(msg.contains("agent-opamp-test.invalid"), "{msg}");
+    agent.wait_for(
+        |a| a.status()["exporter"]["kind"] == "file",
+        "local files again",
+    );
+    assert_eq!(agent.status()["config_hash"], config_hash);
+    assert_eq!(opamp(&agent)["remote_config"]["rollbacks"], 2);
 }
 
 /// The Restart command: agent_disconnect, then the same process (same pid) comes back as a new
@@ -816,6 +862,46 @@ fn websocket_offered_endpoint_kept_only_if_it_connects() {
         "{why}"
     );
     assert_eq!(opamp(&agent)["endpoint"], two.endpoint().as_str());
+}
+
+/// Client certificate rotation: over wss:// (the CA from opamp.tls), the server offers a client
+/// certificate and a server that requires one; the agent moves there presenting it, stores it
+/// (mode 0600) and reports APPLIED.
+#[test]
+fn websocket_tls_offered_client_certificate_is_used() {
+    require_root();
+    let pki = TestPki::new();
+    let open = WsServer::start_tls(&pki, false);
+    let strict = WsServer::start_tls(&pki, true);
+    let cfg = local(
+        &open.endpoint(),
+        false,
+        &format!("  tls: {{ca_file: {}}}\n", pki.ca.display()),
+    );
+    let agent = Agent::start(&cfg);
+    open.wait_message(0, "a first report over TLS", |_| true);
+    let pem = |p: &std::path::Path| base64_encode(&std::fs::read(p).unwrap());
+    open.send(
+        json!({"connection_settings": {"hash": base64_encode(b"cert1"), "opamp": {
+        "destination_endpoint": strict.endpoint(), "heartbeat_interval_seconds": "30",
+        "certificate": {"cert": pem(&pki.client_cert), "private_key": pem(&pki.client_key)}}}}),
+    );
+    strict.wait_message(0, "APPLIED over mutual TLS", |m| {
+        m["msg"]["connection_settings_status"]["status"] == "ConnectionSettingsStatuses_APPLIED"
+    });
+    let connect = strict
+        .events()
+        .into_iter()
+        .find(|e| e["ev"] == "connect")
+        .unwrap();
+    assert_eq!(connect["tls_client"], TEST_CLIENT_CN);
+    let key = agent.dir.join("out/opamp/certs/opamp-key.pem");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(opamp(&agent)["endpoint"], strict.endpoint().as_str());
 }
 
 /// `agent check` reaches the server and says what it found; an unreachable one fails with a
