@@ -137,7 +137,10 @@ impl Reporter {
             } else {
                 None
             },
-            remote_config_status: has(REMOTE).then(|| self.remote.clone()),
+            // Only agents that declare ReportsRemoteConfig report it.
+            remote_config_status: (has(REMOTE)
+                && self.capabilities & super::wire::agent_caps::REPORTS_REMOTE_CONFIG != 0)
+                .then(|| self.remote.clone()),
             connection_settings_status: if has(CONNECTION) {
                 self.connection.clone()
             } else {
@@ -171,12 +174,12 @@ mod tests {
 
     #[test]
     fn full_first_then_only_changes_then_heartbeats() {
-        let mut r = Reporter::new([1; 16], 0x3);
+        let mut r = Reporter::new([1; 16], 0x1003);
         r.set_description(pb::AgentDescription::default());
         r.set_health(health(true));
         let (m, _) = r.build(false);
         assert_eq!(m.sequence_num, 1);
-        assert_eq!(m.capabilities, 3);
+        assert_eq!(m.capabilities, 0x1003);
         assert!(m.agent_description.is_some() && m.health.is_some());
         assert!(
             m.remote_config_status.is_some(),
@@ -201,7 +204,7 @@ mod tests {
 
     #[test]
     fn one_pending_message_carries_the_latest_state() {
-        let mut r = Reporter::new([2; 16], 1);
+        let mut r = Reporter::new([2; 16], 0x1001);
         let _ = r.build(false);
         for s in [1, 2, 3] {
             r.set_remote(pb::RemoteConfigStatus {
@@ -212,6 +215,13 @@ mod tests {
         let (m, _) = r.build(false);
         assert_eq!(m.remote_config_status.unwrap().status, 3);
         assert!(!r.wants_send());
+    }
+
+    #[test]
+    fn no_remote_status_without_reports_remote_config() {
+        let mut r = Reporter::new([4; 16], 0x1);
+        let (m, _) = r.build(false);
+        assert!(m.remote_config_status.is_none());
     }
 
     #[test]
