@@ -7,6 +7,7 @@
 //! - `config.rs`: the `opamp:` section. `connection.rs`: connection settings and offers.
 //! - `wire.rs`: framing, codec, capability bits. `transport/`: WebSocket and HTTP connections.
 //! - `state.rs`: the one pending status message. `client.rs`: the connection loop.
+//!   `offers.rs`: connection settings offers.
 //! - `remote_config.rs`: offers → merged, validated, bounded config. `apply.rs`: apply,
 //!   grace period, rollback. `persist.rs`: what survives a restart.
 //! - `health.rs`: ComponentHealth. `describe.rs`: AgentDescription, EffectiveConfig.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod connection;
 pub mod describe;
 pub mod health;
+pub mod offers;
 pub mod own;
 pub mod persist;
 pub mod remote_config;
