@@ -94,7 +94,17 @@ pub async fn run(cfg: &Config, o: &Overrides) -> Option<Row> {
 }
 
 fn unreachable(s: &ConnSettings, why: &str, unauthorized: bool) -> Row {
-    let fix = if unauthorized {
+    let refused_upgrade = why.starts_with("WebSocket upgrade")
+        && ["HTTP 400", "HTTP 404", "HTTP 405", "HTTP 426", "HTTP 501"]
+            .iter()
+            .any(|c| why.contains(c));
+    let fix = if refused_upgrade {
+        format!(
+            "the server does not take OpAMP over WebSocket at {}: check the path, or use its \
+             plain HTTP transport (http:// or https://)",
+            s.endpoint
+        )
+    } else if unauthorized {
         "the server refused the credentials: set what it expects in opamp.headers (e.g. \
          authorization) or opamp.tls"
             .to_string()

@@ -33,8 +33,14 @@ impl TransportError {
 
     /// From an HTTP status the server answered with (upgrade refused, or a POST).
     pub fn from_status(what: &str, status: u16, retry_after: Option<Duration>, body: &str) -> Self {
-        let body = body.trim();
-        let body: String = body.chars().take(200).collect();
+        // One line: the body may be several (or an HTML page).
+        let body: String = body
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .chars()
+            .take(200)
+            .collect();
         TransportError {
             message: format!("{what}: HTTP {status} {body}")
                 .trim_end()

@@ -26,6 +26,22 @@ use crate::opamp::{
     wire::{self, pb},
 };
 
+/// The data of a chunked HTTP body (best effort: stops at anything malformed).
+fn dechunk(mut raw: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = raw.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n || !rest.is_char_boundary(n) {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        raw = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
@@ -100,12 +116,20 @@ impl WsConn {
             .await
             .map_err(|e| match e {
                 tungstenite::Error::Http(resp) => {
-                    let body = resp
+                    let mut body = resp
                         .body()
                         .as_deref()
                         .map(String::from_utf8_lossy)
                         .unwrap_or_default()
                         .into_owned();
+                    // tungstenite hands over a chunked body as it came: drop the size line.
+                    let chunked = resp
+                        .headers()
+                        .get(http::header::TRANSFER_ENCODING)
+                        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
+                    if chunked {
+                        body = dechunk(&body);
+                    }
                     TransportError::from_status(
                         &format!("WebSocket upgrade at {}", s.endpoint),
                         resp.status().as_u16(),
@@ -216,5 +240,17 @@ impl WsConn {
             while let Some(Ok(_)) = self.ws.next().await {}
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn chunked_refusals_read_as_text() {
+        assert_eq!(
+            super::dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+            "hello world"
+        );
+        assert_eq!(super::dechunk("zz\r\nx"), "");
     }
 }
