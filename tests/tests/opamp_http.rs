@@ -210,6 +210,13 @@ fn check_reaches_the_server_and_says_what_it_found() {
         text.contains("answered over http") && text.contains("no remote config offered"),
         "{text}"
     );
+    // The mock refuses WebSocket upgrades (501): said in one line, with the way out.
+    let out = run(&mock.endpoint().replace("http://", "ws://"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    let fail = text.lines().find(|l| l.starts_with("opamp")).unwrap();
+    assert!(fail.contains("FAIL") && fail.contains("HTTP 501"), "{text}");
+    assert!(text.contains("use its plain HTTP transport"), "{text}");
     mock.stop();
 
     let out = run(&format!("ws://127.0.0.1:{}/v1/opamp", free_port()));
