@@ -343,6 +343,27 @@ fn websocket_unavailable_bad_request_and_message_limit() {
     let first2 = srv.wait_message(0, "a full report on the new connection", |m| m["conn"] == 2);
     assert!(first2["msg"]["agent_description"].is_object(), "{first2}");
     assert!(agent.stderr().contains("the server is unavailable: busy"));
+    // Health survives the reconnect: the same start and status times as before it.
+    let before = srv
+        .messages()
+        .into_iter()
+        .rev()
+        .find(|m| m["conn"] == 1 && m["msg"]["health"].is_object())
+        .unwrap();
+    let probe = |m: &Value| {
+        let p = &m["msg"]["health"]["component_health_map"]["probes"]["component_health_map"]
+            ["syscalls"];
+        (
+            p["start_time_unix_nano"].clone(),
+            p["status_time_unix_nano"].clone(),
+            p["status"].clone(),
+        )
+    };
+    assert_eq!(probe(&first2), probe(&before));
+    assert_eq!(
+        first2["msg"]["health"]["start_time_unix_nano"],
+        before["msg"]["health"]["start_time_unix_nano"]
+    );
 
     // BAD_REQUEST: not retried (nothing else changes; heartbeats are 30 s apart).
     thread::sleep(Duration::from_millis(1500));

@@ -66,10 +66,7 @@ pub enum Exit {
 pub(super) enum End {
     Shutdown,
     Restart,
-    Reconnect {
-        after: Option<Duration>,
-        error: String,
-    },
+    Reconnect(TransportError),
     /// Offered OpAMP settings to try (offer hash).
     Switch(Box<ConnSettings>, Vec<u8>),
 }
@@ -163,14 +160,7 @@ impl Engine {
             match self.session(conn, first, &mut shutdown).await {
                 End::Shutdown => return Exit::Stopped,
                 End::Restart => return Exit::Restart,
-                End::Reconnect { after, error } => {
-                    let e = TransportError {
-                        message: error,
-                        retry_after: after,
-                        unauthorized: false,
-                    };
-                    wait = Some(self.failed(&e));
-                }
+                End::Reconnect(e) => wait = Some(self.failed(&e)),
                 End::Switch(next, hash) => match self.try_settings(&next).await {
                     Ok((conn, first)) => {
                         tracing::info!(endpoint = %next.endpoint, "OpAMP: moved to the offered connection settings");
@@ -331,7 +321,7 @@ impl Engine {
                             return end;
                         }
                     }
-                    Err(e) => return End::Reconnect { after: e.retry_after, error: e.message },
+                    Err(e) => return End::Reconnect(e),
                 },
                 Some(o) = self.outcomes.recv() => self.on_outcome(o),
                 r = self.running.changed(), if running_open => {
@@ -359,7 +349,7 @@ impl Engine {
                             if self.settings.kind == Kind::Http {
                                 self.status(|s| s.connected = false);
                             }
-                            return End::Reconnect { after: e.retry_after, error: e.message };
+                            return End::Reconnect(e);
                         }
                     }
                 }
@@ -446,11 +436,15 @@ impl Engine {
                         .map(|pb::server_error_response::Details::RetryInfo(r)| {
                             Duration::from_nanos(r.retry_after_nanoseconds)
                         });
-                let error = format!("the server is unavailable: {}", e.error_message);
+                let error = TransportError {
+                    message: format!("the server is unavailable: {}", e.error_message),
+                    retry_after: after,
+                    unauthorized: false,
+                };
                 if self.settings.kind == Kind::WebSocket {
                     self.send_disconnect(conn).await;
                 }
-                Some(End::Reconnect { after, error })
+                Some(End::Reconnect(error))
             }
             _ => {
                 let msg = format!("the server reported an error: {}", e.error_message);
