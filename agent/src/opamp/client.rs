@@ -550,3 +550,20 @@ impl Engine {
         self.refresh_effective();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap() {
+        for _ in 0..50 {
+            let b1 = backoff(1).as_secs_f64();
+            assert!((0.8..=1.2).contains(&b1), "{b1}");
+            let b3 = backoff(3).as_secs_f64();
+            assert!((3.2..=4.8).contains(&b3), "{b3}");
+            let big = backoff(100).as_secs_f64();
+            assert!((48.0..=72.0).contains(&big), "{big}");
+        }
+    }
+}
