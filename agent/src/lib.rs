@@ -8,6 +8,7 @@ pub mod k8s;
 pub mod logging;
 pub mod metrics;
 pub mod ottl;
+pub mod opamp;
 pub mod output;
 pub mod persist;
 pub mod preflight;

@@ -31,11 +31,18 @@ enum Command {
         /// Directory for locally written data (default ./agent-output).
         #[arg(long)]
         output_dir: Option<PathBuf>,
+        /// OpAMP server to be managed by: ws://, wss:// (WebSocket) or http://, https:// (plain
+        /// HTTP), e.g. ws://localhost:4320/v1/opamp (overrides opamp.endpoint).
+        #[arg(long)]
+        opamp_endpoint: Option<String>,
     },
-    /// Preflight: kernel, BTF, tracefs, capabilities and every probe's hooks.
+    /// Preflight: kernel, BTF, tracefs, capabilities, every probe's hooks, the OpAMP server.
     Check {
         #[arg(long, short, env = "AGENT_CONFIG")]
         config: Option<PathBuf>,
+        /// OpAMP server to try (overrides opamp.endpoint).
+        #[arg(long)]
+        opamp_endpoint: Option<String>,
     },
     /// Print or validate configuration.
     Config {
@@ -312,31 +319,48 @@ fn real_main() -> Result<ExitCode> {
             println!("{}: valid (config hash {})", file.display(), cfg.hash());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { config } => {
-            let cfg = Overrides {
+        Command::Check {
+            config,
+            opamp_endpoint,
+        } => {
+            let overrides = Overrides {
                 config,
+                opamp_endpoint,
                 ..Default::default()
-            }
-            .load()?;
+            };
+            let cfg = overrides.load()?;
             let _ = logging::init("warn", cfg.log.format);
-            let (rows, any_probe) = preflight::run(&cfg);
+            let (mut rows, any_probe) = preflight::run(&cfg);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let opamp = rt.block_on(agent::opamp::check::run(&cfg, &overrides));
+            let opamp_ok = opamp
+                .as_ref()
+                .is_none_or(|r| r.verdict != preflight::Verdict::Fail);
+            rows.extend(opamp);
             print!("{}", preflight::render(&rows));
-            if any_probe {
-                Ok(ExitCode::SUCCESS)
-            } else {
+            if !any_probe {
                 eprintln!("no probe can run on this host (see the fixes above)");
-                Ok(ExitCode::FAILURE)
+                return Ok(ExitCode::FAILURE);
             }
+            if !opamp_ok {
+                eprintln!("the OpAMP server cannot be used (see the fix above)");
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Run {
             config,
             status_addr,
             output_dir,
+            opamp_endpoint,
         } => {
             let overrides = Overrides {
                 config,
                 status_addr,
                 output_dir,
+                opamp_endpoint,
             };
             let cfg = overrides.load()?;
             let log = logging::init(&cfg.log.level, cfg.log.format)?;
@@ -345,7 +369,15 @@ fn real_main() -> Result<ExitCode> {
                 .enable_all()
                 .thread_name("agent")
                 .build()?;
-            rt.block_on(runtime::run(cfg, overrides, log))?;
+            let exit = rt.block_on(runtime::run(cfg, overrides, log))?;
+            // Every task is gone before the process image is replaced.
+            rt.shutdown_timeout(std::time::Duration::from_secs(2));
+            if exit == runtime::Exit::Restart {
+                let e = agent::opamp::restart::reexec();
+                anyhow::bail!(
+                    "cannot restart the agent: {e}\nfix: start it again (the binary moved or is not executable)"
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -209,7 +209,7 @@ impl Agent {
     }
 
     pub fn start_with(config_yaml: &str, tweak: impl FnOnce(&mut Command)) -> Agent {
-        Self::start_at(config_yaml, None, tweak)
+        Self::start_in(tempdir(), config_yaml, tweak)
     }
 
     /// As `start_with`, with this output directory (instance id, spool) instead of a fresh
@@ -219,7 +219,21 @@ impl Agent {
         output_dir: Option<&Path>,
         tweak: impl FnOnce(&mut Command),
     ) -> Agent {
-        let dir = tempdir();
+        Self::start_inner(tempdir(), config_yaml, output_dir, tweak)
+    }
+
+    /// As `start_with`, in `dir` (config `dir/agent.yaml`, output `dir/out`): a second agent
+    /// in the same directory finds what the first one left (instance id, spool, OpAMP state).
+    pub fn start_in(dir: PathBuf, config_yaml: &str, tweak: impl FnOnce(&mut Command)) -> Agent {
+        Self::start_inner(dir, config_yaml, None, tweak)
+    }
+
+    fn start_inner(
+        dir: PathBuf,
+        config_yaml: &str,
+        output_dir: Option<&Path>,
+        tweak: impl FnOnce(&mut Command),
+    ) -> Agent {
         let config = dir.join("agent.yaml");
         std::fs::write(&config, config_yaml).unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -474,5 +488,6 @@ pub fn assert_eventually(
 }
 
 pub mod deploy;
+pub mod opamp;
 pub mod otlp;
 pub mod profiling;

