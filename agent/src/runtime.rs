@@ -28,7 +28,7 @@ use crate::{
     opamp,
     output::OutputSettings,
     probes::Probes,
-    signals::{ActivityHub, SignalHub},
+    signals::{ActivityHub, Demand, SignalHub},
     status::{self, state::AgentState, StatusContext},
     transform::{Pipeline, Transformer},
 };
@@ -226,10 +226,11 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
     // Per-process activity from the probes, and the signals derived from it.
     let activity = ActivityHub::new();
     let signals = SignalHub::new();
+    let demand = Demand::default();
     let deriver = tokio::spawn(crate::signals::run_deriver(
         activity.clone(),
         signals.clone(),
-        std::collections::BTreeSet::new,
+        demand.clone(),
     ));
     let probes = Arc::new(Mutex::new(Probes::new(
         store.clone(),

@@ -2,8 +2,8 @@
 
 mod bench;
 mod build;
-mod nab;
 mod image;
+mod nab;
 mod setup;
 mod util;
 

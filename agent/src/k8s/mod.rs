@@ -107,7 +107,9 @@ mod tests {
             .collect();
         assert_eq!(own(w.attributes()), want);
         let text = |l: crate::metrics::model::Labels| -> Vec<(String, String)> {
-            l.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+            l.into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
         };
         assert_eq!(text(pod_labels(Some(&w))), want[1..]);
         // A plain Docker container: a runtime, no pod.

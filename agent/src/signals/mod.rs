@@ -2,14 +2,16 @@
 //! feed the signal deriver turns into rates and ratios for detection and the decision engine.
 
 pub mod activity;
+pub mod anomaly;
 pub mod deriver;
 pub mod names;
 
-use std::sync::Arc;
+use std::{collections::BTreeSet, sync::Arc};
 
 use tokio::sync::broadcast;
 
 pub use activity::{Activity, ActivityBatch, ProcessRef, SyscallActivity, SyscallDelta};
+pub use anomaly::{Anomaly, AnomalyHub};
 pub use deriver::{Deriver, SignalBatch, SignalKey, SignalSample};
 pub use names::Signal;
 
@@ -77,26 +79,45 @@ impl SignalHub {
     }
 }
 
+/// Which syscalls need per-syscall signals, per consumer (`detection`, `enforcement`): each
+/// engine sets its own set on (re)configuration; the deriver makes samples for the union.
+#[derive(Clone, Default)]
+pub struct Demand {
+    inner: Arc<std::sync::RwLock<std::collections::BTreeMap<&'static str, BTreeSet<u32>>>>,
+}
+
+impl Demand {
+    pub fn set(&self, consumer: &'static str, syscalls: BTreeSet<u32>) {
+        self.inner
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(consumer, syscalls);
+    }
+
+    /// Every syscall some consumer wants.
+    pub fn union(&self) -> BTreeSet<u32> {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .flatten()
+            .copied()
+            .collect()
+    }
+}
+
 /// Runs the deriver on every activity batch until the hub closes: the task `runtime.rs`
-/// starts. `demand` gives the syscalls wanted per syscall (re-read at every batch, so a
-/// reloaded watch or rule takes effect at the next drain).
-pub async fn run_deriver(
-    activity: ActivityHub,
-    signals: SignalHub,
-    demand: impl Fn() -> std::collections::BTreeSet<u32> + Send + 'static,
-) {
+/// starts. `demand` is re-read at every batch, so a reloaded watch or rule takes effect at the
+/// next drain.
+pub async fn run_deriver(activity: ActivityHub, signals: SignalHub, demand: Demand) {
     let mut rx = activity.subscribe();
     let mut d = Deriver::new();
     loop {
         match rx.recv().await {
             Ok(batch) => {
-                d.set_demand(demand());
-                // /proc reads: off the async workers.
-                let (out, back) = tokio::task::block_in_place(|| {
-                    let out = d.derive(&batch);
-                    (out, ())
-                });
-                let () = back;
+                d.set_demand(demand.union());
+                // /proc reads: off the async workers' cooperative budget.
+                let out = tokio::task::block_in_place(|| d.derive(&batch));
                 signals.publish(out);
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {

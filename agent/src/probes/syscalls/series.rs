@@ -257,7 +257,8 @@ impl Series {
                     let id = identity(d);
                     if let Some(c) = &id.container_id {
                         if !id.container_labels.is_empty() && !self.containers.contains_key(c) {
-                            self.containers.insert(c.clone(), id.container_labels.clone());
+                            self.containers
+                                .insert(c.clone(), id.container_labels.clone());
                         }
                     }
                     let o = Owner::of(self.level, d.proc, &id);
