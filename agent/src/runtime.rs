@@ -21,6 +21,7 @@ use tokio::{
 
 use crate::{
     config::{Config, ConfigError, ExportConfig},
+    detection::{config::DetectionConfig, task as detection},
     ebpf::tracefs,
     export::{self, settings::Settings, Exporter},
     logging::LevelHandle,
@@ -28,7 +29,7 @@ use crate::{
     opamp,
     output::OutputSettings,
     probes::Probes,
-    signals::{ActivityHub, Demand, SignalHub},
+    signals::{ActivityHub, AnomalyHub, Demand, SignalHub},
     status::{self, state::AgentState, StatusContext},
     transform::{Pipeline, Transformer},
 };
@@ -153,6 +154,8 @@ struct Running {
     probes: Arc<Mutex<Probes>>,
     /// The `transform:`/`filter:` pipeline shared by the exporter and `/metrics`.
     transform: Arc<Transformer>,
+    /// The detection task's `detection:` section (it reconfigures itself on a change).
+    detection: watch::Sender<DetectionConfig>,
 }
 
 impl Running {
@@ -189,6 +192,13 @@ impl Running {
             tracing::info!("transform and filter statements reloaded");
         }
         apply_probes(&self.probes, &new).await;
+        self.detection.send_if_modified(|d| {
+            let changed = *d != new.detection;
+            if changed {
+                *d = new.detection.clone();
+            }
+            changed
+        });
         self.state.set_config_hash(new.hash());
         tracing::info!(config_hash = %new.hash(), "configuration applied");
         self.cfg = new;
@@ -232,6 +242,19 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
         signals.clone(),
         demand.clone(),
     ));
+    // Anomalies, for the log, the exporter, /status and the decision engine.
+    let anomalies = AnomalyHub::new();
+    let (detection_tx, detection_rx) = watch::channel(cfg.detection.clone());
+    let detection_task = tokio::spawn(detection::run(
+        signals.clone(),
+        detection_rx,
+        detection::Outputs {
+            state: state.clone(),
+            store: store.clone(),
+            anomalies: anomalies.clone(),
+            demand: demand.clone(),
+        },
+    ));
     let probes = Arc::new(Mutex::new(Probes::new(
         store.clone(),
         state.clone(),
@@ -250,6 +273,7 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
         writer: Some(writer),
         probes,
         transform,
+        detection: detection_tx,
     };
     let (apply_tx, mut apply_rx) = mpsc::channel::<ApplyRequest>(4);
     let (running_tx, running_rx) = watch::channel(Arc::new(r.cfg.clone()));
@@ -319,6 +343,7 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
         s.stop().await;
     }
     deriver.abort();
+    detection_task.abort();
     tracing::info!("agent stopped; every probe detached");
     Ok(exit)
 }

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::{
     config::{DetectionConfig, Signal, SignalSpec, Watch},
-    engine::{Anomaly, Engine, SeriesKey, SYSCALL_ATTRIBUTE},
+    engine::{Engine, Report, SeriesKey, SYSCALL_ATTRIBUTE},
     synthetic::Noise,
     Kind,
 };
@@ -109,13 +109,7 @@ fn config(yaml: &str) -> DetectionConfig {
 
 /// A syscall rate read every second: `base` calls/s with 3 % noise for `steady` seconds, then
 /// `factor` times that for `held` seconds, then back. Returns every anomaly.
-fn run_step(
-    e: &mut Engine,
-    k: &SeriesKey,
-    steady: usize,
-    factor: f64,
-    held: usize,
-) -> Vec<Anomaly> {
+fn run_step(e: &mut Engine, k: &SeriesKey, steady: usize, factor: f64, held: usize) -> Vec<Report> {
     let mut noise = Noise::new(11);
     let mut out = Vec::new();
     for i in 0..steady + held + 20 {

@@ -1,8 +1,9 @@
 //! Connection events of the network probe to OTLP log records (`ExportLogsServiceRequest`):
 //! one record per open or close, event name `tcp.connection.open` / `tcp.connection.close`
 //! (`tcp.connection.failure` for a socket error), with the connection's numbers as attributes.
+//! Records engines make themselves (detection's `agent.anomaly`) travel in the same requests.
 
-use std::time::SystemTime;
+use std::{sync::Arc, time::SystemTime};
 
 use opentelemetry_proto::tonic::{
     collector::logs::v1::ExportLogsServiceRequest,
@@ -75,16 +76,32 @@ pub fn encode(
     now: SystemTime,
     max_records: usize,
 ) -> Vec<(ExportLogsServiceRequest, u64)> {
+    encode_with(records, &[], resource, now, max_records)
+}
+
+/// [`encode`] of connection events followed by records engines built (`AgentState::
+/// publish_log_records`), in requests of at most `max_records` records each.
+pub fn encode_with(
+    records: &[ConnRecord],
+    built: &[Arc<LogRecord>],
+    resource: &Resource,
+    now: SystemTime,
+    max_records: usize,
+) -> Vec<(ExportLogsServiceRequest, u64)> {
     let observed = unix_nanos(now);
-    records
-        .chunks(max_records.max(1))
+    let all: Vec<LogRecord> = records
+        .iter()
+        .map(|r| record(r, observed))
+        .chain(built.iter().map(|r| LogRecord::clone(r)))
+        .collect();
+    all.chunks(max_records.max(1))
         .map(|chunk| {
             let req = ExportLogsServiceRequest {
                 resource_logs: vec![ResourceLogs {
                     resource: Some(resource.clone()),
                     scope_logs: vec![ScopeLogs {
                         scope: Some(scope()),
-                        log_records: chunk.iter().map(|r| record(r, observed)).collect(),
+                        log_records: chunk.to_vec(),
                         ..Default::default()
                     }],
                     ..Default::default()

@@ -192,7 +192,18 @@ pub struct AgentState {
     profiles: tokio::sync::broadcast::Sender<std::sync::Arc<crate::profile::Profile>>,
     /// The running profiler's request channel (flame graph captures).
     profiler: std::sync::Mutex<Option<ProfilerHandle>>,
+    /// Detection's figures and recent anomalies (`detection::task`).
+    detection: RwLock<crate::detection::status::Report>,
+    /// OTLP log records made by engines (detection's `agent.anomaly` events) for the
+    /// exporter; bounded, lagging receivers lose the oldest.
+    log_records: tokio::sync::broadcast::Sender<std::sync::Arc<LogRecord>>,
 }
+
+/// An OTLP log record, as engines hand them to the exporter.
+pub type LogRecord = opentelemetry_proto::tonic::logs::v1::LogRecord;
+
+/// Engine log records a subscriber may fall behind before it loses the oldest.
+pub const LOG_RECORDS_CAPACITY: usize = 4096;
 
 fn read<T: Clone>(l: &RwLock<T>) -> T {
     l.read().unwrap_or_else(|e| e.into_inner()).clone()
@@ -219,6 +230,8 @@ impl AgentState {
             profiles: tokio::sync::broadcast::channel(PROFILES_CAPACITY).0,
             profiler: std::sync::Mutex::new(None),
             pipeline_running: false.into(),
+            detection: RwLock::default(),
+            log_records: tokio::sync::broadcast::channel(LOG_RECORDS_CAPACITY).0,
         }
     }
 
@@ -342,6 +355,33 @@ impl AgentState {
 
     pub fn network(&self) -> NetworkStatus {
         read(&self.network)
+    }
+
+    pub fn set_detection(&self, r: crate::detection::status::Report) {
+        *write(&self.detection) = r;
+    }
+
+    /// Updates detection's figures, leaving the anomaly list as it is.
+    pub fn set_detection_status(&self, s: crate::detection::status::DetectionStatus) {
+        write(&self.detection).status = s;
+    }
+
+    pub fn detection(&self) -> crate::detection::status::Report {
+        read(&self.detection)
+    }
+
+    /// Hands log records to the exporter (no subscriber is not an error).
+    pub fn publish_log_records(&self, records: impl IntoIterator<Item = LogRecord>) {
+        for r in records {
+            let _ = self.log_records.send(std::sync::Arc::new(r));
+        }
+    }
+
+    /// Every engine log record from now on.
+    pub fn subscribe_log_records(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<std::sync::Arc<LogRecord>> {
+        self.log_records.subscribe()
     }
 
     pub fn set_pipeline_running(&self, running: bool) {
