@@ -627,7 +627,11 @@ fn detection_section_as_the_issue_writes_it() {
     // The rest keeps its defaults.
     let d = crate::detection::config::DetectionConfig::default();
     assert_eq!(
-        (c.detection.max_series, c.detection.threshold, c.detection.enabled),
+        (
+            c.detection.max_series,
+            c.detection.threshold,
+            c.detection.enabled
+        ),
         (d.max_series, d.threshold, d.enabled)
     );
 }
@@ -636,7 +640,8 @@ fn detection_section_as_the_issue_writes_it() {
 fn detection_errors_name_the_field_and_its_line() {
     let e = parse_err("detection:\n  signals: [process.syscall.rate, process.syscal.rate]\n");
     assert!(
-        e.to_string().contains("unknown signal `process.syscal.rate`"),
+        e.to_string()
+            .contains("unknown signal `process.syscal.rate`"),
         "{e}"
     );
     assert_eq!(e.line(), Some(2), "{e}");
