@@ -86,7 +86,10 @@ fn paced(args: &[String]) -> Option<()> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
+    // argv[0] may not be UTF-8 (the odd-name test runs a copy named so).
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     if args.get(1).map(String::as_str) == Some("rate") {
         if paced(&args[2..]).is_none() {
             eprintln!(
