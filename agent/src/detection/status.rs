@@ -16,7 +16,8 @@ pub struct DetectionStatus {
     pub max_series: usize,
     /// Series dropped to stay within `max_series` (least recently active first).
     pub evictions: u64,
-    /// Series dropped because their process ended (an exit is not an anomaly).
+    /// Series dropped because their process ended (an exit is not an anomaly) or a newer
+    /// incarnation of its pid replaced it (an exec, a reused pid).
     pub forgotten: u64,
     /// Samples ignored: a non-finite value or a time before the Unix epoch.
     pub skipped: u64,

@@ -11,7 +11,8 @@
 //!
 //! Invariants: a sample is scored at the time the kernel was read (the batch's `time`), never
 //! at the time it arrives; the series of an incarnation that ended are dropped, not scored (an
-//! exit is not an anomaly); per-syscall signals are asked of the deriver (`Demand`, consumer
+//! exit is not an anomaly), and so are those of an incarnation a newer one of its pid replaced
+//! (an exec, or a reused pid); per-syscall signals are asked of the deriver (`Demand`, consumer
 //! `detection`) only for the syscalls a watch names; at most `max_series` series, least
 //! recently active evicted first and counted; a config change applies at once, keeping the
 //! state of series whose detector did not change.
@@ -21,7 +22,7 @@
 mod tests;
 
 use std::{
-    collections::{HashSet, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::Arc,
     time::SystemTime,
 };
@@ -36,7 +37,7 @@ use super::{
 };
 use crate::{
     metrics::{model::Batch, Store},
-    signals::{Anomaly, AnomalyHub, Demand, SignalBatch, SignalHub},
+    signals::{Anomaly, AnomalyHub, Demand, Signal, SignalBatch, SignalHub},
     status::state::{AgentState, ComponentStatus},
 };
 
@@ -201,6 +202,9 @@ impl Detection {
             self.status.forgotten += gone as u64;
         }
         let mut found = Vec::new();
+        // The newest incarnation of each pid in this batch, when one got a new series.
+        let mut newest: HashMap<u32, u64> = HashMap::new();
+        let mut new_series = false;
         for s in &batch.samples {
             if !self.engine.watches(s.signal) {
                 continue;
@@ -209,9 +213,16 @@ impl Detection {
                 signal: s.signal,
                 key: s.key.clone(),
             };
+            new_series |= self.engine.score(&key).is_none();
+            let p = &s.key.process;
+            let g = newest.entry(p.pid).or_insert(p.gen);
+            *g = (*g).max(p.gen);
             if let Some(r) = self.engine.observe(&key, batch.time, s.value) {
                 found.push(anomaly(r));
             }
+        }
+        if new_series {
+            self.status.forgotten += self.replaced(batch.source, &newest) as u64;
         }
         self.status.batches += 1;
         self.status.samples += batch.samples.len() as u64;
@@ -226,6 +237,17 @@ impl Detection {
         self.status.last_batch_cpu_us = used as f64 * 1e-3;
         self.refresh_status();
         found
+    }
+
+    /// Drops the series of incarnations a newer one of the same pid replaced (an exec, or a
+    /// reused pid whose predecessor's end was not seen): one pid is one process at a time.
+    /// Incarnations compare only within one probe's batches (`ProcessRef::gen`), so only
+    /// series of signals that `source` feeds are looked at. Returns how many went.
+    fn replaced(&mut self, source: &str, newest: &HashMap<u32, u64>) -> usize {
+        self.engine.forget(|k| {
+            let p = &k.key.process;
+            source_of(k.signal) == source && newest.get(&p.pid).is_some_and(|&g| p.gen < g)
+        })
     }
 
     fn put_out(&mut self, found: &[Anomaly]) {
@@ -250,6 +272,21 @@ impl Detection {
             .state
             .publish_log_records(found.iter().map(|a| report::log_record(a, now)));
         self.publish_list();
+    }
+}
+
+/// The probe whose batches carry `signal` (the deriver adds CPU and memory to syscall
+/// activity).
+fn source_of(signal: Signal) -> &'static str {
+    match signal {
+        Signal::TcpFailureRate | Signal::TcpRetransmitRatio | Signal::TcpHandshakeDuration => {
+            crate::probes::network::NAME
+        }
+        Signal::SyscallRate
+        | Signal::SyscallErrorRatio
+        | Signal::SyscallDuration
+        | Signal::CpuUtilization
+        | Signal::MemoryUsage => crate::probes::syscalls::NAME,
     }
 }
 

@@ -246,3 +246,55 @@ fn per_syscall_watches_ask_the_deriver_and_reloads_apply() {
         .as_deref()
         .is_some_and(|e| e.contains("3 signal batches")));
 }
+
+#[test]
+fn a_newer_incarnation_of_a_pid_replaces_the_older_one() {
+    let out = outputs();
+    let mut d = Detection::new(
+        &parse("detection:\n  warmup: 0s\n  signals: [process.syscall.rate, system.network.tcp.connection.failure_rate]\n"),
+        out.clone(),
+    );
+    let old = key(5, None);
+    let mut exec = (*old).clone();
+    exec.process.gen += 1;
+    exec.process.exe_name = "after-exec".into();
+    let exec = Arc::new(exec);
+    // The network probe's incarnation of pid 5 (another clock: compared only with its own).
+    let net = key(5, None);
+    let mut b = batch(0.0, vec![sample(Signal::SyscallRate, &old, 10.0)], vec![]);
+    d.ingest(&b);
+    b.source = "network";
+    b.samples = vec![sample(Signal::TcpFailureRate, &net, 0.0)];
+    d.ingest(&b);
+    assert_eq!(out.state.detection().status.series, 2);
+    // The same pid with a newer incarnation (an exec): the old one's series goes, in the
+    // same batch, and the network series stays.
+    let b = batch(
+        1.0,
+        vec![
+            sample(Signal::SyscallRate, &old, 10.0),
+            sample(Signal::SyscallRate, &exec, 10.0),
+        ],
+        vec![],
+    );
+    d.ingest(&b);
+    let s = out.state.detection().status;
+    assert_eq!((s.series, s.forgotten, s.evictions), (2, 1, 0));
+    let names: Vec<String> = out
+        .store
+        .snapshot()
+        .iter()
+        .filter(|b| b.source == NAME)
+        .flat_map(|b| b.families[0].points.clone())
+        .filter_map(|p| match get(&p.labels, "process.executable.name") {
+            Some(AttrValue::Str(s)) => Some(s.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        names.iter().filter(|n| *n == "after-exec").count(),
+        1,
+        "{names:?}"
+    );
+    assert_eq!(names.len(), 2, "{names:?}");
+}
