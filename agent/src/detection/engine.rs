@@ -102,6 +102,26 @@ pub struct Engine<K: SeriesId = SeriesKey> {
     stats: EngineStats,
 }
 
+/// The smallest departure from the expected range that can be an anomaly, in the signal's
+/// unit: a series that held one value through its warm-up (0 CPU, all calls failing) has no
+/// spread, and any move off it is infinitely surprising to a Gaussian; these are moves too
+/// small to matter on a host. Not configurable (yet): they are resolutions, not sensitivities.
+pub fn resolution(signal: Signal) -> f64 {
+    match signal {
+        // 10 calls/s; 5 percentage points of calls failing; 1 µs per call.
+        Signal::SyscallRate => 10.0,
+        Signal::SyscallErrorRatio => 0.05,
+        Signal::SyscallDuration => 1e-6,
+        // Any failed connection counts; 1 % of segments; 1 ms of handshake.
+        Signal::TcpFailureRate => 0.0,
+        Signal::TcpRetransmitRatio => 0.01,
+        Signal::TcpHandshakeDuration => 1e-3,
+        // 1 % of the host's CPU; 1 MiB resident.
+        Signal::CpuUtilization => 0.01,
+        Signal::MemoryUsage => 1_048_576.0,
+    }
+}
+
 /// The watch that covers `key` (same signal, and the same syscall or none on both sides), its
 /// detector and gate settings; `None` when detection is off or nothing watches it.
 fn resolve<'a, K: SeriesId>(
@@ -183,7 +203,14 @@ impl<K: SeriesId> Engine<K> {
                 s
             }
         };
-        let raw = series.detector.update(t, value);
+        let mut raw = series.detector.update(t, value);
+        let (lo, hi) = series.detector.expected();
+        let floor = resolution(key.signal());
+        if value >= lo - floor && value <= hi + floor {
+            // Within the signal's resolution of what was expected: no anomaly, however
+            // surprising to a series that has been flat (CPU 0 -> 0.3 %).
+            raw = 0.0;
+        }
         let g = series
             .gate
             .apply(&series.params, t, series.detector.warm(), raw);
