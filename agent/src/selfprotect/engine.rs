@@ -22,6 +22,9 @@ use super::{
 };
 use crate::{metrics::Store, selfstats, status::state::AgentState};
 
+/// Called at each level change with the change and the pressure that caused it.
+pub type OnChange = Box<dyn Fn(&LevelChange, f64) + Send + Sync>;
+
 /// Where the task's results go.
 pub struct Outputs {
     pub state: Arc<AgentState>,
@@ -29,7 +32,7 @@ pub struct Outputs {
     /// Each new level, for the runtime to apply.
     pub levels: mpsc::Sender<Level>,
     /// Called at each change (the runtime turns it into an OTLP log record).
-    pub on_change: Box<dyn Fn(&LevelChange, f64) + Send + Sync>,
+    pub on_change: OnChange,
 }
 
 /// One evaluation's figures.
