@@ -228,6 +228,8 @@ pub struct StatusReport {
     /// The OpAMP client (absent when OpAMP is off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub opamp: Option<crate::opamp::status::OpampStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub self_protection: Option<crate::selfprotect::report::SelfProtectionStatus>,
     #[serde(rename = "self")]
     pub self_stats: SelfStats,
 }
@@ -252,6 +254,7 @@ pub fn report(ctx: &StatusContext) -> StatusReport {
         detection: detection.status,
         anomalies: detection.anomalies,
         opamp: s.opamp(),
+        self_protection: s.self_protection(),
         self_stats: selfstats::sample(),
     }
 }

@@ -197,6 +197,8 @@ pub struct AgentState {
     /// OTLP log records made by engines (detection's `agent.anomaly` events) for the
     /// exporter; bounded, lagging receivers lose the oldest.
     log_records: tokio::sync::broadcast::Sender<std::sync::Arc<LogRecord>>,
+    /// Self-protection's level and figures (`None`: not running).
+    self_protection: RwLock<Option<crate::selfprotect::report::SelfProtectionStatus>>,
 }
 
 /// An OTLP log record, as engines hand them to the exporter.
@@ -229,10 +231,19 @@ impl AgentState {
             connections: tokio::sync::broadcast::channel(CONNECTION_EVENTS_CAPACITY).0,
             profiles: tokio::sync::broadcast::channel(PROFILES_CAPACITY).0,
             profiler: std::sync::Mutex::new(None),
+            self_protection: RwLock::default(),
             pipeline_running: false.into(),
             detection: RwLock::default(),
             log_records: tokio::sync::broadcast::channel(LOG_RECORDS_CAPACITY).0,
         }
+    }
+
+    pub fn set_self_protection(&self, s: Option<crate::selfprotect::report::SelfProtectionStatus>) {
+        *write(&self.self_protection) = s;
+    }
+
+    pub fn self_protection(&self) -> Option<crate::selfprotect::report::SelfProtectionStatus> {
+        read(&self.self_protection)
     }
 
     pub fn config_hash(&self) -> String {
