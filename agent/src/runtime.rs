@@ -196,19 +196,25 @@ impl Running {
             self.transform.set(pipeline(&new));
             tracing::info!("transform and filter statements reloaded");
         }
-        apply_probes(&self.probes, &selfprotect::degrade(&new, self.level)).await;
-        self.detection.send_if_modified(|d| {
-            let changed = *d != new.detection;
-            if changed {
-                *d = new.detection.clone();
-            }
-            changed
-        });
+        self.run_degraded(&new).await;
         self.self_protection
             .send_if_modified(|c| std::mem::replace(c, new.self_protection.clone()) != *c);
         self.state.set_config_hash(new.hash());
         tracing::info!(config_hash = %new.hash(), "configuration applied");
         self.cfg = new;
+    }
+
+    /// Runs the probes and detection on `cfg` degraded to the self-protection level.
+    async fn run_degraded(&self, cfg: &Config) {
+        let eff = selfprotect::degrade(cfg, self.level);
+        apply_probes(&self.probes, &eff).await;
+        self.detection.send_if_modified(|d| {
+            let changed = *d != eff.detection;
+            if changed {
+                *d = eff.detection.clone();
+            }
+            changed
+        });
     }
 
     /// Runs the probes at self-protection `level` (the configured config, degraded).
@@ -217,7 +223,8 @@ impl Running {
             return;
         }
         self.level = level;
-        apply_probes(&self.probes, &selfprotect::degrade(&self.cfg, level)).await;
+        let cfg = self.cfg.clone();
+        self.run_degraded(&cfg).await;
         tracing::info!(
             level = level.as_str(),
             "probes re-applied for the self-protection level"
@@ -293,7 +300,12 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
             state: state.clone(),
             store: store.clone(),
             levels: level_tx,
-            on_change: Box::new(|_, _| {}),
+            on_change: {
+                let state = state.clone();
+                Box::new(move |c, pressure| {
+                    state.publish_log_records([selfprotect::report::change_record(c, pressure)])
+                })
+            },
         },
     ));
 
