@@ -451,4 +451,5 @@ pub fn assert_eventually(
 }
 
 pub mod otlp;
+pub mod profile_outputs;
 pub mod profiling;

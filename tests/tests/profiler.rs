@@ -4,16 +4,16 @@
 //! `opentelemetry-proto` for OTLP, the SVG text for flame graphs).
 
 use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     thread,
     time::Duration,
 };
 
 use integration_tests::{
-    agent_bin, bpf_programs_of,
-    otlp::{attributes, python, text, Sink},
+    bpf_programs_of,
+    otlp::{text, Sink},
+    profile_outputs::*,
     profiling::*,
     require_root, serial, tempdir, Agent,
 };
@@ -34,49 +34,6 @@ fn start_hotspots(bin: &Path, seconds: u32) -> Child {
     // Let it get past exec and the loader.
     thread::sleep(Duration::from_millis(300));
     child
-}
-
-/// `agent profile ...`; returns the output file.
-fn agent_profile(dir: &Path, args: &[&str], format: &str) -> PathBuf {
-    let out = dir.join(format!("profile.{format}"));
-    let r = Command::new(agent_bin())
-        .arg("profile")
-        .args(args)
-        .args(["--format", format, "--output"])
-        .arg(&out)
-        .output()
-        .expect("run agent profile");
-    assert!(
-        r.status.success(),
-        "agent profile failed: {}",
-        String::from_utf8_lossy(&r.stderr)
-    );
-    out
-}
-
-/// Folded lines as (frames root first, count).
-fn folded(text: &str) -> Vec<(Vec<String>, u64)> {
-    text.lines()
-        .filter_map(|l| {
-            let (stack, n) = l.rsplit_once(' ')?;
-            Some((
-                stack.split(';').map(str::to_string).collect(),
-                n.parse().ok()?,
-            ))
-        })
-        .collect()
-}
-
-/// Stacks (names, root first) and their sample counts.
-type Stacks = Vec<(Vec<String>, u64)>;
-
-/// Samples whose leaf is `f`.
-fn leaf_count(stacks: &[(Vec<String>, u64)], f: &str) -> u64 {
-    stacks
-        .iter()
-        .filter(|(s, _)| s.last().map(String::as_str) == Some(f))
-        .map(|(_, n)| n)
-        .sum()
 }
 
 /// (hot_three, hot_one) leaf samples.
@@ -180,122 +137,6 @@ fn profile_matches_the_3_to_1_workload_and_perf() {
 
 fn wait(mut c: Child) -> std::process::ExitStatus {
     c.wait().expect("wait")
-}
-
-/// `protoc --decode perftools.profiles.Profile` of a gzipped pprof file, as text.
-fn protoc_decode(gz: &Path) -> String {
-    let proto_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/pprof");
-    let raw = Command::new("gzip")
-        .args(["-dc"])
-        .arg(gz)
-        .output()
-        .expect("gzip -dc");
-    assert!(raw.status.success(), "not gzip: {}", gz.display());
-    let mut child = Command::new("protoc")
-        .args(["--decode", "perftools.profiles.Profile", "-I"])
-        .arg(&proto_dir)
-        .arg("profile.proto")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("protoc (protobuf-compiler)");
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(&raw.stdout).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "protoc could not decode {}: {}",
-        gz.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The quoted entries of a protoc text dump's `string_table`.
-fn string_table(dump: &str) -> Vec<String> {
-    dump.lines()
-        .filter_map(|l| l.trim().strip_prefix("string_table: "))
-        .map(|s| s.trim_matches('"').to_string())
-        .collect()
-}
-
-/// Decodes a binary ExportProfilesServiceRequest with PyPI `opentelemetry-proto` into the OTLP
-/// JSON mapping (as the sink writes it).
-fn python_decode_otlp(file: &Path) -> Value {
-    let script = "import sys, json\n\
-from google.protobuf.json_format import MessageToDict\n\
-from opentelemetry.proto.collector.profiles.v1development import profiles_service_pb2 as p\n\
-r = p.ExportProfilesServiceRequest.FromString(open(sys.argv[1], 'rb').read())\n\
-print(json.dumps(MessageToDict(r)))\n";
-    let out = Command::new(python())
-        .args(["-c", script])
-        .arg(file)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "opentelemetry-proto could not decode {}: {}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// Function names of every location of a sample's stack, root first (as folded stacks), from
-/// the OTLP dictionary (which lists them leaf first).
-fn otlp_stack(dict: &Value, stack_index: usize) -> Vec<String> {
-    let strings = dict["stringTable"].as_array().unwrap();
-    let s = |i: &Value| -> String {
-        strings[i.as_u64().unwrap_or(0) as usize]
-            .as_str()
-            .unwrap_or("")
-            .to_string()
-    };
-    let stack = &dict["stackTable"][stack_index];
-    let mut names = Vec::new();
-    for li in stack["locationIndices"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-    {
-        let loc = &dict["locationTable"][li.as_u64().unwrap() as usize];
-        for line in loc["lines"].as_array().cloned().unwrap_or_default() {
-            let f = &dict["functionTable"][line["functionIndex"].as_u64().unwrap_or(0) as usize];
-            names.push(s(&f["nameStrindex"]));
-        }
-    }
-    names
-}
-
-/// Per process resource: (attributes, stacks).
-fn otlp_processes(req: &Value) -> Vec<(BTreeMap<String, Value>, Stacks)> {
-    let dict = &req["dictionary"];
-    req["resourceProfiles"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|rp| {
-            let attrs = attributes(&rp["resource"]["attributes"]);
-            let mut samples = Vec::new();
-            for sp in rp["scopeProfiles"].as_array().unwrap() {
-                for p in sp["profiles"].as_array().unwrap() {
-                    for s in p["samples"].as_array().cloned().unwrap_or_default() {
-                        let idx = s["stackIndex"].as_u64().unwrap_or(0) as usize;
-                        let n = s["values"][0]
-                            .as_str()
-                            .and_then(|v| v.parse().ok())
-                            .or(s["values"][0].as_u64())
-                            .unwrap_or(0);
-                        let mut names = otlp_stack(dict, idx);
-                        names.reverse();
-                        samples.push((names, n));
-                    }
-                }
-            }
-            (attrs, samples)
-        })
-        .collect()
 }
 
 /// pprof opens in protoc with the pprof schema; OTLP decodes with the reference Python package,
