@@ -5,8 +5,12 @@
 //!   generation `PROFILE_GEN[0]` names; userspace flips it, waits for in-flight programs, then
 //!   reads and clears the other one. No sample is lost or counted twice by a drain.
 //! - A stack id is only meaningful in the generation that produced it.
-//! - `PROFILE_PIDS` remembers which processes userspace was told about; a process that execs is
-//!   forgotten, so its new address space is announced again (`PidEvent`).
+//! - `PROFILE_PIDS` remembers which processes userspace was told about, and as what: each
+//!   announcement starts an *incarnation* (the boot-clock time of the announcement), carried by
+//!   every sample of it. A process that execs, and a process whose main thread exits (its pid may
+//!   be reused), is forgotten, so what runs under that pid next is announced again as a new
+//!   incarnation: samples before and after an exec or a pid reuse never share a key, and each
+//!   is symbolized with the mappings of what the process was when it was sampled.
 
 use crate::COMM_LEN;
 
@@ -28,6 +32,9 @@ pub const PROG_AGGREGATE: &str = "profile_aggregate";
 pub const PROG_STREAM: &str = "profile_stream";
 /// `sched:sched_process_exec`: forgets the process so its new mappings are announced.
 pub const PROG_EXEC: &str = "profile_exec";
+/// `sched:sched_process_exit`: forgets a process whose main thread exits (its pid may be
+/// reused by another process).
+pub const PROG_EXIT: &str = "profile_exit";
 
 /// Indices of `PROFILE_COUNTERS` (per-CPU, cumulative).
 pub mod counter {
@@ -71,6 +78,8 @@ pub struct SampleKey {
     pub tgid: u32,
     pub tid: u32,
     pub cgroup_id: u64,
+    /// The process's incarnation (see the module docs).
+    pub incarnation: u64,
     /// Stack id in this generation's stack map, or a negative errno (no user stack).
     pub user_stack: i32,
     /// Stack id, or a negative errno (no kernel stack: the sample hit user mode).
@@ -85,6 +94,7 @@ pub struct StreamSample {
     pub tgid: u32,
     pub tid: u32,
     pub cgroup_id: u64,
+    pub incarnation: u64,
     /// Bytes of `user` filled (a multiple of 8), or a negative errno.
     pub user_len: i32,
     /// Bytes of `kernel` filled, or a negative errno.
@@ -94,12 +104,30 @@ pub struct StreamSample {
     pub kernel: [u64; MAX_STACK_DEPTH],
 }
 
-/// A process userspace has not seen since it started (or exec'd): snapshot its mappings now.
+/// A process userspace has not seen since it started (or exec'd): snapshot its mappings now,
+/// if `PROFILE_PIDS` still holds this incarnation (else it already exec'd or exited).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PidEvent {
     pub tgid: u32,
     pub _pad: u32,
+    /// Boot-clock nanoseconds of the announcement (`bpf_ktime_get_boot_ns`).
+    pub incarnation: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts() {
+        assert_eq!(core::mem::size_of::<SampleKey>(), 48);
+        assert_eq!(core::mem::size_of::<PidEvent>(), 16);
+        assert_eq!(
+            core::mem::size_of::<StreamSample>(),
+            48 + 2 * 8 * MAX_STACK_DEPTH
+        );
+    }
 }
 
 #[cfg(feature = "user")]

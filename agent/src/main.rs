@@ -284,7 +284,9 @@ fn profile(
             on_interrupt as *const () as libc::sighandler_t,
         );
     }
-    let p = profiler::record(&cfg, duration, pid, &INTERRUPTED)?;
+    let p = profiler::record(&cfg, duration, pid, &INTERRUPTED, |cpus| {
+        eprintln!("sampling {cpus} CPUs at {hz} Hz for {duration:?} (Ctrl-C ends early)");
+    })?;
     let bytes = match format {
         ProfileFormat::Pprof => profile::pprof::encode(&p),
         ProfileFormat::Otlp => {

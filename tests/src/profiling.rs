@@ -66,6 +66,43 @@ pub fn build_hotspots(out_dir: &Path, frame_pointers: bool) -> PathBuf {
     out
 }
 
+/// Compiles `tests/workloads/<source>` into `out_dir/<name>` with `cc -g -Wl,--build-id`, then
+/// `flags`; written under a temporary name and renamed into place (concurrent builds into one
+/// directory never see a half-written file). Panics with the compiler's stderr on failure.
+pub fn build_c(out_dir: &Path, source: &str, name: &str, flags: &[&str]) -> PathBuf {
+    fs::create_dir_all(out_dir).unwrap_or_else(|e| panic!("create {}: {e}", out_dir.display()));
+    let out = out_dir.join(name);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = out_dir.join(format!(".{name}.{}.{nanos}.tmp", std::process::id()));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("workloads")
+        .join(source);
+    let result = Command::new("cc")
+        .args(["-g", "-pthread", "-Wl,--build-id"])
+        .args(flags)
+        .arg("-o")
+        .arg(&tmp)
+        .arg(&src)
+        .output()
+        .unwrap_or_else(|e| panic!("run cc: {e}"));
+    if !result.status.success() {
+        let _ = fs::remove_file(&tmp);
+        panic!(
+            "cc {} failed ({}):\n{}",
+            src.display(),
+            result.status,
+            String::from_utf8_lossy(&result.stderr)
+        );
+    }
+    fs::rename(&tmp, &out).unwrap_or_else(|e| panic!("rename to {}: {e}", out.display()));
+    out
+}
+
+/// Frame-pointer flags for a C workload: every function keeps its frame pointer, leaves too.
+pub const FRAME_POINTERS: &[&str] = &["-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer"];
+
 /// The GNU build ID of an ELF64 file (either byte order) as lowercase hex, or `None` if the file
 /// cannot be read, is not ELF64, or has no `NT_GNU_BUILD_ID` note. Looks at the `SHT_NOTE`
 /// sections first (that covers `.note.gnu.build-id`), then at the `PT_NOTE` segments (files

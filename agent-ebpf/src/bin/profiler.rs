@@ -7,8 +7,9 @@
 //!   a (thread, user stack, kernel stack) counter; userspace drains a whole generation at once.
 //! - `profile_stream`: each sample copies both stacks into a ring buffer record.
 //!
-//! `profile_exec` (raw tracepoint `sched_process_exec`) forgets a process that execs, so its new
-//! mappings are announced again through `PROFILE_PID_EVENTS`.
+//! `profile_exec` (raw tracepoint `sched_process_exec`) forgets a process that execs, and
+//! `profile_exit` (`sched_process_exit`) one whose main thread exits, so what runs under the pid
+//! next is announced again through `PROFILE_PID_EVENTS` as a new incarnation.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(not(target_arch = "bpf"), allow(dead_code, unused_imports))]
@@ -24,7 +25,7 @@ mod probe {
         bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
         helpers::{
             bpf_get_current_comm, bpf_get_current_pid_tgid,
-            generated::{bpf_get_current_cgroup_id, bpf_get_stack},
+            generated::{bpf_get_current_cgroup_id, bpf_get_stack, bpf_ktime_get_boot_ns},
         },
         macros::{map, perf_event, raw_tracepoint},
         maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
@@ -49,9 +50,9 @@ mod probe {
     #[map]
     static PROFILE_GEN: Array<u32> = Array::with_max_entries(1, 0);
 
-    /// Processes userspace has been told about (value unused).
+    /// Processes userspace has been told about → their incarnation (announcement time).
     #[map]
-    static PROFILE_PIDS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
+    static PROFILE_PIDS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
 
     #[map]
     static PROFILE_PID_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
@@ -81,21 +82,36 @@ mod probe {
         Some((tgid, tid))
     }
 
-    /// Tells userspace about a process the first time it is sampled (since start or exec).
+    /// Tells userspace about a process the first time it is sampled with a user stack (since
+    /// start, exec or a pid reuse); returns the incarnation its samples carry. 0: none (the
+    /// idle task, kernel threads, a process past its exit with no address space left).
     #[inline(always)]
-    fn announce(tgid: u32) {
-        if tgid == 0 || PROFILE_PIDS.get_ptr(tgid).is_some() {
-            return;
+    fn announce(tgid: u32, has_user: bool) -> u64 {
+        if tgid == 0 {
+            return 0;
         }
-        if PROFILE_PIDS.insert(tgid, 0u8, BPF_NOEXIST as u64).is_err() {
-            return; // another CPU just announced it
+        if let Some(inc) = PROFILE_PIDS.get_ptr(tgid) {
+            return unsafe { *inc };
         }
-        let ev = PidEvent { tgid, _pad: 0 };
+        if !has_user {
+            return 0;
+        }
+        let inc = unsafe { bpf_ktime_get_boot_ns() };
+        if PROFILE_PIDS.insert(tgid, inc, BPF_NOEXIST as u64).is_err() {
+            // Another CPU just announced it.
+            return PROFILE_PIDS.get_ptr(tgid).map_or(inc, |p| unsafe { *p });
+        }
+        let ev = PidEvent {
+            tgid,
+            _pad: 0,
+            incarnation: inc,
+        };
         if PROFILE_PID_EVENTS.output::<PidEvent>(&ev, 0).is_err() {
             bump(counter::PID_EVENTS_FULL);
             // Try again on the next sample.
             let _ = PROFILE_PIDS.remove(tgid);
         }
+        inc
     }
 
     #[perf_event]
@@ -137,14 +153,17 @@ mod probe {
                 counter::USER_COLLISIONS,
             )
         };
-        if user_stack < 0 && !stack_lost(user_stack) && tgid != 0 {
+        let has_user = user_stack >= 0 || stack_lost(user_stack);
+        if !has_user && tgid != 0 {
             bump(counter::USER_MISSING);
         }
+        let incarnation = announce(tgid, has_user);
         let kernel_stack = stack_id(ctx, stacks, 0, counter::KERNEL_COLLISIONS);
         let key = SampleKey {
             tgid,
             tid,
             cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+            incarnation,
             user_stack,
             kernel_stack,
             comm: bpf_get_current_comm().unwrap_or_default(),
@@ -171,7 +190,6 @@ mod probe {
         let Some((tgid, tid)) = who() else {
             return Ok(());
         };
-        announce(tgid);
         let gen = PROFILE_GEN.get(0).copied().unwrap_or(0);
         if gen == 0 {
             record(ctx, &PROFILE_COUNTS_0, &PROFILE_STACKS_0, tgid, tid)
@@ -193,7 +211,6 @@ mod probe {
         let Some((tgid, tid)) = who() else {
             return Ok(());
         };
-        announce(tgid);
         let Some(mut entry) = PROFILE_SAMPLES.reserve::<StreamSample>(0) else {
             bump(counter::STREAM_FULL);
             return Ok(());
@@ -220,9 +237,11 @@ mod probe {
                 STACK_BYTES,
                 0,
             ) as i32;
-            if (*s).user_len <= 0 && tgid != 0 {
+            let has_user = (*s).user_len > 0;
+            if !has_user && tgid != 0 {
                 bump(counter::USER_MISSING);
             }
+            (*s).incarnation = announce(tgid, has_user);
         }
         entry.submit(0);
         Ok(())
@@ -232,6 +251,18 @@ mod probe {
     pub fn profile_exec(_ctx: RawTracePointContext) -> u32 {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         let _ = PROFILE_PIDS.remove(tgid);
+        0
+    }
+
+    /// Every thread's exit; only the main thread's (pid == tgid) ends the incarnation: its pid
+    /// can be reused once it is reaped. (Other threads may still run: they re-announce it.)
+    #[raw_tracepoint(tracepoint = "sched_process_exit")]
+    pub fn profile_exit(_ctx: RawTracePointContext) -> u32 {
+        let id = bpf_get_current_pid_tgid();
+        let (tgid, pid) = ((id >> 32) as u32, id as u32);
+        if tgid == pid {
+            let _ = PROFILE_PIDS.remove(tgid);
+        }
         0
     }
 }

@@ -10,6 +10,7 @@
 pub mod procmaps;
 pub mod raw;
 pub mod session;
+pub mod special;
 pub mod symbolize;
 
 use std::{
@@ -202,6 +203,8 @@ impl Worker {
         let mut detail: BTreeMap<String, u64> =
             k.iter().map(|(n, v)| (n.to_string(), *v)).collect();
         detail.insert("truncated_stacks".into(), s.truncated);
+        detail.insert("cut_stacks".into(), s.cut);
+        detail.insert("unmapped_stacks".into(), s.unmapped);
         detail.insert("user_stacks".into(), s.user_samples);
         detail.insert("unresolved_frames".into(), s.unresolved);
         detail.insert("symbol_lookups".into(), s.lookups);
@@ -235,12 +238,14 @@ impl Worker {
 }
 
 /// One-shot profile (`agent profile`): samples for `duration` (one process when `pid` is given),
-/// then symbolizes. Ends early, with what it has, when `stop` turns true.
+/// then symbolizes. Ends early, with what it has, when `stop` turns true. `started` runs once
+/// sampling is on, with the number of CPUs sampled.
 pub fn record(
     cfg: &ProfilerConfig,
     duration: Duration,
     pid: Option<u32>,
     stop: &std::sync::atomic::AtomicBool,
+    started: impl FnOnce(usize),
 ) -> Result<crate::profile::Profile, LoadError> {
     let mut session = Session::start(cfg).map_err(|(e, _)| e)?;
     if let Some(h) = session.hooks.iter().find(|h| h.error.is_some()) {
@@ -248,8 +253,15 @@ pub fn record(
     }
     if let Some(p) = pid {
         // Snapshot now, so a process that exits during the run is still symbolized.
-        session.procs.snapshot(p);
+        session.preannounce(p);
     }
+    started(
+        session
+            .hooks
+            .iter()
+            .filter(|h| h.attached && h.hook.starts_with("perf_event"))
+            .count(),
+    );
     let end = Instant::now() + duration;
     let mut window = session.take_window();
     loop {

@@ -13,6 +13,8 @@ pub struct RawStack {
     pub tgid: u32,
     pub tid: u32,
     pub cgroup_id: u64,
+    /// The process incarnation the kernel announced (see `procmaps::ProcKey`).
+    pub incarnation: u64,
     pub comm: [u8; COMM_LEN],
     /// Leaf first; empty when there was none (kernel thread, or lost: see `user_lost`).
     pub user: Arc<[u64]>,
@@ -101,6 +103,7 @@ mod tests {
             tgid,
             tid: tgid,
             cgroup_id: 1,
+            incarnation: 1,
             comm: [0; COMM_LEN],
             user: Arc::from(user),
             kernel: Arc::from(&[][..]),

@@ -15,8 +15,8 @@ use std::{
 
 use agent_common::profiler::{
     counter, stack_lost, PidEvent, SampleKey, StreamSample, COUNTERS_MAP, COUNTS_MAP, GEN_MAP,
-    INCLUDE_IDLE_GLOBAL, MAX_STACK_DEPTH, PID_EVENTS_MAP, PROG_AGGREGATE, PROG_EXEC, PROG_STREAM,
-    SAMPLES_MAP, STACKS_MAP,
+    INCLUDE_IDLE_GLOBAL, MAX_STACK_DEPTH, PIDS_MAP, PID_EVENTS_MAP, PROG_AGGREGATE, PROG_EXEC,
+    PROG_EXIT, PROG_STREAM, SAMPLES_MAP, STACKS_MAP,
 };
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
@@ -28,7 +28,7 @@ use aya::{
 };
 
 use super::{
-    procmaps::ProcMaps,
+    procmaps::{Incarnations, ProcKey, ProcMaps},
     raw::{RawProfile, RawStack, StackInterner},
     symbolize::Symbolizer,
 };
@@ -60,6 +60,28 @@ fn perf_hook(cpu: u32) -> String {
 }
 
 const EXEC_HOOK: &str = "raw_tracepoint/sched_process_exec";
+const EXIT_HOOK: &str = "raw_tracepoint/sched_process_exit";
+
+/// The kernel's `PROFILE_PIDS`: which incarnation of each pid it announced.
+struct KernelPids(HashMap<MapData, u32, u64>);
+
+impl Incarnations for KernelPids {
+    fn current(&self, pid: u32) -> Option<u64> {
+        self.0.get(&pid, 0).ok()
+    }
+
+    /// Announces `pid` from userspace (unless the kernel already did): the boot-clock time the
+    /// kernel would have used.
+    fn announce(&mut self, pid: u32) -> Option<u64> {
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
+        let inc = now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64;
+        // BPF_NOEXIST (1): only if the kernel has not announced it.
+        match self.0.insert(pid, inc, 1) {
+            Ok(()) => Some(inc),
+            Err(_) => self.current(pid),
+        }
+    }
+}
 
 struct Maps {
     counts: [HashMap<MapData, SampleKey, u64>; 2],
@@ -120,8 +142,8 @@ impl Session {
                 attached: false,
                 error: None,
             })
-            .chain(std::iter::once(HookStatus {
-                hook: EXEC_HOOK.to_string(),
+            .chain([EXEC_HOOK, EXIT_HOOK].map(|h| HookStatus {
+                hook: h.to_string(),
                 attached: false,
                 error: None,
             }))
@@ -175,27 +197,45 @@ impl Session {
             });
             return Err((e, hooks));
         }
-        let exec = (|| -> Result<(), LoadError> {
-            let p: &mut RawTracePoint = ebpf::program(&mut bpf, NAME, PROG_EXEC)?;
-            p.load()
-                .map_err(|e| ebpf::explain(&format!("verifying {PROG_EXEC}"), &e))?;
-            p.attach("sched_process_exec")
-                .map_err(|e| ebpf::explain("attaching to sched_process_exec", &e))?;
-            Ok(())
-        })();
-        let last = hooks.len() - 1;
-        match exec {
-            Ok(()) => hooks[last].attached = true,
-            Err(e) => {
-                tracing::warn!(
-                    probe = NAME,
-                    "{}; processes that exec keep their first mappings until a lookup misses",
-                    e.cause
-                );
-                hooks[last].error = Some(e.cause);
+        // The identity hooks: without them an exec'd process keeps its first mappings until a
+        // lookup misses, and a reused pid is symbolized as its previous owner.
+        let n = hooks.len();
+        for (i, (prog, tp, what)) in [
+            (
+                PROG_EXEC,
+                "sched_process_exec",
+                "exec'd processes keep their first mappings",
+            ),
+            (
+                PROG_EXIT,
+                "sched_process_exit",
+                "a reused pid is taken for its previous process",
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let r = (|| -> Result<(), LoadError> {
+                let p: &mut RawTracePoint = ebpf::program(&mut bpf, NAME, prog)?;
+                p.load()
+                    .map_err(|e| ebpf::explain(&format!("verifying {prog}"), &e))?;
+                p.attach(tp)
+                    .map_err(|e| ebpf::explain(&format!("attaching to {tp}"), &e))?;
+                Ok(())
+            })();
+            let h = &mut hooks[n - 2 + i];
+            match r {
+                Ok(()) => h.attached = true,
+                Err(e) => {
+                    tracing::warn!(probe = NAME, "{}; {what}", e.cause);
+                    h.error = Some(e.cause);
+                }
             }
         }
         let maps = Self::take_maps(&mut bpf, cfg.mode).map_err(|e| (e, hooks.clone()))?;
+        let pids = ebpf::take_map(&mut bpf, NAME, PIDS_MAP).map_err(|e| (e, hooks.clone()))?;
+        let mut procs = ProcMaps::new(cfg.max_processes);
+        procs.set_incarnations(Box::new(KernelPids(pids)));
         let now = unix_nanos(SystemTime::now());
         Ok(Session {
             bpf,
@@ -204,7 +244,7 @@ impl Session {
             mode: cfg.mode,
             generation: 0,
             interner: StackInterner::default(),
-            procs: ProcMaps::new(cfg.max_processes),
+            procs,
             symbolizer: Symbolizer::new(cfg.symbol_cache, cfg.debug_info),
             window: RawProfile::new(now),
             period_nanos,
@@ -248,7 +288,7 @@ impl Session {
 
     /// The loaded programs' fds, for the kernel's run statistics.
     pub fn program_fds(&self) -> Vec<aya::programs::ProgramFd> {
-        [PROG_AGGREGATE, PROG_STREAM, PROG_EXEC]
+        [PROG_AGGREGATE, PROG_STREAM, PROG_EXEC, PROG_EXIT]
             .iter()
             .filter_map(|p| self.bpf.program(p)?.fd().ok()?.try_clone().ok())
             .collect()
@@ -264,23 +304,19 @@ impl Session {
             if left.is_zero() {
                 return;
             }
-            let mut fds = vec![libc::pollfd {
-                fd: self.maps.pid_events.as_fd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            }];
+            use nix::poll::{poll, PollFd, PollFlags};
+            let mut fds = vec![PollFd::new(
+                self.maps.pid_events.as_fd().as_raw_fd(),
+                PollFlags::POLLIN,
+            )];
             if let Some(s) = &self.maps.samples {
-                fds.push(libc::pollfd {
-                    fd: s.as_fd().as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
+                fds.push(PollFd::new(s.as_fd().as_raw_fd(), PollFlags::POLLIN));
             }
             let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
-            // SAFETY: fds is a valid array of pollfd of the given length.
-            let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-            if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                std::thread::sleep(left.min(Duration::from_millis(100)));
+            if let Err(e) = poll(&mut fds, ms) {
+                if e != nix::errno::Errno::EINTR {
+                    std::thread::sleep(left.min(Duration::from_millis(100)));
+                }
             }
         }
     }
@@ -291,12 +327,15 @@ impl Session {
             if item.len() >= std::mem::size_of::<PidEvent>() {
                 // SAFETY: the record holds a PidEvent (checked length; read unaligned).
                 let ev: PidEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                pids.push(ev.tgid);
+                pids.push(ProcKey {
+                    pid: ev.tgid,
+                    incarnation: ev.incarnation,
+                });
             }
         }
-        for pid in pids {
+        for key in pids {
             self.stats.pid_events += 1;
-            self.procs.snapshot(pid);
+            self.procs.snapshot(key);
         }
         let Some(ring) = &mut self.maps.samples else {
             return;
@@ -316,6 +355,7 @@ impl Session {
                 tgid: s.tgid,
                 tid: s.tid,
                 cgroup_id: s.cgroup_id,
+                incarnation: s.incarnation,
                 comm: s.comm,
                 user: self.interner.intern(&s.user[..un]),
                 kernel: self.interner.intern(&s.kernel[..kn]),
@@ -383,6 +423,7 @@ impl Session {
                     tgid: k.tgid,
                     tid: k.tid,
                     cgroup_id: k.cgroup_id,
+                    incarnation: k.incarnation,
                     comm: k.comm,
                     user,
                     kernel,
@@ -403,6 +444,12 @@ impl Session {
             let _ = self.maps.stacks[old].remove(&id);
         }
         Ok(())
+    }
+
+    /// Announces `pid` from userspace and snapshots it now (`agent profile --pid`: a process
+    /// that exits during the run is still symbolized even if it is never sampled before).
+    pub fn preannounce(&mut self, pid: u32) {
+        self.procs.preannounce(pid);
     }
 
     /// The samples since the last call; a new window starts now.
@@ -434,12 +481,15 @@ impl Session {
         // Processes gone before their first snapshot: the container from the cgroup id the
         // kernel recorded.
         for proc_ in p.processes.iter_mut().filter(|p| p.container_id.is_none()) {
-            let seen = self.procs.get(proc_.pid).is_some();
-            if !seen {
+            let key = ProcKey {
+                pid: proc_.pid,
+                incarnation: proc_.incarnation,
+            };
+            if self.procs.get(key).is_none() {
                 let cgroup = raw
                     .counts
                     .keys()
-                    .find(|k| k.tgid == proc_.pid)
+                    .find(|k| k.tgid == key.pid && k.incarnation == key.incarnation)
                     .map_or(0, |k| k.cgroup_id);
                 proc_.container_id = self.cgroups.container_of_cgroup(cgroup);
             }

@@ -23,8 +23,9 @@ use blazesym::{
 };
 
 use super::{
-    procmaps::{MappedFile, ProcMaps},
+    procmaps::{MappedFile, ProcKey, ProcMaps},
     raw::RawProfile,
+    special,
 };
 use crate::{
     procinfo::comm_str,
@@ -103,7 +104,14 @@ pub struct SymStats {
     pub truncated: u64,
     /// Samples with a user part.
     pub user_samples: u64,
+    /// Samples whose user stack was cut at an address in no executable mapping.
+    pub cut: u64,
+    /// Samples of processes gone before their mappings were read (user stack not shown).
+    pub unmapped: u64,
 }
+
+/// The one user frame of a process whose mappings were never read.
+pub const UNMAPPED_FRAME: &str = "[mappings unknown]";
 
 type Lines = Arc<[Line]>;
 /// A user address's symbol: (file id, file offset looked up).
@@ -117,7 +125,8 @@ pub struct Symbolizer {
     pub stats: SymStats,
 }
 
-/// A user address's symbol (none: not in a file mapping) and the mapping it falls in.
+/// A user address's symbol (none: not in a file mapping) and the executable mapping it falls
+/// in (none: in no executable mapping, where the stack is cut).
 type UserFrameRef = (Option<UserKey>, Option<Arc<crate::profile::Mapping>>);
 
 fn line_of(function: &str, ci: Option<&CodeInfo<'_>>) -> Line {
@@ -174,8 +183,19 @@ impl Symbolizer {
             .blaze
             .symbolize(&src, Input::FileOffset(offsets))
             .unwrap_or_default();
+        let vdso = file.id.0 == special::VDSO_DEV;
         for (i, off) in offsets.iter().enumerate() {
             let lines = match syms.get(i) {
+                Some(Symbolized::Sym(s)) if vdso => {
+                    let mut lines = lines_of(s).to_vec();
+                    if let (Some(name), Some(last)) = (
+                        special::vdso_entry_name(&file.open_path, &s.name, s.addr),
+                        lines.last_mut(),
+                    ) {
+                        last.function = Arc::from(name);
+                    }
+                    Arc::from(lines)
+                }
                 Some(Symbolized::Sym(s)) => lines_of(s),
                 _ => Arc::from(Vec::new()),
             };
@@ -209,6 +229,12 @@ impl Symbolizer {
     /// Symbolizes a window of samples (only process `pid` when given). `account`: add its
     /// stacks to the truncation counters (the continuous windows do; overlapping captures
     /// must not count the same samples twice).
+    ///
+    /// A user stack is cut at its first address that lies in no executable mapping of the
+    /// process (after one fresh look at its maps, for code mapped since the snapshot): what a
+    /// frame-pointer walk finds past code without frame pointers is garbage, and never shown.
+    /// A cut stack is truncated. A process incarnation with no snapshot at all (gone before its
+    /// maps could be read) shows one `[mappings unknown]` frame instead of its addresses.
     pub fn symbolize(
         &mut self,
         raw: &RawProfile,
@@ -221,42 +247,53 @@ impl Symbolizer {
         for path in procs.take_closed() {
             let _ = self.blaze.evict(&Evict::Elf(EvictElf::new(path)));
         }
-        // Samples by process, in pid order (stable output).
-        let mut by_pid: BTreeMap<u32, Vec<_>> = BTreeMap::new();
+        // Samples by process incarnation, in pid order (stable output).
+        let mut by_proc: BTreeMap<ProcKey, Vec<_>> = BTreeMap::new();
         for (k, n) in &raw.counts {
             if pid.is_none_or(|p| p == k.tgid) {
-                by_pid.entry(k.tgid).or_default().push((k, *n));
+                let key = ProcKey {
+                    pid: k.tgid,
+                    incarnation: k.incarnation,
+                };
+                by_proc.entry(key).or_default().push((k, *n));
             }
         }
-        // Pass 1: map every user address to (file, offset) and collect cache misses.
-        let mut refreshed: HashSet<u32> = HashSet::new();
-        let mut user_refs: HashMap<(u32, u64), UserFrameRef> = HashMap::new();
+        // Pass 1: map every user address to (file, offset) up to the first unmapped one, and
+        // collect cache misses.
+        let mut refreshed: HashSet<ProcKey> = HashSet::new();
+        let mut user_refs: HashMap<(ProcKey, u64), UserFrameRef> = HashMap::new();
         let mut missing: HashMap<(u64, u64), (Arc<MappedFile>, HashSet<u64>)> = HashMap::new();
         let mut kernel_missing: HashSet<u64> = HashSet::new();
         // This window's symbols, taken from the cache once (a later insert may rotate it).
         let mut found_user: HashMap<UserKey, Lines> = HashMap::new();
         let mut found_kernel: HashMap<u64, Lines> = HashMap::new();
-        for (&tgid, samples) in &by_pid {
-            if tgid != 0 && procs.get(tgid).is_none() {
-                procs.snapshot(tgid);
-                refreshed.insert(tgid);
+        for (&key, samples) in &by_proc {
+            if key.pid != 0 && key.incarnation != 0 && procs.get(key).is_none() {
+                procs.snapshot(key);
+                refreshed.insert(key);
             }
+            let mapped = procs.get(key).is_some();
             for (k, _) in samples {
                 for (i, &addr) in k.user.iter().enumerate() {
-                    if user_refs.contains_key(&(tgid, addr)) {
+                    if !mapped {
+                        break;
+                    }
+                    let lookup = lookup_addr(i, addr);
+                    if let Some((_, m)) = user_refs.get(&(key, lookup)) {
+                        if m.is_none() {
+                            break;
+                        }
                         continue;
                     }
-                    // Return addresses point after the call: look up the call itself.
-                    let lookup = if i == 0 { addr } else { addr.saturating_sub(1) };
-                    let mut found = procs.get(tgid).and_then(|e| e.find(lookup).cloned());
+                    let mut found = procs.get(key).and_then(|e| e.find(lookup).cloned());
                     if found.is_none()
-                        && !refreshed.contains(&tgid)
-                        && procs.get(tgid).is_some_and(|e| !e.exited)
+                        && !refreshed.contains(&key)
+                        && procs.get(key).is_some_and(|e| !e.exited)
                     {
-                        // Mapped after the snapshot (dlopen): look again once.
-                        refreshed.insert(tgid);
-                        procs.snapshot(tgid);
-                        found = procs.get(tgid).and_then(|e| e.find(lookup).cloned());
+                        // Mapped after the snapshot (dlopen, JIT): look again once.
+                        refreshed.insert(key);
+                        procs.snapshot(key);
+                        found = procs.get(key).and_then(|e| e.find(lookup).cloned());
                     }
                     let entry = match found {
                         Some(m) => {
@@ -281,7 +318,11 @@ impl Symbolizer {
                         }
                         None => (None, None),
                     };
-                    user_refs.insert((tgid, addr), entry);
+                    let cut = entry.1.is_none();
+                    user_refs.insert((key, lookup), entry);
+                    if cut {
+                        break;
+                    }
                 }
                 for &a in k.kernel.iter() {
                     if found_kernel.contains_key(&a) || kernel_missing.contains(&a) {
@@ -309,11 +350,13 @@ impl Symbolizer {
             self.resolve_kernel(&addrs, &mut found_kernel);
         }
         // Pass 3: build the profile.
-        let mut processes = Vec::with_capacity(by_pid.len());
-        for (tgid, samples) in by_pid {
-            let entry = procs.get(tgid);
+        let mut processes = Vec::with_capacity(by_proc.len());
+        for (key, samples) in by_proc {
+            let entry = procs.get(key);
+            let mapped = entry.is_some();
             let mut p = ProcessProfile {
-                pid: tgid,
+                pid: key.pid,
+                incarnation: key.incarnation,
                 executable_name: entry.map(|e| e.exe_name.clone()).unwrap_or_default(),
                 executable_path: entry.and_then(|e| e.exe_path.clone()),
                 build_id: entry.and_then(|e| e.build_id.clone()),
@@ -327,7 +370,7 @@ impl Symbolizer {
                     .or_insert_with(|| Arc::from(comm_str(&k.comm)))
                     .clone();
                 if p.executable_name.is_empty() {
-                    p.executable_name = if tgid == 0 {
+                    p.executable_name = if key.pid == 0 {
                         "swapper".to_string()
                     } else {
                         thread_name.to_string()
@@ -352,14 +395,35 @@ impl Symbolizer {
                 if k.kernel_lost {
                     frames.push(lost_frame(FrameKind::Kernel, "[kernel stack lost]"));
                 }
-                for &a in k.user.iter() {
-                    let (lines, mapping) = match user_refs.get(&(tgid, a)) {
-                        Some((key, m)) => (
-                            key.and_then(|k| found_user.get(&k).cloned())
-                                .unwrap_or_else(|| Arc::from(Vec::new())),
-                            m.clone(),
-                        ),
-                        None => (Arc::from(Vec::new()), None),
+                let mut cut = false;
+                if !k.user.is_empty() && !mapped {
+                    cut = true;
+                    if account {
+                        self.stats.unmapped += count;
+                    }
+                    frames.push(lost_frame(FrameKind::User, UNMAPPED_FRAME));
+                }
+                for (i, &a) in k.user.iter().enumerate() {
+                    if !mapped {
+                        break;
+                    }
+                    let Some((sym, Some(m))) = user_refs.get(&(key, lookup_addr(i, a))) else {
+                        cut = true;
+                        if account {
+                            self.stats.cut += count;
+                        }
+                        break;
+                    };
+                    let lines = match sym {
+                        Some(s) => found_user
+                            .get(s)
+                            .cloned()
+                            .unwrap_or_else(|| Arc::from(Vec::new())),
+                        None if &*m.path == special::VSYSCALL => {
+                            let off = a.saturating_sub(m.start);
+                            Arc::from(vec![line_of(special::vsyscall_name(off), None)])
+                        }
+                        None => Arc::from(Vec::new()),
                     };
                     if lines.is_empty() {
                         self.stats.unresolved += 1;
@@ -367,7 +431,7 @@ impl Symbolizer {
                     frames.push(Frame {
                         kind: FrameKind::User,
                         address: a,
-                        mapping,
+                        mapping: Some(m.clone()),
                         lines: lines.to_vec(),
                     });
                 }
@@ -378,7 +442,8 @@ impl Symbolizer {
                     if account {
                         self.stats.user_samples += count;
                     }
-                    let complete = k.user.len() < agent_common::profiler::MAX_STACK_DEPTH
+                    let complete = !cut
+                        && k.user.len() < agent_common::profiler::MAX_STACK_DEPTH
                         && frames
                             .iter()
                             .rev()
@@ -407,6 +472,16 @@ impl Symbolizer {
             host_name: host_name.to_string(),
             processes,
         }
+    }
+}
+
+/// The address to look a user frame up by: return addresses point after the call, so every
+/// frame but the leaf is looked up one byte earlier (inside the call instruction).
+fn lookup_addr(i: usize, addr: u64) -> u64 {
+    if i == 0 {
+        addr
+    } else {
+        addr.saturating_sub(1)
     }
 }
 
@@ -448,6 +523,7 @@ mod tests {
                 tgid: pid,
                 tid: pid,
                 cgroup_id: 0,
+                incarnation: 1,
                 comm: [0; 16],
                 user: Arc::from((1..=8).map(|i| addr + i).collect::<Vec<_>>()),
                 kernel: Arc::from(&[][..]),
@@ -502,6 +578,7 @@ mod tests {
                 tgid: pid,
                 tid: pid,
                 cgroup_id: 0,
+                incarnation: 1,
                 comm: *b"agent-test\0\0\0\0\0\0",
                 user: Arc::from(&[addr + 1, 0x10][..]),
                 kernel: Arc::from(kaddr.map(|a| vec![a + 1]).unwrap_or_default()),
@@ -531,9 +608,10 @@ mod tests {
             user[0]
         );
         assert!(user[0].mapping.is_some());
-        // 0x10 is not mapped: unresolved, and the stack does not reach an entry point.
-        assert!(user[1].lines.is_empty());
+        // 0x10 is in no mapping: the stack is cut there (never shown) and truncated.
+        assert_eq!(user.len(), 1, "{user:?}");
         assert!(sample.truncated);
+        assert_eq!(s.stats.cut, 7);
         if kaddr.is_some() {
             let k = &sample.frames[0];
             assert_eq!(k.kind, FrameKind::Kernel);
