@@ -270,6 +270,13 @@ pub struct ProfilerConfig {
     /// Read DWARF (source lines, inlined functions) where binaries have it; false: ELF symbols
     /// only (less memory for large unstripped binaries).
     pub debug_info: bool,
+    /// Files whose DWARF sections are larger than this (bytes, uncompressed) get ELF symbols
+    /// only: parsing their DWARF costs about its size in memory.
+    pub debug_info_max_bytes: u64,
+    /// Parsed files (symbol tables, DWARF) of at most 8 MiB kept between exports; the least
+    /// recently used beyond it are dropped and parsed again when next needed (larger files
+    /// are always dropped after use).
+    pub symbolizer_files: usize,
 }
 
 impl Default for ProfilerConfig {
@@ -282,9 +289,11 @@ impl Default for ProfilerConfig {
             max_entries: 16_384,
             stack_entries: 16_384,
             include_idle: false,
-            max_processes: 4096,
-            symbol_cache: 65_536,
+            max_processes: 1024,
+            symbol_cache: 16_384,
             debug_info: true,
+            debug_info_max_bytes: 8 << 20,
+            symbolizer_files: 16,
         }
     }
 }

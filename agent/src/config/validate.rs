@@ -79,6 +79,8 @@ pub(crate) const FIELDS: &[&str] = &[
     "probes.profiler.max_processes",
     "probes.profiler.symbol_cache",
     "probes.profiler.debug_info",
+    "probes.profiler.debug_info_max_bytes",
+    "probes.profiler.symbolizer_files",
 ];
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -149,6 +151,16 @@ const RECENT_CONNECTIONS: Limits<u64> = Limits {
     max: 10_000,
     example: 100,
 };
+const DEBUG_INFO_BYTES: Limits<u64> = Limits {
+    min: 0,
+    max: 1 << 40,
+    example: 8 << 20,
+};
+const SYMBOLIZER_FILES: Limits<u64> = Limits {
+    min: 1,
+    max: 65_536,
+    example: 16,
+};
 const FREQUENCY: Limits<u64> = Limits {
     min: 1,
     max: 999,
@@ -157,7 +169,7 @@ const FREQUENCY: Limits<u64> = Limits {
 const MAX_PROCESSES: Limits<u64> = Limits {
     min: 16,
     max: 1_048_576,
-    example: 4096,
+    example: 1024,
 };
 const SYMBOL_CACHE: Limits<u64> = Limits {
     min: 1024,
@@ -284,6 +296,11 @@ pub(crate) fn allowed(path: &str) -> Option<String> {
         "probes.profiler.max_entries" | "probes.profiler.stack_entries" => numbers(&MAP_ENTRIES),
         "probes.profiler.max_processes" => numbers(&MAX_PROCESSES),
         "probes.profiler.symbol_cache" => numbers(&SYMBOL_CACHE),
+        "probes.profiler.debug_info_max_bytes" => format!(
+            "a number of bytes from 0 (never DWARF) to {}, e.g. {} (8 MiB)",
+            DEBUG_INFO_BYTES.max, DEBUG_INFO_BYTES.example
+        ),
+        "probes.profiler.symbolizer_files" => numbers(&SYMBOLIZER_FILES),
         _ => return None,
     })
 }
@@ -415,6 +432,13 @@ pub(crate) fn check_field(cfg: &Config, path: &str) -> Result<(), String> {
         "probes.profiler.symbol_cache" => check_number(
             prof.symbol_cache.try_into().unwrap_or(u64::MAX),
             &SYMBOL_CACHE,
+        ),
+        "probes.profiler.debug_info_max_bytes" => {
+            check_number(prof.debug_info_max_bytes, &DEBUG_INFO_BYTES)
+        }
+        "probes.profiler.symbolizer_files" => check_number(
+            prof.symbolizer_files.try_into().unwrap_or(u64::MAX),
+            &SYMBOLIZER_FILES,
         ),
         _ => Ok(()),
     }

@@ -7,6 +7,7 @@
 //! them); a capture sees only samples taken after it was asked for; on stop the last window is
 //! drained and published before the object is dropped (which detaches it).
 
+pub mod elf;
 pub mod procmaps;
 pub mod raw;
 pub mod session;
@@ -55,6 +56,8 @@ impl ProbeSpec for Profiler {
             || a.max_processes != b.max_processes
             || a.symbol_cache != b.symbol_cache
             || a.debug_info != b.debug_info
+            || a.debug_info_max_bytes != b.debug_info_max_bytes
+            || a.symbolizer_files != b.symbolizer_files
     }
 
     fn reload_reason() -> &'static str {
@@ -129,7 +132,7 @@ impl ProbeWorker for Worker {
             self.captures.push(Capture {
                 until: Instant::now() + r.duration,
                 pid: r.pid,
-                raw: RawProfile::new(now),
+                raw: self.window.next(now),
                 reply: r.reply,
             });
         }
@@ -167,7 +170,9 @@ impl Worker {
         self.finish_captures(last);
         if now >= self.next_export || last {
             self.next_export = now + self.cfg.interval;
-            let raw = std::mem::replace(&mut self.window, RawProfile::new(tick.end_unix_nanos));
+            let next = self.window.next(tick.end_unix_nanos);
+            let raw = std::mem::replace(&mut self.window, next);
+            self.session.stats.window_folded += raw.folded;
             if !raw.is_empty() {
                 let started = Instant::now();
                 let profile = self.session.symbolize(&raw, None, &self.host, true);
@@ -177,6 +182,7 @@ impl Worker {
             self.session
                 .procs
                 .forget_exited(Instant::now() - self.cfg.interval * 2);
+            release_free_memory();
         }
         self.report();
     }
@@ -214,10 +220,18 @@ impl Worker {
             self.session.symbolizer.cached() as u64,
         );
         detail.insert("processes_cached".into(), self.session.procs.len() as u64);
+        detail.insert("files_held".into(), self.session.procs.files() as u64);
+        detail.insert(
+            "files_parsed".into(),
+            self.session.symbolizer.parsed_files() as u64,
+        );
+        detail.insert("files_evicted".into(), s.files_evicted);
+        detail.insert("files_symbols_only".into(), s.files_symbols_only);
         detail.insert("mapping_snapshots".into(), self.session.procs.snapshots);
         detail.insert("mapping_snapshots_missed".into(), self.session.procs.missed);
         detail.insert("pid_events".into(), d.pid_events);
         detail.insert("samples_read".into(), d.samples_read);
+        detail.insert("window_folded".into(), d.window_folded);
         let lost = k["counts_full"]
             + k["user_stack_collisions"]
             + k["kernel_stack_collisions"]
@@ -234,6 +248,16 @@ impl Worker {
                 detail,
             },
         );
+    }
+}
+
+/// Hands memory freed since the last export (a window's samples, evicted files) back to the
+/// system: glibc's malloc keeps freed memory in its arenas otherwise, and RSS would only grow.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

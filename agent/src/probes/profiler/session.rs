@@ -103,6 +103,8 @@ pub struct DrainStats {
     /// Streamed records that were malformed (should stay 0).
     pub bad_records: u64,
     pub pid_events: u64,
+    /// Samples folded into one key per process because a window was full.
+    pub window_folded: u64,
 }
 
 pub struct Session {
@@ -245,8 +247,10 @@ impl Session {
             generation: 0,
             interner: StackInterner::default(),
             procs,
-            symbolizer: Symbolizer::new(cfg.symbol_cache, cfg.debug_info),
-            window: RawProfile::new(now),
+            symbolizer: Symbolizer::new(cfg.symbol_cache, cfg.debug_info)
+                .limits(cfg.symbolizer_files, cfg.debug_info_max_bytes),
+            // A window holds at most 4 seconds' worth of full kernel maps of distinct keys.
+            window: RawProfile::with_cap(now, cfg.max_entries as usize * 4),
             period_nanos,
             stats: DrainStats::default(),
             max_entries: cfg.max_entries,
@@ -361,6 +365,7 @@ impl Session {
                 kernel: self.interner.intern(&s.kernel[..kn]),
                 user_lost: false,
                 kernel_lost: false,
+                folded: false,
             };
             self.stats.samples_read += 1;
             self.window.add(key, 1);
@@ -429,6 +434,7 @@ impl Session {
                     kernel,
                     user_lost,
                     kernel_lost,
+                    folded: false,
                 },
                 n,
             );
@@ -455,7 +461,9 @@ impl Session {
     /// The samples since the last call; a new window starts now.
     pub fn take_window(&mut self) -> RawProfile {
         let now = unix_nanos(SystemTime::now());
-        let mut w = std::mem::replace(&mut self.window, RawProfile::new(now));
+        let next = self.window.next(now);
+        let mut w = std::mem::replace(&mut self.window, next);
+        self.stats.window_folded += w.folded;
         w.end_unix_nanos = now;
         self.interner.trim();
         w

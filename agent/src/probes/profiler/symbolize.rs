@@ -10,6 +10,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     hash::Hash,
+    path::{Path, PathBuf},
     sync::Arc,
 };
 
@@ -108,7 +109,17 @@ pub struct SymStats {
     pub cut: u64,
     /// Samples of processes gone before their mappings were read (user stack not shown).
     pub unmapped: u64,
+    /// Parsed files dropped from the symbolizer's cache (beyond `symbolizer_files`).
+    pub files_evicted: u64,
+    /// Files symbolized from ELF symbols only because their DWARF exceeds the budget.
+    pub files_symbols_only: u64,
 }
+
+/// Files larger than this are not kept parsed between windows (see `resolve_file`).
+const KEEP_PARSED_MAX: u64 = 8 << 20;
+
+/// The one frame of samples folded because their window was full (`raw::RawProfile`).
+pub const FOLDED_FRAME: &str = "[window full]";
 
 /// The one user frame of a process whose mappings were never read.
 pub const UNMAPPED_FRAME: &str = "[mappings unknown]";
@@ -120,8 +131,16 @@ type UserKey = ((u64, u64), u64);
 pub struct Symbolizer {
     blaze: blazesym::symbolize::Symbolizer,
     debug_info: bool,
+    /// Files with more DWARF than this get symbols only.
+    debug_info_max_bytes: u64,
+    /// Files blazesym holds parsed: path → (window last used, DWARF read).
+    parsed: HashMap<PathBuf, (u64, bool)>,
+    max_files: usize,
+    window: u64,
     user: BoundedCache<UserKey, Lines>,
     kernel: BoundedCache<u64, Lines>,
+    /// Function and file names shared by every cached line that has them.
+    names: HashSet<Arc<str>>,
     pub stats: SymStats,
 }
 
@@ -129,28 +148,39 @@ pub struct Symbolizer {
 /// in (none: in no executable mapping, where the stack is cut).
 type UserFrameRef = (Option<UserKey>, Option<Arc<crate::profile::Mapping>>);
 
-fn line_of(function: &str, ci: Option<&CodeInfo<'_>>) -> Line {
+/// One shared allocation per distinct string (the same function name at many addresses).
+fn intern(names: &mut HashSet<Arc<str>>, s: &str) -> Arc<str> {
+    if let Some(a) = names.get(s) {
+        return a.clone();
+    }
+    let a: Arc<str> = Arc::from(s);
+    names.insert(a.clone());
+    a
+}
+
+fn line_of(names: &mut HashSet<Arc<str>>, function: &str, ci: Option<&CodeInfo<'_>>) -> Line {
     Line {
-        function: Arc::from(function),
-        file: ci.map(|c| Arc::from(c.to_path().to_string_lossy().as_ref())),
+        function: intern(names, function),
+        file: ci.map(|c| intern(names, c.to_path().to_string_lossy().as_ref())),
         line: ci.and_then(|c| c.line).unwrap_or(0),
     }
 }
 
 /// Innermost first: the inlined functions (deepest last in blazesym's order), then the symbol.
-fn lines_of(sym: &Sym<'_>) -> Lines {
+fn lines_of(names: &mut HashSet<Arc<str>>, sym: &Sym<'_>) -> Lines {
     let mut lines: Vec<Line> = sym
         .inlined
         .iter()
         .rev()
-        .map(|f| line_of(&f.name, f.code_info.as_ref()))
+        .map(|f| line_of(names, &f.name, f.code_info.as_ref()))
         .collect();
-    lines.push(line_of(&sym.name, sym.code_info.as_deref()));
+    lines.push(line_of(names, &sym.name, sym.code_info.as_deref()));
     Arc::from(lines)
 }
 
 impl Symbolizer {
     /// `debug_info`: read DWARF (lines, inlined functions) where present, else symbols only.
+    /// At most 16 parsed files are kept, DWARF read up to 8 MiB a file (see [`Self::limits`]).
     pub fn new(cache_entries: usize, debug_info: bool) -> Self {
         Symbolizer {
             blaze: blazesym::symbolize::Symbolizer::builder()
@@ -159,14 +189,58 @@ impl Symbolizer {
                 .enable_demangling(true)
                 .build(),
             debug_info,
+            debug_info_max_bytes: 8 << 20,
+            parsed: HashMap::new(),
+            max_files: 16,
+            window: 0,
             user: BoundedCache::new(cache_entries / 2),
             kernel: BoundedCache::new(cache_entries / 4),
+            names: HashSet::new(),
             stats: SymStats::default(),
         }
     }
 
+    /// Keeps at most `max_files` files parsed between windows, and reads DWARF only from
+    /// files with at most `debug_info_max_bytes` of it.
+    pub fn limits(mut self, max_files: usize, debug_info_max_bytes: u64) -> Self {
+        self.max_files = max_files.max(1);
+        self.debug_info_max_bytes = debug_info_max_bytes;
+        self
+    }
+
     pub fn cached(&self) -> usize {
         self.user.len() + self.kernel.len()
+    }
+
+    /// Files held parsed now.
+    pub fn parsed_files(&self) -> usize {
+        self.parsed.len()
+    }
+
+    /// Drops a file from blazesym's cache.
+    fn evict(&mut self, path: &Path) {
+        let _ = self.blaze.evict(&Evict::Elf(EvictElf::new(path)));
+        self.parsed.remove(path);
+    }
+
+    /// After a window: drops the least recently used parsed files beyond `max_files`, and
+    /// strings no cached line uses any more.
+    fn trim(&mut self) {
+        self.window += 1;
+        if self.parsed.len() > self.max_files {
+            let mut by_age: Vec<(u64, PathBuf)> = self
+                .parsed
+                .iter()
+                .map(|(p, (w, _))| (*w, p.clone()))
+                .collect();
+            by_age.sort_unstable();
+            let excess = self.parsed.len() - self.max_files;
+            for (_, p) in by_age.into_iter().take(excess) {
+                self.evict(&p);
+                self.stats.files_evicted += 1;
+            }
+        }
+        self.names.retain(|a| Arc::strong_count(a) > 1);
     }
 
     /// Symbolizes `offsets` of one file into the cache and into `found`.
@@ -176,18 +250,40 @@ impl Symbolizer {
         offsets: &[u64],
         found: &mut HashMap<UserKey, Lines>,
     ) {
+        let (max, debug_info) = (self.debug_info_max_bytes, self.debug_info);
+        let dwarf = match self.parsed.get_mut(&file.open_path) {
+            Some(e) => {
+                e.0 = self.window;
+                e.1
+            }
+            None => {
+                let dwarf = debug_info
+                    && super::elf::dwarf_bytes_with_debug_file(
+                        &file.open_path,
+                        file.build_id.as_deref(),
+                    ) <= max;
+                if debug_info && !dwarf {
+                    self.stats.files_symbols_only += 1;
+                }
+                dwarf
+            }
+        };
         let mut elf = Elf::new(&file.open_path);
-        elf.debug_syms = self.debug_info;
+        elf.debug_syms = dwarf;
         let src = Source::Elf(elf);
         let syms = self
             .blaze
             .symbolize(&src, Input::FileOffset(offsets))
             .unwrap_or_default();
+        // Small files stay parsed (least recently used out beyond `max_files`); a large one is
+        // dropped at once: its symbol table and DWARF cost memory in proportion to its size,
+        // and the symbol cache keeps what it resolved.
+        let small = std::fs::metadata(&file.open_path).is_ok_and(|m| m.len() <= KEEP_PARSED_MAX);
         let vdso = file.id.0 == special::VDSO_DEV;
         for (i, off) in offsets.iter().enumerate() {
             let lines = match syms.get(i) {
                 Some(Symbolized::Sym(s)) if vdso => {
-                    let mut lines = lines_of(s).to_vec();
+                    let mut lines = lines_of(&mut self.names, s).to_vec();
                     if let (Some(name), Some(last)) = (
                         special::vdso_entry_name(&file.open_path, &s.name, s.addr),
                         lines.last_mut(),
@@ -196,11 +292,20 @@ impl Symbolizer {
                     }
                     Arc::from(lines)
                 }
-                Some(Symbolized::Sym(s)) => lines_of(s),
+                Some(Symbolized::Sym(s)) => lines_of(&mut self.names, s),
                 _ => Arc::from(Vec::new()),
             };
             self.user.insert((file.id, *off), lines.clone());
             found.insert((file.id, *off), lines);
+        }
+        drop(syms);
+        if small {
+            self.parsed
+                .entry(file.open_path.clone())
+                .or_insert((self.window, dwarf));
+        } else {
+            self.evict(&file.open_path);
+            self.stats.files_evicted += 1;
         }
     }
 
@@ -218,7 +323,9 @@ impl Symbolizer {
             .unwrap_or_default();
         for (i, a) in addrs.iter().enumerate() {
             let lines: Lines = match syms.get(i) {
-                Some(Symbolized::Sym(s)) => Arc::from(vec![line_of(&s.name, None)]),
+                Some(Symbolized::Sym(s)) => {
+                    Arc::from(vec![line_of(&mut self.names, &s.name, None)])
+                }
                 _ => Arc::from(Vec::new()),
             };
             self.kernel.insert(*a, lines.clone());
@@ -245,7 +352,7 @@ impl Symbolizer {
         account: bool,
     ) -> Profile {
         for path in procs.take_closed() {
-            let _ = self.blaze.evict(&Evict::Elf(EvictElf::new(path)));
+            self.evict(&path);
         }
         // Samples by process incarnation, in pid order (stable output).
         let mut by_proc: BTreeMap<ProcKey, Vec<_>> = BTreeMap::new();
@@ -395,6 +502,9 @@ impl Symbolizer {
                 if k.kernel_lost {
                     frames.push(lost_frame(FrameKind::Kernel, "[kernel stack lost]"));
                 }
+                if k.folded {
+                    frames.push(lost_frame(FrameKind::User, FOLDED_FRAME));
+                }
                 let mut cut = false;
                 if !k.user.is_empty() && !mapped {
                     cut = true;
@@ -421,7 +531,8 @@ impl Symbolizer {
                             .unwrap_or_else(|| Arc::from(Vec::new())),
                         None if &*m.path == special::VSYSCALL => {
                             let off = a.saturating_sub(m.start);
-                            Arc::from(vec![line_of(special::vsyscall_name(off), None)])
+                            let name = special::vsyscall_name(off);
+                            Arc::from(vec![line_of(&mut self.names, name, None)])
                         }
                         None => Arc::from(Vec::new()),
                     };
@@ -465,6 +576,7 @@ impl Symbolizer {
             }
             processes.push(p);
         }
+        self.trim();
         Profile {
             start_unix_nanos: raw.start_unix_nanos,
             duration_nanos: raw.end_unix_nanos.saturating_sub(raw.start_unix_nanos),
@@ -529,6 +641,7 @@ mod tests {
                 kernel: Arc::from(&[][..]),
                 user_lost: false,
                 kernel_lost: false,
+                folded: false,
             },
             1,
         );
@@ -584,6 +697,7 @@ mod tests {
                 kernel: Arc::from(kaddr.map(|a| vec![a + 1]).unwrap_or_default()),
                 user_lost: false,
                 kernel_lost: false,
+                folded: false,
             },
             7,
         );
