@@ -1,7 +1,10 @@
 //! Facts about ELF files read from their headers only (section and program headers, through
 //! `object` over a read cache: no whole-file read, no mapping).
 
-use std::{fs::File, path::Path};
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+};
 
 use object::{read::ReadCache, Object, ObjectSection};
 
@@ -9,15 +12,40 @@ use object::{read::ReadCache, Object, ObjectSection};
 /// (Debian's `*-dbg` packages install there).
 pub const DEBUG_DIR: &str = "/usr/lib/debug";
 
-/// Bytes of DWARF a symbolizer reads for a file: its own (see [`dwarf_bytes`]) plus that of its
-/// separate debug file, `/usr/lib/debug/.build-id/<xx>/<rest>.debug`, when one is installed.
-pub fn dwarf_bytes_with_debug_file(path: &Path, build_id: Option<&str>) -> u64 {
-    let own = dwarf_bytes(path);
-    let separate = build_id.filter(|id| id.len() > 2).map_or(0, |id| {
-        let debug = format!("{DEBUG_DIR}/.build-id/{}/{}.debug", &id[..2], &id[2..]);
-        dwarf_bytes(Path::new(&debug))
-    });
-    own + separate
+/// The separate debug file of a build ID, `/usr/lib/debug/.build-id/<xx>/<rest>.debug`, if
+/// one is installed.
+pub fn debug_file(build_id: Option<&str>) -> Option<PathBuf> {
+    let id = build_id.filter(|id| id.len() > 2 && id.is_ascii())?;
+    let p = PathBuf::from(format!(
+        "{DEBUG_DIR}/.build-id/{}/{}.debug",
+        &id[..2],
+        &id[2..]
+    ));
+    p.is_file().then_some(p)
+}
+
+/// The virtual address of file offset `offset` in an ELF file (through the loadable segment
+/// holding it), or `None`.
+pub fn file_offset_to_vaddr(path: &Path, offsets: &[u64]) -> Option<Vec<u64>> {
+    use object::ObjectSegment;
+    let f = File::open(path).ok()?;
+    let cache = ReadCache::new(f);
+    let obj = object::File::parse(&cache).ok()?;
+    let segs: Vec<(u64, u64, u64)> = obj
+        .segments()
+        .map(|s| {
+            let (off, size) = s.file_range();
+            (off, size, s.address())
+        })
+        .collect();
+    offsets
+        .iter()
+        .map(|&o| {
+            segs.iter()
+                .find(|(off, size, _)| (*off..off + size).contains(&o))
+                .map(|(off, _, vaddr)| o - off + vaddr)
+        })
+        .collect()
 }
 
 /// Bytes of DWARF debug information in an ELF file (`.debug_*` sections, uncompressed sizes;

@@ -163,6 +163,8 @@ pub struct ProcMaps {
     /// Snapshots not taken or dropped: the process was gone, or had exec'd or exited since it
     /// was announced (its maps were no longer its own).
     pub missed: u64,
+    /// Incarnations snapshotted since the last `take_snapshotted` (their unwind tables load).
+    snapshotted: Vec<ProcKey>,
 }
 
 impl ProcMaps {
@@ -176,7 +178,14 @@ impl ProcMaps {
             closed: Arc::new(Mutex::new(Vec::new())),
             snapshots: 0,
             missed: 0,
+            snapshotted: Vec::new(),
         }
+    }
+
+    /// Incarnations snapshotted (first sight, exec, or a refresh after a lookup missed) since
+    /// the last call.
+    pub fn take_snapshotted(&mut self) -> Vec<ProcKey> {
+        std::mem::take(&mut self.snapshotted)
     }
 
     /// Checks snapshots against the kernel's incarnations from now on.
@@ -213,6 +222,15 @@ impl ProcMaps {
             .unwrap_or_default()
     }
 
+    /// The latest snapshotted incarnation of `pid`, if any.
+    pub fn latest(&self, pid: u32) -> Option<u64> {
+        self.procs
+            .keys()
+            .filter(|k| k.pid == pid)
+            .map(|k| k.incarnation)
+            .max()
+    }
+
     pub fn get(&mut self, key: ProcKey) -> Option<&ProcEntry> {
         let e = self.procs.get_mut(&key)?;
         e.last_used = Instant::now();
@@ -243,6 +261,9 @@ impl ProcMaps {
         }
         self.snapshots += 1;
         self.procs.insert(key, entry);
+        if self.snapshotted.len() < 4 * self.max_processes {
+            self.snapshotted.push(key);
+        }
         self.evict();
         true
     }

@@ -124,6 +124,14 @@ pub const FOLDED_FRAME: &str = "[window full]";
 /// The one user frame of a process whose mappings were never read.
 pub const UNMAPPED_FRAME: &str = "[mappings unknown]";
 
+/// A file blazesym holds parsed.
+struct Parsed {
+    last_window: u64,
+    /// What blazesym parsed: the file, or its separate debug file (symbols only).
+    source: PathBuf,
+    dwarf: bool,
+}
+
 type Lines = Arc<[Line]>;
 /// A user address's symbol: (file id, file offset looked up).
 type UserKey = ((u64, u64), u64);
@@ -133,8 +141,8 @@ pub struct Symbolizer {
     debug_info: bool,
     /// Files with more DWARF than this get symbols only.
     debug_info_max_bytes: u64,
-    /// Files blazesym holds parsed: path → (window last used, DWARF read).
-    parsed: HashMap<PathBuf, (u64, bool)>,
+    /// Files blazesym holds parsed, by the path the profiler reads them at.
+    parsed: HashMap<PathBuf, Parsed>,
     max_files: usize,
     window: u64,
     user: BoundedCache<UserKey, Lines>,
@@ -217,10 +225,12 @@ impl Symbolizer {
         self.parsed.len()
     }
 
-    /// Drops a file from blazesym's cache.
+    /// Drops a file (read at `path`) from blazesym's cache.
     fn evict(&mut self, path: &Path) {
-        let _ = self.blaze.evict(&Evict::Elf(EvictElf::new(path)));
-        self.parsed.remove(path);
+        let source = self.parsed.remove(path).map(|p| p.source);
+        let _ = self.blaze.evict(&Evict::Elf(EvictElf::new(
+            source.as_deref().unwrap_or(path),
+        )));
     }
 
     /// After a window: drops the least recently used parsed files beyond `max_files`, and
@@ -231,7 +241,7 @@ impl Symbolizer {
             let mut by_age: Vec<(u64, PathBuf)> = self
                 .parsed
                 .iter()
-                .map(|(p, (w, _))| (*w, p.clone()))
+                .map(|(p, e)| (e.last_window, p.clone()))
                 .collect();
             by_age.sort_unstable();
             let excess = self.parsed.len() - self.max_files;
@@ -251,34 +261,50 @@ impl Symbolizer {
         found: &mut HashMap<UserKey, Lines>,
     ) {
         let (max, debug_info) = (self.debug_info_max_bytes, self.debug_info);
-        let dwarf = match self.parsed.get_mut(&file.open_path) {
+        let (source, dwarf) = match self.parsed.get_mut(&file.open_path) {
             Some(e) => {
-                e.0 = self.window;
-                e.1
+                e.last_window = self.window;
+                (e.source.clone(), e.dwarf)
             }
             None => {
+                let separate = super::elf::debug_file(file.build_id.as_deref());
                 let dwarf = debug_info
-                    && super::elf::dwarf_bytes_with_debug_file(
-                        &file.open_path,
-                        file.build_id.as_deref(),
-                    ) <= max;
+                    && super::elf::dwarf_bytes(&file.open_path)
+                        + separate.as_deref().map_or(0, super::elf::dwarf_bytes)
+                        <= max;
                 if debug_info && !dwarf {
                     self.stats.files_symbols_only += 1;
                 }
-                dwarf
+                // Without DWARF, a separate debug file still has the full symbol table (static
+                // functions too; its program headers are the binary's, so file offsets hold).
+                match (dwarf, separate) {
+                    (false, Some(d)) => (d, false),
+                    _ => (file.open_path.clone(), dwarf),
+                }
             }
         };
-        let mut elf = Elf::new(&file.open_path);
+        let mut elf = Elf::new(&source);
         elf.debug_syms = dwarf;
         let src = Source::Elf(elf);
-        let syms = self
-            .blaze
-            .symbolize(&src, Input::FileOffset(offsets))
-            .unwrap_or_default();
+        let syms = if source == file.open_path {
+            self.blaze
+                .symbolize(&src, Input::FileOffset(offsets))
+                .unwrap_or_default()
+        } else {
+            // A debug file's sections hold no code: give it the addresses the binary's own
+            // program headers put the offsets at.
+            match super::elf::file_offset_to_vaddr(&file.open_path, offsets) {
+                Some(vaddrs) => self
+                    .blaze
+                    .symbolize(&src, Input::VirtOffset(&vaddrs))
+                    .unwrap_or_default(),
+                None => Vec::new(),
+            }
+        };
         // Small files stay parsed (least recently used out beyond `max_files`); a large one is
         // dropped at once: its symbol table and DWARF cost memory in proportion to its size,
         // and the symbol cache keeps what it resolved.
-        let small = std::fs::metadata(&file.open_path).is_ok_and(|m| m.len() <= KEEP_PARSED_MAX);
+        let small = std::fs::metadata(&source).is_ok_and(|m| m.len() <= KEEP_PARSED_MAX);
         let vdso = file.id.0 == special::VDSO_DEV;
         for (i, off) in offsets.iter().enumerate() {
             let lines = match syms.get(i) {
@@ -300,11 +326,13 @@ impl Symbolizer {
         }
         drop(syms);
         if small {
-            self.parsed
-                .entry(file.open_path.clone())
-                .or_insert((self.window, dwarf));
+            self.parsed.entry(file.open_path.clone()).or_insert(Parsed {
+                last_window: self.window,
+                source,
+                dwarf,
+            });
         } else {
-            self.evict(&file.open_path);
+            let _ = self.blaze.evict(&Evict::Elf(EvictElf::new(&source)));
             self.stats.files_evicted += 1;
         }
     }
@@ -354,13 +382,28 @@ impl Symbolizer {
         for path in procs.take_closed() {
             self.evict(&path);
         }
-        // Samples by process incarnation, in pid order (stable output).
+        // Samples by process incarnation, in pid order (stable output). A sample without an
+        // incarnation (no user stack: a process past its exit, with its address space gone)
+        // belongs to the latest incarnation of its pid.
+        let mut latest: HashMap<u32, u64> = HashMap::new();
+        for k in raw.counts.keys().filter(|k| k.incarnation != 0) {
+            let l = latest.entry(k.tgid).or_default();
+            *l = (*l).max(k.incarnation);
+        }
         let mut by_proc: BTreeMap<ProcKey, Vec<_>> = BTreeMap::new();
         for (k, n) in &raw.counts {
             if pid.is_none_or(|p| p == k.tgid) {
+                let incarnation = match k.incarnation {
+                    0 if k.tgid != 0 => latest
+                        .get(&k.tgid)
+                        .copied()
+                        .or_else(|| procs.latest(k.tgid))
+                        .unwrap_or(0),
+                    i => i,
+                };
                 let key = ProcKey {
                     pid: k.tgid,
-                    incarnation: k.incarnation,
+                    incarnation,
                 };
                 by_proc.entry(key).or_default().push((k, *n));
             }
