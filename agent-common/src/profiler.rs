@@ -56,7 +56,27 @@ pub mod counter {
     pub const PID_EVENTS_FULL: u32 = 7;
     /// Stack maps full (`-ENOMEM`/`-E2BIG` from get_stackid).
     pub const STACKS_FULL: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// DWARF unwinder: samples it unwound (the rest of these counters too).
+    pub const DWARF_SAMPLES: u32 = 9;
+    /// Samples of processes whose tables were not loaded yet: frame pointers walked instead.
+    pub const DWARF_NOT_LOADED: u32 = 10;
+    /// Frames unwound from a table, and by frame pointer (a mapping without one).
+    pub const FRAMES_TABLE: u32 = 11;
+    pub const FRAMES_FP: u32 = 12;
+    /// Why unwinds ended: the outermost frame (clean), a zero return address or frame
+    /// pointer (clean), an address in no known mapping (userspace decides), no row or an
+    /// unsupported rule, a failed read of the stack, the depth limit, and tail calls that
+    /// failed (the unwind ends where it is).
+    pub const STOP_END: u32 = 13;
+    pub const STOP_ZERO: u32 = 14;
+    pub const STOP_NO_MAPPING: u32 = 15;
+    pub const STOP_NO_ROW: u32 = 16;
+    pub const STOP_READ: u32 = 17;
+    pub const STOP_DEPTH: u32 = 18;
+    pub const TAIL_CALL_FAILED: u32 = 19;
+    /// Unwound stacks lost because `PROFILE_USTACKS` was full.
+    pub const USTACKS_FULL: u32 = 20;
+    pub const COUNT: u32 = 21;
 }
 
 /// `bpf_get_stackid` errors that mean the stack existed but was not stored.
@@ -71,6 +91,9 @@ pub fn stack_lost(id: i32) -> bool {
     id == -EEXIST || id == -ENOMEM
 }
 
+/// `SampleKey::user_stack` of a stack the DWARF unwinder produced (see `user_hash`).
+pub const USER_STACK_UNWOUND: i32 = i32::MIN;
+
 /// Key of the in-kernel aggregation: one entry per (thread, user stack, kernel stack).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -80,7 +103,11 @@ pub struct SampleKey {
     pub cgroup_id: u64,
     /// The process's incarnation (see the module docs).
     pub incarnation: u64,
-    /// Stack id in this generation's stack map, or a negative errno (no user stack).
+    /// With `user_stack == USER_STACK_UNWOUND`: the key of the user stack in this generation's
+    /// `PROFILE_USTACKS` (the DWARF unwinder's stacks). 0 otherwise.
+    pub user_hash: u64,
+    /// Stack id in this generation's stack map, [`USER_STACK_UNWOUND`], or a negative errno
+    /// (no user stack).
     pub user_stack: i32,
     /// Stack id, or a negative errno (no kernel stack: the sample hit user mode).
     pub kernel_stack: i32,
@@ -121,7 +148,7 @@ mod tests {
 
     #[test]
     fn layouts() {
-        assert_eq!(core::mem::size_of::<SampleKey>(), 48);
+        assert_eq!(core::mem::size_of::<SampleKey>(), 56);
         assert_eq!(core::mem::size_of::<PidEvent>(), 16);
         assert_eq!(
             core::mem::size_of::<StreamSample>(),

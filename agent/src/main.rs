@@ -63,6 +63,13 @@ enum Command {
         /// In-kernel aggregation (the default) or a ring buffer record per sample.
         #[arg(long, hide = true, default_value = "aggregate")]
         mode: String,
+        /// How user stacks are walked: auto, frame_pointers or dwarf (default: the config
+        /// file's probes.profiler.unwinder, auto without one).
+        #[arg(long)]
+        unwinder: Option<String>,
+        /// Config file whose probes.profiler section is used (the usual places without it).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Print the version.
     Version,
@@ -188,9 +195,24 @@ fn real_main() -> Result<ExitCode> {
             format,
             output,
             mode,
+            unwinder,
+            config,
         } => {
             let _ = logging::init("warn", agent::config::LogFormat::Text);
-            profile(duration, pid, hz, format, &output, &mode)
+            let cfg = Overrides {
+                config,
+                ..Default::default()
+            }
+            .load()?;
+            let mut prof = cfg.probes.profiler;
+            if let Some(u) = unwinder {
+                prof.unwinder = serde_yaml_ng::from_str(&u).map_err(|_| {
+                    anyhow::anyhow!(
+                        "--unwinder {u:?} is not an unwinder\nfix: use auto, frame_pointers or dwarf"
+                    )
+                })?;
+            }
+            profile(prof, duration, pid, hz, format, &output, &mode)
         }
         Command::Version => {
             println!("agent {}", agent::VERSION);
@@ -256,6 +278,7 @@ extern "C" fn on_interrupt(_: libc::c_int) {
 
 /// `agent profile`: record, symbolize, encode, write. Ctrl-C ends the recording early.
 fn profile(
+    base: agent::config::ProfilerConfig,
     duration: std::time::Duration,
     pid: Option<u32>,
     hz: u32,
@@ -275,8 +298,11 @@ fn profile(
             "stream" => ProfilerMode::Stream,
             _ => ProfilerMode::Aggregate,
         },
-        ..Default::default()
+        ..base
     };
+    if cfg.unwinder == agent::config::ProfilerUnwinder::Dwarf && cfg.mode == ProfilerMode::Stream {
+        anyhow::bail!("--unwinder dwarf does not work with --mode stream\nfix: drop one of them");
+    }
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         libc::signal(

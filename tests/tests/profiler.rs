@@ -149,7 +149,8 @@ fn pprof_otlp_and_svg_outputs_decode_independently() {
     let dir = tempdir();
     let bin = build_hotspots(&dir, true);
     let build_id = build_id_of(&bin).expect("build id");
-    let child = start_hotspots(&bin, 10);
+    // Lives past the three runs below on a loaded machine; killed at the end.
+    let child = start_hotspots(&bin, 60);
     let pid = child.id().to_string();
     let args = ["--duration", "2s", "--hz", "99", "--pid", pid.as_str()];
 
@@ -219,6 +220,8 @@ fn pprof_otlp_and_svg_outputs_decode_independently() {
         &svg[..100]
     );
     assert!(svg.contains("hot_three") && svg.contains("hot_one"));
+    let mut child = child;
+    let _ = child.kill();
     let _ = wait(child);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -338,8 +341,9 @@ fn flamegraph_and_self_profile_endpoints() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Without frame pointers the kernel's walk stops early: those stacks are counted as truncated;
-/// with them, stacks reach main and are not.
+/// With the frame-pointer walker, a binary without frame pointers gives stacks that stop
+/// early: they are counted as truncated; with frame pointers, stacks reach main and are not.
+/// (The DWARF unwinder's own truncation figures: tests/tests/profiler_unwind.rs.)
 #[test]
 fn truncated_stacks_are_counted() {
     require_root();
@@ -348,7 +352,7 @@ fn truncated_stacks_are_counted() {
     let fp = build_hotspots(&dir, true);
     let nofp = build_hotspots(&dir, false);
     let agent = Agent::start(&format!(
-        "{PROFILER_ONLY}  profiler: {{frequency: 99, interval: 1s}}\n"
+        "{PROFILER_ONLY}  profiler: {{frequency: 99, interval: 1s, unwinder: frame_pointers}}\n"
     ));
     agent.wait_ready();
     let counts = |a: &Agent| -> (u64, u64) {
@@ -379,6 +383,8 @@ fn truncated_stacks_are_counted() {
                 "99",
                 "--pid",
                 &child.id().to_string(),
+                "--unwinder",
+                "frame_pointers",
             ],
             "folded",
         );
@@ -389,7 +395,9 @@ fn truncated_stacks_are_counted() {
             .filter(|(s, _)| s.get(1).map(String::as_str) == Some("[truncated]"))
             .map(|(_, n)| n)
             .sum();
-        assert!(total >= 100, "{stacks:?}");
+        // 2 s of one busy thread at 99 Hz: ~198 samples; a machine loaded by other builds
+        // gives the workload half a CPU or less.
+        assert!(total >= 60, "{stacks:?}");
         let expected = if truncated { total } else { 0 };
         assert_eq!(marked, expected, "{}: {stacks:?}", bin.display());
         assert!(wait(child).success());
@@ -428,7 +436,15 @@ fn sighup_disables_and_reenables_the_profiler() {
     // The kernel keeps 15 characters of a program name.
     let progs = ours(&agent);
     assert!(
-        progs.iter().any(|n| n == "profile_aggrega") && progs.iter().any(|n| n == "profile_exec"),
+        // The DWARF unwinder's entry and step (the default, `auto`), the identity hooks.
+        [
+            "profile_dwarf",
+            "profile_unwind",
+            "profile_exec",
+            "profile_exit"
+        ]
+        .iter()
+        .all(|p| progs.iter().any(|n| n == p)),
         "{progs:?}"
     );
     std::fs::write(&agent.config, on.replace("frequency: 19", "enabled: false")).unwrap();

@@ -27,8 +27,8 @@ pub use error::{ConfigError, Source};
 pub use load::DEFAULT_ORIGIN;
 pub use model::{
     Aggregation, Compression, Config, ExportConfig, LogConfig, LogFormat, NetworkConfig,
-    OutputConfig, ProbesConfig, ProfilerConfig, ProfilerMode, Protocol, SignalConfig, SpoolConfig,
-    StatusConfig, SyscallsConfig, Temporality, TlsConfig,
+    OutputConfig, ProbesConfig, ProfilerConfig, ProfilerMode, ProfilerUnwinder, Protocol,
+    SignalConfig, SpoolConfig, StatusConfig, SyscallsConfig, Temporality, TlsConfig,
 };
 pub use validate::check_url;
 

@@ -246,6 +246,30 @@ impl ProfilerMode {
     }
 }
 
+/// How the profiler walks user stacks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProfilerUnwinder {
+    /// DWARF tables where the kernel program loads (aggregate mode), else frame pointers.
+    #[default]
+    Auto,
+    /// The kernel's frame-pointer walk only.
+    FramePointers,
+    /// Unwind tables compiled from `.eh_frame`, walked in the kernel (frame pointers where a
+    /// mapping has none); the probe fails if the program does not load.
+    Dwarf,
+}
+
+impl ProfilerUnwinder {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProfilerUnwinder::Auto => "auto",
+            ProfilerUnwinder::FramePointers => "frame_pointers",
+            ProfilerUnwinder::Dwarf => "dwarf",
+        }
+    }
+}
+
 /// The CPU profiler (perf_event `cpu-clock` on every CPU; user + kernel stacks).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -277,6 +301,11 @@ pub struct ProfilerConfig {
     /// recently used beyond it are dropped and parsed again when next needed (larger files
     /// are always dropped after use).
     pub symbolizer_files: usize,
+    /// How user stacks are walked.
+    pub unwinder: ProfilerUnwinder,
+    /// Kernel array of unwind table rows (8 bytes each), shared by every loaded file; the
+    /// least recently used files are evicted when it is full.
+    pub unwind_table_rows: u32,
 }
 
 impl Default for ProfilerConfig {
@@ -294,6 +323,8 @@ impl Default for ProfilerConfig {
             debug_info: true,
             debug_info_max_bytes: 8 << 20,
             symbolizer_files: 16,
+            unwinder: ProfilerUnwinder::Auto,
+            unwind_table_rows: 1 << 21,
         }
     }
 }

@@ -81,6 +81,8 @@ pub(crate) const FIELDS: &[&str] = &[
     "probes.profiler.debug_info",
     "probes.profiler.debug_info_max_bytes",
     "probes.profiler.symbolizer_files",
+    "probes.profiler.unwinder",
+    "probes.profiler.unwind_table_rows",
 ];
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -155,6 +157,11 @@ const DEBUG_INFO_BYTES: Limits<u64> = Limits {
     min: 0,
     max: 1 << 40,
     example: 8 << 20,
+};
+const UNWIND_ROWS: Limits<u64> = Limits {
+    min: 1024,
+    max: 1 << 24,
+    example: 1 << 21,
 };
 const SYMBOLIZER_FILES: Limits<u64> = Limits {
     min: 1,
@@ -301,6 +308,10 @@ pub(crate) fn allowed(path: &str) -> Option<String> {
             DEBUG_INFO_BYTES.max, DEBUG_INFO_BYTES.example
         ),
         "probes.profiler.symbolizer_files" => numbers(&SYMBOLIZER_FILES),
+        "probes.profiler.unwinder" => "auto, frame_pointers or dwarf (dwarf needs mode: \
+                                       aggregate)"
+            .to_string(),
+        "probes.profiler.unwind_table_rows" => numbers(&UNWIND_ROWS),
         _ => return None,
     })
 }
@@ -440,6 +451,15 @@ pub(crate) fn check_field(cfg: &Config, path: &str) -> Result<(), String> {
             prof.symbolizer_files.try_into().unwrap_or(u64::MAX),
             &SYMBOLIZER_FILES,
         ),
+        "probes.profiler.unwinder"
+            if prof.unwinder == super::ProfilerUnwinder::Dwarf
+                && prof.mode == super::ProfilerMode::Stream =>
+        {
+            Err("dwarf is not available with mode: stream (it walks frame pointers)".to_string())
+        }
+        "probes.profiler.unwind_table_rows" => {
+            check_number(prof.unwind_table_rows.into(), &UNWIND_ROWS)
+        }
         _ => Ok(()),
     }
 }

@@ -13,6 +13,7 @@ pub mod raw;
 pub mod session;
 pub mod special;
 pub mod symbolize;
+pub mod unwind;
 
 use std::{
     collections::BTreeMap,
@@ -58,6 +59,8 @@ impl ProbeSpec for Profiler {
             || a.debug_info != b.debug_info
             || a.debug_info_max_bytes != b.debug_info_max_bytes
             || a.symbolizer_files != b.symbolizer_files
+            || a.unwinder != b.unwinder
+            || a.unwind_table_rows != b.unwind_table_rows
     }
 
     fn reload_reason() -> &'static str {
@@ -232,6 +235,17 @@ impl Worker {
         detail.insert("pid_events".into(), d.pid_events);
         detail.insert("samples_read".into(), d.samples_read);
         detail.insert("window_folded".into(), d.window_folded);
+        if let Some(u) = &self.session.unwind {
+            let t = &u.tables.stats;
+            detail.insert("unwind_files_loaded".into(), t.files_loaded);
+            detail.insert("unwind_files_evicted".into(), t.files_evicted);
+            detail.insert("unwind_compile_errors".into(), t.compile_errors);
+            detail.insert("unwind_load_ms".into(), t.compile_ms);
+            detail.insert("unwind_rows_used".into(), t.rows_used);
+            detail.insert("unwind_rows_capacity".into(), t.rows_capacity);
+            detail.insert("unwind_processes_loaded".into(), t.processes_loaded);
+            detail.insert("unwind_mappings_dropped".into(), t.mappings_dropped);
+        }
         let lost = k["counts_full"]
             + k["user_stack_collisions"]
             + k["kernel_stack_collisions"]
@@ -277,6 +291,7 @@ pub fn record(
     }
     if let Some(p) = pid {
         // Snapshot now, so a process that exits during the run is still symbolized.
+        session.only(p);
         session.preannounce(p);
     }
     started(

@@ -16,8 +16,9 @@ use std::{
 use agent_common::profiler::{
     counter, stack_lost, PidEvent, SampleKey, StreamSample, COUNTERS_MAP, COUNTS_MAP, GEN_MAP,
     INCLUDE_IDLE_GLOBAL, MAX_STACK_DEPTH, PIDS_MAP, PID_EVENTS_MAP, PROG_AGGREGATE, PROG_EXEC,
-    PROG_EXIT, PROG_STREAM, SAMPLES_MAP, STACKS_MAP,
+    PROG_EXIT, PROG_STREAM, SAMPLES_MAP, STACKS_MAP, USER_STACK_UNWOUND,
 };
+use agent_common::unwind::PROG_DWARF;
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
@@ -31,9 +32,10 @@ use super::{
     procmaps::{Incarnations, ProcKey, ProcMaps},
     raw::{RawProfile, RawStack, StackInterner},
     symbolize::Symbolizer,
+    unwind::{self, Unwind},
 };
 use crate::{
-    config::{ProfilerConfig, ProfilerMode},
+    config::{ProfilerConfig, ProfilerMode, ProfilerUnwinder},
     ebpf::{self, LoadError, ReadError},
     export::metrics::unix_nanos,
     profile::Profile,
@@ -53,6 +55,18 @@ pub const COUNTER_NAMES: [(&str, u32); counter::COUNT as usize] = [
     ("stream_ringbuf_full", counter::STREAM_FULL),
     ("pid_events_full", counter::PID_EVENTS_FULL),
     ("stack_map_full", counter::STACKS_FULL),
+    ("dwarf_samples", counter::DWARF_SAMPLES),
+    ("dwarf_not_loaded", counter::DWARF_NOT_LOADED),
+    ("frames_from_tables", counter::FRAMES_TABLE),
+    ("frames_from_frame_pointers", counter::FRAMES_FP),
+    ("unwind_stop_end", counter::STOP_END),
+    ("unwind_stop_zero", counter::STOP_ZERO),
+    ("unwind_stop_no_mapping", counter::STOP_NO_MAPPING),
+    ("unwind_stop_no_row", counter::STOP_NO_ROW),
+    ("unwind_stop_read", counter::STOP_READ),
+    ("unwind_stop_depth", counter::STOP_DEPTH),
+    ("unwind_tail_call_failed", counter::TAIL_CALL_FAILED),
+    ("unwind_stacks_full", counter::USTACKS_FULL),
 ];
 
 fn perf_hook(cpu: u32) -> String {
@@ -61,6 +75,12 @@ fn perf_hook(cpu: u32) -> String {
 
 const EXEC_HOOK: &str = "raw_tracepoint/sched_process_exec";
 const EXIT_HOOK: &str = "raw_tracepoint/sched_process_exit";
+/// Longest a wait spends loading unwind tables before it drains again.
+const LOAD_BUDGET: Duration = Duration::from_millis(200);
+
+/// Pseudo-hooks on `/status` naming the user-stack walker in use.
+pub const UNWINDER_DWARF: &str = "unwinder/dwarf";
+pub const UNWINDER_FP: &str = "unwinder/frame_pointers";
 
 /// The kernel's `PROFILE_PIDS`: which incarnation of each pid it announced.
 struct KernelPids(HashMap<MapData, u32, u64>);
@@ -110,6 +130,12 @@ pub struct DrainStats {
 pub struct Session {
     bpf: Ebpf,
     maps: Maps,
+    /// Incarnations whose unwind tables are still to load.
+    to_load: std::collections::VecDeque<ProcKey>,
+    /// Only this process is snapshotted (see [`Session::only`]).
+    only: Option<u32>,
+    /// The DWARF unwinder, when it runs.
+    pub unwind: Option<Unwind>,
     pub hooks: Vec<HookStatus>,
     mode: ProfilerMode,
     generation: u32,
@@ -128,6 +154,32 @@ impl Session {
     /// Loads and attaches. Fails only when no CPU could be sampled; a missing exec hook is
     /// reported in `hooks` (mappings are then refreshed on misses only).
     pub fn start(cfg: &ProfilerConfig) -> Result<Session, (LoadError, Vec<HookStatus>)> {
+        let dwarf =
+            cfg.unwinder != ProfilerUnwinder::FramePointers && cfg.mode == ProfilerMode::Aggregate;
+        if !dwarf {
+            return Self::start_with(cfg, false);
+        }
+        match Self::start_with(cfg, true) {
+            Err((e, _)) if cfg.unwinder == ProfilerUnwinder::Auto => {
+                tracing::warn!(
+                    probe = NAME,
+                    "the DWARF unwinder cannot run here ({}); walking frame pointers",
+                    e.cause
+                );
+                let mut s = Self::start_with(cfg, false)?;
+                if let Some(h) = s.hooks.iter_mut().find(|h| h.hook == UNWINDER_FP) {
+                    h.error = Some(format!("DWARF unwinder unavailable: {}", e.cause));
+                }
+                Ok(s)
+            }
+            r => r,
+        }
+    }
+
+    fn start_with(
+        cfg: &ProfilerConfig,
+        dwarf: bool,
+    ) -> Result<Session, (LoadError, Vec<HookStatus>)> {
         let cpus = aya::util::online_cpus().map_err(|(what, e)| {
             (
                 LoadError::new(
@@ -150,6 +202,11 @@ impl Session {
                 error: None,
             }))
             .collect();
+        hooks.push(HookStatus {
+            hook: if dwarf { UNWINDER_DWARF } else { UNWINDER_FP }.to_string(),
+            attached: false,
+            error: None,
+        });
         let idle = u32::from(cfg.include_idle);
         let mut bpf = ebpf::load(NAME, |l| {
             l.map_max_entries(COUNTS_MAP[0], cfg.max_entries)
@@ -157,11 +214,20 @@ impl Session {
                 .map_max_entries(STACKS_MAP[0], cfg.stack_entries)
                 .map_max_entries(STACKS_MAP[1], cfg.stack_entries)
                 .override_global(INCLUDE_IDLE_GLOBAL, &idle, true);
+            if dwarf {
+                unwind::size_maps(l, cfg);
+            }
         })
         .map_err(|e| (e, hooks.clone()))?;
-        let prog_name = match cfg.mode {
-            ProfilerMode::Aggregate => PROG_AGGREGATE,
-            ProfilerMode::Stream => PROG_STREAM,
+        let unwind = if dwarf {
+            Some(Unwind::load(&mut bpf, cfg).map_err(|e| (e, hooks.clone()))?)
+        } else {
+            None
+        };
+        let prog_name = match (cfg.mode, dwarf) {
+            (ProfilerMode::Aggregate, true) => PROG_DWARF,
+            (ProfilerMode::Aggregate, false) => PROG_AGGREGATE,
+            (ProfilerMode::Stream, _) => PROG_STREAM,
         };
         let period_nanos = 1_000_000_000 / u64::from(cfg.frequency.clamp(1, 999));
         let mut first_err = None;
@@ -201,7 +267,7 @@ impl Session {
         }
         // The identity hooks: without them an exec'd process keeps its first mappings until a
         // lookup misses, and a reused pid is symbolized as its previous owner.
-        let n = hooks.len();
+        let n = hooks.len() - 1;
         for (i, (prog, tp, what)) in [
             (
                 PROG_EXEC,
@@ -234,6 +300,9 @@ impl Session {
                 }
             }
         }
+        if let Some(h) = hooks.last_mut() {
+            h.attached = true;
+        }
         let maps = Self::take_maps(&mut bpf, cfg.mode).map_err(|e| (e, hooks.clone()))?;
         let pids = ebpf::take_map(&mut bpf, NAME, PIDS_MAP).map_err(|e| (e, hooks.clone()))?;
         let mut procs = ProcMaps::new(cfg.max_processes);
@@ -242,6 +311,9 @@ impl Session {
         Ok(Session {
             bpf,
             maps,
+            to_load: Default::default(),
+            only: None,
+            unwind,
             hooks,
             mode: cfg.mode,
             generation: 0,
@@ -292,10 +364,17 @@ impl Session {
 
     /// The loaded programs' fds, for the kernel's run statistics.
     pub fn program_fds(&self) -> Vec<aya::programs::ProgramFd> {
-        [PROG_AGGREGATE, PROG_STREAM, PROG_EXEC, PROG_EXIT]
-            .iter()
-            .filter_map(|p| self.bpf.program(p)?.fd().ok()?.try_clone().ok())
-            .collect()
+        [
+            PROG_AGGREGATE,
+            PROG_STREAM,
+            PROG_EXEC,
+            PROG_EXIT,
+            PROG_DWARF,
+            agent_common::unwind::PROG_UNWIND,
+        ]
+        .iter()
+        .filter_map(|p| self.bpf.program(p)?.fd().ok()?.try_clone().ok())
+        .collect()
     }
 
     /// Waits up to `timeout` for ring buffer records and handles them: new processes get their
@@ -339,8 +418,11 @@ impl Session {
         }
         for key in pids {
             self.stats.pid_events += 1;
-            self.procs.snapshot(key);
+            if self.only.is_none_or(|p| p == key.pid) {
+                self.procs.snapshot(key);
+            }
         }
+        self.load_tables();
         let Some(ring) = &mut self.maps.samples else {
             return;
         };
@@ -401,11 +483,26 @@ impl Session {
         self.stats.last_entries = keys.len() as u64;
         let mut stack_cache: std::collections::HashMap<i32, std::sync::Arc<[u64]>> =
             std::collections::HashMap::new();
+        let mut unwound: std::collections::HashMap<u64, std::sync::Arc<[u64]>> =
+            std::collections::HashMap::new();
         for k in &keys {
             let Ok(n) = self.maps.counts[old].get(k, 0) else {
                 continue;
             };
-            let mut stack = |id: i32| -> (std::sync::Arc<[u64]>, bool) {
+            let mut stack = |id: i32, hash: u64| -> (std::sync::Arc<[u64]>, bool) {
+                if id == USER_STACK_UNWOUND {
+                    if let Some(s) = unwound.get(&hash) {
+                        return (s.clone(), false);
+                    }
+                    let frames = self
+                        .unwind
+                        .as_ref()
+                        .map_or_else(Vec::new, |u| u.stack(old, hash));
+                    let s = self.interner.intern(&frames);
+                    unwound.insert(hash, s.clone());
+                    // Gone from its map (never, while its count exists): lost.
+                    return (s, frames.is_empty());
+                }
                 if id < 0 {
                     return (self.interner.intern(&[]), stack_lost(id));
                 }
@@ -420,8 +517,8 @@ impl Session {
                 stack_cache.insert(id, s.clone());
                 (s, false)
             };
-            let (user, user_lost) = stack(k.user_stack);
-            let (kernel, kernel_lost) = stack(k.kernel_stack);
+            let (user, user_lost) = stack(k.user_stack, k.user_hash);
+            let (kernel, kernel_lost) = stack(k.kernel_stack, 0);
             self.stats.samples_read += n;
             self.window.add(
                 RawStack {
@@ -449,13 +546,45 @@ impl Session {
         for id in ids {
             let _ = self.maps.stacks[old].remove(&id);
         }
+        if let Some(u) = &mut self.unwind {
+            u.clear(old)?;
+            u.tables.tick();
+        }
         Ok(())
+    }
+
+    /// Loads the unwind tables of incarnations snapshotted since the last call, for at most
+    /// [`LOAD_BUDGET`] (at least one): compiling a large binary's table the first time takes
+    /// a while, and the drain must not wait long. The rest wait for the next call.
+    fn load_tables(&mut self) {
+        let Some(u) = &mut self.unwind else {
+            self.procs.take_snapshotted();
+            return;
+        };
+        self.to_load.extend(self.procs.take_snapshotted());
+        let started = Instant::now();
+        while let Some(k) = self.to_load.pop_front() {
+            if let Some(e) = self.procs.get(k) {
+                if !e.exited {
+                    u.tables.load_process(e);
+                }
+            }
+            if started.elapsed() >= LOAD_BUDGET {
+                break;
+            }
+        }
+    }
+
+    /// Only this process is snapshotted and loaded (`agent profile --pid`).
+    pub fn only(&mut self, pid: u32) {
+        self.only = Some(pid);
     }
 
     /// Announces `pid` from userspace and snapshots it now (`agent profile --pid`: a process
     /// that exits during the run is still symbolized even if it is never sampled before).
     pub fn preannounce(&mut self, pid: u32) {
         self.procs.preannounce(pid);
+        self.load_tables();
     }
 
     /// The samples since the last call; a new window starts now.
@@ -503,6 +632,12 @@ impl Session {
             }
         }
         self.procs.mark_exited();
+        // Lookups that missed re-read a process's maps (dlopen, JIT): the kernel gets them too.
+        self.load_tables();
+        if let Some(u) = &mut self.unwind {
+            let procs = &self.procs;
+            u.tables.reconcile(|k| procs.is_current(k));
+        }
         p
     }
 
