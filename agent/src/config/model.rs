@@ -297,7 +297,7 @@ pub struct ProfilerConfig {
     /// Files whose DWARF sections are larger than this (bytes, uncompressed) get ELF symbols
     /// only: parsing their DWARF costs about its size in memory.
     pub debug_info_max_bytes: u64,
-    /// Parsed files (symbol tables, DWARF) of at most 8 MiB kept between exports; the least
+    /// Parsed files (symbol tables, DWARF) of at most 2 MiB kept between exports; the least
     /// recently used beyond it are dropped and parsed again when next needed (larger files
     /// are always dropped after use).
     pub symbolizer_files: usize,
@@ -322,7 +322,7 @@ impl Default for ProfilerConfig {
             symbol_cache: 16_384,
             debug_info: true,
             debug_info_max_bytes: 8 << 20,
-            symbolizer_files: 16,
+            symbolizer_files: 8,
             unwinder: ProfilerUnwinder::Auto,
             unwind_table_rows: 1 << 21,
         }

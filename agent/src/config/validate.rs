@@ -166,7 +166,7 @@ const UNWIND_ROWS: Limits<u64> = Limits {
 const SYMBOLIZER_FILES: Limits<u64> = Limits {
     min: 1,
     max: 65_536,
-    example: 16,
+    example: 8,
 };
 const FREQUENCY: Limits<u64> = Limits {
     min: 1,

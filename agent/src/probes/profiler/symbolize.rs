@@ -116,7 +116,7 @@ pub struct SymStats {
 }
 
 /// Files larger than this are not kept parsed between windows (see `resolve_file`).
-const KEEP_PARSED_MAX: u64 = 8 << 20;
+const KEEP_PARSED_MAX: u64 = 2 << 20;
 
 /// The one frame of samples folded because their window was full (`raw::RawProfile`).
 pub const FOLDED_FRAME: &str = "[window full]";
@@ -188,7 +188,7 @@ fn lines_of(names: &mut HashSet<Arc<str>>, sym: &Sym<'_>) -> Lines {
 
 impl Symbolizer {
     /// `debug_info`: read DWARF (lines, inlined functions) where present, else symbols only.
-    /// At most 16 parsed files are kept, DWARF read up to 8 MiB a file (see [`Self::limits`]).
+    /// At most 8 parsed files are kept, DWARF read up to 8 MiB a file (see [`Self::limits`]).
     pub fn new(cache_entries: usize, debug_info: bool) -> Self {
         Symbolizer {
             blaze: blazesym::symbolize::Symbolizer::builder()
@@ -199,7 +199,7 @@ impl Symbolizer {
             debug_info,
             debug_info_max_bytes: 8 << 20,
             parsed: HashMap::new(),
-            max_files: 16,
+            max_files: 8,
             window: 0,
             user: BoundedCache::new(cache_entries / 2),
             kernel: BoundedCache::new(cache_entries / 4),
@@ -345,8 +345,13 @@ impl Symbolizer {
             debug_syms: false,
             ..Default::default()
         });
-        let syms = self
-            .blaze
+        // A symbolizer of its own, dropped after this batch: blazesym keeps all of kallsyms
+        // parsed (~6 MB) for as long as it lives, and the cache above holds what is needed.
+        let blaze = blazesym::symbolize::Symbolizer::builder()
+            .enable_code_info(false)
+            .enable_demangling(false)
+            .build();
+        let syms = blaze
             .symbolize(&src, Input::AbsAddr(addrs))
             .unwrap_or_default();
         for (i, a) in addrs.iter().enumerate() {
