@@ -43,8 +43,7 @@ pub const NO_FILE: u32 = u32::MAX;
 
 /// How a row finds the caller's frame.
 pub mod row_kind {
-    /// No unwind information here (a gap between functions, or a rule BPF cannot evaluate):
-    /// stop.
+    /// A rule BPF cannot evaluate (a DWARF expression, a register other than rsp/rbp): stop.
     pub const STOP: u8 = 0;
     /// CFA = rsp + offset.
     pub const CFA_RSP: u8 = 1;
@@ -55,6 +54,9 @@ pub mod row_kind {
     pub const PLT: u8 = 3;
     /// The outermost frame (return address undefined: `_start`, a thread's entry): done.
     pub const END: u8 = 4;
+    /// No CFI here (between functions, or code with none, such as V8's embedded builtins):
+    /// walked by frame pointer, as code of a mapping without a table.
+    pub const GAP: u8 = 5;
 }
 
 /// One row of a compiled unwind table (8 bytes): from `pc` to the next row's `pc`, the

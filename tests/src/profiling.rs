@@ -266,11 +266,22 @@ pub struct PerfProfile {
 /// VM without a PMU has); call chains are frame-pointer walks (`-g` is the same as
 /// `--call-graph fp`).
 pub fn perf_record(pid: u32, seconds: f64, hz: u32, dir: &Path) -> PerfProfile {
+    perf_record_with(pid, seconds, hz, dir, "fp")
+}
+
+/// [`perf_record`] with `--call-graph dwarf`: perf copies 8 KiB of user stack per sample and
+/// unwinds it afterwards from the binaries' DWARF CFI (inlined functions are reported as frames
+/// of their own; their ` (inlined)` mark is dropped).
+pub fn perf_record_dwarf(pid: u32, seconds: f64, hz: u32, dir: &Path) -> PerfProfile {
+    perf_record_with(pid, seconds, hz, dir, "dwarf")
+}
+
+fn perf_record_with(pid: u32, seconds: f64, hz: u32, dir: &Path, call_graph: &str) -> PerfProfile {
     fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
     let data = dir.join("perf.data");
     let rec = Command::new("perf")
         .args(["record", "-q", "-e", "cpu-clock", "-F", &hz.to_string()])
-        .args(["--call-graph", "fp", "-p", &pid.to_string(), "-o"])
+        .args(["--call-graph", call_graph, "-p", &pid.to_string(), "-o"])
         .arg(&data)
         .args(["--", "sleep", &seconds.to_string()])
         .output()
@@ -364,6 +375,7 @@ fn frame_symbol(frame: &str) -> String {
         }
         _ => sym,
     };
+    let sym = sym.strip_suffix(" (inlined)").unwrap_or(sym);
     if sym.is_empty() {
         "[unknown]".to_string()
     } else {
@@ -449,6 +461,7 @@ hot worker 23181/23190 cpu-clock:
      hotspots-fp 23181/23181 cpu-clock:      55d9e340c6a4 hot_one
 hotspots-fp 23181/23181 cpu-clock: 
 \t    7f0000001234 std::map<int, int>::find(int const&) const
+\t           3fbfb msort_with_tmp (inlined)
 ";
 
     fn s(v: &[&str]) -> Vec<String> {
@@ -471,6 +484,10 @@ hotspots-fp 23181/23181 cpu-clock:
         assert_eq!(p.inclusive["run_loop"], 3);
         assert_eq!(p.inclusive["hot_one"], 2);
         assert_eq!(p.inclusive["recurse"], 1, "counted once per sample");
+        assert_eq!(
+            p.inclusive["msort_with_tmp"], 1,
+            "the (inlined) mark dropped"
+        );
         assert_eq!(p.inclusive["[unknown]"], 1);
         assert_eq!(
             p.stacks[0],

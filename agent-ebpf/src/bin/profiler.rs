@@ -440,7 +440,19 @@ mod probe {
         } else {
             UNWIND_FILES.get(m.file).copied().filter(|f| f.count > 0)
         };
-        let (cfa, new_bp) = match file {
+        // The row, when the mapping has a table and it covers the address (a GAP row, or an
+        // address before the first row, is code without CFI: frame pointers).
+        let row = match file {
+            Some(f) => {
+                let rel = lookup.wrapping_sub(m.bias);
+                if rel > u32::MAX as u64 {
+                    return Step::Stop(counter::STOP_NO_ROW);
+                }
+                find_row(&f, rel as u32).filter(|r| r.kind != row_kind::GAP)
+            }
+            None => None,
+        };
+        let (cfa, new_bp) = match row {
             None => {
                 // Frame pointers: the caller's rbp at [rbp], its return address above.
                 if bp == 0 {
@@ -452,14 +464,7 @@ mod probe {
                 bump(counter::FRAMES_FP);
                 (bp.wrapping_add(16), saved)
             }
-            Some(f) => {
-                let rel = lookup.wrapping_sub(m.bias);
-                if rel > u32::MAX as u64 {
-                    return Step::Stop(counter::STOP_NO_ROW);
-                }
-                let Some(row) = find_row(&f, rel as u32) else {
-                    return Step::Stop(counter::STOP_NO_ROW);
-                };
+            Some(row) => {
                 let off = row.cfa_offset as u64;
                 let cfa = match row.kind {
                     row_kind::CFA_RSP => sp.wrapping_add(off),

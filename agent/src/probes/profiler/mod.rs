@@ -8,6 +8,7 @@
 //! drained and published before the object is dropped (which detaches it).
 
 pub mod elf;
+pub mod perfmap;
 pub mod procmaps;
 pub mod raw;
 pub mod session;
@@ -230,6 +231,7 @@ impl Worker {
         );
         detail.insert("files_evicted".into(), s.files_evicted);
         detail.insert("files_symbols_only".into(), s.files_symbols_only);
+        detail.insert("jit_frames".into(), s.jit_frames);
         detail.insert("mapping_snapshots".into(), self.session.procs.snapshots);
         detail.insert("mapping_snapshots_missed".into(), self.session.procs.missed);
         detail.insert("pid_events".into(), d.pid_events);
@@ -290,9 +292,13 @@ pub fn record(
         tracing::warn!(probe = NAME, hook = %h.hook, "{}", h.error.as_deref().unwrap_or(""));
     }
     if let Some(p) = pid {
-        // Snapshot now, so a process that exits during the run is still symbolized.
+        // Snapshot now, so a process that exits during the run is still symbolized; its
+        // unwind tables load now too. Samples taken meanwhile were walked by frame pointer:
+        // the recording starts after.
         session.only(p);
         session.preannounce(p);
+        let _ = session.drain();
+        let _ = session.take_window();
     }
     started(
         session

@@ -29,7 +29,7 @@ use procfs::{
     FromBufRead,
 };
 
-use super::special;
+use super::{perfmap::PerfMap, special};
 use crate::{procinfo, profile::Mapping};
 
 /// One incarnation of a process (see the module docs). Incarnation 0: unknown (the process was
@@ -100,6 +100,8 @@ pub struct ProcEntry {
     /// The incarnation is over (exited, exec'd, or its pid now belongs to another process).
     pub exited: bool,
     last_used: Instant,
+    /// Its perf map (JIT code names), once looked for: `Some(None)` when it has none.
+    perf_map: Option<Option<PerfMap>>,
 }
 
 impl ProcEntry {
@@ -222,6 +224,17 @@ impl ProcMaps {
             .unwrap_or_default()
     }
 
+    /// The name a perf map gives the JIT code at `addr` of process `key` (looked for once if
+    /// the process had no JIT code at its snapshot).
+    pub fn jit_name(&mut self, key: ProcKey, addr: u64) -> Option<Arc<str>> {
+        let e = self.procs.get_mut(&key)?;
+        let exited = e.exited;
+        e.perf_map
+            .get_or_insert_with(|| (!exited).then(|| PerfMap::open(key.pid)).flatten())
+            .as_mut()?
+            .lookup(addr)
+    }
+
     /// The latest snapshotted incarnation of `pid`, if any.
     pub fn latest(&self, pid: u32) -> Option<u64> {
         self.procs
@@ -318,6 +331,11 @@ impl ProcMaps {
             });
         }
         out.sort_by_key(|m| m.mapping.start);
+        // JIT code: hold the perf map open now, so it is readable after the process exits.
+        let perf_map = out
+            .iter()
+            .any(|m| &*m.mapping.path == special::ANON)
+            .then(|| PerfMap::open(pid));
         let exe_name = exe_path
             .as_deref()
             .and_then(|p| p.rsplit('/').next())
@@ -333,6 +351,7 @@ impl ProcMaps {
             maps: out,
             exited: false,
             last_used: Instant::now(),
+            perf_map,
         })
     }
 

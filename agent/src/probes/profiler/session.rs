@@ -562,6 +562,16 @@ impl Session {
             return;
         };
         self.to_load.extend(self.procs.take_snapshotted());
+        if self.to_load.len() > 1 {
+            // The busiest processes first: their samples gain most from whole stacks.
+            let mut busy: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
+            for (k, n) in &self.window.counts {
+                *busy.entry(k.tgid).or_default() += n;
+            }
+            self.to_load
+                .make_contiguous()
+                .sort_by_key(|k| std::cmp::Reverse(busy.get(&k.pid).copied().unwrap_or(0)));
+        }
         let started = Instant::now();
         while let Some(k) = self.to_load.pop_front() {
             if let Some(e) = self.procs.get(k) {

@@ -113,6 +113,8 @@ pub struct SymStats {
     pub files_evicted: u64,
     /// Files symbolized from ELF symbols only because their DWARF exceeds the budget.
     pub files_symbols_only: u64,
+    /// Frames in JIT code named from a perf map.
+    pub jit_frames: u64,
 }
 
 /// Files larger than this are not kept parsed between windows (see `resolve_file`).
@@ -582,6 +584,13 @@ impl Symbolizer {
                             let name = special::vsyscall_name(off);
                             Arc::from(vec![line_of(&mut self.names, name, None)])
                         }
+                        None if &*m.path == special::ANON => match procs.jit_name(key, a) {
+                            Some(name) => {
+                                self.stats.jit_frames += 1;
+                                Arc::from(vec![line_of(&mut self.names, &name, None)])
+                            }
+                            None => Arc::from(Vec::new()),
+                        },
                         None => Arc::from(Vec::new()),
                     };
                     if lines.is_empty() {

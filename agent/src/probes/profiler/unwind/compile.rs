@@ -264,7 +264,7 @@ where
         if let Some(e) = last_end {
             if e < start {
                 // A gap without CFI: never unwound with the previous function's rule.
-                em.push(e, row(row_kind::STOP, 0, 0))?;
+                em.push(e, row(row_kind::GAP, 0, 0))?;
             }
         }
         let fde = section
@@ -287,7 +287,7 @@ where
         last_end = Some(end);
     }
     if let Some(e) = last_end {
-        em.push(e, row(row_kind::STOP, 0, 0))?;
+        em.push(e, row(row_kind::GAP, 0, 0))?;
     }
     Ok(())
 }

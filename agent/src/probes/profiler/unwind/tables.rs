@@ -6,8 +6,10 @@
 //! - a file's rows are written before its slot points at them, and a slot or range is reused
 //!   only after a grace period (one drain tick) since it was cleared, so the kernel never
 //!   follows a pointer into rows being rewritten;
-//! - a file slot is never reused while a loaded process's mapping still names it (a file evicted
-//!   while in use keeps its slot, with no rows: those frames fall back to frame pointers);
+//! - a file slot is never reused while a loaded process's mapping still names it, and a file a
+//!   loaded process maps is never evicted for another: when a table does not fit beside those
+//!   of live processes it is not loaded (its frames are walked by frame pointer) until room
+//!   frees up, so tables never thrash;
 //! - memory here is bounded: the kernel arrays are fixed (`unwind_table_rows` rows, 4096 files,
 //!   65536 mappings), compiling streams rows in batches of 4096 (no whole table in memory), and
 //!   the least recently used files are evicted when a new one needs room.
@@ -59,8 +61,7 @@ impl FileKey {
 #[derive(Debug)]
 struct Loaded {
     slot: u32,
-    /// Its rows, or `None` after an eviction while in use.
-    rows: Option<Range>,
+    rows: Range,
     plan: Plan,
     last_used: Instant,
     /// Loaded processes mapping it.
@@ -87,6 +88,9 @@ pub struct TableStats {
     /// Processes whose mappings did not fit (pool full, or more than 1024 executable
     /// mappings: the rest are left out).
     pub mappings_dropped: u64,
+    /// Times a file's table did not fit beside the tables of live processes (its frames are
+    /// walked by frame pointer until room frees up).
+    pub files_skipped: u64,
 }
 
 /// A raw `bpf()` batch update of an array map (aya 0.14 has no batch API).
@@ -130,6 +134,8 @@ pub struct Tables {
     /// Files that could not be compiled (no CFI, not x86_64, too large): not tried again
     /// while they stay here (cleared when it holds 4096).
     failed: HashMap<FileKey, String>,
+    /// Files that did not fit (rows needed): tried again once that much is free.
+    skipped: HashMap<FileKey, u32>,
     processes: HashMap<ProcKey, LoadedProc>,
     epoch: u64,
     pub stats: TableStats,
@@ -153,6 +159,7 @@ impl Tables {
             procs,
             loaded: HashMap::new(),
             failed: HashMap::new(),
+            skipped: HashMap::new(),
             processes: HashMap::new(),
             epoch: 1,
             stats: TableStats {
@@ -281,18 +288,8 @@ impl Tables {
         }
         self.mappings_alloc.free(p.range, self.epoch);
         for f in p.files {
-            let done = match self.loaded.get_mut(&f) {
-                Some(l) => {
-                    l.users = l.users.saturating_sub(1);
-                    l.users == 0 && l.rows.is_none()
-                }
-                None => false,
-            };
-            if done {
-                // Evicted while in use, and now unused: its slot can go.
-                if let Some(l) = self.loaded.remove(&f) {
-                    self.slots.free((l.slot, 1), self.epoch);
-                }
+            if let Some(l) = self.loaded.get_mut(&f) {
+                l.users = l.users.saturating_sub(1);
             }
         }
         self.stats.processes_loaded = self.processes.len() as u64;
@@ -317,12 +314,16 @@ impl Tables {
         let key = FileKey::of(f);
         if let Some(l) = self.loaded.get_mut(&key) {
             l.last_used = Instant::now();
-            if l.rows.is_some() {
-                return Some((key.clone(), l.slot, l.plan.bias(start, offset)?));
-            }
+            return Some((key.clone(), l.slot, l.plan.bias(start, offset)?));
         }
         if self.failed.contains_key(&key) {
             return None;
+        }
+        if let Some(&n) = self.skipped.get(&key) {
+            if self.free_rows() < u64::from(n) {
+                self.stats.files_skipped += 1;
+                return None;
+            }
         }
         match self.load_file(&key, f) {
             Ok(()) => {
@@ -371,32 +372,34 @@ impl Tables {
             self.rows_alloc.free((first, n), self.epoch);
             return Err(e);
         }
-        // Reuse the slot of a file evicted while in use, else a new one.
-        let slot = match self.loaded.get(key) {
-            Some(l) => l.slot,
-            None => match self.slots.alloc(1) {
-                Some(s) => s,
-                None => {
-                    self.evict_one(true);
-                    self.release_now();
-                    self.slots.alloc(1).ok_or(CompileError::TooLarge(0))?
+        let slot = match self.slots.alloc(1) {
+            Some(s) => s,
+            None => {
+                self.evict_one();
+                self.release_now();
+                match self.slots.alloc(1) {
+                    Some(s) => s,
+                    None => {
+                        self.rows_alloc.free((first, n), self.epoch);
+                        self.stats.files_skipped += 1;
+                        return Ok(());
+                    }
                 }
-            },
+            }
         };
         if let Err(e) = self.files.set(slot, UnwindFile { first, count: n }, 0) {
             self.rows_alloc.free((first, n), self.epoch);
             return Err(std::io::Error::other(e.to_string()).into());
         }
-        let users = self.loaded.get(key).map_or(0, |l| l.users);
         self.loaded.insert(
             key.clone(),
             Loaded {
                 slot,
-                rows: Some((first, n)),
+                rows: (first, n),
                 // The FDE index is not needed once loaded.
                 plan: plan.without_fdes(),
                 last_used: Instant::now(),
-                users,
+                users: 0,
             },
         );
         self.stats.files_loaded = self.loaded.len() as u64;
@@ -404,7 +407,19 @@ impl Tables {
         Ok(())
     }
 
-    /// A free range of `n` rows, evicting the least recently used files as needed.
+    /// Rows free now or after the grace period, plus those of files no live process maps.
+    fn free_rows(&self) -> u64 {
+        let unused: u64 = self
+            .loaded
+            .values()
+            .filter(|l| l.users == 0)
+            .map(|l| u64::from(l.rows.1))
+            .sum();
+        self.rows_alloc.available().1 + unused
+    }
+
+    /// A free range of `n` rows, evicting the least recently used files no loaded process maps
+    /// as needed (never a live process's table for another's: no thrashing between them).
     fn make_room(&mut self, n: u32) -> Option<u32> {
         if u64::from(n) > u64::from(self.rows_alloc.capacity()) {
             return None;
@@ -422,35 +437,28 @@ impl Tables {
                     return Some(first);
                 }
             }
-            if !self.evict_one(false) {
+            if !self.evict_one() {
                 return None;
             }
         }
     }
 
-    /// Evicts the least recently used file with rows (unused ones first); `free_slot`: only
-    /// files whose slot can be freed (no users). False if there was none.
-    fn evict_one(&mut self, free_slot: bool) -> bool {
+    /// Evicts the least recently used file no loaded process maps. False if there was none.
+    fn evict_one(&mut self) -> bool {
         let victim = self
             .loaded
             .iter()
-            .filter(|(_, l)| l.rows.is_some() && (!free_slot || l.users == 0))
-            .min_by_key(|(_, l)| (l.users > 0, l.last_used))
+            .filter(|(_, l)| l.users == 0)
+            .min_by_key(|(_, l)| l.last_used)
             .map(|(k, _)| k.clone());
         let Some(k) = victim else {
             return false;
         };
-        let l = self.loaded.get_mut(&k).expect("chosen above");
+        let l = self.loaded.remove(&k).expect("chosen above");
         // Clear the slot first: the kernel stops reading the rows before they are reused.
         let _ = self.files.set(l.slot, UnwindFile { first: 0, count: 0 }, 0);
-        if let Some(r) = l.rows.take() {
-            self.rows_alloc.free(r, self.epoch);
-        }
-        if l.users == 0 {
-            let slot = l.slot;
-            self.loaded.remove(&k);
-            self.slots.free((slot, 1), self.epoch);
-        }
+        self.rows_alloc.free(l.rows, self.epoch);
+        self.slots.free((l.slot, 1), self.epoch);
         self.stats.files_evicted += 1;
         self.stats.files_loaded = self.loaded.len() as u64;
         true
