@@ -247,6 +247,7 @@ impl Worker {
             detail.insert("unwind_rows_capacity".into(), t.rows_capacity);
             detail.insert("unwind_processes_loaded".into(), t.processes_loaded);
             detail.insert("unwind_mappings_dropped".into(), t.mappings_dropped);
+            detail.insert("unwind_files_skipped".into(), t.files_skipped);
         }
         let lost = k["counts_full"]
             + k["user_stack_collisions"]
