@@ -1,5 +1,8 @@
 //! Embeds the kernel objects built by `cargo xtask build-ebpf` (one per file in
 //! `agent-ebpf/src/bin/`); a missing or stale object is a build error naming the command to run.
+//!
+//! Reruns (and so recompiles the agent) only when an object's file or a kernel source changes:
+//! build-ebpf rewrites an object only when its bytes change.
 
 use std::{
     fs,
@@ -39,6 +42,7 @@ fn main() {
     let sources = [
         root.join("agent-ebpf/src"),
         root.join("agent-ebpf/Cargo.toml"),
+        root.join("agent-ebpf/build.rs"),
         root.join("agent-common/src"),
     ];
     let mut newest = SystemTime::UNIX_EPOCH;
@@ -58,6 +62,11 @@ fn main() {
         .collect();
     probes.sort();
 
+    // `cargo xtask build-ebpf` touches this stamp on every run and rewrites an object only
+    // when its bytes change; without a stamp (objects from elsewhere), the objects' own times.
+    let stamp = fs::metadata(dir.join("built.stamp"))
+        .and_then(|m| m.modified())
+        .ok();
     let mut generated = String::from("/// Kernel objects by probe name, embedded at build time.\npub static OBJECTS: &[(&str, &[u8])] = &[\n");
     for probe in &probes {
         let object = dir.join(format!("{probe}.bpf.o"));
@@ -66,7 +75,7 @@ fn main() {
             Ok(t) => t,
             Err(_) => fail(&format!("kernel object {} is missing", object.display())),
         };
-        if newest > built {
+        if newest > stamp.unwrap_or(built).max(built) {
             fail(&format!(
                 "kernel object {} is older than the kernel sources (agent-ebpf/, agent-common/)",
                 object.display()

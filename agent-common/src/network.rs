@@ -18,7 +18,10 @@ pub const HIST_BUCKETS: usize = 36;
 
 pub const SERIES_MAP: &str = "NET_SERIES";
 pub const CONNS_MAP: &str = "NET_CONNS";
-pub const LISTENERS_MAP: &str = "NET_LISTENERS";
+/// Socket storage (`BPF_MAP_TYPE_SK_STORAGE`, `BPF_F_CLONE`): a listening socket's owner, cloned
+/// by the kernel into every socket the listener accepts. Keyed by the socket itself, so two
+/// processes listening on one port (`SO_REUSEPORT`) each own what their socket accepts.
+pub const LISTENERS_MAP: &str = "NET_LISTENER_OWNERS";
 pub const SYNS_MAP: &str = "NET_SYNS";
 pub const EVENTS_MAP: &str = "NET_EVENTS";
 pub const COUNTERS_MAP: &str = "NET_COUNTERS";
@@ -163,28 +166,10 @@ pub struct Owner {
     pub comm: [u8; COMM_LEN],
 }
 
-/// Key of `NET_LISTENERS`: a listening port in one network namespace.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ListenerKey {
-    pub netns: u64,
-    pub port: u16,
-    pub _pad: [u8; 6],
-}
-
-/// Key of `NET_SYNS` (LRU): a connection request seen at the listener, until it establishes.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SynKey {
-    pub netns: u64,
-    pub local_port: u16,
-    pub peer_port: u16,
-    pub family: u8,
-    pub _pad: [u8; 3],
-    pub peer: [u8; 16],
-}
-
 /// Addresses and ports of a connection; addresses in network byte order, ports in host order.
+/// IPv4 connections carried by an IPv6 socket (IPv4-mapped `::ffff:a.b.c.d` addresses, as a
+/// dual-stack `::` listener or a connect to `::ffff:127.0.0.1` gives) are stored as IPv4: see
+/// [`Tuple::unmap_v4`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tuple {
@@ -194,6 +179,50 @@ pub struct Tuple {
     pub peer_port: u16,
     pub family: u8,
     pub _pad: [u8; 3],
+}
+
+/// Whether a 16-byte address is IPv4-mapped (`::ffff:a.b.c.d`, RFC 4291 section 2.5.5.2).
+#[inline(always)]
+pub fn is_v4_mapped(a: &[u8; 16]) -> bool {
+    a[0] == 0
+        && a[1] == 0
+        && a[2] == 0
+        && a[3] == 0
+        && a[4] == 0
+        && a[5] == 0
+        && a[6] == 0
+        && a[7] == 0
+        && a[8] == 0
+        && a[9] == 0
+        && a[10] == 0xff
+        && a[11] == 0xff
+}
+
+/// Rewrites an IPv4-mapped address in place into its IPv4 form: its last 4 bytes first, the
+/// rest zero. In place, byte by byte: no 16-byte temporaries on the 512-byte BPF stack.
+#[inline(always)]
+pub fn unmap_in_place(a: &mut [u8; 16]) {
+    a[0] = a[12];
+    a[1] = a[13];
+    a[2] = a[14];
+    a[3] = a[15];
+    for b in a[4..].iter_mut() {
+        *b = 0;
+    }
+}
+
+impl Tuple {
+    /// An IPv6 tuple whose peer is IPv4-mapped is an IPv4 connection (the kernel speaks IPv4
+    /// on the wire): family `AF_INET`, both addresses in their 4-byte form. Everything else
+    /// is left as it is.
+    #[inline(always)]
+    pub fn unmap_v4(&mut self) {
+        if self.family == AF_INET6 && is_v4_mapped(&self.peer) {
+            self.family = AF_INET;
+            unmap_in_place(&mut self.peer);
+            unmap_in_place(&mut self.local);
+        }
+    }
 }
 
 /// A tracked connection (`NET_CONNS`, keyed by socket cookie).
@@ -301,7 +330,12 @@ pub mod counter {
     pub const CONNS_TRACKED: u32 = 10;
     /// Events sent.
     pub const EVENTS_SENT: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// Accepted connections whose listener has no owner (it listened before the probe
+    /// attached and was not found in `/proc`): attributed to no process (`folded=unknown`).
+    pub const LISTENER_UNKNOWN: u32 = 12;
+    /// listen() calls whose owner could not be stored on the socket (no memory).
+    pub const LISTENER_STORE_FAILED: u32 = 13;
+    pub const COUNT: u32 = 14;
     pub const NAMES: [&str; COUNT as usize] = [
         "conns_insert_failed",
         "series_folded",
@@ -315,6 +349,8 @@ pub mod counter {
         "cb_flags_failed",
         "conns_tracked",
         "events_sent",
+        "listener_unknown",
+        "listener_store_failed",
     ];
 }
 
@@ -323,8 +359,66 @@ mod pod {
     unsafe impl aya::Pod for super::SeriesKey {}
     unsafe impl aya::Pod for super::SeriesStats {}
     unsafe impl aya::Pod for super::Conn {}
-    unsafe impl aya::Pod for super::ListenerKey {}
     unsafe impl aya::Pod for super::Owner {}
-    unsafe impl aya::Pod for super::SynKey {}
     unsafe impl aya::Pod for super::ConnEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v6(a: [u8; 16]) -> Tuple {
+        Tuple {
+            local: a,
+            peer: a,
+            local_port: 1,
+            peer_port: 2,
+            family: AF_INET6,
+            _pad: [0; 3],
+        }
+    }
+
+    #[test]
+    fn v4_mapped_tuples_become_ipv4() {
+        let mut mapped = [0u8; 16];
+        mapped[10] = 0xff;
+        mapped[11] = 0xff;
+        mapped[12..].copy_from_slice(&[127, 0, 0, 1]);
+        let mut t = v6(mapped);
+        t.unmap_v4();
+        assert_eq!(t.family, AF_INET);
+        assert_eq!(&t.peer[..4], &[127, 0, 0, 1]);
+        assert_eq!(&t.peer[4..], &[0; 12]);
+        assert_eq!(t.local, t.peer);
+        assert_eq!((t.local_port, t.peer_port), (1, 2));
+        // Applying it twice changes nothing more.
+        let once = t;
+        t.unmap_v4();
+        assert_eq!(t, once);
+    }
+
+    #[test]
+    fn real_ipv6_stays_ipv6() {
+        // ::1, ::, ::127.0.0.1 (IPv4-compatible, deprecated, not mapped), ::ffff:0:1 prefix
+        // variants that are not mapped.
+        let mut compat = [0u8; 16];
+        compat[12..].copy_from_slice(&[127, 0, 0, 1]);
+        let mut loopback = [0u8; 16];
+        loopback[15] = 1;
+        let mut almost = [0u8; 16];
+        almost[9] = 0xff;
+        almost[10] = 0xff;
+        almost[11] = 0xff;
+        for a in [[0u8; 16], loopback, compat, almost] {
+            let mut t = v6(a);
+            t.unmap_v4();
+            assert_eq!(t, v6(a), "{a:?}");
+        }
+        // An IPv4 tuple is left alone.
+        let mut t = v6(loopback);
+        t.family = AF_INET;
+        let before = t;
+        t.unmap_v4();
+        assert_eq!(t, before);
+    }
 }

@@ -45,7 +45,10 @@ fn parse(level: &str) -> Result<EnvFilter, LoggingError> {
 /// Installs the global logger (once). Logs go to stderr.
 pub fn init(level: &str, format: LogFormat) -> Result<LevelHandle, LoggingError> {
     let (filter, handle) = reload::Layer::new(parse(level)?);
-    let registry = tracing_subscriber::registry().with(filter);
+    // Own logs for an OpAMP-offered endpoint: a no-op until one is set.
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(crate::opamp::own::OwnLogsLayer);
     let result = match format {
         LogFormat::Text => registry
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))

@@ -31,11 +31,18 @@ enum Command {
         /// Directory for locally written data (default ./agent-output).
         #[arg(long)]
         output_dir: Option<PathBuf>,
+        /// OpAMP server to be managed by: ws://, wss:// (WebSocket) or http://, https:// (plain
+        /// HTTP), e.g. ws://localhost:4320/v1/opamp (overrides opamp.endpoint).
+        #[arg(long)]
+        opamp_endpoint: Option<String>,
     },
-    /// Preflight: kernel, BTF, tracefs, capabilities and every probe's hooks.
+    /// Preflight: kernel, BTF, tracefs, capabilities, every probe's hooks, the OpAMP server.
     Check {
         #[arg(long, short, env = "AGENT_CONFIG")]
         config: Option<PathBuf>,
+        /// OpAMP server to try (overrides opamp.endpoint).
+        #[arg(long)]
+        opamp_endpoint: Option<String>,
     },
     /// Print or validate configuration.
     Config {
@@ -71,6 +78,36 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Score a `timestamp,value` CSV file (NAB's format) with an anomaly detector; writes
+    /// `timestamp,value,anomaly_score,alert` (alert: 1 where the agent would report). No
+    /// privileges needed.
+    Detect {
+        #[arg(long, short, required_unless_present = "list")]
+        input: Option<PathBuf>,
+        /// Output CSV (`-` for standard output).
+        #[arg(long, short, required_unless_present = "list")]
+        output: Option<PathBuf>,
+        /// Detector (`--list` shows them).
+        #[arg(long, short, default_value = "ensemble", value_parser = agent::detection::offline::parse_kind)]
+        detector: agent::detection::Kind,
+        /// List the detectors (name, shipped threshold, what it does) and exit.
+        #[arg(long)]
+        list: bool,
+    },
+    /// Measure the detectors and the detection engine (used by `cargo xtask bench detect`).
+    #[command(hide = true)]
+    DetectBench {
+        /// Detectors, in the order to run them (comma-separated).
+        #[arg(long, value_delimiter = ',', value_parser = agent::detection::offline::parse_kind)]
+        order: Vec<agent::detection::Kind>,
+        #[arg(long, default_value_t = 1_000_000)]
+        points: usize,
+        #[arg(long, default_value_t = 10_000)]
+        series: usize,
+        /// Points per series in the engine run.
+        #[arg(long, default_value_t = 100)]
+        rounds: usize,
+    },
     /// Print the version.
     Version,
     /// Send one small CPU profile over OTLP (checks the profiles path end to end).
@@ -99,6 +136,10 @@ enum Command {
         series: usize,
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
+        /// Instead: CPU ns per data point of five OTTL statements against OTLP encoding, side
+        /// by side (`--url` is not used).
+        #[arg(long)]
+        transform: bool,
     },
 }
 
@@ -116,6 +157,46 @@ enum ConfigAction {
     Default,
     /// Validate a config file (environment overrides included); exit 1 if invalid.
     Validate { file: PathBuf },
+}
+
+/// `agent export-bench --transform`: prints the statements, then the median CPU ns per data
+/// point of each condition with the range over rounds, and transform / encode per round.
+fn transform_bench(series: usize) -> anyhow::Result<ExitCode> {
+    let rounds = 9;
+    let r = agent::export::bench::transform_bench(series, rounds, 10)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    for (k, s) in agent::export::bench::TRANSFORM_STATEMENTS
+        .iter()
+        .enumerate()
+    {
+        println!("transform statement s{}: {s}", k + 1);
+    }
+    let med = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    let get = |name: &str| {
+        r.conditions
+            .iter()
+            .find(|c| c.0 == name)
+            .map(|c| c.1.clone())
+    };
+    for (name, v) in &r.conditions {
+        let (m, lo, hi) = med(v);
+        println!("transform bench {name:18} {m:8.1} ns/point (rounds {lo:.1}-{hi:.1})");
+    }
+    if let (Some(t), Some(e)) = (get("transform"), get("encode")) {
+        let ratios: Vec<f64> = t.iter().zip(&e).map(|(a, b)| a / b).collect();
+        let (m, lo, hi) = med(&ratios);
+        let (tm, _, _) = med(&t);
+        println!(
+            "transform_ns_per_point {tm:.1} transform_over_encode {m:.2} (rounds {lo:.2}-{hi:.2}), \
+             {} points per export, {rounds} rounds",
+            r.points_per_export
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -138,7 +219,11 @@ fn real_main() -> Result<ExitCode> {
             compression,
             series,
             seconds,
+            transform,
         } => {
+            if transform {
+                return transform_bench(series);
+            }
             let protocol = agent::config::Protocol::parse(&protocol)
                 .ok_or_else(|| anyhow::anyhow!("unknown protocol {protocol}"))?;
             let compression = match compression.as_str() {
@@ -214,6 +299,31 @@ fn real_main() -> Result<ExitCode> {
             }
             profile(prof, duration, pid, hz, format, &output, &mode)
         }
+        Command::Detect {
+            input,
+            output,
+            detector,
+            list,
+        } => {
+            use agent::detection::offline;
+            if list {
+                print!("{}", offline::list());
+                return Ok(ExitCode::SUCCESS);
+            }
+            let (input, output) = (input.unwrap_or_default(), output.unwrap_or_default());
+            let s = offline::run_default(&input, &output, detector)?;
+            eprintln!("{}", s.line(&input, detector));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DetectBench {
+            order,
+            points,
+            series,
+            rounds,
+        } => {
+            agent::detection::bench::run(&order, points, series, rounds);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Version => {
             println!("agent {}", agent::VERSION);
             Ok(ExitCode::SUCCESS)
@@ -231,31 +341,48 @@ fn real_main() -> Result<ExitCode> {
             println!("{}: valid (config hash {})", file.display(), cfg.hash());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { config } => {
-            let cfg = Overrides {
+        Command::Check {
+            config,
+            opamp_endpoint,
+        } => {
+            let overrides = Overrides {
                 config,
+                opamp_endpoint,
                 ..Default::default()
-            }
-            .load()?;
+            };
+            let cfg = overrides.load()?;
             let _ = logging::init("warn", cfg.log.format);
-            let (rows, any_probe) = preflight::run(&cfg);
+            let (mut rows, any_probe) = preflight::run(&cfg);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let opamp = rt.block_on(agent::opamp::check::run(&cfg, &overrides));
+            let opamp_ok = opamp
+                .as_ref()
+                .is_none_or(|r| r.verdict != preflight::Verdict::Fail);
+            rows.extend(opamp);
             print!("{}", preflight::render(&rows));
-            if any_probe {
-                Ok(ExitCode::SUCCESS)
-            } else {
+            if !any_probe {
                 eprintln!("no probe can run on this host (see the fixes above)");
-                Ok(ExitCode::FAILURE)
+                return Ok(ExitCode::FAILURE);
             }
+            if !opamp_ok {
+                eprintln!("the OpAMP server cannot be used (see the fix above)");
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Run {
             config,
             status_addr,
             output_dir,
+            opamp_endpoint,
         } => {
             let overrides = Overrides {
                 config,
                 status_addr,
                 output_dir,
+                opamp_endpoint,
             };
             let cfg = overrides.load()?;
             let log = logging::init(&cfg.log.level, cfg.log.format)?;
@@ -264,7 +391,15 @@ fn real_main() -> Result<ExitCode> {
                 .enable_all()
                 .thread_name("agent")
                 .build()?;
-            rt.block_on(runtime::run(cfg, overrides, log))?;
+            let exit = rt.block_on(runtime::run(cfg, overrides, log))?;
+            // Every task is gone before the process image is replaced.
+            rt.shutdown_timeout(std::time::Duration::from_secs(2));
+            if exit == runtime::Exit::Restart {
+                let e = agent::opamp::restart::reexec();
+                anyhow::bail!(
+                    "cannot restart the agent: {e}\nfix: start it again (the binary moved or is not executable)"
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

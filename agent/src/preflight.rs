@@ -1,7 +1,8 @@
 //! `agent check`: what this host lets the agent do, and why not where it does not.
 //!
 //! Every probe is tried for real (loaded, verified, attached, then detached), so "ok" means it
-//! will run. The check fails (non-zero exit) only when no probe can run.
+//! will run. The check fails (non-zero exit) when no probe can run, or when a configured OpAMP
+//! server cannot be used (that row comes from `opamp::check`).
 
 use std::{fmt::Write as _, fs, path::Path};
 

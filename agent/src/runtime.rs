@@ -1,8 +1,11 @@
-//! `agent run`: wires config, probes, the metric store, the output writer and the status server,
-//! reloads the config on SIGHUP and shuts down cleanly on SIGINT/SIGTERM.
+//! `agent run`: wires config, probes, the metric store, the output writer, the status server and
+//! the OpAMP client, applies new configs (SIGHUP, OpAMP remote config) through one function,
+//! and shuts down cleanly on SIGINT/SIGTERM (or for an OpAMP Restart command).
 //!
 //! Invariants: a config that fails to load or validate on reload changes nothing (the old one
-//! keeps running); shutdown detaches every probe before the final drain and the final write.
+//! keeps running); every config change, whatever its source, goes through `Running::apply`;
+//! shutdown sends OpAMP's `agent_disconnect` first, then detaches every probe before the final
+//! drain and the final write.
 
 use std::{
     net::SocketAddr,
@@ -12,7 +15,7 @@ use std::{
 
 use tokio::{
     signal::unix::{signal, SignalKind},
-    sync::watch,
+    sync::{mpsc, oneshot, watch},
     task::JoinHandle,
 };
 
@@ -22,9 +25,12 @@ use crate::{
     export::{self, settings::Settings, Exporter},
     logging::LevelHandle,
     metrics::Store,
+    opamp,
     output::OutputSettings,
     probes::Probes,
+    signals::{ActivityHub, Demand, SignalHub},
     status::{self, state::AgentState, StatusContext},
+    transform::{Pipeline, Transformer},
 };
 
 /// Command-line overrides; they win over the file and the environment.
@@ -33,21 +39,48 @@ pub struct Overrides {
     pub config: Option<PathBuf>,
     pub status_addr: Option<SocketAddr>,
     pub output_dir: Option<PathBuf>,
+    pub opamp_endpoint: Option<String>,
 }
 
 impl Overrides {
     /// File (or embedded default), then environment, then these flags; validated.
     pub fn load(&self) -> Result<Config, ConfigError> {
         let mut cfg = Config::load(self.config.as_deref())?;
+        self.apply_flags(&mut cfg);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Sets what the flags give (over the file, the environment and any remote config).
+    pub fn apply_flags(&self, cfg: &mut Config) {
         if let Some(a) = self.status_addr {
             cfg.status.listen = a;
         }
         if let Some(d) = &self.output_dir {
             cfg.output.dir = d.clone();
         }
-        cfg.validate()?;
-        Ok(cfg)
+        if let Some(e) = &self.opamp_endpoint {
+            cfg.opamp.endpoint = e.clone();
+        }
     }
+}
+
+/// A config to apply as one hot reload (what SIGHUP does), from the OpAMP client; `reply`
+/// fires once it runs. `rebuild_exporter` restarts the exporter even if its settings are the
+/// same (a new instance id).
+pub struct ApplyRequest {
+    pub config: Config,
+    pub rebuild_exporter: bool,
+    pub reply: oneshot::Sender<()>,
+}
+
+/// How `run` ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// SIGINT or SIGTERM.
+    Stopped,
+    /// The OpAMP server sent Restart: the caller re-executes the agent.
+    Restart,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,88 +117,210 @@ fn output_settings(cfg: &Config) -> OutputSettings {
     }
 }
 
-fn spawn_writer(cfg: &Config, store: &Arc<Store>, state: &Arc<AgentState>) -> Exporter {
+fn spawn_writer(
+    cfg: &Config,
+    store: &Arc<Store>,
+    state: &Arc<AgentState>,
+    transform: &Arc<Transformer>,
+) -> Exporter {
     export::spawn(
         export_settings(cfg, state),
         output_settings(cfg),
         store.clone(),
         state.clone(),
+        transform.clone(),
     )
 }
 
-/// Runs until SIGINT or SIGTERM.
-pub async fn run(mut cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<(), RunError> {
+/// The `transform:`/`filter:` pipeline of a validated config.
+fn pipeline(cfg: &Config) -> Pipeline {
+    Pipeline::compile(&cfg.transform, &cfg.filter).unwrap_or_else(|e| {
+        // Unreachable: validation compiled the same sections.
+        tracing::error!("{}: {}; no transform applied", e.path, e.problem);
+        Pipeline::default()
+    })
+}
+
+/// Everything a config change touches.
+struct Running {
+    cfg: Config,
+    state: Arc<AgentState>,
+    store: Arc<Store>,
+    log: LevelHandle,
+    status_server: Option<StatusServer>,
+    /// Always set, except while being replaced.
+    writer: Option<Exporter>,
+    probes: Arc<Mutex<Probes>>,
+    /// The `transform:`/`filter:` pipeline shared by the exporter and `/metrics`.
+    transform: Arc<Transformer>,
+}
+
+impl Running {
+    /// Applies `new` (already validated) as one hot reload: log level, status endpoint, exporter
+    /// (rebuilt when its settings change, or when `rebuild_exporter`), probes.
+    async fn apply(&mut self, new: Config, rebuild_exporter: bool) {
+        if let Err(e) = self.log.set(&new.log.level) {
+            tracing::warn!("{e}");
+        }
+        if new.log.format != self.cfg.log.format {
+            tracing::warn!("log.format changes take effect at restart");
+        }
+        if new.status != self.cfg.status {
+            if let Some(s) = self.status_server.take() {
+                s.stop().await;
+            }
+            self.status_server =
+                start_status(&new, &self.state, &self.store, &self.transform).await;
+        }
+        let key = (export_settings(&new, &self.state), output_settings(&new));
+        if rebuild_exporter || self.writer.as_ref().is_none_or(|w| w.key != key) {
+            if let Some(w) = self.writer.take() {
+                w.stop().await;
+            }
+            self.writer = Some(spawn_writer(
+                &new,
+                &self.store,
+                &self.state,
+                &self.transform,
+            ));
+        }
+        if (&new.transform, &new.filter) != (&self.cfg.transform, &self.cfg.filter) {
+            self.transform.set(pipeline(&new));
+            tracing::info!("transform and filter statements reloaded");
+        }
+        apply_probes(&self.probes, &new).await;
+        self.state.set_config_hash(new.hash());
+        tracing::info!(config_hash = %new.hash(), "configuration applied");
+        self.cfg = new;
+    }
+}
+
+/// Runs until SIGINT or SIGTERM (or an OpAMP Restart command).
+pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<Exit, RunError> {
     let mut sighup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+    // A changed config file (a ConfigMap update) reloads as SIGHUP does.
+    let _config_watch = overrides.config.clone().map(|p| {
+        crate::config::watch::spawn(
+            p,
+            crate::config::watch::INTERVAL,
+            crate::config::watch::sighup_self,
+        )
+    });
 
+    // The last applied remote config, if OpAMP keeps one, runs from the start.
+    let start = opamp::start_config(&overrides, cfg);
+    let cfg = start.config.clone();
     tracing::info!(version = crate::VERSION, config_hash = %cfg.hash(), "agent starting");
     if let Err(e) = tracefs::ensure() {
         tracing::warn!("{e} (raw tracepoints do not need it)");
     }
     let state = Arc::new(AgentState::new(cfg.hash()));
     let store = Store::new();
+    let transform = Transformer::new(pipeline(&cfg));
 
-    let mut status_server = start_status(&cfg, &state, &store).await;
-    let mut writer = spawn_writer(&cfg, &store, &state);
+    let status_server = start_status(&cfg, &state, &store, &transform).await;
+    let writer = spawn_writer(&cfg, &store, &state, &transform);
 
-    let probes = Arc::new(Mutex::new(Probes::new(store.clone(), state.clone())));
+    // Per-process activity from the probes, and the signals derived from it.
+    let activity = ActivityHub::new();
+    let signals = SignalHub::new();
+    let demand = Demand::default();
+    let deriver = tokio::spawn(crate::signals::run_deriver(
+        activity.clone(),
+        signals.clone(),
+        demand.clone(),
+    ));
+    let probes = Arc::new(Mutex::new(Probes::new(
+        store.clone(),
+        state.clone(),
+        activity.clone(),
+    )));
     apply_probes(&probes, &cfg).await;
     state.set_pipeline_running(true);
     tracing::info!("agent running");
 
-    loop {
+    let mut r = Running {
+        cfg,
+        state,
+        store,
+        log,
+        status_server,
+        writer: Some(writer),
+        probes,
+        transform,
+    };
+    let (apply_tx, mut apply_rx) = mpsc::channel::<ApplyRequest>(4);
+    let (running_tx, running_rx) = watch::channel(Arc::new(r.cfg.clone()));
+    let mut opamp = opamp::spawn(
+        &overrides,
+        &start,
+        &r.state,
+        apply_tx.clone(),
+        running_rx.clone(),
+    );
+
+    let exit = loop {
         tokio::select! {
             _ = sighup.recv() => {
                 tracing::info!("SIGHUP: reloading the configuration");
-                let new = match overrides.load() {
+                let remote = opamp.as_ref().and_then(|h| h.current_remote());
+                let new = match opamp::remote_config::merged_config(&overrides, remote.as_ref()) {
                     Ok(c) => c,
                     Err(e) => {
-                        tracing::error!("reload rejected, keeping the running config: {}", e.cause());
-                        tracing::error!("fix: {}", e.fix());
+                        tracing::error!("reload rejected, keeping the running config: {}", e.cause);
+                        tracing::error!("fix: {}", e.fix);
                         continue;
                     }
                 };
-                if new == cfg {
+                if new == r.cfg {
                     tracing::info!("configuration unchanged");
                     continue;
                 }
-                if let Err(e) = log.set(&new.log.level) {
-                    tracing::warn!("{e}");
-                }
-                if new.log.format != cfg.log.format {
-                    tracing::warn!("log.format changes take effect at restart");
-                }
-                if new.status != cfg.status {
-                    if let Some(s) = status_server.take() {
-                        s.stop().await;
+                let opamp_changed = new.opamp != r.cfg.opamp;
+                r.apply(new, false).await;
+                running_tx.send_replace(Arc::new(r.cfg.clone()));
+                if opamp_changed {
+                    if let Some(h) = opamp.take() {
+                        h.stop().await;
                     }
-                    status_server = start_status(&new, &state, &store).await;
+                    let start = opamp::Start { config: r.cfg.clone(), remote, remote_error: None };
+                    opamp = opamp::spawn(&overrides, &start, &r.state, apply_tx.clone(), running_rx.clone());
                 }
-                if (export_settings(&new, &state), output_settings(&new)) != writer.key {
-                    writer.stop().await;
-                    writer = spawn_writer(&new, &store, &state);
-                }
-                apply_probes(&probes, &new).await;
-                state.set_config_hash(new.hash());
-                tracing::info!(config_hash = %new.hash(), "configuration applied");
-                cfg = new;
             }
-            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
-            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            Some(req) = apply_rx.recv() => {
+                r.apply(req.config, req.rebuild_exporter).await;
+                running_tx.send_replace(Arc::new(r.cfg.clone()));
+                let _ = req.reply.send(());
+            }
+            e = async {
+                match opamp.as_mut() {
+                    Some(h) => h.finished().await,
+                    None => std::future::pending().await,
+                }
+            } => if e == opamp::client::Exit::Restart { break Exit::Restart },
+            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break Exit::Stopped; }
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break Exit::Stopped; }
         }
-    }
+    };
 
-    state.set_pipeline_running(false);
-    let p = probes.clone();
+    if let Some(h) = opamp.take() {
+        h.stop().await;
+    }
+    r.state.set_pipeline_running(false);
+    let p = r.probes.clone();
     let _ = tokio::task::spawn_blocking(move || p.lock().unwrap_or_else(|e| e.into_inner()).stop())
         .await;
-    writer.stop().await;
-    if let Some(s) = status_server {
+    if let Some(w) = r.writer.take() {
+        w.stop().await;
+    }
+    if let Some(s) = r.status_server {
         s.stop().await;
     }
+    deriver.abort();
     tracing::info!("agent stopped; every probe detached");
-    Ok(())
+    Ok(exit)
 }
 
 /// A running status server: its stop switch and task.
@@ -185,11 +340,12 @@ async fn start_status(
     cfg: &Config,
     state: &Arc<AgentState>,
     store: &Arc<Store>,
+    transform: &Arc<Transformer>,
 ) -> Option<StatusServer> {
     if !cfg.status.enabled {
         return None;
     }
-    let listener = match status::bind(cfg.status.listen).await {
+    let listeners = match status::access::bind_all(&cfg.status).await {
         Ok(l) => l,
         Err(e) => {
             // The agent keeps collecting; only the endpoint is missing.
@@ -197,18 +353,24 @@ async fn start_status(
             return None;
         }
     };
-    tracing::info!(addr = %cfg.status.listen, routes = %status::ROUTES.join(" "), "status endpoint listening");
+    let addrs: Vec<String> = listeners.addrs().iter().map(|a| a.to_string()).collect();
+    tracing::info!(addr = %addrs.join(" "), routes = %status::ROUTES.join(" "), "status endpoint listening");
     let (tx, mut rx) = watch::channel(false);
     let ctx = StatusContext {
         state: state.clone(),
         store: store.clone(),
         version: crate::VERSION,
+        buckets: match cfg.status.histogram_buckets {
+            crate::config::HistogramBuckets::Full => crate::metrics::prometheus::Buckets::Full,
+            crate::config::HistogramBuckets::Coarse => crate::metrics::prometheus::Buckets::Coarse,
+        },
+        transform: transform.clone(),
     };
     let task = tokio::spawn(async move {
         let shutdown = async move {
             let _ = rx.wait_for(|v| *v).await;
         };
-        if let Err(e) = status::serve(listener, ctx, shutdown).await {
+        if let Err(e) = status::access::serve_all(listeners, ctx, shutdown).await {
             tracing::error!("status endpoint stopped: {e}");
         }
     });

@@ -56,6 +56,13 @@ pub fn workload_bin() -> PathBuf {
     p
 }
 
+/// A copy of the syscall workload named `name` in `dir` (so its executable name is `name`).
+pub fn workload_copy(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::copy(workload_bin(), &p).expect("copy the workload");
+    p
+}
+
 /// The TCP workload (`tcp-workload`), built beside `syscall-workload`.
 pub fn tcp_workload_bin() -> PathBuf {
     let p = workspace_target().join("debug/tcp-workload");
@@ -202,7 +209,31 @@ impl Agent {
     }
 
     pub fn start_with(config_yaml: &str, tweak: impl FnOnce(&mut Command)) -> Agent {
-        let dir = tempdir();
+        Self::start_in(tempdir(), config_yaml, tweak)
+    }
+
+    /// As `start_with`, with this output directory (instance id, spool) instead of a fresh
+    /// one: a second agent on the same directory is a restart.
+    pub fn start_at(
+        config_yaml: &str,
+        output_dir: Option<&Path>,
+        tweak: impl FnOnce(&mut Command),
+    ) -> Agent {
+        Self::start_inner(tempdir(), config_yaml, output_dir, tweak)
+    }
+
+    /// As `start_with`, in `dir` (config `dir/agent.yaml`, output `dir/out`): a second agent
+    /// in the same directory finds what the first one left (instance id, spool, OpAMP state).
+    pub fn start_in(dir: PathBuf, config_yaml: &str, tweak: impl FnOnce(&mut Command)) -> Agent {
+        Self::start_inner(dir, config_yaml, None, tweak)
+    }
+
+    fn start_inner(
+        dir: PathBuf,
+        config_yaml: &str,
+        output_dir: Option<&Path>,
+        tweak: impl FnOnce(&mut Command),
+    ) -> Agent {
         let config = dir.join("agent.yaml");
         std::fs::write(&config, config_yaml).unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -212,7 +243,7 @@ impl Agent {
             .arg("--status-addr")
             .arg(addr.to_string())
             .arg("--output-dir")
-            .arg(dir.join("out"))
+            .arg(output_dir.map_or_else(|| dir.join("out"), Path::to_path_buf))
             .env("AGENT_LOG_LEVEL", "info,agent=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -353,8 +384,14 @@ pub struct Workload {
 
 impl Workload {
     pub fn start(kind: &str, count: u64) -> Workload {
-        let mut child = Command::new(workload_bin())
-            .args([kind, &count.to_string(), "--wait"])
+        Workload::start_args(&workload_bin(), &[kind, &count.to_string()])
+    }
+
+    /// `bin` (the workload or a renamed copy) with `args`, waiting for `go`.
+    pub fn start_args(bin: &Path, args: &[&str]) -> Workload {
+        let mut child = Command::new(bin)
+            .args(args)
+            .arg("--wait")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -450,6 +487,8 @@ pub fn assert_eventually(
     }
 }
 
+pub mod deploy;
+pub mod opamp;
 pub mod otlp;
 pub mod profile_outputs;
 pub mod profiling;

@@ -221,12 +221,42 @@ const LINE_WAIT: Duration = Duration::from_secs(60);
 
 impl NsProcess {
     pub fn start(ns: &str, program: &Path, args: &[&str]) -> NsProcess {
-        let mut child = exec(ns, &[program.as_os_str()])
+        let child = exec(ns, &[program.as_os_str()])
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("start {} in {ns}: {e}", program.display()));
+        Self::wrap(child, ns, program, args)
+    }
+
+    /// `start`, on process id `pid` (`/proc/sys/kernel/ns_last_pid` set to `pid - 1` just
+    /// before the fork): retried while other processes on the host take the pid first; panics
+    /// after 200 tries. `pid` must be free.
+    pub fn start_on_pid(ns: &str, program: &Path, args: &[&str], pid: u32) -> NsProcess {
+        for _ in 0..200 {
+            assert!(
+                !Path::new(&format!("/proc/{pid}")).exists(),
+                "pid {pid} is taken"
+            );
+            std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+                .expect("write /proc/sys/kernel/ns_last_pid (root in the initial pid namespace)");
+            let mut child = exec(ns, &[program.as_os_str()])
+                .args(args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("start {} in {ns}: {e}", program.display()));
+            if child.id() == pid {
+                return Self::wrap(child, ns, program, args);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("could not start {} on pid {pid}", program.display());
+    }
+
+    fn wrap(mut child: Child, ns: &str, program: &Path, args: &[&str]) -> NsProcess {
         let stdin = child.stdin.take();
         let out = BufReader::new(child.stdout.take().unwrap());
         let (tx, lines) = mpsc::channel();
@@ -268,6 +298,13 @@ impl NsProcess {
                 self.pid, self.seen
             ),
         }
+    }
+
+    /// The lines printed so far that were not read yet, without waiting.
+    pub fn ready_lines(&mut self) -> Vec<String> {
+        let lines: Vec<String> = self.lines.try_iter().collect();
+        self.seen.extend(lines.iter().cloned());
+        lines
     }
 
     /// Reads lines until one starts with `prefix`; returns it.

@@ -1,6 +1,6 @@
 //! Kernel object build, release run, the full test run and lints.
 
-use std::process::Command;
+use std::{path::Path, process::Command};
 
 use anyhow::{Context, Result};
 
@@ -44,7 +44,14 @@ fn probe_names() -> Result<Vec<String>> {
 }
 
 /// Builds `agent-ebpf` and copies each probe's object to `<target>/ebpf/<probe>.bpf.o`, where
-/// the agent's build script picks them up.
+/// the agent's build script picks them up. An object is written only when its bytes changed, so
+/// its mtime (which the agent's build script watches) moves only then and an unchanged kernel
+/// crate never makes cargo rebuild the agent.
+///
+/// Objects linked with BTF (`bpf-linker --btf`, the network probe's: its socket-storage map
+/// needs BTF) lose `.BTF.ext` and their DWARF here: aya 0.14 sends the func_info of `.BTF.ext`
+/// for programs whose functions it has linked from `.text`, which the kernel refuses ("number
+/// of funcs in func_info doesn't match number of subprogs"); the map and type BTF stays.
 pub fn build_ebpf() -> Result<()> {
     setup::ensure(false)?;
     run(&mut nightly_ebpf("build")).context("kernel crate build failed")?;
@@ -53,10 +60,48 @@ pub fn build_ebpf() -> Result<()> {
     for probe in probe_names()? {
         let built = target_dir().join(EBPF_TARGET).join("release").join(&probe);
         let dest = dest_dir.join(format!("{probe}.bpf.o"));
-        std::fs::copy(&built, &dest).with_context(|| format!("copy {built:?} to {dest:?}"))?;
+        let bytes = object_bytes(&built).with_context(|| format!("prepare {built:?}"))?;
+        if std::fs::read(&dest).ok().as_deref() == Some(&bytes[..]) {
+            eprintln!("kernel object: {} (unchanged)", dest.display());
+            continue;
+        }
+        // Written whole then renamed: the agent's build never sees half an object.
+        let tmp = dest.with_extension("o.tmp");
+        std::fs::write(&tmp, &bytes).with_context(|| format!("write {tmp:?}"))?;
+        std::fs::rename(&tmp, &dest).with_context(|| format!("rename to {dest:?}"))?;
         eprintln!("kernel object: {}", dest.display());
     }
+    // When the objects were last built from the sources (written every time, watched by
+    // nobody): the agent's build script compares the kernel sources against it, not against
+    // the objects' own mtimes, which move only when their bytes do.
+    std::fs::write(dest_dir.join(BUILT_STAMP), b"")?;
     Ok(())
+}
+
+/// File under `<target>/ebpf/` touched by every successful `build-ebpf`.
+pub const BUILT_STAMP: &str = "built.stamp";
+
+/// The bytes of a linked kernel object as the agent embeds it (see [`build_ebpf`]).
+fn object_bytes(built: &Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(built)?;
+    // The section name appears in the section-name string table of any object that has it.
+    if !bytes.windows(9).any(|w| w == b".BTF.ext\0") {
+        return Ok(bytes);
+    }
+    let stripped = built.with_extension("stripped.o");
+    let objcopy = Path::new(setup::LLVM_PREFIX).join("bin/llvm-objcopy");
+    run(Command::new(&objcopy)
+        .args([
+            "--remove-section=.BTF.ext",
+            "--remove-section=.rel.BTF.ext",
+            "--strip-debug",
+        ])
+        .arg(built)
+        .arg(&stripped))
+    .with_context(|| format!("{} (installed by `cargo xtask setup`)", objcopy.display()))?;
+    let out = std::fs::read(&stripped)?;
+    let _ = std::fs::remove_file(&stripped);
+    Ok(out)
 }
 
 /// The path of a built binary of this workspace.

@@ -2,6 +2,8 @@
 
 mod bench;
 mod build;
+mod image;
+mod nab;
 mod setup;
 mod util;
 
@@ -39,6 +41,11 @@ enum Task {
     },
     /// `cargo fmt --check` and `cargo clippy -D warnings` on every crate, the kernel one included.
     Lint,
+    /// Score a detector on the NAB corpus (`../shared/nab`): swept, shipped-threshold and
+    /// `alert`-column scores per profile.
+    Nab(nab::Args),
+    /// The container image (deploy/Dockerfile) with podman, from local base images.
+    Image(image::ImageArgs),
     /// Side-by-side overhead benchmarks.
     Bench {
         #[command(subcommand)]
@@ -53,6 +60,8 @@ fn main() -> Result<()> {
         Task::Run { args } => build::run_agent(&args),
         Task::Test { args } => build::test(&args),
         Task::Lint => build::lint(),
+        Task::Nab(args) => nab::run(args),
+        Task::Image(args) => image::run_image(args),
         Task::Bench { which } => bench::run(which),
     }
 }

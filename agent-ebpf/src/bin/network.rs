@@ -3,11 +3,22 @@
 //! connection open and close through a rate-bounded ring buffer; the `sock:inet_sk_error_report`
 //! tracepoint classifies failures (refused, timeout, reset, ...). No kprobes.
 //!
-//! Callbacks used (sock_ops `op`): TCP_LISTEN (owner of a listener, process context),
-//! TCP_CONNECT (client start and owner, process context), TIMEOUT_INIT on a request socket
-//! (SYN arrival at a listener), ACTIVE/PASSIVE_ESTABLISHED (handshake end; turns on the
-//! STATE, RTT and RETRANS callbacks for the socket), RTT, RETRANS, STATE (leaving ESTABLISHED,
-//! reaching CLOSE).
+//! Callbacks used (sock_ops `op`): TCP_LISTEN (owner of a listener, process context, stored on
+//! the listening socket itself), TCP_CONNECT (client start and owner, process context),
+//! TIMEOUT_INIT on a request socket (SYN arrival at a listener), ACTIVE/PASSIVE_ESTABLISHED
+//! (handshake end; turns on the STATE, RTT and RETRANS callbacks for the socket), RTT, RETRANS,
+//! STATE (leaving ESTABLISHED, reaching CLOSE).
+//!
+//! Attribution of accepted connections: the listener's owner lives in socket storage created
+//! with `BPF_F_CLONE`, so the kernel copies it into each socket the listener accepts (in
+//! `sk_clone_lock`): a child is owned by the process that listened on *the socket that took
+//! it*, also when several sockets share a port (`SO_REUSEPORT`). A request socket's cookie
+//! becomes its child's cookie (`inet_csk_clone_lock`), which joins a SYN's arrival to its
+//! handshake's end without reading addresses a request socket of a dual-stack listener does
+//! not fill in for IPv4.
+//!
+//! Addresses: IPv4 connections on IPv6 sockets (`::ffff:a.b.c.d`) are recorded as IPv4
+//! (`Tuple::unmap_v4`), in series keys, events and failure matching alike.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(not(target_arch = "bpf"), allow(dead_code, unused_imports))]
@@ -17,25 +28,27 @@ agent_ebpf::probe_object!();
 #[cfg(target_arch = "bpf")]
 mod probe {
     use agent_common::network::{
-        counter, failure, Conn, ConnEvent, LastClosed, ListenerKey, Owner, PendingError,
-        RateWindow, SeriesKey, SeriesStats, SynKey, Tuple, AF_INET, AF_INET6, AGG_PEER, AGG_PORT,
-        EVENT_CLOSE, EVENT_FAILURE, EVENT_OPEN, ROLE_CLIENT, ROLE_SERVER,
+        counter, failure, Conn, ConnEvent, LastClosed, Owner, PendingError, RateWindow, SeriesKey,
+        SeriesStats, Tuple, AF_INET, AF_INET6, AGG_PEER, AGG_PORT, EVENT_CLOSE, EVENT_FAILURE,
+        EVENT_OPEN, ROLE_CLIENT, ROLE_SERVER,
     };
     use aya_ebpf::{
         bindings::{
-            BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
-            BPF_SOCK_OPS_RETRANS_CB, BPF_SOCK_OPS_RETRANS_CB_FLAG, BPF_SOCK_OPS_RTT_CB,
-            BPF_SOCK_OPS_RTT_CB_FLAG, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-            BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_SOCK_OPS_TIMEOUT_INIT,
+            bpf_map_type::BPF_MAP_TYPE_SK_STORAGE, BPF_F_CLONE, BPF_F_NO_PREALLOC,
+            BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+            BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RETRANS_CB,
+            BPF_SOCK_OPS_RETRANS_CB_FLAG, BPF_SOCK_OPS_RTT_CB, BPF_SOCK_OPS_RTT_CB_FLAG,
+            BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+            BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_SOCK_OPS_TIMEOUT_INIT,
         },
         helpers::{
             bpf_get_current_comm, bpf_get_current_pid_tgid,
             generated::{
-                bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
-                bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
+                bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_coarse_ns,
+                bpf_ktime_get_ns, bpf_sk_storage_delete, bpf_sk_storage_get,
             },
         },
-        macros::{map, sock_ops, tracepoint},
+        macros::{btf_map, map, sock_ops, tracepoint},
         maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
         programs::{SockOpsContext, TracePointContext},
     };
@@ -67,16 +80,52 @@ mod probe {
         PerCpuHashMap::with_max_entries(1024, 0);
     #[map]
     static NET_CONNS: HashMap<u64, Conn> = HashMap::with_max_entries(65536, 0);
+    /// A BTF map definition of socket storage whose values the kernel clones into accepted
+    /// sockets (aya-ebpf's `SkStorage` sets no `BPF_F_CLONE`, and reads only sock_addr
+    /// contexts). Fields are the libbpf `.maps` convention: types encode the attributes.
+    #[repr(C)]
+    pub struct ClonedSkStorage {
+        r#type: *const [i32; BPF_MAP_TYPE_SK_STORAGE as usize],
+        key: *const i32,
+        value: *const Owner,
+        max_entries: *const [i32; 0],
+        map_flags: *const [i32; (BPF_F_NO_PREALLOC | BPF_F_CLONE) as usize],
+    }
+    // SAFETY: the fields are placeholders the loader reads from BTF; never dereferenced.
+    unsafe impl Sync for ClonedSkStorage {}
+
+    impl ClonedSkStorage {
+        const fn new() -> Self {
+            ClonedSkStorage {
+                r#type: core::ptr::null(),
+                key: core::ptr::null(),
+                value: core::ptr::null(),
+                max_entries: core::ptr::null(),
+                map_flags: core::ptr::null(),
+            }
+        }
+
+        #[inline(always)]
+        fn as_ptr(&self) -> *mut core::ffi::c_void {
+            core::ptr::from_ref(self).cast_mut().cast()
+        }
+    }
+
+    /// The owner of each listening socket, cloned into the sockets it accepts.
+    #[btf_map]
+    static NET_LISTENER_OWNERS: ClonedSkStorage = ClonedSkStorage::new();
+    /// SYN arrival time by the request socket's cookie (which its child socket keeps).
     #[map]
-    static NET_LISTENERS: LruHashMap<ListenerKey, Owner> = LruHashMap::with_max_entries(4096, 0);
-    #[map]
-    static NET_SYNS: LruHashMap<SynKey, u64> = LruHashMap::with_max_entries(8192, 0);
+    static NET_SYNS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(8192, 0);
     #[map]
     static NET_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
     #[map]
     static NET_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
     #[map]
     static NET_SCRATCH: PerCpuArray<SeriesStats> = PerCpuArray::with_max_entries(1, 0);
+    /// Where an accepted connection's entry is built (off the 512-byte stack).
+    #[map]
+    static NET_CONN_SCRATCH: PerCpuArray<Conn> = PerCpuArray::with_max_entries(1, 0);
     #[map]
     static NET_LAST_CLOSED: PerCpuArray<LastClosed> = PerCpuArray::with_max_entries(1, 0);
     #[map]
@@ -116,8 +165,11 @@ mod probe {
     fn try_network_sockops(ctx: &SockOpsContext) -> Result<(), i64> {
         match field!(ctx, op) {
             BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(ctx),
-            BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_established(ctx, ROLE_CLIENT),
-            BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_established(ctx, ROLE_SERVER),
+            BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_established(ctx),
+            BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+                on_accepted(ctx)?;
+                on_established(ctx)
+            }
             BPF_SOCK_OPS_TCP_LISTEN_CB => on_listen(ctx),
             BPF_SOCK_OPS_TIMEOUT_INIT => on_timeout_init(ctx),
             BPF_SOCK_OPS_RTT_CB => on_rtt(ctx),
@@ -132,9 +184,10 @@ mod probe {
         unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) }
     }
 
+    /// The context's full socket (null for request and time-wait sockets).
     #[inline(always)]
-    fn netns(ctx: &SockOpsContext) -> u64 {
-        unsafe { bpf_get_netns_cookie(ctx.ops as *mut _) }
+    fn full_sock(ctx: &SockOpsContext) -> *mut core::ffi::c_void {
+        field!(ctx, __bindgen_anon_2.sk).cast()
     }
 
     /// The peer port in host order. The kernel stores it in network order; depending on the
@@ -182,14 +235,16 @@ mod probe {
         ];
         let local_port = field!(ctx, local_port);
         let remote_port = field!(ctx, remote_port);
-        Tuple {
+        let mut t = Tuple {
             local: addr_bytes(local4, local6, family),
             peer: addr_bytes(remote4, remote6, family),
             local_port: local_port as u16,
             peer_port: peer_port(remote_port),
             family,
             _pad: [0; 3],
-        }
+        };
+        t.unmap_v4();
+        t
     }
 
     /// The current task, in process context (connect(), listen()).
@@ -253,15 +308,51 @@ mod probe {
         NET_SERIES.get_ptr_mut(other).map(|v| unsafe { &mut *v })
     }
 
+    /// listen(): the caller owns the socket; its owner is stored on the socket, to be cloned
+    /// into every connection it accepts.
     #[inline(never)]
     fn on_listen(ctx: &SockOpsContext) -> Result<(), i64> {
-        let key = ListenerKey {
-            netns: netns(ctx),
-            port: field!(ctx, local_port) as u16,
-            _pad: [0; 6],
-        };
-        NET_LISTENERS.insert(key, current_owner(), 0)?;
+        let sk = full_sock(ctx);
+        if sk.is_null() {
+            return Ok(());
+        }
+        let mut owner = current_owner();
+        let stored = unsafe {
+            bpf_sk_storage_get(
+                NET_LISTENER_OWNERS.as_ptr(),
+                sk,
+                core::ptr::from_mut(&mut owner).cast(),
+                BPF_SK_STORAGE_GET_F_CREATE.into(),
+            )
+        }
+        .cast::<Owner>();
+        if stored.is_null() {
+            bump(counter::LISTENER_STORE_FAILED);
+            return Ok(());
+        }
+        // An existing entry (listen() again after shutdown, or seeded from /proc) takes the
+        // caller: it is the socket's owner now.
+        unsafe { *stored = owner };
         Ok(())
+    }
+
+    /// The owner cloned from the listener into this accepted socket (then removed from it: it
+    /// is copied into the connection's entry). `Owner::default()` (tgid 0) when unknown.
+    #[inline(always)]
+    fn listener_owner(ctx: &SockOpsContext) -> Owner {
+        let sk = full_sock(ctx);
+        if sk.is_null() {
+            return Owner::default();
+        }
+        let map = NET_LISTENER_OWNERS.as_ptr();
+        let p = unsafe { bpf_sk_storage_get(map, sk, core::ptr::null_mut(), 0) }.cast::<Owner>();
+        if p.is_null() {
+            bump(counter::LISTENER_UNKNOWN);
+            return Owner::default();
+        }
+        let owner = unsafe { *p };
+        let _ = unsafe { bpf_sk_storage_delete(map, sk) };
+        owner
     }
 
     /// A SYN reached a listener: the request socket's initial timeout is asked for. Full
@@ -271,17 +362,36 @@ mod probe {
         if field!(ctx, is_fullsock) != 0 {
             return Ok(());
         }
-        let t = tuple(ctx);
-        let key = SynKey {
-            netns: netns(ctx),
-            local_port: t.local_port,
-            peer_port: t.peer_port,
-            family: t.family,
-            _pad: [0; 3],
-            peer: t.peer,
-        };
-        NET_SYNS.insert(key, now(), 0)?;
+        NET_SYNS.insert(cookie(ctx), now(), 0)?;
         Ok(())
+    }
+
+    /// A listener's child socket reached ESTABLISHED: it is tracked from here, owned by whoever
+    /// listened on the socket that accepted it, timed from its SYN's arrival. Its own frame
+    /// (called before `on_established`, not from it): the two would not fit in one 512-byte
+    /// stack.
+    #[inline(never)]
+    fn on_accepted(ctx: &SockOpsContext) -> Result<(), i64> {
+        let c = cookie(ctx);
+        let start = match unsafe { NET_SYNS.get(c) } {
+            Some(s) => *s,
+            None => {
+                bump(counter::SYN_MISSING);
+                0
+            }
+        };
+        let _ = NET_SYNS.remove(c);
+        let conn = unsafe { &mut *NET_CONN_SCRATCH.get_ptr_mut(0).ok_or(0i64)? };
+        conn.tuple = tuple(ctx);
+        conn.owner = listener_owner(ctx);
+        conn.series = series_key(&conn.owner, &conn.tuple, ROLE_SERVER);
+        conn.start_ns = start;
+        conn.established_ns = 0;
+        conn.handshake_us = 0;
+        conn.srtt_us = 0;
+        conn.role = ROLE_SERVER;
+        conn._pad = [0; 3];
+        track(ctx, conn)
     }
 
     #[inline(never)]
@@ -321,51 +431,9 @@ mod probe {
     }
 
     #[inline(never)]
-    fn on_established(ctx: &SockOpsContext, role: u8) -> Result<(), i64> {
+    fn on_established(ctx: &SockOpsContext) -> Result<(), i64> {
         let t_now = now();
         let c = cookie(ctx);
-        if role == ROLE_SERVER {
-            // The child socket of a listener: its owner is whoever listened.
-            let t = tuple(ctx);
-            let ns = netns(ctx);
-            let lkey = ListenerKey {
-                netns: ns,
-                port: t.local_port,
-                _pad: [0; 6],
-            };
-            let owner = match unsafe { NET_LISTENERS.get(lkey) } {
-                Some(o) => *o,
-                None => Owner::default(),
-            };
-            let skey = SynKey {
-                netns: ns,
-                local_port: t.local_port,
-                peer_port: t.peer_port,
-                family: t.family,
-                _pad: [0; 3],
-                peer: t.peer,
-            };
-            let start = match unsafe { NET_SYNS.get(skey) } {
-                Some(s) => *s,
-                None => {
-                    bump(counter::SYN_MISSING);
-                    0
-                }
-            };
-            let _ = NET_SYNS.remove(skey);
-            let conn = Conn {
-                series: series_key(&owner, &t, ROLE_SERVER),
-                tuple: t,
-                owner,
-                start_ns: start,
-                established_ns: 0,
-                handshake_us: 0,
-                srtt_us: 0,
-                role: ROLE_SERVER,
-                _pad: [0; 3],
-            };
-            track(ctx, &conn)?;
-        }
         let Some(conn) = NET_CONNS.get_ptr_mut(c) else {
             bump(counter::CONN_MISSING);
             return Ok(());
@@ -604,6 +672,8 @@ mod probe {
         } else {
             return Ok(());
         }
+        // As the sock_ops side records it: IPv4 on an IPv6 socket is IPv4.
+        t.unmap_v4();
         let t_now = now();
         // The usual order: the state went to CLOSE on this CPU, then the error is reported.
         if let Some(l) = NET_LAST_CLOSED.get_ptr_mut(0) {

@@ -18,12 +18,14 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("AGENT_LOG_LEVEL", "log.level"),
     ("AGENT_LOG_FORMAT", "log.format"),
     ("AGENT_STATUS_ADDR", "status.listen"),
+    ("AGENT_STATUS_DEBUG_ADDR", "status.debug_listen"),
     ("AGENT_OUTPUT_DIR", "output.dir"),
     ("AGENT_SYSCALLS_ENABLED", "probes.syscalls.enabled"),
     ("AGENT_SYSCALLS_INTERVAL", "probes.syscalls.interval"),
     ("AGENT_NETWORK_ENABLED", "probes.network.enabled"),
     ("AGENT_PROFILER_ENABLED", "probes.profiler.enabled"),
     ("AGENT_PROFILER_FREQUENCY", "probes.profiler.frequency"),
+    ("AGENT_OPAMP_ENDPOINT", "opamp.endpoint"),
 ];
 
 fn parse_bool(s: &str) -> Option<bool> {
@@ -50,6 +52,13 @@ fn set(cfg: &mut Config, path: &str, value: &str) -> Result<(), String> {
                 .parse::<SocketAddr>()
                 .map_err(|e| format!("{value:?} is not an IP:port address ({e})"))?
         }
+        "status.debug_listen" => {
+            cfg.status.debug_listen = Some(
+                value
+                    .parse::<SocketAddr>()
+                    .map_err(|e| format!("{value:?} is not an IP:port address ({e})"))?,
+            )
+        }
         "output.dir" => cfg.output.dir = PathBuf::from(value),
         "probes.syscalls.enabled" => {
             cfg.probes.syscalls.enabled =
@@ -72,6 +81,7 @@ fn set(cfg: &mut Config, path: &str, value: &str) -> Result<(), String> {
                 .parse()
                 .map_err(|_| format!("{value:?} is not a whole number"))?
         }
+        "opamp.endpoint" => cfg.opamp.endpoint = value.to_string(),
         other => unreachable!("no env override for {other}"),
     }
     Ok(())

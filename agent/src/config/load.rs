@@ -135,6 +135,12 @@ fn locate_invalid(
             var: var.to_string(),
             value: value.clone(),
         })
+    } else if let Some((l, c)) = path
+        .contains('[')
+        .then(|| locate::find_item(text, &path))
+        .flatten()
+    {
+        Box::new(Source::file(origin, Some(l), Some(c)))
     } else if file_has(text, &path) {
         let pos = locate::find(text, &path);
         Box::new(Source::file(origin, pos.map(|p| p.0), pos.map(|p| p.1)))

@@ -129,6 +129,41 @@ pub(crate) fn find(text: &str, path: &str) -> Option<(usize, usize)> {
         .map(|k| (k.line, k.value_column.unwrap_or(k.key_column)))
 }
 
+/// The line and column of a list item's string value at a path with indices, e.g.
+/// `transform.metric_statements[0].statements[1]` (OTTL statements): the value is looked up in
+/// the parsed YAML, then its text is searched for after the line of the path's first key (as
+/// written, or as a single- or double-quoted YAML scalar writes it).
+pub(crate) fn find_item(text: &str, path: &str) -> Option<(usize, usize)> {
+    let mut v: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).ok()?;
+    for part in path.split('.') {
+        let (key, rest) = part.split_once('[').unwrap_or((part, ""));
+        v = v.get(key)?.clone();
+        for idx in rest.split('[').filter(|s| !s.is_empty()) {
+            let i: usize = idx.trim_end_matches(']').parse().ok()?;
+            v = v.get(i)?.clone();
+        }
+    }
+    let want = v.as_str()?;
+    let top = path.split(['.', '[']).next()?;
+    let start = find(text, top).map_or(1, |(l, _)| l);
+    let forms = [
+        want.to_string(),
+        want.replace('\'', "''"),
+        serde_json::Value::String(want.to_string())
+            .to_string()
+            .trim_matches('"')
+            .to_string(),
+    ];
+    for (i, raw) in text.lines().enumerate().skip(start - 1) {
+        for f in &forms {
+            if let Some(b) = raw.find(f.as_str()) {
+                return Some((i + 1, raw[..b].chars().count() + 1));
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +205,23 @@ probes:
             .map(|(p, l, k, v)| (p.to_string(), l, k, v))
             .collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn list_items_are_found_by_their_text() {
+        let text = "transform:\n  metric_statements:\n    - context: datapoint\n      statements:\n        - set(a, 1)\n        - 'set(attributes[\"x\"], \"it''s\")'\n";
+        assert_eq!(
+            find_item(text, "transform.metric_statements[0].statements[0]"),
+            Some((5, 11))
+        );
+        assert_eq!(
+            find_item(text, "transform.metric_statements[0].statements[1]"),
+            Some((6, 12))
+        );
+        assert_eq!(
+            find_item(text, "transform.metric_statements[0].statements[2]"),
+            None
+        );
     }
 
     #[test]

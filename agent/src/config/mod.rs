@@ -11,6 +11,7 @@
 //! - `validate.rs`: ranges and formats, and the "what is allowed" hints.
 //! - `locate.rs`: finds a field's line in the YAML text.
 //! - `error.rs`: `ConfigError`.
+//! - `watch.rs`: reload when the file (a mounted ConfigMap) changes.
 
 mod env;
 mod error;
@@ -18,6 +19,7 @@ mod load;
 mod locate;
 mod model;
 mod validate;
+pub mod watch;
 
 #[cfg(test)]
 mod tests;
@@ -26,9 +28,10 @@ pub use env::ENV_OVERRIDES;
 pub use error::{ConfigError, Source};
 pub use load::DEFAULT_ORIGIN;
 pub use model::{
-    Aggregation, Compression, Config, ExportConfig, LogConfig, LogFormat, NetworkConfig,
-    OutputConfig, ProbesConfig, ProfilerConfig, ProfilerMode, ProfilerUnwinder, Protocol,
-    SignalConfig, SpoolConfig, StatusConfig, SyscallsConfig, Temporality, TlsConfig,
+    Aggregation, Compression, Config, ExportConfig, HistogramBuckets, LogConfig, LogFormat,
+    NetworkConfig, OutputConfig, ProbesConfig, ProfilerConfig, ProfilerMode, ProfilerUnwinder,
+    Protocol, SignalConfig, SpoolConfig, StatusConfig, SyscallAggregation, SyscallsConfig,
+    Temporality, TlsConfig,
 };
 pub use validate::check_url;
 

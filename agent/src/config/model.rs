@@ -21,6 +21,12 @@ pub struct Config {
     pub output: OutputConfig,
     pub export: ExportConfig,
     pub probes: ProbesConfig,
+    /// OTTL statements applied to everything that leaves the agent (`transform::config`).
+    pub transform: crate::transform::TransformConfig,
+    /// OTTL conditions that drop metrics, points and log records before they leave.
+    pub filter: crate::transform::FilterConfig,
+    /// OpAMP remote management (local-only: a remote config cannot change it).
+    pub opamp: crate::opamp::config::OpampConfig,
 }
 
 /// The agent's own log.
@@ -69,11 +75,23 @@ impl std::fmt::Display for LogFormat {
 }
 
 /// The HTTP status endpoint (/healthz /readyz /status /metrics, and /debug/ profiling).
+///
+/// `/status` and `/debug/*` (they name every process and cost CPU per request) answer only on
+/// a loopback listener, or with `Authorization: Bearer <token>` when `token_file` is set; the
+/// other routes answer on every listener (see `status::access`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StatusConfig {
     pub enabled: bool,
     pub listen: SocketAddr,
+    /// Histogram buckets on `/metrics`: every kernel bound, or every third (OTLP always gets
+    /// every bound).
+    pub histogram_buckets: HistogramBuckets,
+    /// A second listener serving every route, e.g. 127.0.0.1:9465 beside a pod-IP `listen`.
+    pub debug_listen: Option<SocketAddr>,
+    /// A file whose content (trimmed) is the bearer token that opens /status and /debug/* on a
+    /// non-loopback listener.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for StatusConfig {
@@ -81,8 +99,22 @@ impl Default for StatusConfig {
         StatusConfig {
             enabled: true,
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 9464)),
+            histogram_buckets: HistogramBuckets::Coarse,
+            debug_listen: None,
+            token_file: None,
         }
     }
+}
+
+/// How many histogram buckets `/metrics` writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistogramBuckets {
+    /// Every bound (40 lines per syscall latency series).
+    Full,
+    /// Every third log2 bound from 1 µs to 17 s (10 lines), exact at each kept bound.
+    #[default]
+    Coarse,
 }
 
 /// Local output files.
@@ -124,16 +156,23 @@ pub struct SyscallsConfig {
     /// How often userspace drains the kernel maps.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
-    /// Kernel LRU map size, (process, syscall) pairs.
+    /// What the exported series are keyed by (the kernel and the signal deriver always keep
+    /// processes).
+    pub aggregation: SyscallAggregation,
+    /// Kernel map size, (process, syscall) pairs; beyond it, new pairs go to "other".
     pub max_entries: u32,
-    /// Kernel LRU map size, (process, syscall, errno) triples.
+    /// Kernel map size, (process, syscall, errno) triples.
     pub error_entries: u32,
+    /// Kernel map size: live processes whose generation is kept (pid reuse and exec tell
+    /// incarnations apart).
+    pub max_processes: u32,
     /// In-flight syscall slots; a power of two.
     pub inflight_slots: u32,
     /// Fast-table entries per CPU (a power of two, or 0 for none): per-(process, syscall)
     /// histograms reached without a hash lookup; keys that collide use the LRU map.
     pub fast_slots: u32,
-    /// Processes exported individually; the rest are folded into one "other" series.
+    /// Series owners (processes, executables or containers, by `aggregation`) exported
+    /// individually per drain: the busiest of the interval; the rest add to "other".
     pub top_processes: usize,
     /// How long an exited process's final series stay exported.
     #[serde(with = "humantime_serde")]
@@ -145,12 +184,40 @@ impl Default for SyscallsConfig {
         SyscallsConfig {
             enabled: true,
             interval: Duration::from_secs(5),
+            aggregation: SyscallAggregation::Executable,
             max_entries: 4096,
             error_entries: 4096,
+            max_processes: 32_768,
             inflight_slots: 262_144,
             fast_slots: 1024,
             top_processes: 100,
             retain_exited: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What exported syscall series are keyed by, besides the syscall.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyscallAggregation {
+    /// Process (pid, executable name, container id).
+    Process,
+    /// Executable name and container id (pids dropped).
+    #[default]
+    Executable,
+    /// Container id (host processes: none).
+    Container,
+    /// Nothing: one series per syscall for the whole host.
+    Host,
+}
+
+impl SyscallAggregation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyscallAggregation::Process => "process",
+            SyscallAggregation::Executable => "executable",
+            SyscallAggregation::Container => "container",
+            SyscallAggregation::Host => "host",
         }
     }
 }

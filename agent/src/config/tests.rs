@@ -164,8 +164,9 @@ probes:
         "probes.syscalls.intervall",
         Some(8),
         "agent.yaml:8:5: unknown field probes.syscalls.intervall\n\
-         fix: allowed fields here: enabled, interval, max_entries, error_entries, \
-         inflight_slots, fast_slots, top_processes, retain_exited (did you mean interval?)",
+         fix: allowed fields here: enabled, interval, aggregation, max_entries, error_entries, \
+         max_processes, inflight_slots, fast_slots, top_processes, retain_exited (did you mean \
+         interval?)",
     );
 }
 
@@ -177,20 +178,20 @@ fn unknown_top_level_and_flow_fields() {
         "probe",
         Some(3),
         "agent.yaml:3:1: unknown field probe\n\
-         fix: allowed fields here: log, status, output, export, probes (did you mean probes?)",
+         fix: allowed fields here: log, status, output, export, probes, transform, filter, opamp (did you mean probes?)",
     );
     // No suggestion when nothing is close.
     let e = parse_err("foo: 1\n");
     assert_eq!(
         e.fix(),
-        "allowed fields here: log, status, output, export, probes"
+        "allowed fields here: log, status, output, export, probes, transform, filter, opamp"
     );
     let e = parse_err("status: {enabled: true, port: 9464}\n");
     assert_err(
         &e,
         "status.port",
         Some(1),
-        "agent.yaml:1:25: unknown field status.port\nfix: allowed fields here: enabled, listen",
+        "agent.yaml:1:25: unknown field status.port\nfix: allowed fields here: enabled, listen, histogram_buckets, debug_listen, token_file",
     );
 }
 
@@ -393,7 +394,7 @@ fn wrong_types_and_syntax() {
     assert_eq!(
         e.to_string(),
         "agent.yaml:1:1: invalid type: integer `42`, expected a mapping\n\
-         fix: use a mapping with the sections log, status, output, export, probes"
+         fix: use a mapping with the sections log, status, output, export, probes, transform, filter, opamp"
     );
     let e = parse_err("log:\n  level: info\n   format: text\n");
     assert_eq!(e.path(), None);

@@ -20,6 +20,9 @@ pub(crate) const FIELDS: &[&str] = &[
     "status",
     "status.enabled",
     "status.listen",
+    "status.histogram_buckets",
+    "status.debug_listen",
+    "status.token_file",
     "output",
     "output.dir",
     "output.interval",
@@ -50,8 +53,10 @@ pub(crate) const FIELDS: &[&str] = &[
     "probes.syscalls",
     "probes.syscalls.enabled",
     "probes.syscalls.interval",
+    "probes.syscalls.aggregation",
     "probes.syscalls.max_entries",
     "probes.syscalls.error_entries",
+    "probes.syscalls.max_processes",
     "probes.syscalls.inflight_slots",
     "probes.syscalls.fast_slots",
     "probes.syscalls.top_processes",
@@ -83,6 +88,31 @@ pub(crate) const FIELDS: &[&str] = &[
     "probes.profiler.symbolizer_files",
     "probes.profiler.unwinder",
     "probes.profiler.unwind_table_rows",
+    "transform",
+    "transform.error_mode",
+    "transform.metric_statements",
+    "transform.log_statements",
+    "transform.profile_statements",
+    "filter",
+    "filter.error_mode",
+    "filter.metrics",
+    "filter.metrics.metric",
+    "filter.metrics.datapoint",
+    "filter.logs",
+    "filter.logs.log_record",
+    "opamp",
+    "opamp.endpoint",
+    "opamp.headers",
+    "opamp.tls",
+    "opamp.tls.ca_file",
+    "opamp.tls.cert_file",
+    "opamp.tls.key_file",
+    "opamp.compression",
+    "opamp.heartbeat_interval",
+    "opamp.timeout",
+    "opamp.max_message_bytes",
+    "opamp.accept_remote_config",
+    "opamp.rollback_grace",
 ];
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -225,13 +255,15 @@ pub(crate) fn allowed(path: &str) -> Option<String> {
         "" => format!("a mapping with the sections {}", fields_of("")),
         "log" | "status" | "output" | "export" | "export.tls" | "export.metrics"
         | "export.logs" | "export.profiles" | "export.spool" | "probes" | "probes.syscalls"
-        | "probes.network" | "probes.profiler" => {
+        | "probes.network" | "probes.profiler" | "transform" | "filter" | "filter.metrics"
+        | "filter.logs" | "opamp" | "opamp.tls" => {
             format!("a mapping with the fields {}", fields_of(path))
         }
         "log.level" => "a level (off, error, warn, info, debug, trace) or tracing filter \
                         directives like warn,agent=debug (a target needs a level: agent=debug)"
             .to_string(),
         "log.format" => "text or json".to_string(),
+        "status.histogram_buckets" => "coarse or full".to_string(),
         "status.enabled"
         | "probes.syscalls.enabled"
         | "probes.network.enabled"
@@ -243,6 +275,12 @@ pub(crate) fn allowed(path: &str) -> Option<String> {
         }
         "status.listen" => {
             "an IP:port address such as 127.0.0.1:9464, 0.0.0.0:9464 or [::1]:9464".to_string()
+        }
+        "status.debug_listen" => "an IP:port address such as 127.0.0.1:9465 (another port than \
+                                  status.listen), or null for none"
+            .to_string(),
+        "status.token_file" => {
+            "a path to a file holding the bearer token, or null for none".to_string()
         }
         "output.dir" => "a directory path such as agent-output or /var/lib/agent".to_string(),
         "output.interval" => durations(&OUTPUT_INTERVAL),
@@ -272,7 +310,9 @@ pub(crate) fn allowed(path: &str) -> Option<String> {
             SPOOL_BYTES.min, SPOOL_BYTES.max, SPOOL_BYTES.example
         ),
         "probes.syscalls.interval" => durations(&SYSCALLS_INTERVAL),
+        "probes.syscalls.aggregation" => "process, executable, container or host".to_string(),
         "probes.syscalls.max_entries" | "probes.syscalls.error_entries" => numbers(&MAP_ENTRIES),
+        "probes.syscalls.max_processes" => numbers(&MAP_ENTRIES),
         "probes.syscalls.inflight_slots" => format!(
             "a power of two from {} to {}, e.g. {}",
             INFLIGHT_SLOTS.min, INFLIGHT_SLOTS.max, INFLIGHT_SLOTS.example
@@ -312,6 +352,17 @@ pub(crate) fn allowed(path: &str) -> Option<String> {
                                        aggregate)"
             .to_string(),
         "probes.profiler.unwind_table_rows" => numbers(&UNWIND_ROWS),
+        "transform.error_mode" | "filter.error_mode" => "ignore, silent or propagate".to_string(),
+        "transform.metric_statements" | "transform.log_statements" | "transform.profile_statements" => {
+            "a list of groups, each with context (metric_statements: resource, scope, metric, \
+             datapoint; log_statements: resource, scope, log; profile_statements: resource) and \
+             statements (OTTL), optionally conditions and error_mode"
+                .to_string()
+        }
+        "filter.metrics.metric" | "filter.metrics.datapoint" | "filter.logs.log_record" => {
+            "a list of OTTL conditions (an item matching any of them is dropped)".to_string()
+        }
+        p if p.starts_with("opamp.") => return crate::opamp::config::allowed(p),
         _ => return None,
     })
 }
@@ -378,6 +429,9 @@ pub(crate) fn check_field(cfg: &Config, path: &str) -> Result<(), String> {
     let prof = &cfg.probes.profiler;
     match path {
         "log.level" => check_level(&cfg.log.level),
+        "status.debug_listen" if cfg.status.debug_listen == Some(cfg.status.listen) => {
+            Err(format!("{} is also status.listen", cfg.status.listen))
+        }
         "output.dir" if cfg.output.dir.as_os_str().is_empty() => Err("is empty".to_string()),
         "output.interval" => check_duration(cfg.output.interval, &OUTPUT_INTERVAL),
         "output.max_file_bytes" => check_number(cfg.output.max_file_bytes, &MAX_FILE_BYTES),
@@ -392,6 +446,7 @@ pub(crate) fn check_field(cfg: &Config, path: &str) -> Result<(), String> {
         "probes.syscalls.interval" => check_duration(sys.interval, &SYSCALLS_INTERVAL),
         "probes.syscalls.max_entries" => check_number(sys.max_entries.into(), &MAP_ENTRIES),
         "probes.syscalls.error_entries" => check_number(sys.error_entries.into(), &MAP_ENTRIES),
+        "probes.syscalls.max_processes" => check_number(sys.max_processes.into(), &MAP_ENTRIES),
         "probes.syscalls.inflight_slots" => {
             check_number(sys.inflight_slots.into(), &INFLIGHT_SLOTS)?;
             if !sys.inflight_slots.is_power_of_two() {
@@ -460,6 +515,7 @@ pub(crate) fn check_field(cfg: &Config, path: &str) -> Result<(), String> {
         "probes.profiler.unwind_table_rows" => {
             check_number(prof.unwind_table_rows.into(), &UNWIND_ROWS)
         }
+        p if p.starts_with("opamp.") => crate::opamp::config::check_field(&cfg.opamp, p),
         _ => Ok(()),
     }
 }
@@ -475,6 +531,15 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 fix: fix_for(path),
             });
         }
+    }
+    // Every OTTL statement and condition, parsed and checked (`transform::config`).
+    if let Err(e) = crate::transform::Pipeline::compile(&cfg.transform, &cfg.filter) {
+        return Err(ConfigError::Invalid {
+            at: Box::new(Source::Unknown),
+            path: e.path,
+            problem: e.problem,
+            fix: e.fix,
+        });
     }
     Ok(())
 }

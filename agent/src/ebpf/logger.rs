@@ -33,6 +33,15 @@ impl log::Log for ProbeLog {
 /// Starts forwarding `probe`'s kernel log records; `None` when the object logs nothing.
 /// Must run inside a tokio runtime. Abort the handle to stop.
 pub fn spawn(probe: &'static str, bpf: &mut Ebpf) -> Option<JoinHandle<()>> {
+    // A probe started on its own drain thread has no runtime here: kernel logs are off then,
+    // instead of a panic that kills the probe's start.
+    if tokio::runtime::Handle::try_current().is_err() {
+        tracing::debug!(
+            probe,
+            "no tokio runtime on this thread: kernel log forwarding is off"
+        );
+        return None;
+    }
     let logger = match EbpfLogger::init_with_logger(bpf, ProbeLog { probe }) {
         Ok(l) => l,
         Err(e) => {

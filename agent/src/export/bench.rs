@@ -190,6 +190,126 @@ pub async fn run(
     Ok(r)
 }
 
+/// The five statements of the transform bench: a redaction (`set` with `SHA256` and a `where`
+/// that holds for 5% of the points: one executable name in twenty), a `delete_key`, a
+/// `keep_keys`, a `replace_pattern` (container ids cut to 12 characters) and a `limit`.
+pub const TRANSFORM_STATEMENTS: [&str; 5] = [
+    r#"set(attributes["process.executable.name"], SHA256(attributes["process.executable.name"])) where attributes["process.executable.name"] == "service-3""#,
+    r#"delete_key(attributes, "host.cpu")"#,
+    r#"keep_keys(attributes, ["syscall.name", "process.pid", "process.executable.name", "container.id"])"#,
+    r#"replace_pattern(attributes["container.id"], "^([0-9a-f]{12})[0-9a-f]+$", "$1")"#,
+    r#"limit(attributes, 4, ["process.pid"])"#,
+];
+
+/// CPU ns per data point of each condition, per round.
+#[derive(Debug)]
+pub struct TransformReport {
+    /// (condition, ns per point of each round): `encode` (the raw snapshot to OTLP),
+    /// `transform` (the five statements), `transform+encode`, `copy` (a statement that never
+    /// applies: the view's copy and merge check alone), and each statement alone (`s1`..`s5`).
+    pub conditions: Vec<(String, Vec<f64>)>,
+    pub points_per_export: usize,
+}
+
+fn transformer_of(statements: &[&str]) -> Result<Arc<crate::transform::Transformer>, String> {
+    use crate::transform::{config::StatementGroup, FilterConfig, Pipeline, TransformConfig};
+    let t = TransformConfig {
+        metric_statements: vec![StatementGroup {
+            context: crate::ottl::Context::Datapoint,
+            conditions: Vec::new(),
+            statements: statements.iter().map(|s| s.to_string()).collect(),
+            error_mode: None,
+        }],
+        ..Default::default()
+    };
+    let p = Pipeline::compile(&t, &FilterConfig::default()).map_err(|e| e.problem)?;
+    Ok(crate::transform::Transformer::new(p))
+}
+
+/// `rounds` rounds over `exports` exports of `series` histogram series plus as many counters;
+/// every round times each condition once, in an order rotated every round. CPU time of this
+/// thread (`CLOCK_THREAD_CPUTIME_ID`).
+pub fn transform_bench(
+    series: usize,
+    rounds: usize,
+    exports: usize,
+) -> Result<TransformReport, String> {
+    let export = crate::transform::Consumer::Export;
+    let all = transformer_of(&TRANSFORM_STATEMENTS)?;
+    let mut conds: Vec<(String, Option<Arc<crate::transform::Transformer>>, bool)> = vec![
+        ("encode".into(), None, true),
+        ("transform".into(), Some(all.clone()), false),
+        ("transform+encode".into(), Some(all.clone()), true),
+        (
+            "copy".into(),
+            Some(transformer_of(&[r#"set(attributes["x"], 1) where false"#])?),
+            false,
+        ),
+    ];
+    for (k, s) in TRANSFORM_STATEMENTS.iter().enumerate() {
+        conds.push((format!("s{}", k + 1), Some(transformer_of(&[s])?), false));
+    }
+    let batches = vec![synthetic(series)];
+    let points = series * 2;
+    let res = resource::build("00000000-0000-0000-0000-000000000000", |_| None);
+    let mut enc = MetricsEncoder::new(Temporality::Cumulative, super::MAX_POINTS_PER_REQUEST);
+    // Sanity: the statements did what they say.
+    let view = all
+        .metrics(export, || batches.clone(), &res, SystemTime::now())
+        .map_err(|e| e.to_string())?;
+    let p0 = &view.batches[0].families[0].points[0];
+    if p0.labels.len() != 4
+        || crate::metrics::model::get(&p0.labels, "container.id")
+            .and_then(|v| v.as_str())
+            .map(str::len)
+            != Some(12)
+    {
+        return Err(format!(
+            "transform bench statements did not apply: {:?}",
+            p0.labels
+        ));
+    }
+    let cpu = || {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes the timespec we pass.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as f64 * 1e9 + ts.tv_nsec as f64
+    };
+    let mut out: Vec<Vec<f64>> = vec![Vec::new(); conds.len()];
+    for round in 0..rounds {
+        for k in 0..conds.len() {
+            let c = (k + round) % conds.len();
+            let (_, tr, encode) = &conds[c];
+            let t0 = cpu();
+            for _ in 0..exports {
+                let now = SystemTime::now();
+                match tr {
+                    None => {
+                        std::hint::black_box(enc.encode(&batches, &res, now));
+                    }
+                    Some(tr) => {
+                        let v = tr
+                            .metrics(export, || batches.clone(), &res, now)
+                            .map_err(|e| e.to_string())?;
+                        if *encode {
+                            std::hint::black_box(enc.encode(&v.batches, &v.resource, now));
+                        }
+                        std::hint::black_box(&v.batches);
+                    }
+                }
+            }
+            out[c].push((cpu() - t0) / (exports * points) as f64);
+        }
+    }
+    Ok(TransformReport {
+        conditions: conds.into_iter().map(|c| c.0).zip(out).collect(),
+        points_per_export: points,
+    })
+}
+
 /// The body size as the transport sends it. Measured on the side (not on the timed path's
 /// socket), with the same encoders.
 fn wire_size(protocol: Protocol, compression: Compression, proto: &[u8]) -> u64 {

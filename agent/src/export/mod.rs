@@ -40,6 +40,7 @@ use crate::{
     output::{self, OutputSettings},
     selfstats,
     status::state::{AgentState, ConnRecord},
+    transform::{Consumer, Transformer},
 };
 
 /// Data points per metrics request (larger exports are split).
@@ -72,13 +73,24 @@ pub struct Exporter {
     /// What it was built from (rebuilt when this changes).
     pub key: (Settings, OutputSettings),
     stop: watch::Sender<bool>,
+    /// Stops the deliveries, once the producer's last export is in their spools.
+    stop_deliveries: watch::Sender<bool>,
+    /// The producer first, then one delivery per signal.
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Exporter {
+    /// The producer makes its last export (into the spools) and ends; only then do the
+    /// deliveries get their grace period, so that export is sent too when the collector
+    /// answers, instead of a delivery finding its spool empty and ending first.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        for t in self.tasks {
+        let mut tasks = self.tasks.into_iter();
+        if let Some(producer) = tasks.next() {
+            let _ = producer.await;
+        }
+        let _ = self.stop_deliveries.send(true);
+        for t in tasks {
             let _ = t.await;
         }
     }
@@ -90,11 +102,14 @@ pub fn spawn(
     output: OutputSettings,
     store: Arc<Store>,
     state: Arc<AgentState>,
+    transform: Arc<Transformer>,
 ) -> Exporter {
     let (stop, rx) = watch::channel(false);
+    let (stop_deliveries, delivery_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let instance = resource::instance_id(&output.dir);
     let resource = resource::build(&instance, |k| std::env::var(k).ok());
+    transform.set_resource(resource.clone());
     let backend = if settings.targets.is_empty() {
         state.update_exporter(|e| {
             e.kind = "file".into();
@@ -147,7 +162,11 @@ pub fn spawn(
             };
             let d = Delivery::new(target.signal, spool, target.url.to_string(), state.clone());
             let grace = target.timeout.min(Duration::from_secs(5));
-            tasks.push(tokio::spawn(d.clone().run(transport, rx.clone(), grace)));
+            tasks.push(tokio::spawn(d.clone().run(
+                transport,
+                delivery_rx.clone(),
+                grace,
+            )));
             deliveries.push((target.signal, d));
         }
         let targets: Vec<String> = settings.targets.iter().map(|t| t.url.to_string()).collect();
@@ -173,6 +192,7 @@ pub fn spawn(
         backend,
         store,
         state,
+        transform,
         events: Vec::new(),
         failing: None,
     };
@@ -180,6 +200,7 @@ pub fn spawn(
     Exporter {
         key: (settings, output),
         stop,
+        stop_deliveries,
         tasks,
     }
 }
@@ -191,6 +212,8 @@ struct Producer {
     backend: Backend,
     store: Arc<Store>,
     state: Arc<AgentState>,
+    /// `transform:`/`filter:`, applied to each signal once per export.
+    transform: Arc<Transformer>,
     events: Vec<ConnRecord>,
     /// The last file-write error logged (logged once while it persists).
     failing: Option<String>,
@@ -258,12 +281,37 @@ impl Producer {
     }
 
     async fn export(&mut self) {
-        let mut batches = self.store.snapshot();
-        let own = selfstats::batch(&selfstats::sample(), &self.state, self.state.started_at);
-        batches.push(Arc::new(own));
-        let requests = self
-            .encoder
-            .encode(&batches, &self.resource, SystemTime::now());
+        let (store, state) = (&self.store, &self.state);
+        let snapshot = || {
+            let mut batches = store.snapshot();
+            let own = selfstats::batch(&selfstats::sample(), state, state.started_at);
+            batches.push(Arc::new(own));
+            batches
+        };
+        let now = SystemTime::now();
+        let view = match self
+            .transform
+            .metrics(Consumer::Export, snapshot, &self.resource, now)
+        {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!("{e}");
+                self.export_logs().await;
+                return;
+            }
+        };
+        let mut requests = self.encoder.encode(&view.batches, &view.resource, now);
+        if let Some(scope) = &view.scope {
+            for (r, _) in &mut requests {
+                for sm in r
+                    .resource_metrics
+                    .iter_mut()
+                    .flat_map(|rm| &mut rm.scope_metrics)
+                {
+                    sm.scope = Some(scope.clone());
+                }
+            }
+        }
         match self.backend.delivery(Signal::Metrics) {
             Some(d) => {
                 for (r, n) in &requests {
@@ -286,12 +334,12 @@ impl Producer {
             return;
         }
         let events = std::mem::take(&mut self.events);
-        let requests = logs::encode(
-            &events,
-            &self.resource,
-            SystemTime::now(),
-            MAX_RECORDS_PER_REQUEST,
-        );
+        let now = SystemTime::now();
+        let mut requests = logs::encode(&events, &self.resource, now, MAX_RECORDS_PER_REQUEST);
+        if let Err(e) = self.transform.logs(&mut requests, metrics::unix_nanos(now)) {
+            tracing::error!("{e}");
+            return;
+        }
         match self.backend.delivery(Signal::Logs) {
             Some(d) => {
                 for (r, n) in &requests {
@@ -311,6 +359,7 @@ impl Producer {
     /// One profiler interval: OTLP profiles (always protobuf; see `delivery`), or with no
     /// profiles endpoint a gzipped pprof file under `<output.dir>/profiles/`.
     async fn export_profile(&mut self, p: &crate::profile::Profile) {
+        let now = metrics::unix_nanos(SystemTime::now());
         match self.backend.delivery(Signal::Profiles) {
             Some(d) => {
                 let base = &self.resource.attributes;
@@ -321,12 +370,23 @@ impl Producer {
                         .flat_map(|x| &x.samples)
                         .map(|s| s.count)
                         .sum();
-                    let req = crate::profile::otlp::encode(&part, base);
+                    let mut req = crate::profile::otlp::encode(&part, base);
+                    if let Err(e) = self.transform.profile_request(&mut req, now) {
+                        tracing::error!("{e}");
+                        return;
+                    }
                     d.submit(samples, &req.encode_to_vec());
                 }
             }
             None => {
-                let bytes = crate::profile::pprof::encode(p);
+                let p = match self.transform.profile_for_pprof(p, now) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        return;
+                    }
+                };
+                let bytes = crate::profile::pprof::encode(&p);
                 let dir = self.backend.files.dir.join(PROFILES_DIR);
                 let name = format!("cpu-{}.pb.gz", p.start_unix_nanos / 1_000_000);
                 let r = tokio::task::spawn_blocking(move || {

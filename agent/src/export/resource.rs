@@ -4,11 +4,14 @@
 //! Sources: `host.name` (uname), `host.id` (`/etc/machine-id`), `os.type` = linux,
 //! `k8s.node.name` / `k8s.pod.name` / `k8s.pod.uid` / `k8s.namespace.name` from `K8S_NODE_NAME`
 //! / `K8S_POD_NAME` / `K8S_POD_UID` / `K8S_NAMESPACE`, `service.name` (`OTEL_SERVICE_NAME`,
-//! default `agent`), `service.version`, `service.instance.id` (a UUID kept in the spool
-//! directory so restarts keep it), then `OTEL_RESOURCE_ATTRIBUTES` (which never overrides the
+//! default `agent`), `service.version`, `service.instance.id` (a UUIDv7 kept in
+//! `<output.dir>/instance-id` so restarts keep it, format in `crate::persist`; the same id is
+//! the OpAMP `instance_uid`), then `OTEL_RESOURCE_ATTRIBUTES` (which never overrides the
 //! detected keys above).
 
 use std::path::Path;
+
+use crate::persist;
 
 use opentelemetry_proto::tonic::{
     common::v1::{any_value, AnyValue, KeyValue},
@@ -66,24 +69,114 @@ fn machine_id() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// A random UUID (v4) from the kernel's generator.
-fn new_uuid() -> String {
-    let raw = std::fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap_or_default();
-    raw.trim().to_string()
+/// The file under the output directory that holds the instance id (one id for OTLP's
+/// `service.instance.id` and OpAMP's `instance_uid`).
+pub const INSTANCE_ID_FILE: &str = "instance-id";
+
+/// What an `instance-id` file holds.
+#[derive(Debug, PartialEq, Eq)]
+enum StoredId {
+    /// `agent-instance-id 1` then the UUID.
+    Current(uuid::Uuid),
+    /// A bare UUID: written before the file had a format line.
+    Unversioned(uuid::Uuid),
+    /// A format line of another version (a newer agent's): left alone.
+    OtherVersion(String),
+    /// Empty, torn or foreign: replaced.
+    Invalid,
 }
 
-/// The instance id stored in `dir/instance-id`, created on first use; a fresh one when the
+fn parse_stored_id(text: &str) -> StoredId {
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or("").trim();
+    if let Ok(id) = uuid::Uuid::try_parse(first) {
+        if lines.all(|l| l.trim().is_empty()) {
+            return StoredId::Unversioned(id);
+        }
+        return StoredId::Invalid;
+    }
+    match persist::INSTANCE_ID.check(first) {
+        persist::Found::Current => match lines.next().map(|l| uuid::Uuid::try_parse(l.trim())) {
+            Some(Ok(id)) => StoredId::Current(id),
+            _ => StoredId::Invalid,
+        },
+        persist::Found::Older(_) => StoredId::Invalid,
+        persist::Found::Unknown(line) if first.starts_with(persist::INSTANCE_ID.name) => {
+            StoredId::OtherVersion(line)
+        }
+        persist::Found::Unknown(_) => StoredId::Invalid,
+    }
+}
+
+fn new_uuid() -> String {
+    uuid::Uuid::now_v7().hyphenated().to_string()
+}
+
+/// Replaces the stored instance id (e.g. with an OpAMP server's `new_instance_uid`), in the
+/// versioned format, atomically (a crash leaves the old id or the new one).
+pub fn store_instance_id(dir: &Path, id: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let text = format!("{}{id}\n", persist::INSTANCE_ID.line());
+    persist::write_atomic(&dir.join(INSTANCE_ID_FILE), text.as_bytes())
+}
+
+/// The instance id stored in `dir/instance-id` (format: `persist::INSTANCE_ID`), created on
+/// first use as a UUIDv7 (RFC 9562, as OpAMP asks for `instance_uid`). A stored id of another
+/// UUID version (agents before OpAMP wrote a v4) is replaced by a new v7 once, and the change
+/// logged; an unversioned file (a bare UUID) is rewritten with the format line; a file of
+/// another format version is left alone and this run uses a fresh id; a fresh one also when the
 /// directory cannot be written.
 pub fn instance_id(dir: &Path) -> String {
-    let file = dir.join("instance-id");
-    if let Ok(s) = std::fs::read_to_string(&file) {
-        let s = s.trim().to_string();
-        if s.len() == 36 {
-            return s;
+    let file = dir.join(INSTANCE_ID_FILE);
+    let stored = match std::fs::read_to_string(&file) {
+        Ok(text) => parse_stored_id(&text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => StoredId::Invalid,
+        Err(e) => {
+            tracing::warn!(
+                "cannot read {}: {e}; using a fresh instance id",
+                file.display()
+            );
+            return new_uuid();
         }
+    };
+    let (found, current) = match stored {
+        StoredId::Current(id) => (Some(id), true),
+        StoredId::Unversioned(id) => (Some(id), false),
+        StoredId::OtherVersion(line) => {
+            tracing::warn!(
+                "{} has format {line:?}, this agent reads {:?}: left as it is; this run uses a fresh instance id",
+                file.display(),
+                persist::INSTANCE_ID.line().trim_end()
+            );
+            return new_uuid();
+        }
+        StoredId::Invalid => (None, false),
+    };
+    let id = match found {
+        Some(id) if id.get_version_num() == 7 => {
+            let id = id.hyphenated().to_string();
+            if current {
+                return id;
+            }
+            id
+        }
+        Some(old) => {
+            let id = new_uuid();
+            tracing::info!(
+                old = %old,
+                new = %id,
+                "instance id migrated to a UUIDv7 (service.instance.id and the OpAMP instance_uid)"
+            );
+            id
+        }
+        None => new_uuid(),
+    };
+    if let Err(e) = store_instance_id(dir, &id) {
+        tracing::warn!(
+            "cannot keep the instance id in {}: {e}; it changes at every start",
+            file.display()
+        );
     }
-    let id = new_uuid();
-    let _ = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&file, &id));
     id
 }
 
@@ -164,10 +257,68 @@ mod tests {
     }
 
     #[test]
-    fn instance_id_is_kept_across_calls() {
+    fn instance_id_is_a_kept_uuid_v7() {
         let dir = tempfile::tempdir().unwrap();
         let a = instance_id(dir.path());
         assert_eq!(a.len(), 36);
+        assert_eq!(uuid::Uuid::parse_str(&a).unwrap().get_version_num(), 7);
         assert_eq!(instance_id(dir.path()), a);
+        store_instance_id(dir.path(), "01900000-0000-7000-8000-000000000001").unwrap();
+        assert_eq!(
+            instance_id(dir.path()),
+            "01900000-0000-7000-8000-000000000001"
+        );
+    }
+
+    #[test]
+    fn a_v4_instance_id_is_migrated_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let v4 = "0b6f3a1e-4c2d-4e8f-9a7b-123456789abc";
+        std::fs::write(dir.path().join(INSTANCE_ID_FILE), format!("{v4}\n")).unwrap();
+        let a = instance_id(dir.path());
+        assert_ne!(a, v4);
+        assert_eq!(uuid::Uuid::parse_str(&a).unwrap().get_version_num(), 7);
+        assert_eq!(instance_id(dir.path()), a);
+        let text = std::fs::read_to_string(dir.path().join("instance-id")).unwrap();
+        assert_eq!(text, format!("agent-instance-id 1\n{a}\n"));
+    }
+
+    #[test]
+    fn instance_id_formats() {
+        let is_uuid = |s: &str| uuid::Uuid::try_parse(s).is_ok();
+        // A v7 id (a v4 one would be migrated, see above).
+        const ID: &str = "0190a1b2-c3d4-7e5f-8a9b-0123456789ab";
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("instance-id");
+        // Unversioned (agents before the format line): the id is kept, the file migrated.
+        std::fs::write(&file, format!("{ID}\n")).unwrap();
+        assert_eq!(instance_id(dir.path()), ID);
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            format!("agent-instance-id 1\n{ID}\n")
+        );
+        assert_eq!(instance_id(dir.path()), ID);
+        // A newer agent's file: not misread, not overwritten.
+        let newer = format!("agent-instance-id 2\n{{\"id\": \"{ID}\"}}\n");
+        std::fs::write(&file, &newer).unwrap();
+        let fresh = instance_id(dir.path());
+        assert!(is_uuid(&fresh) && fresh != ID, "{fresh}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), newer);
+        // Torn or foreign content: replaced by a fresh id, kept from then on.
+        for bad in [
+            "",
+            "agent-instance-id 1\n",
+            "agent-instance-id 1\nnot-a-uuid\n",
+            "hello\n",
+        ] {
+            std::fs::write(&file, bad).unwrap();
+            let id = instance_id(dir.path());
+            assert!(is_uuid(&id), "{bad:?} -> {id}");
+            assert_eq!(instance_id(dir.path()), id, "{bad:?}");
+        }
+        assert_eq!(
+            parse_stored_id(&ID.to_uppercase()),
+            StoredId::Unversioned(uuid::Uuid::try_parse(ID).unwrap())
+        );
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! Precedence, highest first: per-signal variable, generic variable, per-signal config field,
 //! generic config field, default. A generic endpoint gets the signal's path appended for HTTP
-//! (`/v1/metrics`, `/v1/logs`, `/v1development/profiles`); a per-signal endpoint is used as-is.
-//! gRPC endpoints are used as-is.
+//! (`/v1/metrics`, `/v1/logs`, `/v1development/profiles`) appended to its path, its query kept
+//! (see [`endpoint_url`]); a per-signal endpoint is used as-is. gRPC endpoints are used as-is.
+//! Endpoints are parsed as URLs, never joined as text.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -125,19 +126,62 @@ impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
     }
 }
 
-fn join_path(base: &str, path: &str) -> String {
-    format!("{}{path}", base.trim_end_matches('/'))
+/// The URL a signal is sent to, from an endpoint parsed as a URL (RFC 3986, by `http::Uri`):
+/// with `signal_path`, the path is appended to the endpoint's own path (one `/` between them)
+/// and the query is kept after it, as the OTLP exporter spec's "signal path appended to the
+/// base URL" means; without, the endpoint is used as it is. A `#fragment` is never sent (it is
+/// not part of an HTTP request target) and does not move the path.
+///
+/// `http://h:4318/otlp?tenant=t1` + `/v1/metrics` → `http://h:4318/otlp/v1/metrics?tenant=t1`.
+pub fn endpoint_url(endpoint: &str, signal_path: Option<&str>) -> Result<Uri, String> {
+    crate::config::check_url(endpoint)?;
+    let uri: Uri = endpoint
+        .parse()
+        .map_err(|e| format!("{endpoint:?} is not a URL ({e})"))?;
+    // `http::Uri` accepts any digits as a port (and then reports none): check it is a u16.
+    if let Some(a) = uri.authority() {
+        let host_port = a.as_str().rsplit('@').next().unwrap_or_default();
+        let port = host_port
+            .rsplit_once(']')
+            .map_or(host_port, |(_, rest)| rest)
+            .rsplit_once(':')
+            .map(|(_, p)| p);
+        if let Some(p) = port.filter(|p| !p.is_empty()) {
+            if p.parse::<u16>().map_or(true, |n| n == 0) {
+                return Err(format!(
+                    "{endpoint:?}: port {p} is not a port number (1-65535)"
+                ));
+            }
+        }
+    }
+    let mut parts = uri.into_parts();
+    let (path, query) = match &parts.path_and_query {
+        Some(pq) => (pq.path().to_string(), pq.query().map(str::to_string)),
+        None => ("/".to_string(), None),
+    };
+    let path = match signal_path {
+        Some(signal) => format!("{}{signal}", path.trim_end_matches('/')),
+        None => path,
+    };
+    let target = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    parts.path_and_query = Some(
+        target
+            .parse()
+            .map_err(|e| format!("{endpoint:?}: the path {target:?} is not valid ({e})"))?,
+    );
+    Uri::from_parts(parts).map_err(|e| format!("{endpoint:?} is not a URL ({e})"))
 }
 
-fn parse_uri(var: &str, value: &str) -> Result<Uri, SettingsError> {
-    crate::config::check_url(value)
-        .map_err(|p| bad(var, value, &p, "use a URL such as http://localhost:4318"))?;
-    value.parse().map_err(|e| {
+fn parse_uri(var: &str, value: &str, signal_path: Option<&str>) -> Result<Uri, SettingsError> {
+    endpoint_url(value, signal_path).map_err(|p| {
         bad(
             var,
             value,
-            &format!("{e}"),
-            "use a URL such as http://localhost:4318",
+            &p,
+            "use a URL such as http://localhost:4318 or https://collector:4318/otlp?tenant=t1",
         )
     })
 }
@@ -182,12 +226,8 @@ fn resolve_signal(
     let Some((source, endpoint, as_is)) = endpoint else {
         return Ok(None);
     };
-    let url = if protocol == Protocol::Grpc || as_is {
-        endpoint.clone()
-    } else {
-        join_path(&endpoint, http_path(signal))
-    };
-    let url = parse_uri(&source, &url)?;
+    let signal_path = (protocol != Protocol::Grpc && !as_is).then(|| http_path(signal));
+    let url = parse_uri(&source, &endpoint, signal_path)?;
     let compression = match env.var("COMPRESSION") {
         Some((var, v, _)) => match v.trim() {
             "gzip" => Compression::Gzip,
@@ -393,5 +433,138 @@ mod tests {
             "{}",
             e.cause
         );
+    }
+
+    /// The URL metrics go to with only `OTEL_EXPORTER_OTLP_ENDPOINT=endpoint` (HTTP) set.
+    fn generic_metrics_url(endpoint: &str) -> String {
+        let s = resolve(
+            &ExportConfig::default(),
+            "o".as_ref(),
+            env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)]),
+        )
+        .unwrap_or_else(|e| panic!("{endpoint}: {} / {}", e.cause, e.fix));
+        url(&s, Signal::Metrics)
+    }
+
+    #[test]
+    fn generic_endpoint_is_parsed_as_a_url() {
+        for (endpoint, want) in [
+            // The query stays a query, after the signal path.
+            (
+                "http://host:4318/otlp?tenant=t1",
+                "http://host:4318/otlp/v1/metrics?tenant=t1",
+            ),
+            (
+                "http://host:4318?tenant=t1&x=a%20b",
+                "http://host:4318/v1/metrics?tenant=t1&x=a%20b",
+            ),
+            // A fragment is never sent and does not move the path.
+            (
+                "http://host:4318/otlp#frag",
+                "http://host:4318/otlp/v1/metrics",
+            ),
+            ("http://host:4318#frag", "http://host:4318/v1/metrics"),
+            (
+                "http://host:4318/otlp?t=1#frag",
+                "http://host:4318/otlp/v1/metrics?t=1",
+            ),
+            // Trailing slashes: one `/` between the base path and the signal path.
+            ("http://host:4318/otlp/", "http://host:4318/otlp/v1/metrics"),
+            ("http://host:4318//", "http://host:4318/v1/metrics"),
+            ("http://host:4318", "http://host:4318/v1/metrics"),
+            // IPv6 literal hosts.
+            ("http://[::1]:4318", "http://[::1]:4318/v1/metrics"),
+            (
+                "https://[fd00::2]:4318/p?q=1",
+                "https://[fd00::2]:4318/p/v1/metrics?q=1",
+            ),
+        ] {
+            assert_eq!(generic_metrics_url(endpoint), want, "{endpoint}");
+        }
+        // Every signal gets its own path, the query after it.
+        let s = resolve(
+            &ExportConfig::default(),
+            "o".as_ref(),
+            env(&[(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "http://host:4318/otlp?tenant=t1",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(
+            url(&s, Signal::Logs),
+            "http://host:4318/otlp/v1/logs?tenant=t1"
+        );
+        assert_eq!(
+            url(&s, Signal::Profiles),
+            "http://host:4318/otlp/v1development/profiles?tenant=t1"
+        );
+    }
+
+    #[test]
+    fn per_signal_and_grpc_endpoints_are_used_as_is() {
+        let s = resolve(
+            &ExportConfig::default(),
+            "o".as_ref(),
+            env(&[
+                (
+                    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                    "http://m:9/custom/?tenant=t1#frag",
+                ),
+                ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://[::1]:9"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(url(&s, Signal::Metrics), "http://m:9/custom/?tenant=t1");
+        assert_eq!(url(&s, Signal::Logs), "http://[::1]:9/");
+        assert!(s.target(Signal::Profiles).is_none());
+        let s = resolve(
+            &ExportConfig::default(),
+            "o".as_ref(),
+            env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://[fd00::2]:4317/"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(url(&s, Signal::Logs), "https://[fd00::2]:4317/");
+        // The config file's per-signal endpoint too.
+        let mut cfg = ExportConfig {
+            endpoint: "http://file:4318/base?a=1".into(),
+            ..Default::default()
+        };
+        cfg.logs.endpoint = "http://logs:4318/exact?b=2".into();
+        let s = resolve(&cfg, "o".as_ref(), env(&[])).unwrap();
+        assert_eq!(url(&s, Signal::Logs), "http://logs:4318/exact?b=2");
+        assert_eq!(
+            url(&s, Signal::Metrics),
+            "http://file:4318/base/v1/metrics?a=1"
+        );
+    }
+
+    #[test]
+    fn bad_urls_give_cause_and_fix() {
+        for endpoint in [
+            "localhost:4318",
+            "http://",
+            "ftp://host:21",
+            "http://ho st:4318",
+            "http://[::1:4318",
+            "http://host:99999",
+        ] {
+            let e = resolve(
+                &ExportConfig::default(),
+                "o".as_ref(),
+                env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)]),
+            )
+            .map(|s| url(&s, Signal::Metrics))
+            .expect_err(endpoint);
+            assert!(
+                e.cause.starts_with("OTEL_EXPORTER_OTLP_ENDPOINT=") && !e.cause.contains('\n'),
+                "{endpoint}: {}",
+                e.cause
+            );
+            assert!(e.fix.contains("http://localhost:4318"), "{}", e.fix);
+        }
     }
 }

@@ -8,6 +8,8 @@
 //! - `head`: the consumed position (segment number, offset in it) and the next id, with its own
 //!   CRC, replaced atomically (write `head.tmp`, rename). Segments numbered below it are consumed.
 //! - `lock`: held with `flock` while a `Spool` is open, so two processes never share a spool.
+//! - `FORMAT`: `agent-spool 1`, the layout's version (`crate::persist::SPOOL`); a spool of
+//!   another version is discarded at open rather than misread.
 //!
 //! Durability: every append goes to the OS at once (a process crash loses nothing); data and
 //! `head` are `fdatasync`ed at most once per second (checked on `push`/`pop`), on
@@ -45,6 +47,8 @@ const SEGMENT_DIGITS: usize = 20;
 const HEAD_FILE: &str = "head";
 const HEAD_TMP_FILE: &str = "head.tmp";
 const LOCK_FILE: &str = "lock";
+/// How long `open` waits for a lock held by someone else before it reports `Locked`.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 const HEAD_MAGIC: [u8; 4] = *b"SPH1";
 /// magic, segment, offset, next id, crc.
 const HEAD_BYTES: usize = 4 + 8 + 8 + 8 + 4;
@@ -213,16 +217,26 @@ impl Spool {
             .write(true)
             .open(&lock_path)
             .map_err(io_err("open", &lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                return Err(SpoolError::Locked {
-                    dir: dir.to_path_buf(),
-                })
+        // Another holder is refused, but not a transient one: a process forked by this one
+        // holds a copy of the lock's descriptor until it execs, and a predecessor that is
+        // exiting still holds it for a moment.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(TryLockError::WouldBlock) => {
+                    return Err(SpoolError::Locked {
+                        dir: dir.to_path_buf(),
+                    })
+                }
+                Err(TryLockError::Error(e)) => return Err(io_err("lock", &lock_path)(e)),
             }
-            Err(TryLockError::Error(e)) => return Err(io_err("lock", &lock_path)(e)),
         }
 
+        check_format(dir)?;
         let head = read_head(dir)?;
         let tmp = dir.join(HEAD_TMP_FILE);
         remove_file(&tmp)?;
@@ -702,6 +716,35 @@ impl Drop for Spool {
     }
 }
 
+/// The spool's format marker (`crate::persist::SPOOL`, file `FORMAT`): written when missing (a
+/// new spool, or one written before markers existed, whose layout is version 1); a spool of any
+/// other version is discarded — its segments and `head` deleted and logged — never misread.
+fn check_format(dir: &Path) -> Result<(), SpoolError> {
+    use crate::persist::{Found, MARKER_FILE, SPOOL};
+    let marker = dir.join(MARKER_FILE);
+    match SPOOL.read_marker(dir).map_err(io_err("read", &marker))? {
+        Some(Found::Current) => return Ok(()),
+        None => {}
+        Some(found) => {
+            let mut bytes = 0;
+            let segments = list_segments(dir)?;
+            for no in &segments {
+                let path = dir.join(segment_name(*no));
+                bytes += fs::metadata(&path).map_or(0, |m| m.len());
+                remove_file(&path)?;
+            }
+            remove_file(&dir.join(HEAD_FILE))?;
+            tracing::warn!(
+                "spool {} has format {found:?}, this agent reads {:?}: discarded {} segment files ({bytes} bytes) unsent",
+                dir.display(),
+                SPOOL.line().trim_end(),
+                segments.len()
+            );
+        }
+    }
+    SPOOL.write_marker(dir).map_err(io_err("write", &marker))
+}
+
 fn segment_name(no: u64) -> String {
     format!("{no:0width$}{SEGMENT_SUFFIX}", width = SEGMENT_DIGITS)
 }
@@ -1168,6 +1211,36 @@ mod tests {
         assert_eq!(spool.peek().unwrap(), None);
         assert_eq!(spool.stats().bytes, 0);
         assert_eq!(disk_bytes(dir.path()), 0);
+    }
+
+    #[test]
+    fn format_marker_is_written_kept_and_an_unknown_one_discards() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("FORMAT");
+        {
+            let mut spool = open(dir.path(), 1 << 20, 400);
+            for n in 0..10u64 {
+                spool.push(Signal::Logs, n, &payload(n, 50)).unwrap();
+            }
+        }
+        assert_eq!(fs::read_to_string(&marker).unwrap(), "agent-spool 1\n");
+        // A spool written before markers existed (same layout): kept, marker added.
+        fs::remove_file(&marker).unwrap();
+        {
+            let mut spool = open(dir.path(), 1 << 20, 400);
+            assert_eq!(spool.stats().records, 10);
+            assert_eq!(spool.peek().unwrap().unwrap().bytes, payload(0, 50));
+        }
+        assert_eq!(fs::read_to_string(&marker).unwrap(), "agent-spool 1\n");
+        // A newer agent's spool: discarded whole, then usable in this format.
+        fs::write(&marker, "agent-spool 2\n").unwrap();
+        let mut spool = open(dir.path(), 1 << 20, 400);
+        assert!(spool.is_empty());
+        assert_eq!(disk_bytes(dir.path()), 0);
+        assert_eq!(fs::read_to_string(&marker).unwrap(), "agent-spool 1\n");
+        spool.push(Signal::Logs, 1, &payload(1, 10)).unwrap();
+        // Ids never go back: the discarded head's floor is gone, but ids restart above 0.
+        assert!(spool.peek().unwrap().unwrap().id >= 1);
     }
 
     #[test]

@@ -77,13 +77,19 @@ fn read_file(path: &std::path::Path, what: &str) -> Result<Vec<u8>, SetupError> 
 }
 
 fn rustls_config(target: &Target) -> Result<rustls::ClientConfig, SetupError> {
+    client_tls(&target.tls)
+}
+
+/// A rustls client config (ring) from PEM files: `ca_file` replaces the built-in web roots,
+/// `cert_file` + `key_file` are the client identity. Shared with the OpAMP client.
+pub fn client_tls(tls: &crate::config::TlsConfig) -> Result<rustls::ClientConfig, SetupError> {
     use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
     let bad = |what: &str, e: &dyn std::fmt::Display| SetupError {
         cause: format!("the TLS {what} is not usable: {e}"),
         fix: "give PEM files (CA bundle, client certificate and its key)".into(),
     };
     let mut roots = rustls::RootCertStore::empty();
-    match &target.tls.ca_file {
+    match &tls.ca_file {
         Some(p) => {
             let pem = read_file(p, "CA file")?;
             for c in CertificateDer::pem_slice_iter(&pem) {
@@ -98,7 +104,7 @@ fn rustls_config(target: &Target) -> Result<rustls::ClientConfig, SetupError> {
         .with_safe_default_protocol_versions()
         .map_err(|e| bad("setup", &e))?
         .with_root_certificates(roots);
-    match (&target.tls.cert_file, &target.tls.key_file) {
+    match (&tls.cert_file, &tls.key_file) {
         (Some(c), Some(k)) => {
             let certs: Vec<CertificateDer<'static>> =
                 CertificateDer::pem_slice_iter(&read_file(c, "client certificate")?)

@@ -18,8 +18,26 @@ use super::model::{AttrValue, Batch, Desc, Family, Histogram, Key, Kind, Value};
 /// The Prometheus content type of [`encode`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// How many histogram buckets the text carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Buckets {
+    /// Every bound of the histogram.
+    Full,
+    /// For log2 bounds (each twice the previous, as the kernel probes' are): every third bound
+    /// (a factor of 8) from the first at or above 1 µs up to 20 s, so a latency histogram is 9
+    /// bucket lines instead of 40. Cumulative counts at the kept bounds are exact (nothing is
+    /// re-estimated); other bounds are kept whole.
+    #[default]
+    Coarse,
+}
+
 /// Prometheus text of every family in `batches`, in order of first appearance.
 pub fn encode(batches: &[Arc<Batch>]) -> String {
+    encode_with(batches, Buckets::Full)
+}
+
+/// [`encode`] with the histogram bucket choice.
+pub fn encode_with(batches: &[Arc<Batch>], buckets: Buckets) -> String {
     // Group by Prometheus name, keeping first-appearance order.
     let mut groups: Vec<(String, Vec<&Family>)> = Vec::new();
     for fam in batches.iter().flat_map(|b| b.families.iter()) {
@@ -51,7 +69,9 @@ pub fn encode(batches: &[Arc<Batch>]) -> String {
                     (Value::Counter(v), Kind::Counter) | (Value::Gauge(v), Kind::Gauge) => {
                         sample(&mut out, name, "", &labels, None, *v);
                     }
-                    (Value::Histogram(h), Kind::Histogram) => histogram(&mut out, name, &labels, h),
+                    (Value::Histogram(h), Kind::Histogram) => {
+                        histogram(&mut out, name, &labels, h, buckets)
+                    }
                     _ => {}
                 }
             }
@@ -266,10 +286,37 @@ fn sample(
     out.push('\n');
 }
 
-fn histogram(out: &mut String, name: &str, labels: &[(String, String)], h: &Histogram) {
+/// Whether `bounds` double from one to the next (the kernel probes' log2 buckets).
+fn is_log2(bounds: &[f64]) -> bool {
+    bounds.len() > 8 && bounds.windows(2).all(|w| (w[1] / w[0] - 2.0).abs() < 1e-9)
+}
+
+/// Whether bound `i` of `bounds` is written under `buckets`.
+fn kept(bounds: &[f64], i: usize, buckets: Buckets, first_kept: Option<usize>) -> bool {
+    match (buckets, first_kept) {
+        (Buckets::Coarse, Some(first)) => {
+            i >= first && (i - first).is_multiple_of(3) && bounds[i] <= 20.0 * (1.0 + 1e-9)
+        }
+        _ => true,
+    }
+}
+
+fn histogram(
+    out: &mut String,
+    name: &str,
+    labels: &[(String, String)],
+    h: &Histogram,
+    buckets: Buckets,
+) {
+    let first_kept = (buckets == Buckets::Coarse && is_log2(&h.bounds))
+        .then(|| h.bounds.iter().position(|b| *b >= 1e-6 * (1.0 - 1e-9)))
+        .flatten();
     let mut cumulative = 0u64;
     for (i, bound) in h.bounds.iter().enumerate() {
         cumulative += h.bucket_counts.get(i).copied().unwrap_or(0);
+        if !kept(&h.bounds, i, buckets, first_kept) {
+            continue;
+        }
         let le = format_float(*bound);
         sample(out, name, "_bucket", labels, Some(&le), cumulative as f64);
     }
@@ -471,5 +518,64 @@ agent_uptime_seconds_total 1
 ";
         assert_eq!(text, expected);
         assert_eq!(encode(&[]), "");
+    }
+}
+
+#[cfg(test)]
+mod bucket_tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::metrics::model::Point;
+
+    /// The syscall probe's 39 log2 bounds (1 ns .. 2^38 ns) with one call in each bucket.
+    fn log2_batch() -> Arc<Batch> {
+        let bounds: Arc<[f64]> = (0..39)
+            .map(|b| (1u64 << b) as f64 * 1e-9)
+            .collect::<Vec<_>>()
+            .into();
+        Arc::new(Batch {
+            source: "t".into(),
+            time: SystemTime::UNIX_EPOCH,
+            families: vec![Family {
+                desc: Desc {
+                    name: "process.syscall.duration",
+                    unit: "s",
+                    help: "h",
+                    kind: Kind::Histogram,
+                },
+                points: vec![Point {
+                    labels: vec![],
+                    value: Value::Histogram(Histogram {
+                        bounds,
+                        bucket_counts: vec![1; 40],
+                        sum: 1.0,
+                        count: 40,
+                    }),
+                    start_time: SystemTime::UNIX_EPOCH,
+                }],
+            }],
+        })
+    }
+
+    #[test]
+    fn coarse_log2_buckets_keep_exact_cumulative_counts_at_a_factor_of_8() {
+        let text = encode_with(&[log2_batch()], Buckets::Coarse);
+        let buckets: Vec<(&str, &str)> = text
+            .lines()
+            .filter(|l| l.contains("_bucket"))
+            .map(|l| {
+                let le = l.split("le=\"").nth(1).unwrap().split('"').next().unwrap();
+                (le, l.rsplit(' ').next().unwrap())
+            })
+            .collect();
+        // 2^10 ns (1.024 µs) is bucket index 10: 11 calls at or below it; then every 2^3.
+        assert_eq!(buckets[0], ("1.024e-6", "11"));
+        assert_eq!(buckets[1], ("8.192e-6", "14"));
+        assert_eq!(buckets.len(), 10, "{buckets:?}");
+        assert_eq!(buckets[8], ("17.179869184", "35"));
+        assert_eq!(buckets[9], ("+Inf", "40"));
+        let full = encode_with(&[log2_batch()], Buckets::Full);
+        assert_eq!(full.lines().filter(|l| l.contains("_bucket")).count(), 40);
     }
 }

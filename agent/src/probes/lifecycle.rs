@@ -26,6 +26,7 @@ use std::{
 use crate::{
     ebpf::LoadError,
     metrics::Store,
+    signals::ActivityHub,
     status::state::{AgentState, HookStatus, ProbeState, ProbeStatus},
 };
 
@@ -34,6 +35,11 @@ use crate::{
 pub struct ProbeEnv {
     pub store: Arc<Store>,
     pub state: Arc<AgentState>,
+    /// Per-process activity before any folding (the signal deriver's feed).
+    pub activity: ActivityHub,
+    /// The agent's async runtime, entered on each drain thread (kernel log forwarding spawns
+    /// tasks on it); `None` where no runtime exists (unit tests).
+    pub runtime: Option<tokio::runtime::Handle>,
 }
 
 /// A started probe's hooks, or why it could not start (and which hooks were tried).
@@ -184,6 +190,7 @@ impl<S: ProbeSpec> ProbeHandle<S> {
         let spawned = thread::Builder::new()
             .name(format!("{}-drain", S::NAME))
             .spawn(move || {
+                let _entered = env.runtime.as_ref().map(|h| h.enter());
                 let worker = match S::start(&c, &env) {
                     Ok((w, hooks)) => {
                         let _ = started_tx.send(Ok(hooks));
@@ -376,6 +383,8 @@ mod tests {
         let env = ProbeEnv {
             store: Store::new(),
             state: Arc::new(AgentState::new("h".into())),
+            activity: ActivityHub::new(),
+            runtime: None,
         };
         let mut h = ProbeHandle::<Fake>::new(env.clone());
         let mut cfg = Cfg {

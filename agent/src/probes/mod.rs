@@ -12,7 +12,7 @@ pub mod syscalls;
 use std::sync::Arc;
 
 use self::lifecycle::{ProbeEnv, ProbeHandle};
-use crate::{config::Config, metrics::Store, status::state::AgentState};
+use crate::{config::Config, metrics::Store, signals::ActivityHub, status::state::AgentState};
 
 /// Every probe, each behind the shared lifecycle.
 pub struct Probes {
@@ -22,8 +22,13 @@ pub struct Probes {
 }
 
 impl Probes {
-    pub fn new(store: Arc<Store>, state: Arc<AgentState>) -> Self {
-        let env = ProbeEnv { store, state };
+    pub fn new(store: Arc<Store>, state: Arc<AgentState>, activity: ActivityHub) -> Self {
+        let env = ProbeEnv {
+            store,
+            state,
+            activity,
+            runtime: tokio::runtime::Handle::try_current().ok(),
+        };
         Probes {
             syscalls: ProbeHandle::new(env.clone()),
             network: ProbeHandle::new(env.clone()),

@@ -10,6 +10,7 @@
 //! must not set its own fallback), served with [`serve_router`]; add the path to [`ROUTES`] so
 //! the 404 body lists it.
 
+pub mod access;
 pub mod debug;
 pub mod state;
 
@@ -57,6 +58,10 @@ pub struct StatusContext {
     pub state: Arc<AgentState>,
     pub store: Arc<Store>,
     pub version: &'static str,
+    /// Histogram buckets on `/metrics`.
+    pub buckets: prometheus::Buckets,
+    /// The `transform:`/`filter:` pipeline `/metrics` applies (as the exporter does).
+    pub transform: Arc<crate::transform::Transformer>,
 }
 
 /// The status endpoint could not listen. Displays as two lines: cause, then `fix: ...`.
@@ -216,6 +221,9 @@ pub struct StatusReport {
     pub maps: BTreeMap<String, MapStats>,
     pub exporter: ExporterStatus,
     pub network: NetworkStatus,
+    /// The OpAMP client (absent when OpAMP is off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opamp: Option<crate::opamp::status::OpampStatus>,
     #[serde(rename = "self")]
     pub self_stats: SelfStats,
 }
@@ -236,6 +244,7 @@ pub fn report(ctx: &StatusContext) -> StatusReport {
         maps: s.maps(),
         exporter: s.exporter(),
         network: s.network(),
+        opamp: s.opamp(),
         self_stats: selfstats::sample(),
     }
 }
@@ -245,14 +254,27 @@ async fn status(State(ctx): State<StatusContext>) -> Json<StatusReport> {
 }
 
 async fn metrics(State(ctx): State<StatusContext>) -> Response {
-    let mut batches = ctx.store.snapshot();
-    let own = selfstats::batch(&selfstats::sample(), &ctx.state, ctx.state.started_at);
-    batches.push(Arc::new(own));
-    (
-        [(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)],
-        prometheus::encode(&batches),
-    )
-        .into_response()
+    let snapshot = || {
+        let mut batches = ctx.store.snapshot();
+        let own = selfstats::batch(&selfstats::sample(), &ctx.state, ctx.state.started_at);
+        batches.push(Arc::new(own));
+        batches
+    };
+    // What leaves the agent is transformed, with the exporter's resource for statements to read
+    // (Prometheus text carries no resource).
+    let resource = ctx.transform.resource();
+    let now = SystemTime::now();
+    match ctx
+        .transform
+        .metrics(crate::transform::Consumer::Scrape, snapshot, &resource, now)
+    {
+        Ok(view) => (
+            [(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)],
+            prometheus::encode_with(&view.batches, ctx.buckets),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
 }
 
 async fn not_found() -> (StatusCode, String) {
@@ -323,6 +345,8 @@ mod tests {
             state: Arc::new(AgentState::new("abc123".into())),
             store: Store::new(),
             version: "1.2.3",
+            buckets: prometheus::Buckets::Full,
+            transform: crate::transform::Transformer::passthrough(),
         }
     }
 

@@ -156,6 +156,19 @@ pub struct NetworkStatus {
     pub recent_connections: std::collections::VecDeque<ConnRecord>,
 }
 
+/// Health of an engine that is not a probe or the exporter (detection, enforcement, ...), as it
+/// reports itself through [`AgentState::set_component`]; OpAMP sends it as ComponentHealth.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ComponentStatus {
+    pub healthy: bool,
+    /// Short state word, e.g. `running`, `monitoring`, `disabled`.
+    pub status: String,
+    pub last_error: Option<String>,
+    /// When it started running (`None`: not running).
+    #[serde(skip)]
+    pub started: Option<SystemTime>,
+}
+
 /// Connection events a subscriber may fall behind before it loses the oldest.
 pub const CONNECTION_EVENTS_CAPACITY: usize = 4096;
 
@@ -164,6 +177,10 @@ pub struct AgentState {
     pub started_at: SystemTime,
     config_hash: RwLock<String>,
     probes: RwLock<BTreeMap<String, ProbeStatus>>,
+    /// When each probe's state last changed.
+    probe_since: RwLock<BTreeMap<String, SystemTime>>,
+    components: RwLock<BTreeMap<String, ComponentStatus>>,
+    opamp: RwLock<Option<crate::opamp::status::OpampStatus>>,
     maps: RwLock<BTreeMap<String, MapStats>>,
     exporter: RwLock<ExporterStatus>,
     network: RwLock<NetworkStatus>,
@@ -192,6 +209,9 @@ impl AgentState {
             started_at: SystemTime::now(),
             config_hash: RwLock::new(config_hash),
             probes: RwLock::default(),
+            probe_since: RwLock::default(),
+            components: RwLock::default(),
+            opamp: RwLock::default(),
             maps: RwLock::default(),
             exporter: RwLock::default(),
             network: RwLock::default(),
@@ -211,7 +231,40 @@ impl AgentState {
     }
 
     pub fn set_probe(&self, name: &str, status: ProbeStatus) {
-        write(&self.probes).insert(name.to_string(), status);
+        let state = status.state;
+        let old = write(&self.probes).insert(name.to_string(), status);
+        if old.map(|o| o.state) != Some(state) {
+            write(&self.probe_since).insert(name.to_string(), SystemTime::now());
+        }
+    }
+
+    /// When probe `name` entered its current state.
+    pub fn probe_since(&self, name: &str) -> Option<SystemTime> {
+        read(&self.probe_since).get(name).copied()
+    }
+
+    /// Records the health of engine `name` (e.g. `detection`, `enforcement`).
+    pub fn set_component(&self, name: &str, status: ComponentStatus) {
+        write(&self.components).insert(name.to_string(), status);
+    }
+
+    pub fn components(&self) -> BTreeMap<String, ComponentStatus> {
+        read(&self.components)
+    }
+
+    /// The OpAMP client's state for `/status` (`None`: OpAMP off).
+    pub fn set_opamp(&self, s: Option<crate::opamp::status::OpampStatus>) {
+        *write(&self.opamp) = s;
+    }
+
+    pub fn update_opamp(&self, f: impl FnOnce(&mut crate::opamp::status::OpampStatus)) {
+        if let Some(s) = write(&self.opamp).as_mut() {
+            f(s);
+        }
+    }
+
+    pub fn opamp(&self) -> Option<crate::opamp::status::OpampStatus> {
+        read(&self.opamp)
     }
 
     pub fn probes(&self) -> BTreeMap<String, ProbeStatus> {

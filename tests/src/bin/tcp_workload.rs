@@ -1,12 +1,16 @@
 //! A TCP workload with known handshakes, bytes and failures, for the network probe's tests and
 //! benchmark. Every line it prints is machine-readable and flushed at once.
 //!
-//! - `tcp-workload server ADDR:PORT [--reset]`: listens (IPv4 or IPv6, e.g. `[fd00::2]:8080`),
-//!   prints `listening <pid>`, and echoes every byte of each connection (one thread each) until
-//!   EOF. With `--reset` it reads the first request, then closes with `SO_LINGER {on, 0}` so the
-//!   peer gets an RST.
-//! - `tcp-workload connect ADDR:PORT --count N [--rounds R] [--size B] [--hold] [--hold-ms M]`:
-//!   prints `pid <pid>`, then makes N sequential connections; for each one
+//! - `tcp-workload server ADDR:PORT [--reset] [--reuseport]`: listens (IPv4 or IPv6, e.g.
+//!   `[fd00::2]:8080`; `[::]:PORT` is dual-stack: `IPV6_V6ONLY` off, IPv4 clients arrive as
+//!   `::ffff:a.b.c.d`), prints `listening <pid>`, then `accepted <peer>` for each connection, and
+//!   echoes every byte of it (one thread each) until EOF. With `--reset` it reads the first
+//!   request, then closes with `SO_LINGER {on, 0}` so the peer gets an RST. With `--reuseport`
+//!   the socket sets `SO_REUSEPORT`, so several servers can listen on one port (the kernel
+//!   spreads connections between them).
+//! - `tcp-workload connect ADDR:PORT --count N [--rounds R] [--size B] [--hold] [--hold-ms M]
+//!   [--also ADDR2:PORT]`: prints `pid <pid>`, then makes N sequential connections (with
+//!   `--also`, every second one to ADDR2); for each one
 //!   `connect <i> <seconds> <local_port>`, R request/response rounds of B bytes,
 //!   `bytes <i> sent=<n> received=<n>`, with `--hold` `holding <local_port>` and a wait for one
 //!   line on stdin, with `--hold-ms` a sleep, then the close. A failed connect or round prints
@@ -24,8 +28,8 @@ use std::{
 };
 
 const USAGE: &str = "usage:
-  tcp-workload server ADDR:PORT [--reset]
-  tcp-workload connect ADDR:PORT --count N [--rounds R] [--size B] [--hold] [--hold-ms M]
+  tcp-workload server ADDR:PORT [--reset] [--reuseport]
+  tcp-workload connect ADDR:PORT --count N [--rounds R] [--size B] [--hold] [--hold-ms M] [--also ADDR2:PORT]
   tcp-workload rr ADDR:PORT --seconds S --size B --conns C";
 
 /// Prints one line and flushes it (the tests read these lines while the workload runs).
@@ -73,9 +77,16 @@ fn main() {
     };
     let flags = Flags(args[3..].to_vec());
     match cmd.as_str() {
-        "server" => server(addr, flags.has("--reset")),
+        "server" => server(addr, flags.has("--reset"), flags.has("--reuseport")),
         "connect" => connect(
             addr,
+            flags.0.iter().position(|a| a == "--also").map(|i| {
+                flags
+                    .0
+                    .get(i + 1)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| usage())
+            }),
             flags.value("--count", None),
             flags.value("--rounds", Some(0)),
             flags.value("--size", Some(0)),
@@ -92,14 +103,102 @@ fn main() {
     }
 }
 
-fn server(addr: SocketAddr, reset: bool) {
-    let listener = TcpListener::bind(addr).unwrap_or_else(|e| {
+/// Sets an int socket option; exits with the error when the kernel refuses it.
+fn set_int_opt(fd: i32, level: i32, name: i32, value: i32, what: &str) {
+    // SAFETY: setsockopt on a socket we own, with a valid int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        eprintln!("{what}: {}", io::Error::last_os_error());
+        std::process::exit(1);
+    }
+}
+
+/// A listening socket on `addr`: `SO_REUSEADDR`, `SO_REUSEPORT` when asked, and for IPv6
+/// `IPV6_V6ONLY` off (dual-stack, whatever `net.ipv6.bindv6only` says).
+fn listen(addr: SocketAddr, reuseport: bool) -> io::Result<TcpListener> {
+    use std::os::fd::FromRawFd;
+    let family = if addr.is_ipv6() {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    };
+    // SAFETY: socket(2); the fd is owned by the TcpListener built from it below.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket nobody else owns.
+    let listener = unsafe { TcpListener::from_raw_fd(fd) };
+    set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1, "SO_REUSEADDR");
+    if reuseport {
+        set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1, "SO_REUSEPORT");
+    }
+    // SAFETY: the sockaddr structs are fully initialized and live across the call.
+    let rc = unsafe {
+        match addr {
+            SocketAddr::V4(a) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: a.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(a.ip().octets()),
+                    },
+                    sin_zero: [0; 8],
+                };
+                libc::bind(
+                    fd,
+                    (&sin as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            }
+            SocketAddr::V6(a) => {
+                set_int_opt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0, "IPV6_V6ONLY");
+                let sin6 = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: a.port().to_be(),
+                    sin6_flowinfo: 0,
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: a.ip().octets(),
+                    },
+                    sin6_scope_id: a.scope_id(),
+                };
+                libc::bind(
+                    fd,
+                    (&sin6 as *const libc::sockaddr_in6).cast(),
+                    std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                )
+            }
+        }
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: listen(2) on our bound socket.
+    if unsafe { libc::listen(fd, 1024) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(listener)
+}
+
+fn server(addr: SocketAddr, reset: bool, reuseport: bool) {
+    let listener = listen(addr, reuseport).unwrap_or_else(|e| {
         eprintln!("bind {addr}: {e}");
         std::process::exit(1);
     });
     say!("listening {}", std::process::id());
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
+        if let Ok(peer) = conn.peer_addr() {
+            say!("accepted {peer}");
+        }
         thread::spawn(move || {
             if reset {
                 reset_after_first_request(conn)
@@ -154,14 +253,26 @@ fn error_line(i: u64, e: &io::Error) {
     say!("error {i} {:?} {}", e.kind(), e.raw_os_error().unwrap_or(0));
 }
 
-fn connect(addr: SocketAddr, count: u64, rounds: u64, size: usize, hold: bool, hold_ms: u64) {
+fn connect(
+    addr: SocketAddr,
+    also: Option<SocketAddr>,
+    count: u64,
+    rounds: u64,
+    size: usize,
+    hold: bool,
+    hold_ms: u64,
+) {
     say!("pid {}", std::process::id());
     let request = vec![0x5au8; size];
     let mut reply = vec![0u8; size];
     let stdin = io::stdin();
     for i in 0..count {
+        let to = match also {
+            Some(other) if i % 2 == 1 => other,
+            _ => addr,
+        };
         let start = Instant::now();
-        let conn = TcpStream::connect(addr);
+        let conn = TcpStream::connect(to);
         let took = start.elapsed().as_secs_f64();
         let mut conn = match conn {
             Ok(c) => c,

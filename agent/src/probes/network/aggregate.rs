@@ -4,7 +4,17 @@
 //! whose kernel entry was deleted (owner exited) keeps its final value (`frozen`); if the kernel
 //! creates the key again (a socket outlived its owner), the new entry starts from zero and is
 //! added on top. Series of exited owners are dropped after `retain_exited`.
-
+//!
+//! A series belongs to one process, not to a pid: it is attributed (executable name, container)
+//! once, while that process lives, and keeps that attribution. When another process holds the
+//! pid later (pid reuse: a different start time, any live process after the owner was seen
+//! dead, or a dead owner of another command name re-creating the deleted entry), the old
+//! series is retired with its final value and name, and the new process's
+//! series starts from zero (from the kernel entry's value then, if the entry outlived the
+//! change: a reuse within one drain interval, counted in `pid_reused_within_interval`, whose
+//! interval's increments stay with the old process). A retired series is exported until it
+//! expires, unless the new one has the very same attributes (the same program again): then the
+//! new one replaces it, with a new start time (a reset, as OTLP and Prometheus read it).
 use std::{
     collections::HashMap,
     sync::Arc,
@@ -15,7 +25,7 @@ use agent_common::network::{failure, Hist, SeriesKey, SeriesStats, HIST_BUCKETS,
 
 use super::{
     events::{addr_string, family_name, role_name},
-    reader::{add, Reading},
+    reader::{add, sub, Reading},
 };
 use crate::{
     metrics::model::{
@@ -57,26 +67,72 @@ pub const FAILURES: Desc = Desc {
 };
 
 /// Who a series belongs to, resolved by the caller (exe name, container).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attribution {
     pub exe_name: String,
     pub container_id: Option<String>,
+    /// Container runtime and pod (`crate::k8s`), labelled beside `container.id`.
+    pub workload: Option<crate::k8s::Workload>,
 }
 
+/// How to attribute a new series: from `/proc` (its owner is alive and is the process that
+/// created the kernel entry) or from what the kernel captured (command name, cgroup id).
+pub trait Attribute {
+    /// `live`: the owner is alive, and its command name now matches the one the kernel
+    /// captured when the entry was created.
+    fn attribute(&mut self, key: &SeriesKey, stats: &SeriesStats, live: bool) -> Attribution;
+}
+
+impl<F: FnMut(&SeriesKey, &SeriesStats, bool) -> Attribution> Attribute for F {
+    fn attribute(&mut self, key: &SeriesKey, stats: &SeriesStats, live: bool) -> Attribution {
+        self(key, stats, live)
+    }
+}
+
+#[derive(Clone)]
 struct Series {
     /// Sum of the kernel entries that were deleted (final values).
     frozen: SeriesStats,
     /// The current kernel entry's value (zero when it has none).
     live: SeriesStats,
+    /// The kernel entry's value when this series' process took it over (pid reused while the
+    /// entry lived); subtracted from `live`.
+    base: SeriesStats,
     first_seen: SystemTime,
     /// When the owner was found dead (its kernel entry then deleted).
     exited: Option<Instant>,
+    /// Start time of the owner (clock ticks after boot), once seen alive.
+    start: Option<u64>,
+    /// Resolved once, at first sight.
+    attribution: Option<Attribution>,
+}
+
+impl Series {
+    fn new(wall: SystemTime) -> Self {
+        Series {
+            frozen: SeriesStats::ZERO,
+            live: SeriesStats::ZERO,
+            base: SeriesStats::ZERO,
+            first_seen: wall,
+            exited: None,
+            start: None,
+            attribution: None,
+        }
+    }
 }
 
 #[derive(Default)]
 pub struct Aggregator {
     series: HashMap<SeriesKey, Series>,
+    /// Series of processes whose pid another process holds now, with their final values.
+    retired: Vec<(SeriesKey, Series)>,
     /// Series dropped after their owner exited and the retention passed.
     pub expired: u64,
+    /// Series retired because another process took their pid.
+    pub pid_reused: u64,
+    /// Of those, the ones where the pid changed hands between two drains while the kernel
+    /// entry lived: that interval's increments went to the old process.
+    pub pid_reused_within_interval: u64,
 }
 
 /// Upper bounds in seconds of kernel buckets 0..HIST_BUCKETS-1: 2^b µs (the last is +Inf).
@@ -102,28 +158,65 @@ impl Aggregator {
     }
 
     /// Takes one drain's readings; returns the keys whose kernel entries may now be deleted.
+    /// New series are attributed through `attribute`.
     pub fn ingest(
         &mut self,
         readings: Vec<Reading>,
         now: Instant,
         wall: SystemTime,
+        attribute: &mut impl Attribute,
     ) -> Vec<SeriesKey> {
         let mut finals = Vec::new();
         for r in readings {
-            let s = self.series.entry(r.key).or_insert_with(|| Series {
-                frozen: SeriesStats::ZERO,
-                live: SeriesStats::ZERO,
-                first_seen: wall,
-                exited: None,
-            });
-            if r.final_value {
-                add(&mut s.frozen, &r.stats);
+            let s = self
+                .series
+                .entry(r.key)
+                .or_insert_with(|| Series::new(wall));
+            if let Some(h) = &r.holder {
+                // A live process holds the pid: is it the series' own?
+                let reused = s.exited.is_some() || s.start.is_some_and(|t| t != h.start);
+                if reused && r.key.tgid != 0 {
+                    let mut old = std::mem::replace(s, Series::new(wall));
+                    self.pid_reused += 1;
+                    if old.exited.is_none() {
+                        // The entry lived through the change: its value now is the old
+                        // process's final one; the new process counts from it.
+                        self.pid_reused_within_interval += 1;
+                        add(&mut old.frozen, &sub(&r.stats, &old.base));
+                        old.live = SeriesStats::ZERO;
+                        old.base = SeriesStats::ZERO;
+                        old.exited = Some(now);
+                        s.base = r.stats;
+                    }
+                    self.retired.push((r.key, old));
+                }
+                s.live = r.stats;
+                s.exited = None;
+                s.start.get_or_insert(h.start);
+                if s.attribution.is_none() {
+                    let same = h.comm == comm_str(&r.stats.comm);
+                    s.attribution = Some(attribute.attribute(&r.key, &r.stats, same));
+                }
+            } else if r.final_value {
+                // Dead again after its entry was deleted: the entry was created anew, by a
+                // socket that outlived its owner (same command name), or by another process
+                // that held the pid and exited between two drains (another name).
+                if s.exited.is_some() && s.frozen.comm != r.stats.comm {
+                    let old = std::mem::replace(s, Series::new(wall));
+                    self.pid_reused += 1;
+                    self.retired.push((r.key, old));
+                }
+                if s.attribution.is_none() {
+                    s.attribution = Some(attribute.attribute(&r.key, &r.stats, false));
+                }
+                add(&mut s.frozen, &sub(&r.stats, &s.base));
                 s.live = SeriesStats::ZERO;
+                s.base = SeriesStats::ZERO;
                 s.exited.get_or_insert(now);
                 finals.push(r.key);
             } else {
+                // The "other" series and owners never seen (tgid 0).
                 s.live = r.stats;
-                s.exited = None;
             }
         }
         finals
@@ -131,20 +224,21 @@ impl Aggregator {
 
     /// Drops series whose owner exited more than `retain` ago.
     pub fn expire(&mut self, now: Instant, retain: Duration) {
-        let before = self.series.len();
-        self.series
-            .retain(|_, s| s.exited.is_none_or(|t| now.duration_since(t) < retain));
-        self.expired += (before - self.series.len()) as u64;
+        let before = self.tracked();
+        let keep = |s: &Series| s.exited.is_none_or(|t| now.duration_since(t) < retain);
+        self.series.retain(|_, s| keep(s));
+        self.retired.retain(|(_, s)| keep(s));
+        self.expired += (before - self.tracked()) as u64;
     }
 
     pub fn tracked(&self) -> usize {
-        self.series.len()
+        self.series.len() + self.retired.len()
     }
 
     /// Cumulative totals of one series.
     fn total(s: &Series) -> SeriesStats {
         let mut t = s.frozen;
-        add(&mut t, &s.live);
+        add(&mut t, &sub(&s.live, &s.base));
         t
     }
 
@@ -152,27 +246,37 @@ impl Aggregator {
     pub fn total_handshakes(&self) -> u64 {
         self.series
             .values()
+            .chain(self.retired.iter().map(|(_, s)| s))
             .map(|s| Self::total(s).handshake.count())
             .sum()
     }
 
     /// The five families, one point per series (histograms without samples are left out).
-    pub fn families(
-        &self,
-        mut attribute: impl FnMut(&SeriesKey, &SeriesStats) -> Attribution,
-    ) -> Vec<Family> {
+    pub fn families(&self) -> Vec<Family> {
         let bounds = bucket_bounds_seconds();
         let mut handshake = Vec::new();
         let mut rtt = Vec::new();
         let mut duration = Vec::new();
         let mut retransmits = Vec::new();
         let mut failures = Vec::new();
-        let mut keys: Vec<&SeriesKey> = self.series.keys().collect();
-        keys.sort();
-        for key in keys {
-            let s = &self.series[key];
+        let mut current: Vec<(&SeriesKey, &Series)> = self.series.iter().collect();
+        current.sort_by_key(|(k, _)| **k);
+        let mut seen = std::collections::HashSet::new();
+        let mut all: Vec<(&SeriesKey, &Series, Labels)> = Vec::new();
+        for (key, s) in current {
+            let l = labels(key, s);
+            seen.insert(format!("{l:?}"));
+            all.push((key, s, l));
+        }
+        // A retired series whose attributes the current one repeats is replaced by it.
+        for (key, s) in &self.retired {
+            let l = labels(key, s);
+            if seen.insert(format!("{l:?}")) {
+                all.push((key, s, l));
+            }
+        }
+        for (_, s, labels) in all {
             let t = Self::total(s);
-            let labels = labels(key, &t, &mut attribute);
             let start_time = s.first_seen;
             let point = |labels: Labels, value: Value| Point {
                 labels,
@@ -214,11 +318,7 @@ impl Aggregator {
 }
 
 /// Attributes of one series. The all-zero key is the "other" series (what did not fit).
-fn labels(
-    key: &SeriesKey,
-    stats: &SeriesStats,
-    attribute: &mut impl FnMut(&SeriesKey, &SeriesStats) -> Attribution,
-) -> Labels {
+fn labels(key: &SeriesKey, s: &Series) -> Labels {
     if *key == SeriesKey::default() {
         return vec![attr(FOLDED, FOLDED_OTHER), attr("network.transport", "tcp")];
     }
@@ -227,19 +327,21 @@ fn labels(
         // A server socket whose listen() was not seen (listening before the agent started).
         l.push(attr(FOLDED, FOLDED_UNKNOWN));
     } else {
-        let a = attribute(key, stats);
         l.push(attr("process.pid", key.tgid));
-        l.push(attr(
-            "process.executable.name",
-            if a.exe_name.is_empty() {
-                comm_str(&stats.comm)
-            } else {
-                a.exe_name
-            },
-        ));
-        if let Some(c) = a.container_id {
+        let (exe, container) = match &s.attribution {
+            Some(a) if !a.exe_name.is_empty() => (a.exe_name.clone(), a.container_id.clone()),
+            a => (
+                comm_str(&Aggregator::total(s).comm),
+                a.as_ref().and_then(|a| a.container_id.clone()),
+            ),
+        };
+        l.push(attr("process.executable.name", exe));
+        if let Some(c) = container {
             l.push(attr("container.id", c));
         }
+        l.extend(crate::k8s::pod_labels(
+            s.attribution.as_ref().and_then(|a| a.workload.as_ref()),
+        ));
     }
     l.push(attr("network.tcp.handshake.role", role_name(key.role)));
     l.push(attr("network.transport", "tcp"));
@@ -266,7 +368,10 @@ mod tests {
     use agent_common::network::{AF_INET, ROLE_SERVER};
 
     use super::*;
-    use crate::metrics::model::{get, AttrValue};
+    use crate::{
+        metrics::model::{get, AttrValue},
+        probes::network::reader::Holder,
+    };
 
     fn key(tgid: u32, role: u8) -> SeriesKey {
         let mut addr = [0u8; 16];
@@ -281,7 +386,13 @@ mod tests {
     }
 
     fn stats(handshakes: &[u64], retrans: u64) -> SeriesStats {
+        named(b"curl", handshakes, retrans)
+    }
+
+    /// Stats whose kernel entry was created by a process named `comm`.
+    fn named(comm: &[u8], handshakes: &[u64], retrans: u64) -> SeriesStats {
         let mut s = SeriesStats::ZERO;
+        s.comm[..comm.len()].copy_from_slice(comm);
         for h in handshakes {
             s.handshake.add(*h);
         }
@@ -289,18 +400,40 @@ mod tests {
         s
     }
 
-    fn reading(key: SeriesKey, s: SeriesStats, final_value: bool) -> Reading {
+    /// A reading while process `start` (named `comm`) holds the pid.
+    fn live(key: SeriesKey, s: SeriesStats, start: u64, comm: &str) -> Reading {
         Reading {
             key,
             stats: s,
-            final_value,
+            final_value: false,
+            holder: Some(Holder {
+                start,
+                comm: comm.into(),
+            }),
         }
     }
 
-    fn attribution(_: &SeriesKey, _: &SeriesStats) -> Attribution {
+    /// A reading after the owner died.
+    fn dead(key: SeriesKey, s: SeriesStats) -> Reading {
+        Reading {
+            key,
+            stats: s,
+            final_value: key.tgid != 0,
+            holder: None,
+        }
+    }
+
+    /// Names a series after the kernel's command name, marked by where it came from.
+    fn attribution(_: &SeriesKey, s: &SeriesStats, live: bool) -> Attribution {
+        let comm = comm_str(&s.comm);
         Attribution {
-            exe_name: "curl".into(),
+            exe_name: if live {
+                comm
+            } else {
+                format!("{comm}(kernel)")
+            },
             container_id: None,
+            workload: None,
         }
     }
 
@@ -308,24 +441,51 @@ mod tests {
         &f.iter().find(|f| f.desc.name == name).unwrap().points
     }
 
+    /// (executable name, handshakes) of every handshake point, sorted.
+    fn handshakes(a: &Aggregator) -> Vec<(String, u64)> {
+        let f = a.families();
+        let mut out: Vec<(String, u64)> = value(&f, HANDSHAKE.name)
+            .iter()
+            .map(|p| {
+                let Some(AttrValue::Str(exe)) = get(&p.labels, "process.executable.name") else {
+                    panic!("no name: {:?}", p.labels)
+                };
+                let Value::Histogram(h) = &p.value else {
+                    panic!()
+                };
+                (exe.to_string(), h.count)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     #[test]
     fn cumulative_across_deletion_and_recreation() {
         let mut a = Aggregator::new();
         let (now, wall) = (Instant::now(), SystemTime::now());
         let k = key(7, ROLE_CLIENT);
+        let mut at = attribution;
         assert!(a
-            .ingest(vec![reading(k, stats(&[100], 1), false)], now, wall)
+            .ingest(
+                vec![live(k, stats(&[100], 1), 50, "curl")],
+                now,
+                wall,
+                &mut at
+            )
             .is_empty());
         // Owner dead before the read: final, deletable.
         let finals = a.ingest(
-            vec![reading(k, stats(&[100, 1_500_000], 2), true)],
+            vec![dead(k, stats(&[100, 1_500_000], 2))],
             now,
             wall,
+            &mut at,
         );
         assert_eq!(finals, vec![k]);
-        // The kernel re-created the key (a socket outlived its owner): new entry from zero.
-        a.ingest(vec![reading(k, stats(&[], 3), false)], now, wall);
-        let f = a.families(attribution);
+        // The kernel re-created the key (a socket outlived its owner, still dead): new entry
+        // from zero, added on top.
+        a.ingest(vec![dead(k, stats(&[], 3))], now, wall, &mut at);
+        let f = a.families();
         let Value::Histogram(h) = &value(&f, HANDSHAKE.name)[0].value else {
             panic!()
         };
@@ -337,6 +497,9 @@ mod tests {
         assert!((h.sum - 1.5001).abs() < 1e-9);
         assert_eq!(value(&f, RETRANSMITS.name)[0].value, Value::Counter(5.0));
         assert_eq!(a.total_handshakes(), 2);
+        assert_eq!(a.pid_reused, 0);
+        // Attributed once, while alive, and kept.
+        assert_eq!(handshakes(&a), vec![("curl".to_string(), 2)]);
     }
 
     #[test]
@@ -347,14 +510,15 @@ mod tests {
         s.failures[failure::REFUSED] = 2;
         a.ingest(
             vec![
-                reading(key(7, ROLE_CLIENT), s, false),
-                reading(key(8, ROLE_SERVER), stats(&[10], 0), false),
-                reading(SeriesKey::default(), stats(&[10], 0), false),
+                live(key(7, ROLE_CLIENT), s, 1, "curl"),
+                live(key(8, ROLE_SERVER), stats(&[10], 0), 2, "curl"),
+                dead(SeriesKey::default(), stats(&[10], 0)),
             ],
             now,
             wall,
+            &mut attribution,
         );
-        let f = a.families(attribution);
+        let f = a.families();
         let hs = value(&f, HANDSHAKE.name);
         assert_eq!(hs.len(), 3);
         let find = |pid: i64| {
@@ -389,13 +553,175 @@ mod tests {
         let mut a = Aggregator::new();
         let (now, wall) = (Instant::now(), SystemTime::now());
         a.ingest(
-            vec![reading(key(7, ROLE_CLIENT), stats(&[1], 0), true)],
+            vec![dead(key(7, ROLE_CLIENT), stats(&[1], 0))],
             now,
             wall,
+            &mut attribution,
         );
         a.expire(now + Duration::from_secs(30), Duration::from_secs(60));
         assert_eq!(a.tracked(), 1);
         a.expire(now + Duration::from_secs(61), Duration::from_secs(60));
         assert_eq!((a.tracked(), a.expired), (0, 1));
+    }
+
+    /// alpha holds pid 7, makes 3 connections and exits; beta gets pid 7 and makes 2 on the
+    /// same key: alpha's series keeps alpha's name and its 3, beta's starts from zero.
+    #[test]
+    fn pid_reuse_after_exit_keeps_the_old_series_and_its_name() {
+        let mut a = Aggregator::new();
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let k = key(7, ROLE_CLIENT);
+        let mut at = attribution;
+        a.ingest(
+            vec![live(k, named(b"alpha", &[10; 3], 0), 100, "alpha")],
+            now,
+            wall,
+            &mut at,
+        );
+        let finals = a.ingest(
+            vec![dead(k, named(b"alpha", &[10; 3], 0))],
+            now,
+            wall,
+            &mut at,
+        );
+        assert_eq!(finals, vec![k]);
+        // The entry was deleted; beta's connections create it again, from zero.
+        a.ingest(
+            vec![live(k, named(b"beta", &[10; 2], 0), 200, "beta")],
+            now,
+            wall,
+            &mut at,
+        );
+        assert_eq!(
+            handshakes(&a),
+            vec![("alpha".to_string(), 3), ("beta".to_string(), 2)]
+        );
+        assert_eq!((a.pid_reused, a.pid_reused_within_interval), (1, 0));
+        assert_eq!(a.total_handshakes(), 5);
+        // beta goes on: only beta's series moves.
+        a.ingest(
+            vec![live(k, named(b"beta", &[10; 6], 0), 200, "beta")],
+            now,
+            wall,
+            &mut at,
+        );
+        assert_eq!(
+            handshakes(&a),
+            vec![("alpha".to_string(), 3), ("beta".to_string(), 6)]
+        );
+        // alpha's retired series expires like any exited one.
+        a.expire(now + Duration::from_secs(61), Duration::from_secs(60));
+        assert_eq!(handshakes(&a), vec![("beta".to_string(), 6)]);
+    }
+
+    /// beta lives and dies between two drains: never seen alive, yet its entry (created anew
+    /// after alpha's was deleted) carries its own command name: a series of its own.
+    #[test]
+    fn short_lived_process_on_a_reused_pid_gets_its_own_series() {
+        let mut a = Aggregator::new();
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let k = key(7, ROLE_CLIENT);
+        let mut at = attribution;
+        a.ingest(
+            vec![dead(k, named(b"alpha", &[10; 3], 0))],
+            now,
+            wall,
+            &mut at,
+        );
+        a.ingest(
+            vec![dead(k, named(b"beta", &[10; 5], 0))],
+            now,
+            wall,
+            &mut at,
+        );
+        assert_eq!(
+            handshakes(&a),
+            vec![
+                ("alpha(kernel)".to_string(), 3),
+                ("beta(kernel)".to_string(), 5)
+            ]
+        );
+        // A socket outliving alpha re-creates the entry with alpha's name: added on top.
+        a.ingest(
+            vec![dead(k, named(b"beta", &[10; 1], 0))],
+            now,
+            wall,
+            &mut at,
+        );
+        assert_eq!(a.total_handshakes(), 9);
+        assert_eq!(a.pid_reused, 1);
+    }
+
+    /// The pid changes hands between two drains while the kernel entry lives on: what the
+    /// entry holds then is alpha's final value (marked), beta counts from there.
+    #[test]
+    fn pid_reuse_within_one_interval_is_marked() {
+        let mut a = Aggregator::new();
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let k = key(7, ROLE_CLIENT);
+        let mut at = attribution;
+        a.ingest(
+            vec![live(k, named(b"alpha", &[10; 3], 0), 100, "alpha")],
+            now,
+            wall,
+            &mut at,
+        );
+        a.ingest(
+            vec![live(k, named(b"alpha", &[10; 7], 0), 200, "beta")],
+            now,
+            wall,
+            &mut at,
+        );
+        assert_eq!((a.pid_reused, a.pid_reused_within_interval), (1, 1));
+        a.ingest(
+            vec![live(k, named(b"alpha", &[10; 10], 0), 200, "beta")],
+            now,
+            wall,
+            &mut at,
+        );
+        // beta's entry was created by alpha (kernel name alpha, /proc name beta): attributed
+        // from what the kernel captured, never from the new holder's /proc.
+        assert_eq!(
+            handshakes(&a),
+            vec![("alpha".to_string(), 7), ("alpha(kernel)".to_string(), 3)]
+        );
+        // Deleting and recreating works from the new base on.
+        let finals = a.ingest(
+            vec![dead(k, named(b"alpha", &[10; 11], 0))],
+            now,
+            wall,
+            &mut at,
+        );
+        assert_eq!(finals, vec![k]);
+        assert_eq!(a.total_handshakes(), 11);
+    }
+
+    /// The same program again on the same pid: the new series replaces the old one on export
+    /// (identical attributes would be one series twice), with its own start time.
+    #[test]
+    fn same_program_on_a_reused_pid_replaces_the_old_series() {
+        let mut a = Aggregator::new();
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let later = wall + Duration::from_secs(5);
+        let k = key(7, ROLE_CLIENT);
+        let mut at = attribution;
+        a.ingest(
+            vec![live(k, stats(&[10; 3], 0), 100, "curl")],
+            now,
+            wall,
+            &mut at,
+        );
+        a.ingest(vec![dead(k, stats(&[10; 3], 0))], now, wall, &mut at);
+        a.ingest(
+            vec![live(k, stats(&[10], 0), 300, "curl")],
+            now,
+            later,
+            &mut at,
+        );
+        let f = a.families();
+        let hs = value(&f, HANDSHAKE.name);
+        assert_eq!(hs.len(), 1, "{hs:?}");
+        assert_eq!(hs[0].start_time, later);
+        assert_eq!(handshakes(&a), vec![("curl".to_string(), 1)]);
     }
 }

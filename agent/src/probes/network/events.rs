@@ -85,7 +85,10 @@ pub fn decode(bytes: &[u8], clock: &Clock) -> Option<ConnRecord> {
         _ => return None,
     };
     let established = e.handshake_us != 0 || e.duration_us != 0;
-    let t = &e.tuple;
+    // The kernel already records IPv4 on IPv6 sockets as IPv4; an older object may not.
+    let mut t = e.tuple;
+    t.unmap_v4();
+    let t = &t;
     Some(ConnRecord {
         event,
         time_unix_nano: clock.unix_nanos(e.time_ns),
@@ -187,6 +190,19 @@ mod tests {
         assert_eq!(r.peer_address, "::1");
         assert_eq!(r.duration_us, None);
         assert!(decode(&bytes(&e)[..10], &Clock::new()).is_none());
+        // IPv4 carried by an IPv6 socket reads as IPv4.
+        let mut mapped = [0u8; 16];
+        mapped[10..12].copy_from_slice(&[0xff, 0xff]);
+        mapped[12..].copy_from_slice(&[127, 0, 0, 1]);
+        e.kind = EVENT_OPEN;
+        e.tuple.peer = mapped;
+        e.tuple.local = mapped;
+        let r = decode(&bytes(&e), &Clock::new()).unwrap();
+        assert_eq!(r.family, "ipv4");
+        assert_eq!(
+            (r.peer_address.as_str(), r.local_address.as_str()),
+            ("127.0.0.1", "127.0.0.1")
+        );
         e.kind = 99;
         assert!(decode(&bytes(&e), &Clock::new()).is_none());
     }

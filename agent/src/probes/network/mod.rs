@@ -22,11 +22,12 @@ use std::{
 };
 
 use agent_common::network::{
-    ListenerKey, Owner, AGG_GLOBAL, AGG_PEER, AGG_PORT, AGG_PROCESS, CONNS_MAP, COUNTERS_MAP,
-    EVENTS_MAP, EVENT_RATE_GLOBAL, LISTENERS_MAP, RTT_ON_GLOBAL, RTT_PERIOD_GLOBAL, SERIES_MAP,
+    Owner, SeriesKey, SeriesStats, AGG_GLOBAL, AGG_PEER, AGG_PORT, AGG_PROCESS, CONNS_MAP,
+    COUNTERS_MAP, EVENTS_MAP, EVENT_RATE_GLOBAL, LISTENERS_MAP, RTT_ON_GLOBAL, RTT_PERIOD_GLOBAL,
+    SERIES_MAP,
 };
 use aya::{
-    maps::{HashMap, MapData, RingBuf},
+    maps::{MapData, RingBuf, SkStorage},
     programs::{links::CgroupAttachMode, SockOps, TracePoint},
     Ebpf,
 };
@@ -220,7 +221,7 @@ impl ProbeSpec for Network {
                 counters: ebpf::take_map(&mut bpf, NAME, COUNTERS_MAP)?,
             };
             let events: RingBuf<MapData> = ebpf::take_map(&mut bpf, NAME, EVENTS_MAP)?;
-            let listeners: HashMap<MapData, ListenerKey, Owner> =
+            let listeners: SkStorage<MapData, Owner> =
                 ebpf::take_map(&mut bpf, NAME, LISTENERS_MAP)?;
             Ok((maps, events, listeners))
         })();
@@ -333,20 +334,34 @@ impl Drainer {
         };
         let entries = readings.len() as u64;
         let now = Instant::now();
-        let finals = self.agg.ingest(readings, now, SystemTime::now());
-        self.maps.delete(&finals);
-        for k in &finals {
-            self.cache.forget(k.tgid);
-        }
-        self.agg.expire(now, self.cfg.retain_exited);
         let cache = &mut self.cache;
-        let families = self.agg.families(|key, stats| {
-            let info = cache.get(key.tgid, &comm_str(&stats.comm), stats.cgroup_id);
-            Attribution {
-                exe_name: info.exe_name,
-                container_id: info.container_id,
+        // Called once per series, at first sight: from /proc only when the process holding
+        // the pid is the one that created the entry, else from what the kernel captured.
+        let mut attribute = |key: &SeriesKey, stats: &SeriesStats, live: bool| {
+            let comm = comm_str(&stats.comm);
+            // The pid's earlier holder may be cached: a series is attributed once anyway.
+            cache.forget(key.tgid);
+            if live {
+                let info = cache.get(key.tgid, &comm, stats.cgroup_id);
+                Attribution {
+                    exe_name: info.exe_name,
+                    container_id: info.container_id,
+                    workload: info.workload,
+                }
+            } else {
+                Attribution {
+                    container_id: cache.container_of_cgroup(stats.cgroup_id),
+                    workload: cache.workload_of_cgroup(stats.cgroup_id),
+                    exe_name: comm,
+                }
             }
-        });
+        };
+        let finals = self
+            .agg
+            .ingest(readings, now, SystemTime::now(), &mut attribute);
+        self.maps.delete(&finals);
+        self.agg.expire(now, self.cfg.retain_exited);
+        let families = self.agg.families();
         self.store.publish(Batch {
             source: NAME.to_string(),
             time: SystemTime::now(),
@@ -363,6 +378,11 @@ impl Drainer {
         detail.insert("tracked_series".into(), self.agg.tracked() as u64);
         detail.insert("expired_series".into(), self.agg.expired);
         detail.insert("listeners_seeded".into(), self.listeners_seeded);
+        detail.insert("pid_reused".into(), self.agg.pid_reused);
+        detail.insert(
+            "pid_reused_within_interval".into(),
+            self.agg.pid_reused_within_interval,
+        );
         self.state.set_map(
             SERIES_MAP,
             MapStats {

@@ -1,45 +1,68 @@
 //! The syscall latency probe: loads `syscalls.bpf.o` sized by the config, attaches the
-//! `sys_enter`/`sys_exit` raw tracepoints, and drains the kernel histograms every interval on
-//! its own thread into `process.syscall.duration` and `process.syscall.errors`.
+//! `sys_enter`/`sys_exit` raw tracepoints (and the `sched_process_exec`/`sched_process_exit`
+//! tracepoints that tell process incarnations apart), and drains the kernel histograms every
+//! interval on its own thread: per-incarnation increments (`deltas.rs`) go to the activity
+//! feed (signals, before any folding) and into the exported `process.syscall.duration` and
+//! `process.syscall.errors` series (`series.rs`: top-N by activity, aggregation levels).
 //!
-//! Invariants: attached means both hooks are attached (one alone is useless, so a half attach is
-//! rolled back); on stop the hooks are detached *before* the final drain, so the last published
-//! values are complete; map sizes change only by reloading the probe (the shared lifecycle in
-//! `probes/lifecycle.rs`).
+//! Invariants: attached means both raw_syscalls hooks are attached (one alone is useless, so a
+//! half attach is rolled back); without the sched hooks the probe is degraded (a pid reused
+//! within one interval, or an exec, may mix) and says so; on stop the hooks are detached
+//! *before* the final drain, so the last published values are complete; map sizes change only
+//! by reloading the probe (the shared lifecycle in `probes/lifecycle.rs`); the aggregation
+//! level changes by restarting the exported series (the kernel state is kept).
 
-pub mod aggregate;
+pub mod deltas;
+pub mod hist;
+pub mod identity;
 pub mod names;
 pub mod reader;
+pub mod series;
 
 use std::{
+    collections::HashMap,
+    os::fd::{AsFd, AsRawFd},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
 use agent_common::syscalls::{
-    COUNTERS_MAP, ERRORS_MAP, FAST_MAP, FAST_SHIFT_GLOBAL, INFLIGHT_MAP, INFLIGHT_MASK_GLOBAL,
+    ProcEvent, COUNTERS_MAP, DEFAULT_EXEC_FILENAME_OFF, DEFAULT_GROUP_DEAD_OFF, ERRORS_MAP,
+    ERRORS_OVERFLOW_MAP, EXEC_FILENAME_GLOBAL, EXIT_GROUP_DEAD_GLOBAL, FAST_MAP, FAST_SHIFT_GLOBAL,
+    INFLIGHT_MAP, INFLIGHT_MASK_GLOBAL, NO_FIELD, OVERFLOW_MAP, PROC_EVENTS_MAP, PROC_GEN_MAP,
     STATS_MAP,
 };
-use aya::{programs::RawTracePoint, Ebpf};
+use aya::{
+    maps::{MapData, RingBuf},
+    programs::{RawTracePoint, TracePoint},
+    Ebpf,
+};
 
 use self::{
-    aggregate::{Aggregator, Attribution, Limits},
+    deltas::{Deltas, ProcDelta, ProcKey},
+    identity::Identities,
     reader::Maps,
+    series::{Identity, Limits, Series},
 };
 use super::lifecycle::{ProbeEnv, ProbeSpec, ProbeWorker, StartResult};
 use crate::{
     config::SyscallsConfig,
-    ebpf::{self, LoadError},
+    ebpf::{self, tracefs, LoadError},
     metrics::{model::Batch, Store},
-    procinfo::{self, ProcCache},
+    signals::{Activity, ActivityBatch, ActivityHub, ProcessRef, SyscallActivity, SyscallDelta},
     status::state::{AgentState, HookStatus, MapStats},
 };
 
 pub const NAME: &str = "syscalls";
-/// (program, raw tracepoint) pairs.
+/// (program, raw tracepoint) pairs: both or none.
 pub const HOOKS: [(&str, &str); 2] = [
     ("syscalls_enter", "sys_enter"),
     ("syscalls_exit", "sys_exit"),
+];
+/// (program, tracepoint category, name): process incarnations (optional).
+pub const SCHED_HOOKS: [(&str, &str, &str); 2] = [
+    ("syscalls_exec", "sched", "sched_process_exec"),
+    ("syscalls_exit_group", "sched", "sched_process_exit"),
 ];
 
 fn hook_name(tp: &str) -> String {
@@ -50,15 +73,33 @@ fn hook_name(tp: &str) -> String {
 fn detached_hooks() -> Vec<HookStatus> {
     HOOKS
         .iter()
-        .map(|(_, tp)| HookStatus {
-            hook: hook_name(tp),
+        .map(|(_, tp)| hook_name(tp))
+        .chain(
+            SCHED_HOOKS
+                .iter()
+                .map(|(_, c, n)| format!("tracepoint/{c}/{n}")),
+        )
+        .map(|hook| HookStatus {
+            hook,
             attached: false,
             error: None,
         })
         .collect()
 }
 
-/// Loads the object sized by `cfg` and attaches both hooks. On failure nothing stays attached.
+/// Offsets of the sched tracepoint fields this kernel has (tracefs `format` files).
+fn sched_offsets() -> (u32, u32) {
+    let group_dead = tracefs::field_offset("sched", "sched_process_exit", "group_dead");
+    let filename = tracefs::field_offset("sched", "sched_process_exec", "filename");
+    if tracefs::find().is_none() {
+        // Unknown: the defaults of current kernels (the hooks will not attach anyway).
+        return (DEFAULT_GROUP_DEAD_OFF, DEFAULT_EXEC_FILENAME_OFF);
+    }
+    (group_dead.unwrap_or(NO_FIELD), filename.unwrap_or(NO_FIELD))
+}
+
+/// Loads the object sized by `cfg` and attaches the raw_syscalls hooks (required: on failure
+/// nothing stays attached) and the sched hooks (optional: a failure marks its hook).
 pub fn load_and_attach(
     cfg: &SyscallsConfig,
 ) -> Result<(Ebpf, Vec<HookStatus>), (LoadError, Vec<HookStatus>)> {
@@ -69,29 +110,52 @@ pub fn load_and_attach(
         0 => (1, 32u32),
         n => (cpus.saturating_mul(n), n.trailing_zeros()),
     };
+    let _ = tracefs::ensure();
+    let (group_dead_off, filename_off) = sched_offsets();
     let mut hooks = detached_hooks();
     let mut bpf = ebpf::load(NAME, |l| {
         l.map_max_entries(STATS_MAP, cfg.max_entries)
             .map_max_entries(ERRORS_MAP, cfg.error_entries)
             .map_max_entries(INFLIGHT_MAP, cfg.inflight_slots)
             .map_max_entries(FAST_MAP, fast_entries)
+            .map_max_entries(PROC_GEN_MAP, cfg.max_processes)
             .override_global(INFLIGHT_MASK_GLOBAL, &mask, true)
-            .override_global(FAST_SHIFT_GLOBAL, &fast_shift, true);
+            .override_global(FAST_SHIFT_GLOBAL, &fast_shift, true)
+            .override_global(EXIT_GROUP_DEAD_GLOBAL, &group_dead_off, true)
+            .override_global(EXEC_FILENAME_GLOBAL, &filename_off, true);
     })
     .map_err(|e| (e, hooks.clone()))?;
+    // The sched hooks first: generations must be tracked before any call is counted.
+    for (i, (prog, category, event)) in SCHED_HOOKS.iter().enumerate() {
+        let what = format!("attaching {prog} to tracepoint {category}/{event}");
+        let result = (|| -> Result<(), LoadError> {
+            tracefs::ensure().map_err(|e| {
+                LoadError::new(
+                    format!("{what}: {e}"),
+                    "mount tracefs: mount -t tracefs tracefs /sys/kernel/tracing",
+                )
+            })?;
+            let p: &mut TracePoint = ebpf::program(&mut bpf, NAME, prog)?;
+            p.load()
+                .map_err(|e| ebpf::explain(&format!("verifying {prog}"), &e))?;
+            p.attach(category, event)
+                .map_err(|e| ebpf::explain(&what, &e))?;
+            Ok(())
+        })();
+        let h = &mut hooks[HOOKS.len() + i];
+        match result {
+            Ok(()) => h.attached = true,
+            Err(e) => {
+                tracing::warn!(probe = NAME, "{}; a pid reused within one drain interval, or an exec, may mix with what the pid was before", e.cause);
+                tracing::warn!(probe = NAME, "fix: {}", e.fix);
+                h.error = Some(e.cause);
+            }
+        }
+    }
     for (i, (prog, tp)) in HOOKS.iter().enumerate() {
         let what = format!("attaching {} to {}", prog, hook_name(tp));
         let result = (|| -> Result<(), LoadError> {
-            let p: &mut RawTracePoint = bpf
-                .program_mut(prog)
-                .ok_or_else(|| {
-                    LoadError::new(
-                        format!("{what}: program missing from the object"),
-                        "rebuild with `cargo xtask build-ebpf`",
-                    )
-                })?
-                .try_into()
-                .map_err(|e| ebpf::explain(&what, &e))?;
+            let p: &mut RawTracePoint = ebpf::program(&mut bpf, NAME, prog)?;
             p.load()
                 .map_err(|e| ebpf::explain(&format!("verifying {prog}"), &e))?;
             p.attach(tp).map_err(|e| ebpf::explain(&what, &e))?;
@@ -130,6 +194,7 @@ impl ProbeSpec for Syscalls {
             || a.error_entries != b.error_entries
             || a.inflight_slots != b.inflight_slots
             || a.fast_slots != b.fast_slots
+            || a.max_processes != b.max_processes
     }
 
     fn reload_reason() -> &'static str {
@@ -142,24 +207,49 @@ impl ProbeSpec for Syscalls {
 
     fn start(cfg: &SyscallsConfig, env: &ProbeEnv) -> StartResult<Drainer> {
         let (mut bpf, hooks) = load_and_attach(cfg)?;
-        let maps = match take_maps(&mut bpf, cfg.fast_slots > 0) {
-            Ok(m) => m,
+        let exit_hook = hooks[HOOKS.len() + 1].attached;
+        let taken = (|| -> Result<_, LoadError> {
+            let maps = Maps {
+                stats: take(&mut bpf, STATS_MAP)?,
+                errors: take(&mut bpf, ERRORS_MAP)?,
+                counters: take(&mut bpf, COUNTERS_MAP)?,
+                fast: if cfg.fast_slots > 0 {
+                    Some(take(&mut bpf, FAST_MAP)?)
+                } else {
+                    None
+                },
+                overflow: take(&mut bpf, OVERFLOW_MAP)?,
+                errors_overflow: take(&mut bpf, ERRORS_OVERFLOW_MAP)?,
+                proc_gen: take(&mut bpf, PROC_GEN_MAP)?,
+                exit_hook,
+            };
+            let events: RingBuf<MapData> = take(&mut bpf, PROC_EVENTS_MAP)?;
+            Ok((maps, events))
+        })();
+        let (maps, events) = match taken {
+            Ok(x) => x,
             Err(e) => return Err((e, hooks)),
         };
         let programs = program_fds(&bpf);
         let logger = ebpf::logger::spawn(NAME, &mut bpf);
-        tracing::info!(probe = NAME, interval = ?cfg.interval, max_entries = cfg.max_entries, "attached raw_syscalls sys_enter/sys_exit");
+        tracing::info!(probe = NAME, interval = ?cfg.interval, max_entries = cfg.max_entries, aggregation = cfg.aggregation.as_str(), "attached raw_syscalls sys_enter/sys_exit");
         let drainer = Drainer {
             bpf: Some(bpf),
             logger,
             maps,
+            events,
             programs,
             warned_misses: Default::default(),
             cfg: cfg.clone(),
-            agg: Aggregator::new(),
-            cache: ProcCache::new(8192),
+            deltas: Deltas::new(),
+            series: Series::new(cfg.aggregation),
+            ids: Identities::new(8192),
+            known: HashMap::new(),
+            last_folded: 0,
+            last_read: (Instant::now(), SystemTime::now()),
             store: env.store.clone(),
             state: env.state.clone(),
+            activity: env.activity.clone(),
         };
         Ok((drainer, hooks))
     }
@@ -179,32 +269,28 @@ where
     ebpf::take_map(bpf, NAME, name)
 }
 
-fn take_maps(bpf: &mut Ebpf, fast_on: bool) -> Result<Maps, LoadError> {
-    Ok(Maps {
-        stats: take(bpf, STATS_MAP)?,
-        errors: take(bpf, ERRORS_MAP)?,
-        counters: take(bpf, COUNTERS_MAP)?,
-        fast: if fast_on {
-            Some(take(bpf, FAST_MAP)?)
-        } else {
-            None
-        },
-    })
-}
-
 pub struct Drainer {
     /// The loaded object: dropping it detaches the programs (the maps were taken out of it).
     bpf: Option<Ebpf>,
     logger: Option<tokio::task::JoinHandle<()>>,
     maps: Maps,
+    events: RingBuf<MapData>,
     /// Our programs' fds (clones), to read the kernel's recursion-miss counts.
     programs: Vec<aya::programs::ProgramFd>,
     warned_misses: std::cell::Cell<bool>,
     cfg: SyscallsConfig,
-    agg: Aggregator,
-    cache: ProcCache,
+    deltas: Deltas,
+    series: Series,
+    ids: Identities,
+    /// Identities of the live incarnations seen (fixed at first sight).
+    known: HashMap<ProcKey, Identity>,
+    /// The kernel's fold counters at the last drain (the overflow is read when they move).
+    last_folded: u64,
+    /// When the kernel maps were last read.
+    last_read: (Instant, SystemTime),
     store: Arc<Store>,
     state: Arc<AgentState>,
+    activity: ActivityHub,
 }
 
 impl ProbeWorker for Drainer {
@@ -214,93 +300,181 @@ impl ProbeWorker for Drainer {
         self.cfg.interval
     }
 
+    /// Wakes for exec events, so the new incarnation is named while it still runs.
+    fn wait(&mut self, timeout: Duration) {
+        let mut fds = [libc::pollfd {
+            fd: self.events.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(fds.as_mut_ptr(), 1, timeout.as_millis() as i32) };
+    }
+
+    fn poll(&mut self) {
+        self.read_events();
+    }
+
     fn tick(&mut self) {
         self.drain_once();
     }
 
     fn retune(&mut self, cfg: &SyscallsConfig) {
+        if cfg.aggregation != self.series.level() {
+            tracing::info!(
+                probe = NAME,
+                aggregation = cfg.aggregation.as_str(),
+                "aggregation changed: the exported syscall series restart"
+            );
+            self.series = Series::new(cfg.aggregation);
+        }
         self.cfg = cfg.clone();
     }
 
     fn finish(mut self) {
-        drop(self.bpf.take()); // detaches both programs
+        drop(self.bpf.take()); // detaches every program
         if let Some(l) = self.logger.take() {
             l.abort();
         }
+        self.read_events();
         self.drain_once();
     }
 }
 
 impl Drainer {
+    fn read_events(&mut self) {
+        let mut events = Vec::new();
+        while let Some(item) = self.events.next() {
+            if item.len() >= std::mem::size_of::<ProcEvent>() {
+                // SAFETY: the kernel wrote a whole ProcEvent (repr(C), plain data); the read is
+                // unaligned-safe.
+                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const ProcEvent) });
+            }
+        }
+        for ev in events {
+            let maps = &self.maps;
+            self.ids.on_exec(&ev, |tgid| maps.current_gen(tgid));
+        }
+    }
+
     fn drain_once(&mut self) {
         let started = Instant::now();
-        let drained = match self.maps.drain() {
+        let counters = self.maps.counters();
+        let folded = counters["stats_folded"] + counters["errors_folded"];
+        let drained = match self.maps.drain(folded != self.last_folded) {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(probe = NAME, "drain failed: {e}");
                 return;
             }
         };
-        let limits = Limits {
-            top_processes: self.cfg.top_processes,
-            retain_exited: self.cfg.retain_exited,
-        };
+        self.last_folded = folded;
+        let read_at = (Instant::now(), SystemTime::now());
+        let (interval_start, elapsed) =
+            (self.last_read.1, read_at.0.duration_since(self.last_read.0));
+        self.last_read = read_at;
+
         let reader::Drained {
             stats,
             errors,
+            overflow,
             stats_entries,
             error_entries,
-            final_stats,
-            final_errors,
-            final_fast,
             fast_entries,
+            finals,
         } = drained;
-        let cache = &mut self.cache;
-        let finals = self.agg.ingest(
-            stats,
-            errors,
-            &limits,
-            Instant::now(),
-            SystemTime::now(),
-            |pid, comm, cgroup| {
-                let info = cache.get(pid, comm, cgroup);
-                Attribution {
-                    exe_name: info.exe_name,
-                    container_id: info.container_id,
-                }
-            },
-        );
-        self.maps.delete(&final_stats, &final_errors, &final_fast);
-        for pid in &finals {
-            self.cache.forget(*pid);
-        }
-        // Tracked processes with no kernel entries left expire once they are gone.
-        for pid in self.agg.live_pids() {
-            if !procinfo::alive(pid) {
-                self.agg.mark_exited(pid, Instant::now());
-                self.cache.forget(pid);
+        let proc_deltas = self.deltas.ingest(stats, errors);
+        let overflow = match overflow {
+            Some((s, e)) => self.deltas.overflow(s, e),
+            None => Default::default(),
+        };
+        self.maps.delete(&finals);
+
+        // Names at first sight, fixed for the incarnation's life.
+        for d in &proc_deltas {
+            if !self.known.contains_key(&d.proc) {
+                let maps = &self.maps;
+                let id = self
+                    .ids
+                    .resolve(d.proc, &d.comm, d.cgroup_id, |tgid| maps.current_gen(tgid));
+                self.known.insert(d.proc, id);
             }
         }
-        let families = self.agg.families(names::syscall_name, names::errno_name);
+        if self.activity.has_subscribers() {
+            self.activity.publish(ActivityBatch {
+                source: NAME,
+                time: read_at.1,
+                elapsed,
+                activity: Activity::Syscalls(
+                    proc_deltas.iter().map(|d| self.activity_of(d)).collect(),
+                ),
+            });
+        }
+        let limits = Limits {
+            top: self.cfg.top_processes,
+            retain_exited: self.cfg.retain_exited,
+        };
+        let known = &self.known;
+        self.series.ingest(
+            &proc_deltas,
+            |d| known.get(&d.proc).cloned().unwrap_or_default(),
+            &overflow,
+            &limits,
+            read_at.0,
+            interval_start,
+        );
+        for d in proc_deltas.iter().filter(|d| d.ended) {
+            self.known.remove(&d.proc);
+        }
+        let families = self.series.families(names::syscall_name, names::errno_name);
         self.store.publish(Batch {
             source: NAME.to_string(),
-            time: SystemTime::now(),
+            time: read_at.1,
             families,
         });
-        self.report(stats_entries, error_entries, fast_entries);
-        tracing::debug!(probe = NAME, entries = stats_entries, took = ?started.elapsed(), "drained");
+        self.report(&counters, stats_entries, error_entries, fast_entries);
+        tracing::debug!(probe = NAME, entries = stats_entries, incarnations = proc_deltas.len(), took = ?started.elapsed(), "drained");
     }
 
-    fn report(&self, stats_entries: u64, error_entries: u64, fast_entries: u64) {
-        let k = self.maps.counters();
-        let acc = &self.agg.accounting;
+    fn activity_of(&self, d: &ProcDelta) -> SyscallActivity {
+        let id = self.known.get(&d.proc).cloned().unwrap_or_default();
+        let mut syscalls: Vec<SyscallDelta> = d
+            .stats
+            .iter()
+            .map(|(nr, a)| SyscallDelta {
+                nr: *nr,
+                calls: a.count,
+                errors: a.errors,
+                duration_ns: a.sum_ns,
+            })
+            .collect();
+        // Errors counted by errno but whose calls were already in `stats` keep their calls there;
+        // `errors` per syscall comes from the stats entries (the same calls).
+        syscalls.retain(|s| s.calls > 0 || s.errors > 0);
+        SyscallActivity {
+            process: ProcessRef {
+                pid: d.proc.tgid,
+                gen: d.proc.gen,
+                exe_name: id.exe_name,
+                container_id: id.container_id,
+                cgroup_id: d.cgroup_id,
+            },
+            syscalls,
+            ended: d.ended,
+        }
+    }
+
+    fn report(
+        &self,
+        k: &std::collections::BTreeMap<&'static str, u64>,
+        stats_entries: u64,
+        error_entries: u64,
+        fast_entries: u64,
+    ) {
+        let acc = &self.series.accounting;
+        let ids = &self.ids.stats;
         let mut detail: std::collections::BTreeMap<String, u64> =
             k.iter().map(|(n, v)| (n.to_string(), *v)).collect();
-        detail.insert("evictions_detected".into(), acc.evictions_detected);
-        detail.insert("folded_processes".into(), acc.folded_processes);
-        detail.insert("expired_processes".into(), acc.expired_processes);
-        detail.insert("tracked_processes".into(), acc.tracked_processes);
-        let processed = self.agg.total_calls();
         use std::os::fd::AsFd;
         let recursion_misses: u64 = self
             .programs
@@ -315,15 +489,29 @@ impl Drainer {
                 }
             })
             .sum();
-        detail.insert("recursion_misses".into(), recursion_misses);
-        detail.insert("calls".into(), processed);
-        detail.insert("fast_entries".into(), fast_entries);
-        let lost = k["unmatched_exits"]
-            + k["slot_collisions"]
-            + k["stats_insert_failed"]
-            + k["nr_out_of_range"]
-            + acc.evictions_detected
-            + recursion_misses;
+        let processed = self.series.total_calls();
+        for (name, v) in [
+            ("recursion_misses", recursion_misses),
+            ("calls", processed),
+            ("fast_entries", fast_entries),
+            ("folded_calls", acc.folded_calls),
+            ("overflow_calls", acc.overflow_calls),
+            ("expired_series", acc.expired_series),
+            ("owner_series", self.series.owner_series() as u64),
+            ("tracked_incarnations", self.series.incarnations() as u64),
+            ("kernel_keys_remembered", self.deltas.keys() as u64),
+            ("recreated_entries", self.deltas.recreated),
+            ("names_from_proc", ids.from_proc),
+            ("names_from_exec_path", ids.from_exec_path),
+            ("names_from_comm", ids.from_comm),
+            ("exec_names_evicted", ids.exec_names_evicted),
+        ] {
+            detail.insert(name.into(), v);
+        }
+        // Calls that were not counted at all (untimed or skipped); folds into "other" are not
+        // losses.
+        let lost =
+            k["unmatched_exits"] + k["slot_collisions"] + k["nr_out_of_range"] + recursion_misses;
         self.state.set_map(
             STATS_MAP,
             MapStats {
@@ -339,11 +527,11 @@ impl Drainer {
             ERRORS_MAP,
             MapStats {
                 probe: NAME.into(),
-                processed: self.agg.total_errors(),
-                lost: k["errors_insert_failed"],
+                processed: self.series.total_errors(),
+                lost: 0,
                 entries: Some(error_entries),
                 capacity: Some(self.cfg.error_entries as u64),
-                detail: Default::default(),
+                detail: [("errors_folded".to_string(), k["errors_folded"])].into(),
             },
         );
     }
