@@ -5,9 +5,8 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
-    thread,
-    time::{Duration, Instant},
+    process::{Command, Stdio},
+    time::Instant,
 };
 
 use anyhow::{bail, Context, Result};
@@ -15,11 +14,12 @@ use anyhow::{bail, Context, Result};
 use super::{
     harness::{noise_note, rotation, verdict, Spread},
     host::{
-        build_release, children_cpu_seconds, ensure_tracefs, http_body, online_cpus, peak_rss,
-        program_costs, start_agent, start_agent_on, thread_cpu_ns, thread_cpu_seconds_since,
+        build_release, children_cpu_seconds, ensure_tracefs, online_cpus, peak_rss, program_costs,
+        start_agent, thread_cpu_ns, thread_cpu_seconds_since,
     },
 };
 use crate::{
+    build::bin_path,
     setup,
     util::{self, root},
 };
@@ -107,37 +107,63 @@ pub(super) fn run(seconds: u64, rounds: usize) -> Result<()> {
     result
 }
 
-/// Writes the agent config of a profiler condition (profiler only), exporting every
-/// `interval`.
-fn profiler_config(
-    dir: &Path,
-    (label, hz, mode, unwinder): Condition,
-    interval: &str,
-) -> Result<PathBuf> {
-    let path = dir.join(format!(
-        "profiler-{}-{interval}.yaml",
-        label.replace(' ', "-")
-    ));
+/// Writes the agent config of a profiler condition (profiler only).
+fn profiler_config(dir: &Path, (label, hz, mode, unwinder): Condition) -> Result<PathBuf> {
+    let path = dir.join(format!("profiler-{}.yaml", label.replace(' ', "-")));
     std::fs::write(
         &path,
         format!(
             "probes:\n  syscalls:\n    enabled: false\n  network:\n    enabled: false\n  \
-             profiler:\n    frequency: {hz}\n    mode: {mode}\n    unwinder: {unwinder}\n    \
-             interval: {interval}\n"
+             profiler:\n    frequency: {hz}\n    mode: {mode}\n    unwinder: {unwinder}\n"
         ),
     )?;
     Ok(path)
 }
 
-/// A whole-number field of the agent's /status JSON (the first one with that name).
-fn status_number(port: u16, field: &str) -> Option<u64> {
-    http_body(port, "/status")?
-        .split(&format!("\"{field}\":"))
-        .nth(1)?
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
+/// `(truncated, total)` samples of the `hotspots` process in one `agent profile --pid` run
+/// of `seconds` at 19 Hz with `unwinder`, read from its folded output (a truncated stack hangs
+/// under `[truncated]`, right below the executable). Per process, so other processes on a
+/// shared host do not count; the process's first samples, before its tables load, are walked
+/// by frame pointer and count too.
+fn truncated_share(
+    dir: &Path,
+    bin: &Path,
+    seconds: u64,
+    cpus: usize,
+    unwinder: &str,
+) -> Result<(u64, u64)> {
+    // The workload outlives the profile, which takes a moment to load before it samples.
+    let mut workload = Command::new(bin)
+        .args([(seconds + 10).to_string(), cpus.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("run hotspots")?;
+    let output = dir.join(format!("truncated-{unwinder}.folded"));
+    let status = Command::new(bin_path("release", "agent"))
+        .arg("profile")
+        .args(["--duration", &format!("{seconds}s"), "--hz", "19"])
+        .args(["--pid", &workload.id().to_string(), "--unwinder", unwinder])
+        .args(["--format", "folded", "--output"])
+        .arg(&output)
+        .stderr(Stdio::null())
+        .status();
+    let _ = workload.kill();
+    let _ = workload.wait();
+    if !status.context("run agent profile")?.success() {
+        bail!("agent profile --unwinder {unwinder} failed");
+    }
+    let (mut truncated, mut total) = (0, 0);
+    for line in std::fs::read_to_string(&output)?.lines() {
+        let Some((stack, count)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let count: u64 = count.parse().unwrap_or(0);
+        total += count;
+        if stack.split(';').nth(1) == Some("[truncated]") {
+            truncated += count;
+        }
+    }
+    Ok((truncated, total))
 }
 
 pub(super) fn profiler_in(dir: &Path, seconds: u64, rounds: usize) -> Result<()> {
@@ -146,7 +172,7 @@ pub(super) fn profiler_in(dir: &Path, seconds: u64, rounds: usize) -> Result<()>
     let out_dir = dir.join("output");
     let configs: Vec<PathBuf> = PROFILER_CONDITIONS
         .iter()
-        .map(|c| profiler_config(dir, *c, "10s"))
+        .map(|c| profiler_config(dir, *c))
         .collect::<Result<_>>()?;
     let n = PROFILER_CONDITIONS.len();
     let (mut bare, mut bare_cpu) = (Vec::new(), Vec::new());
@@ -267,28 +293,10 @@ pub(super) fn profiler_in(dir: &Path, seconds: u64, rounds: usize) -> Result<()>
         per_sample.push((*label, *hz, *ns as f64 / (*cnt).max(1) as f64));
     }
 
-    // The truncated share on /status (host-wide: other processes add to it) with exports
-    // every second, 19 Hz, per unwinder.
+    // The truncated share of the workload's own samples, per unwinder, 19 Hz.
     let mut truncated = Vec::new();
     for unwinder in ["dwarf", "frame_pointers"] {
-        let config = profiler_config(dir, ("trunc", 19, "aggregate", unwinder), "1s")?;
-        let (a, port) = start_agent_on(&out_dir, Some(&config))?;
-        let read = || {
-            (
-                status_number(port, "truncated_stacks").unwrap_or(0),
-                status_number(port, "user_stacks").unwrap_or(0),
-            )
-        };
-        let before = read();
-        let r = hotspots(&bin, seconds, cpus);
-        thread::sleep(Duration::from_millis(2500)); // the next export counts the last samples
-        let after = read();
-        a.stop()?;
-        r?;
-        let (t, u) = (
-            after.0.saturating_sub(before.0),
-            after.1.saturating_sub(before.1),
-        );
+        let (t, u) = truncated_share(dir, &bin, seconds, cpus, unwinder)?;
         truncated.push((unwinder, t, u));
     }
 
@@ -301,7 +309,8 @@ pub(super) fn profiler_in(dir: &Path, seconds: u64, rounds: usize) -> Result<()>
     }
     for (unwinder, t, u) in &truncated {
         println!(
-            "  {unwinder:14} {t} of {u} user stacks truncated on /status ({:.1}%), 19 Hz",
+            "  {unwinder:14} {t} of {u} samples of hotspots truncated ({:.1}%), 19 Hz, \
+             `agent profile --pid`",
             *t as f64 / (*u).max(1) as f64 * 100.0
         );
     }
