@@ -28,6 +28,7 @@ use crate::{
     opamp,
     output::OutputSettings,
     probes::Probes,
+    selfprotect,
     signals::{ActivityHub, Demand, SignalHub},
     status::{self, state::AgentState, StatusContext},
     transform::{Pipeline, Transformer},
@@ -153,6 +154,10 @@ struct Running {
     probes: Arc<Mutex<Probes>>,
     /// The `transform:`/`filter:` pipeline shared by the exporter and `/metrics`.
     transform: Arc<Transformer>,
+    /// The self-protection level: probes run `selfprotect::degrade(cfg, level)`.
+    level: selfprotect::Level,
+    /// The self-protection task's section (it reconfigures itself on a change).
+    self_protection: watch::Sender<selfprotect::SelfProtectionConfig>,
 }
 
 impl Running {
@@ -188,10 +193,25 @@ impl Running {
             self.transform.set(pipeline(&new));
             tracing::info!("transform and filter statements reloaded");
         }
-        apply_probes(&self.probes, &new).await;
+        apply_probes(&self.probes, &selfprotect::degrade(&new, self.level)).await;
+        self.self_protection
+            .send_if_modified(|c| std::mem::replace(c, new.self_protection.clone()) != *c);
         self.state.set_config_hash(new.hash());
         tracing::info!(config_hash = %new.hash(), "configuration applied");
         self.cfg = new;
+    }
+
+    /// Runs the probes at self-protection `level` (the configured config, degraded).
+    async fn set_level(&mut self, level: selfprotect::Level) {
+        if level == self.level {
+            return;
+        }
+        self.level = level;
+        apply_probes(&self.probes, &selfprotect::degrade(&self.cfg, level)).await;
+        tracing::info!(
+            level = level.as_str(),
+            "probes re-applied for the self-protection level"
+        );
     }
 }
 
@@ -241,6 +261,19 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
     state.set_pipeline_running(true);
     tracing::info!("agent running");
 
+    // Self-protection: measures the agent's cost and sends levels back to this loop.
+    let (self_protection, self_protection_rx) = watch::channel(cfg.self_protection.clone());
+    let (level_tx, mut level_rx) = mpsc::channel::<selfprotect::Level>(4);
+    let self_protection_task = tokio::spawn(selfprotect::engine::run(
+        self_protection_rx,
+        selfprotect::engine::Outputs {
+            state: state.clone(),
+            store: store.clone(),
+            levels: level_tx,
+            on_change: Box::new(|_, _| {}),
+        },
+    ));
+
     let mut r = Running {
         cfg,
         state,
@@ -250,6 +283,8 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
         writer: Some(writer),
         probes,
         transform,
+        level: selfprotect::Level::Normal,
+        self_protection,
     };
     let (apply_tx, mut apply_rx) = mpsc::channel::<ApplyRequest>(4);
     let (running_tx, running_rx) = watch::channel(Arc::new(r.cfg.clone()));
@@ -289,6 +324,7 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
                     opamp = opamp::spawn(&overrides, &start, &r.state, apply_tx.clone(), running_rx.clone());
                 }
             }
+            Some(level) = level_rx.recv() => r.set_level(level).await,
             Some(req) = apply_rx.recv() => {
                 r.apply(req.config, req.rebuild_exporter).await;
                 running_tx.send_replace(Arc::new(r.cfg.clone()));
@@ -319,6 +355,7 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
         s.stop().await;
     }
     deriver.abort();
+    self_protection_task.abort();
     tracing::info!("agent stopped; every probe detached");
     Ok(exit)
 }

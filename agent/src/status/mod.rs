@@ -224,6 +224,8 @@ pub struct StatusReport {
     /// The OpAMP client (absent when OpAMP is off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub opamp: Option<crate::opamp::status::OpampStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub self_protection: Option<crate::selfprotect::report::SelfProtectionStatus>,
     #[serde(rename = "self")]
     pub self_stats: SelfStats,
 }
@@ -245,6 +247,7 @@ pub fn report(ctx: &StatusContext) -> StatusReport {
         exporter: s.exporter(),
         network: s.network(),
         opamp: s.opamp(),
+        self_protection: s.self_protection(),
         self_stats: selfstats::sample(),
     }
 }

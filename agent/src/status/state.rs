@@ -192,6 +192,8 @@ pub struct AgentState {
     profiles: tokio::sync::broadcast::Sender<std::sync::Arc<crate::profile::Profile>>,
     /// The running profiler's request channel (flame graph captures).
     profiler: std::sync::Mutex<Option<ProfilerHandle>>,
+    /// Self-protection's level and figures (`None`: not running).
+    self_protection: RwLock<Option<crate::selfprotect::report::SelfProtectionStatus>>,
 }
 
 fn read<T: Clone>(l: &RwLock<T>) -> T {
@@ -218,8 +220,17 @@ impl AgentState {
             connections: tokio::sync::broadcast::channel(CONNECTION_EVENTS_CAPACITY).0,
             profiles: tokio::sync::broadcast::channel(PROFILES_CAPACITY).0,
             profiler: std::sync::Mutex::new(None),
+            self_protection: RwLock::default(),
             pipeline_running: false.into(),
         }
+    }
+
+    pub fn set_self_protection(&self, s: Option<crate::selfprotect::report::SelfProtectionStatus>) {
+        *write(&self.self_protection) = s;
+    }
+
+    pub fn self_protection(&self) -> Option<crate::selfprotect::report::SelfProtectionStatus> {
+        read(&self.self_protection)
     }
 
     pub fn config_hash(&self) -> String {
