@@ -554,8 +554,9 @@ impl Session {
     }
 
     /// Loads the unwind tables of incarnations snapshotted since the last call, for at most
-    /// [`LOAD_BUDGET`] (at least one): compiling a large binary's table the first time takes
-    /// a while, and the drain must not wait long. The rest wait for the next call.
+    /// [`LOAD_BUDGET`] (at least one file): compiling a large binary's table the first time
+    /// takes a while, and the drain (and the snapshots of new processes, which must be taken
+    /// before they exit) must not wait long. The rest wait for the next call.
     fn load_tables(&mut self) {
         let Some(u) = &mut self.unwind else {
             self.procs.take_snapshotted();
@@ -572,14 +573,16 @@ impl Session {
                 .make_contiguous()
                 .sort_by_key(|k| std::cmp::Reverse(busy.get(&k.pid).copied().unwrap_or(0)));
         }
-        let started = Instant::now();
+        let deadline = Instant::now() + LOAD_BUDGET;
         while let Some(k) = self.to_load.pop_front() {
             if let Some(e) = self.procs.get(k) {
-                if !e.exited {
-                    u.tables.load_process(e);
+                if !e.exited && !u.tables.load_process(e, deadline) {
+                    // Out of time between two files: the rest next time, this process first.
+                    self.to_load.push_front(k);
+                    break;
                 }
             }
-            if started.elapsed() >= LOAD_BUDGET {
+            if Instant::now() >= deadline {
                 break;
             }
         }

@@ -196,10 +196,28 @@ impl Tables {
     }
 
     /// Loads (or reloads, after a fresh snapshot) one process incarnation's mappings,
-    /// compiling the tables of files not loaded yet.
-    pub fn load_process(&mut self, entry: &ProcEntry) {
+    /// compiling the tables of files not loaded yet. Past `deadline`, once it has compiled
+    /// one file, it stops before compiling another and returns false, changing nothing in the
+    /// kernel: the caller tries again later and finds the files compiled so far loaded. So a
+    /// process mapping many new binaries never holds the drain thread for all of them.
+    pub fn load_process(&mut self, entry: &ProcEntry, deadline: Instant) -> bool {
         let key = entry.key;
         let started = Instant::now();
+        let mut compiled = false;
+        for m in entry.maps.iter().take(MAX_MAPPINGS) {
+            let Some(f) = &m.file else {
+                continue;
+            };
+            if self.needs_compile(f) {
+                if compiled && Instant::now() >= deadline {
+                    self.stats.compile_ms += started.elapsed().as_millis() as u64;
+                    return false;
+                }
+                compiled = true;
+                // Compiled (or failed, or skipped) now; the pass below finds it cached.
+                let _ = self.ensure(f, m.mapping.start, m.mapping.file_offset);
+            }
+        }
         self.unload_process(key);
         let mut files = Vec::new();
         let mut out = Vec::with_capacity(entry.maps.len().min(MAX_MAPPINGS));
@@ -238,7 +256,7 @@ impl Tables {
         };
         let Some(first) = first else {
             self.stats.mappings_dropped += 1;
-            return;
+            return true;
         };
         let loaded = update_batch(&self.mappings, first, &out).is_ok()
             && self
@@ -256,7 +274,7 @@ impl Tables {
         if !loaded {
             self.mappings_alloc.free((first, n), self.epoch);
             self.stats.mappings_dropped += 1;
-            return;
+            return true;
         }
         for f in &files {
             if let Some(l) = self.loaded.get_mut(f) {
@@ -272,6 +290,17 @@ impl Tables {
         );
         self.stats.processes_loaded = self.processes.len() as u64;
         self.stats.compile_ms += started.elapsed().as_millis() as u64;
+        true
+    }
+
+    /// Whether `f`'s table is neither loaded nor known to be unloadable (failed, or too large
+    /// for the room there is): [`Self::ensure`] would compile it.
+    fn needs_compile(&self, f: &MappedFile) -> bool {
+        let key = FileKey::of(f);
+        if self.loaded.contains_key(&key) || self.failed.contains_key(&key) {
+            return false;
+        }
+        !matches!(self.skipped.get(&key), Some(&n) if self.free_rows() < u64::from(n))
     }
 
     /// Forgets a process incarnation: its kernel entry (if still its own), its mappings.
