@@ -5,6 +5,7 @@ pub mod hist;
 pub mod network;
 pub mod profiler;
 pub mod syscalls;
+pub mod unwind;
 
 /// Length of a task command name (`TASK_COMM_LEN` in the kernel).
 pub const COMM_LEN: usize = 16;
