@@ -287,7 +287,9 @@ fn flamegraph_and_self_profile_endpoints() {
     let bin = build_hotspots(&dir, true);
     let agent = Agent::start(&format!("{PROFILER_ONLY}  profiler: {{frequency: 99}}\n"));
     agent.wait_ready();
-    let child = start_hotspots(&bin, 8);
+    // Long enough to outlive both captures on a loaded machine (a capture ends at the drain
+    // after its seconds, which a long symbolization in a debug build can delay); killed below.
+    let mut child = start_hotspots(&bin, 60);
     let (code, svg) = agent
         .get(&format!(
             "/debug/flamegraph.svg?seconds=3&pid={}",
@@ -302,7 +304,14 @@ fn flamegraph_and_self_profile_endpoints() {
     assert_eq!(code, 200);
     assert!(
         host.contains("hotspots-fp"),
-        "whole host includes the workload"
+        "whole host includes the workload: {}",
+        host.split("<title>")
+            .skip(1)
+            .filter_map(|t| t.split("</title>").next())
+            .filter(|t| !t.contains(';'))
+            .take(60)
+            .collect::<Vec<_>>()
+            .join(" | ")
     );
 
     let (code, body) = agent.get("/debug/flamegraph.svg?seconds=0").unwrap();
@@ -337,6 +346,7 @@ fn flamegraph_and_self_profile_endpoints() {
         dump.contains("sample {"),
         "the agent's threads were sampled: {dump}"
     );
+    let _ = child.kill();
     let _ = wait(child);
     let _ = std::fs::remove_dir_all(&dir);
 }

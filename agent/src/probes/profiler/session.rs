@@ -405,23 +405,12 @@ impl Session {
     }
 
     fn read_rings(&mut self) {
-        let mut pids = Vec::new();
-        while let Some(item) = self.maps.pid_events.next() {
-            if item.len() >= std::mem::size_of::<PidEvent>() {
-                // SAFETY: the record holds a PidEvent (checked length; read unaligned).
-                let ev: PidEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                pids.push(ProcKey {
-                    pid: ev.tgid,
-                    incarnation: ev.incarnation,
-                });
-            }
-        }
-        for key in pids {
-            self.stats.pid_events += 1;
-            if self.only.is_none_or(|p| p == key.pid) {
-                self.procs.snapshot(key);
-            }
-        }
+        read_pid_events(
+            &mut self.maps.pid_events,
+            &mut self.stats,
+            self.only,
+            &mut self.procs,
+        );
         self.load_tables();
         let Some(ring) = &mut self.maps.samples else {
             return;
@@ -620,13 +609,15 @@ impl Session {
         host_name: &str,
         account: bool,
     ) -> Profile {
-        let mut p = self.symbolizer.symbolize(
+        let (ring, stats, only) = (&mut self.maps.pid_events, &mut self.stats, self.only);
+        let mut p = self.symbolizer.symbolize_with(
             raw,
             &mut self.procs,
             pid,
             self.period_nanos,
             host_name,
             account,
+            &mut |procs| read_pid_events(ring, stats, only, procs),
         );
         // Processes gone before their first snapshot: the container from the cgroup id the
         // kernel recorded.
@@ -668,5 +659,32 @@ impl Session {
                 (*name, v)
             })
             .collect()
+    }
+}
+
+/// Snapshots the processes the kernel announced (first sample of a process incarnation) since
+/// the last read: their mappings and files, while they still exist.
+fn read_pid_events(
+    ring: &mut RingBuf<MapData>,
+    stats: &mut DrainStats,
+    only: Option<u32>,
+    procs: &mut ProcMaps,
+) {
+    let mut pids = Vec::new();
+    while let Some(item) = ring.next() {
+        if item.len() >= std::mem::size_of::<PidEvent>() {
+            // SAFETY: the record holds a PidEvent (checked length; read unaligned).
+            let ev: PidEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            pids.push(ProcKey {
+                pid: ev.tgid,
+                incarnation: ev.incarnation,
+            });
+        }
+    }
+    for key in pids {
+        stats.pid_events += 1;
+        if only.is_none_or(|p| p == key.pid) {
+            procs.snapshot(key);
+        }
     }
 }

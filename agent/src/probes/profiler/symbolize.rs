@@ -386,6 +386,32 @@ impl Symbolizer {
         host_name: &str,
         account: bool,
     ) -> Profile {
+        self.symbolize_with(
+            raw,
+            procs,
+            pid,
+            period_nanos,
+            host_name,
+            account,
+            &mut |_| {},
+        )
+    }
+
+    /// [`Symbolizer::symbolize`], calling `pump` between files of the slow pass (DWARF and
+    /// symbol tables read per file can take seconds in all): the caller snapshots processes
+    /// announced meanwhile, so one that starts and exits during a long symbolization is still
+    /// named.
+    #[allow(clippy::too_many_arguments)]
+    pub fn symbolize_with(
+        &mut self,
+        raw: &RawProfile,
+        procs: &mut ProcMaps,
+        pid: Option<u32>,
+        period_nanos: u64,
+        host_name: &str,
+        account: bool,
+        pump: &mut dyn FnMut(&mut ProcMaps),
+    ) -> Profile {
         for path in procs.take_closed() {
             self.evict(&path);
         }
@@ -497,10 +523,12 @@ impl Symbolizer {
         }
         // Pass 2: resolve the misses, one batch per file.
         for (_, (file, offsets)) in missing {
+            pump(procs);
             let mut offsets: Vec<u64> = offsets.into_iter().collect();
             offsets.sort_unstable();
             self.resolve_file(&file, &offsets, &mut found_user);
         }
+        pump(procs);
         if !kernel_missing.is_empty() {
             let mut addrs: Vec<u64> = kernel_missing.into_iter().collect();
             addrs.sort_unstable();
