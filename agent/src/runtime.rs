@@ -22,13 +22,14 @@ use tokio::{
 use crate::{
     config::{Config, ConfigError, ExportConfig},
     ebpf::tracefs,
+    enforcement::actions::degrade::DegradeHub,
     export::{self, settings::Settings, Exporter},
     logging::LevelHandle,
     metrics::Store,
     opamp,
     output::OutputSettings,
     probes::Probes,
-    signals::{ActivityHub, Demand, SignalHub},
+    signals::{ActivityHub, AnomalyHub, Demand, SignalHub},
     status::{self, state::AgentState, StatusContext},
     transform::{Pipeline, Transformer},
 };
@@ -153,6 +154,11 @@ struct Running {
     probes: Arc<Mutex<Probes>>,
     /// The `transform:`/`filter:` pipeline shared by the exporter and `/metrics`.
     transform: Arc<Transformer>,
+    /// The decision engine (always running; with no rules it decides nothing).
+    enforcement: Option<crate::enforcement::Handle>,
+    /// Caps on the agent's own sampling (`degrade` actions, self-protection); the probes run
+    /// with them applied.
+    degrade: DegradeHub,
 }
 
 impl Running {
@@ -188,7 +194,10 @@ impl Running {
             self.transform.set(pipeline(&new));
             tracing::info!("transform and filter statements reloaded");
         }
-        apply_probes(&self.probes, &new).await;
+        apply_probes(&self.probes, &self.degrade.current().apply(&new)).await;
+        if let Some(e) = &self.enforcement {
+            e.apply(&new).await;
+        }
         self.state.set_config_hash(new.hash());
         tracing::info!(config_hash = %new.hash(), "configuration applied");
         self.cfg = new;
@@ -237,6 +246,23 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
         state.clone(),
         activity.clone(),
     )));
+    // Anomalies (detection publishes them) and the decision engine on signals and anomalies.
+    let anomalies = AnomalyHub::new();
+    let degrade = DegradeHub::new();
+    let mut degraded = degrade.subscribe();
+    let enforcement = crate::enforcement::spawn(
+        crate::enforcement::Env {
+            state: state.clone(),
+            store: store.clone(),
+            demand: demand.clone(),
+            degrade: degrade.clone(),
+            output_dir: cfg.output.dir.clone(),
+            proc_root: PathBuf::from("/proc"),
+        },
+        &cfg,
+        &signals,
+        &anomalies,
+    );
     apply_probes(&probes, &cfg).await;
     state.set_pipeline_running(true);
     tracing::info!("agent running");
@@ -250,6 +276,8 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
         writer: Some(writer),
         probes,
         transform,
+        enforcement: Some(enforcement),
+        degrade,
     };
     let (apply_tx, mut apply_rx) = mpsc::channel::<ApplyRequest>(4);
     let (running_tx, running_rx) = watch::channel(Arc::new(r.cfg.clone()));
@@ -289,6 +317,11 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
                     opamp = opamp::spawn(&overrides, &start, &r.state, apply_tx.clone(), running_rx.clone());
                 }
             }
+            Ok(()) = degraded.changed() => {
+                let caps = *degraded.borrow_and_update();
+                tracing::info!(?caps, "own sampling caps changed (degrade): reapplying the probes");
+                apply_probes(&r.probes, &caps.apply(&r.cfg)).await;
+            }
             Some(req) = apply_rx.recv() => {
                 r.apply(req.config, req.rebuild_exporter).await;
                 running_tx.send_replace(Arc::new(r.cfg.clone()));
@@ -307,6 +340,10 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
 
     if let Some(h) = opamp.take() {
         h.stop().await;
+    }
+    // Limits are undone while everything still runs (persistent ones stay pinned).
+    if let Some(e) = r.enforcement.take() {
+        e.stop().await;
     }
     r.state.set_pipeline_running(false);
     let p = r.probes.clone();

@@ -27,6 +27,9 @@ pub struct Config {
     pub filter: crate::transform::FilterConfig,
     /// OpAMP remote management (local-only: a remote config cannot change it).
     pub opamp: crate::opamp::config::OpampConfig,
+    /// Rules that act on what the agent observes (`enforcement::config`); monitor mode by
+    /// default.
+    pub enforcement: crate::enforcement::EnforcementConfig,
 }
 
 /// The agent's own log.

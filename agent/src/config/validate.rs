@@ -109,6 +109,17 @@ pub(crate) const FIELDS: &[&str] = &[
     "opamp.max_message_bytes",
     "opamp.accept_remote_config",
     "opamp.rollback_grace",
+    "enforcement",
+    "enforcement.mode",
+    "enforcement.remote",
+    "enforcement.allowlist",
+    "enforcement.allowlist.defaults",
+    "enforcement.allowlist.executables",
+    "enforcement.allowlist.cgroups",
+    "enforcement.allowlist.containers",
+    "enforcement.recent_decisions",
+    "enforcement.bpffs",
+    "enforcement.rules",
 ];
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -335,6 +346,7 @@ pub(crate) fn allowed(path: &str) -> Option<String> {
             "a list of OTTL conditions (an item matching any of them is dropped)".to_string()
         }
         p if p.starts_with("opamp.") => return crate::opamp::config::allowed(p),
+        p if p.starts_with("enforcement") => return crate::enforcement::config::allowed(p),
         _ => return None,
     })
 }
@@ -472,6 +484,9 @@ pub(crate) fn check_field(cfg: &Config, path: &str) -> Result<(), String> {
             &SYMBOL_CACHE,
         ),
         p if p.starts_with("opamp.") => crate::opamp::config::check_field(&cfg.opamp, p),
+        p if p.starts_with("enforcement.") => {
+            crate::enforcement::config::check_field(&cfg.enforcement, p)
+        }
         _ => Ok(()),
     }
 }
@@ -487,6 +502,17 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 fix: fix_for(path),
             });
         }
+    }
+    // Every enforcement rule, checked and compiled (`enforcement::rules`).
+    if let Err(e) =
+        crate::enforcement::rules::compile(&cfg.enforcement, cfg.probes.syscalls.interval)
+    {
+        return Err(ConfigError::Invalid {
+            at: Box::new(Source::Unknown),
+            path: e.path,
+            problem: e.problem,
+            fix: e.fix,
+        });
     }
     // Every OTTL statement and condition, parsed and checked (`transform::config`).
     if let Err(e) = crate::transform::Pipeline::compile(&cfg.transform, &cfg.filter) {

@@ -1,6 +1,8 @@
 //! Connection events of the network probe to OTLP log records (`ExportLogsServiceRequest`):
 //! one record per open or close, event name `tcp.connection.open` / `tcp.connection.close`
-//! (`tcp.connection.failure` for a socket error), with the connection's numbers as attributes.
+//! (`tcp.connection.failure` for a socket error), with the connection's numbers as attributes;
+//! and the engines' own log records (enforcement decisions, `agent.decision`), built by them,
+//! in the same requests.
 
 use std::time::SystemTime;
 
@@ -75,16 +77,31 @@ pub fn encode(
     now: SystemTime,
     max_records: usize,
 ) -> Vec<(ExportLogsServiceRequest, u64)> {
+    encode_with(records, Vec::new(), resource, now, max_records)
+}
+
+/// As [`encode`], with the engines' ready-made log records after the connection events.
+pub fn encode_with(
+    records: &[ConnRecord],
+    engine_records: Vec<LogRecord>,
+    resource: &Resource,
+    now: SystemTime,
+    max_records: usize,
+) -> Vec<(ExportLogsServiceRequest, u64)> {
     let observed = unix_nanos(now);
-    records
-        .chunks(max_records.max(1))
+    let all: Vec<LogRecord> = records
+        .iter()
+        .map(|r| record(r, observed))
+        .chain(engine_records)
+        .collect();
+    all.chunks(max_records.max(1))
         .map(|chunk| {
             let req = ExportLogsServiceRequest {
                 resource_logs: vec![ResourceLogs {
                     resource: Some(resource.clone()),
                     scope_logs: vec![ScopeLogs {
                         scope: Some(scope()),
-                        log_records: chunk.iter().map(|r| record(r, observed)).collect(),
+                        log_records: chunk.to_vec(),
                         ..Default::default()
                     }],
                     ..Default::default()

@@ -194,6 +194,7 @@ pub fn spawn(
         state,
         transform,
         events: Vec::new(),
+        records: Vec::new(),
         failing: None,
     };
     tasks.insert(0, tokio::spawn(producer.run(rx)));
@@ -215,6 +216,8 @@ struct Producer {
     /// `transform:`/`filter:`, applied to each signal once per export.
     transform: Arc<Transformer>,
     events: Vec<ConnRecord>,
+    /// The engines' log records (enforcement decisions) waiting for the next export.
+    records: Vec<opentelemetry_proto::tonic::logs::v1::LogRecord>,
     /// The last file-write error logged (logged once while it persists).
     failing: Option<String>,
 }
@@ -223,6 +226,7 @@ impl Producer {
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut conns = self.state.subscribe_connections();
         let mut profiles = self.state.subscribe_profiles();
+        let mut engine_logs = self.state.subscribe_log_records();
         let mut ticker =
             tokio::time::interval_at(tokio::time::Instant::now() + self.interval, self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -244,6 +248,18 @@ impl Producer {
                     }
                     Err(broadcast::error::RecvError::Closed) => {}
                 },
+                r = engine_logs.recv() => match r {
+                    Ok(rec) => {
+                        self.records.push(rec);
+                        if self.events.len() + self.records.len() >= MAX_BUFFERED_EVENTS {
+                            self.export_logs().await;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(lost = n, "engine log records arrived faster than the exporter took them");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {}
+                },
                 r = profiles.recv() => match r {
                     Ok(p) => self.export_profile(&p).await,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -259,6 +275,9 @@ impl Producer {
         }
         while let Ok(ev) = conns.try_recv() {
             self.buffer(ev);
+        }
+        while let Ok(rec) = engine_logs.try_recv() {
+            self.records.push(rec);
         }
         self.export().await;
     }
@@ -330,12 +349,19 @@ impl Producer {
     }
 
     async fn export_logs(&mut self) {
-        if self.events.is_empty() {
+        if self.events.is_empty() && self.records.is_empty() {
             return;
         }
         let events = std::mem::take(&mut self.events);
+        let records = std::mem::take(&mut self.records);
         let now = SystemTime::now();
-        let mut requests = logs::encode(&events, &self.resource, now, MAX_RECORDS_PER_REQUEST);
+        let mut requests = logs::encode_with(
+            &events,
+            records,
+            &self.resource,
+            now,
+            MAX_RECORDS_PER_REQUEST,
+        );
         if let Err(e) = self.transform.logs(&mut requests, metrics::unix_nanos(now)) {
             tracing::error!("{e}");
             return;

@@ -224,6 +224,11 @@ pub struct StatusReport {
     /// The OpAMP client (absent when OpAMP is off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub opamp: Option<crate::opamp::status::OpampStatus>,
+    /// The enforcement engine: mode, rules, limits in effect, kernel counters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enforcement: Option<crate::enforcement::status::EnforcementStatus>,
+    /// Recent enforcement decisions, newest first.
+    pub decisions: Vec<std::sync::Arc<crate::enforcement::audit::DecisionRecord>>,
     #[serde(rename = "self")]
     pub self_stats: SelfStats,
 }
@@ -245,6 +250,8 @@ pub fn report(ctx: &StatusContext) -> StatusReport {
         exporter: s.exporter(),
         network: s.network(),
         opamp: s.opamp(),
+        enforcement: s.enforcement(),
+        decisions: s.decisions(),
         self_stats: selfstats::sample(),
     }
 }

@@ -169,6 +169,9 @@ pub struct ComponentStatus {
     pub started: Option<SystemTime>,
 }
 
+/// Engine log records (decisions) a subscriber may fall behind before it loses the oldest.
+pub const LOG_RECORDS_CAPACITY: usize = 4096;
+
 /// Connection events a subscriber may fall behind before it loses the oldest.
 pub const CONNECTION_EVENTS_CAPACITY: usize = 4096;
 
@@ -192,6 +195,15 @@ pub struct AgentState {
     profiles: tokio::sync::broadcast::Sender<std::sync::Arc<crate::profile::Profile>>,
     /// The running profiler's request channel (flame graph captures).
     profiler: std::sync::Mutex<Option<ProfilerHandle>>,
+    /// Recent enforcement decisions, newest first (`/status` → `decisions`).
+    decisions: RwLock<
+        std::collections::VecDeque<std::sync::Arc<crate::enforcement::audit::DecisionRecord>>,
+    >,
+    /// The enforcement engine's state (`/status` → `enforcement`).
+    enforcement: RwLock<Option<crate::enforcement::status::EnforcementStatus>>,
+    /// OTLP log records of the engines (enforcement decisions) for the exporter's logs path;
+    /// bounded, lagging receivers lose the oldest.
+    log_records: tokio::sync::broadcast::Sender<opentelemetry_proto::tonic::logs::v1::LogRecord>,
 }
 
 fn read<T: Clone>(l: &RwLock<T>) -> T {
@@ -219,7 +231,45 @@ impl AgentState {
             profiles: tokio::sync::broadcast::channel(PROFILES_CAPACITY).0,
             profiler: std::sync::Mutex::new(None),
             pipeline_running: false.into(),
+            decisions: RwLock::default(),
+            enforcement: RwLock::default(),
+            log_records: tokio::sync::broadcast::channel(LOG_RECORDS_CAPACITY).0,
         }
+    }
+
+    /// Records an enforcement decision for `/status` (newest first, at most `keep`).
+    pub fn push_decision(
+        &self,
+        d: std::sync::Arc<crate::enforcement::audit::DecisionRecord>,
+        keep: usize,
+    ) {
+        let mut q = write(&self.decisions);
+        q.push_front(d);
+        q.truncate(keep);
+    }
+
+    /// Recent decisions, newest first.
+    pub fn decisions(&self) -> Vec<std::sync::Arc<crate::enforcement::audit::DecisionRecord>> {
+        read(&self.decisions).into_iter().collect()
+    }
+
+    pub fn set_enforcement(&self, s: crate::enforcement::status::EnforcementStatus) {
+        *write(&self.enforcement) = Some(s);
+    }
+
+    pub fn enforcement(&self) -> Option<crate::enforcement::status::EnforcementStatus> {
+        read(&self.enforcement)
+    }
+
+    /// Sends an OTLP log record to the exporter (none listening is fine).
+    pub fn publish_log_record(&self, r: opentelemetry_proto::tonic::logs::v1::LogRecord) {
+        let _ = self.log_records.send(r);
+    }
+
+    pub fn subscribe_log_records(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<opentelemetry_proto::tonic::logs::v1::LogRecord> {
+        self.log_records.subscribe()
     }
 
     pub fn config_hash(&self) -> String {
