@@ -364,11 +364,11 @@ enforcement:
         assert_eq!(find_path(text, "enforcement.rules[0].when"), Some((5, 7)));
         assert_eq!(
             find_path(text, "enforcement.rules[0].when.above"),
-            Some((5, 45))
+            Some((5, 44))
         );
         assert_eq!(
             find_path(text, "enforcement.rules[0].when.for"),
-            Some((5, 55))
+            Some((5, 54))
         );
         assert_eq!(
             find_path(text, "enforcement.rules[0].action.type"),
