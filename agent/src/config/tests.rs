@@ -184,7 +184,7 @@ fn unknown_top_level_and_flow_fields() {
     let e = parse_err("foo: 1\n");
     assert_eq!(
         e.fix(),
-        "allowed fields here: log, status, output, export, probes, transform, filter, opamp"
+        "allowed fields here: log, status, output, export, probes, transform, filter, opamp, enforcement"
     );
     let e = parse_err("status: {enabled: true, port: 9464}\n");
     assert_err(
