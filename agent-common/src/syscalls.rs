@@ -283,7 +283,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<InFlight>(), 16);
         assert_eq!(core::mem::size_of::<SyscallStats>(), 48 + 8 * HIST_BUCKETS);
         assert_eq!(core::mem::size_of::<FastEntry>(), 64 + 8 * HIST_BUCKETS);
-        assert_eq!(core::mem::size_of::<ProcEvent>(), 40 + FILENAME_LEN);
+        assert_eq!(core::mem::size_of::<ProcEvent>(), 48 + FILENAME_LEN);
         // The tag must be the last field (see FastEntry).
         assert_eq!(core::mem::offset_of!(FastEntry, key), 48 + 8 * HIST_BUCKETS);
     }

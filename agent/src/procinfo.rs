@@ -26,19 +26,39 @@ pub fn alive(pid: u32) -> bool {
     Path::new("/proc").join(pid.to_string()).exists()
 }
 
-/// `process.executable.name` of a live pid: base name of `/proc/<pid>/exe`, else `comm`.
+/// `process.executable.name` of a live pid: base name of `/proc/<pid>/exe` (semantic
+/// conventions), else its command name (kernel threads, a process being torn down). Names
+/// with spaces, newlines or non-UTF-8 bytes are kept (invalid UTF-8 replaced by U+FFFD).
 pub fn exe_name(pid: u32) -> Option<String> {
-    let base = Path::new("/proc").join(pid.to_string());
-    if let Ok(target) = fs::read_link(base.join("exe")) {
+    let p = procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?;
+    if let Ok(target) = p.exe() {
         let s = target.to_string_lossy();
         let s = s.strip_suffix(" (deleted)").unwrap_or(&s);
         if let Some(name) = Path::new(s).file_name() {
             return Some(name.to_string_lossy().into_owned());
         }
     }
-    fs::read_to_string(base.join("comm"))
-        .ok()
-        .map(|c| c.trim_end().to_string())
+    p.stat().ok().map(|st| st.comm)
+}
+
+/// The text of `/proc/<pid>/cgroup` rebuilt from procfs's parse (`hierarchy:controllers:path`
+/// lines), for the path parsers here and in `crate::k8s`.
+fn cgroup_text(pid: u32) -> Option<String> {
+    let p = procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?;
+    let groups = p.cgroups().ok()?;
+    Some(
+        groups
+            .into_iter()
+            .map(|g| {
+                format!(
+                    "{}:{}:{}\n",
+                    g.hierarchy,
+                    g.controllers.join(","),
+                    g.pathname
+                )
+            })
+            .collect(),
+    )
 }
 
 /// A container id found in a cgroup path: the 64-hex id of docker, containerd (cri), CRI-O and
@@ -57,14 +77,12 @@ pub fn container_id_from_path(path: &str) -> Option<String> {
 
 /// Container id of a live pid from `/proc/<pid>/cgroup` (v2 line first, then any v1 line).
 pub fn container_id(pid: u32) -> Option<String> {
-    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    container_id_from_cgroup_file(&text)
+    container_id_from_cgroup_file(&cgroup_text(pid)?)
 }
 
 /// Container and pod of a live pid from `/proc/<pid>/cgroup` (see `crate::k8s`).
 pub fn workload(pid: u32) -> Option<crate::k8s::Workload> {
-    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    crate::k8s::Workload::from_cgroup_file(&text)
+    crate::k8s::Workload::from_cgroup_file(&cgroup_text(pid)?)
 }
 
 pub fn container_id_from_cgroup_file(text: &str) -> Option<String> {
@@ -80,12 +98,11 @@ pub fn container_id_from_cgroup_file(text: &str) -> Option<String> {
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` or, on hybrid hosts,
 /// `/sys/fs/cgroup/unified`).
 pub fn cgroup2_root() -> Option<PathBuf> {
-    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts.lines().find_map(|l| {
-        let mut f = l.split_whitespace();
-        let (_dev, dir, fstype) = (f.next()?, f.next()?, f.next()?);
-        (fstype == "cgroup2").then(|| PathBuf::from(dir))
-    })
+    procfs::mounts()
+        .ok()?
+        .into_iter()
+        .find(|m| m.fs_vfstype == "cgroup2")
+        .map(|m| PathBuf::from(m.fs_file))
 }
 
 /// Cache of process attribution and of cgroup id → path (cgroup ids are cgroup2 directory

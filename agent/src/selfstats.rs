@@ -4,7 +4,7 @@
 //! Invariants: sampling never fails — a value that cannot be read is reported as 0; the batch is
 //! computed on demand (per scrape) and is not stored.
 
-use std::{fs, time::SystemTime};
+use std::time::SystemTime;
 
 use serde::Serialize;
 
@@ -121,58 +121,25 @@ pub struct SelfStats {
     pub open_fds: u64,
 }
 
-/// Reads `/proc/self`; anything unreadable is 0.
+/// Reads `/proc/self` (through procfs: `stat` for CPU and threads, `status` for VmRSS and
+/// VmHWM, `fd/` for descriptors); anything unreadable is 0.
 pub fn sample() -> SelfStats {
     let mut s = SelfStats::default();
-    if let Ok(stat) = fs::read_to_string("/proc/self/stat") {
-        let (cpu, threads) = parse_stat(&stat, clock_ticks());
-        s.cpu_seconds = cpu;
-        s.threads = threads;
+    let Ok(me) = procfs::process::Process::myself() else {
+        return s;
+    };
+    if let Ok(stat) = me.stat() {
+        s.cpu_seconds = (stat.utime + stat.stime) as f64 / procfs::ticks_per_second().max(1) as f64;
+        s.threads = stat.num_threads.max(0) as u64;
     }
-    if let Ok(status) = fs::read_to_string("/proc/self/status") {
-        s.rss_bytes = status_kb(&status, "VmRSS:").unwrap_or(0) * 1024;
-        s.peak_rss_bytes = status_kb(&status, "VmHWM:").unwrap_or(0) * 1024;
-        if s.threads == 0 {
-            s.threads = status_kb(&status, "Threads:").unwrap_or(0);
-        }
+    if let Ok(status) = me.status() {
+        s.rss_bytes = status.vmrss.unwrap_or(0) * 1024;
+        s.peak_rss_bytes = status.vmhwm.unwrap_or(0) * 1024;
     }
-    if let Ok(dir) = fs::read_dir("/proc/self/fd") {
-        // The listing includes the descriptor open on the directory itself.
-        s.open_fds = (dir.count() as u64).saturating_sub(1);
+    if let Ok(n) = me.fd_count() {
+        s.open_fds = n as u64;
     }
     s
-}
-
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
-}
-
-/// (utime + stime in seconds, num_threads) from `/proc/<pid>/stat` text. The command name may
-/// contain spaces and parentheses, so fields are counted after its last `)`.
-fn parse_stat(stat: &str, ticks_per_sec: f64) -> (f64, u64) {
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-        return (0.0, 0);
-    };
-    // rest[0] is field 3 (state): field n is rest[n - 3].
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let num = |n: usize| -> u64 { fields.get(n - 3).and_then(|f| f.parse().ok()).unwrap_or(0) };
-    let ticks = num(14) + num(15);
-    (ticks as f64 / ticks_per_sec, num(20))
-}
-
-/// The number after `key` in `/proc/<pid>/status` (kB for the Vm* lines).
-fn status_kb(status: &str, key: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
 }
 
 /// The agent's self-metrics (source [`SOURCE`]); `start` is the start of the cumulative
@@ -317,7 +284,7 @@ mod tests {
 
     #[test]
     fn samples_own_process() {
-        let _keep = fs::File::open("/proc/self/stat").unwrap();
+        let _keep = std::fs::File::open("/proc/self/stat").unwrap();
         let s = sample();
         assert!(s.rss_bytes > 0, "{s:?}");
         assert!(s.peak_rss_bytes >= s.rss_bytes, "{s:?}");
@@ -332,20 +299,6 @@ mod tests {
         }
         std::hint::black_box(x);
         assert!(sample().cpu_seconds >= s.cpu_seconds);
-    }
-
-    #[test]
-    fn parses_stat_with_odd_command_names() {
-        let line =
-            "1234 (a) b (c) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 7 0 123 1000 200";
-        let (cpu, threads) = parse_stat(line, 100.0);
-        assert_eq!(cpu, 3.0);
-        assert_eq!(threads, 7);
-        assert_eq!(parse_stat("garbage", 100.0), (0.0, 0));
-        assert_eq!(
-            status_kb("Name:\tx\nVmRSS:\t   2048 kB\nThreads:\t3\n", "VmRSS:"),
-            Some(2048)
-        );
     }
 
     #[test]

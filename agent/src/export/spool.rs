@@ -47,6 +47,8 @@ const SEGMENT_DIGITS: usize = 20;
 const HEAD_FILE: &str = "head";
 const HEAD_TMP_FILE: &str = "head.tmp";
 const LOCK_FILE: &str = "lock";
+/// How long `open` waits for a lock held by someone else before it reports `Locked`.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 const HEAD_MAGIC: [u8; 4] = *b"SPH1";
 /// magic, segment, offset, next id, crc.
 const HEAD_BYTES: usize = 4 + 8 + 8 + 8 + 4;
@@ -215,14 +217,23 @@ impl Spool {
             .write(true)
             .open(&lock_path)
             .map_err(io_err("open", &lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                return Err(SpoolError::Locked {
-                    dir: dir.to_path_buf(),
-                })
+        // Another holder is refused, but not a transient one: a process forked by this one
+        // holds a copy of the lock's descriptor until it execs, and a predecessor that is
+        // exiting still holds it for a moment.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(TryLockError::WouldBlock) => {
+                    return Err(SpoolError::Locked {
+                        dir: dir.to_path_buf(),
+                    })
+                }
+                Err(TryLockError::Error(e)) => return Err(io_err("lock", &lock_path)(e)),
             }
-            Err(TryLockError::Error(e)) => return Err(io_err("lock", &lock_path)(e)),
         }
 
         check_format(dir)?;

@@ -55,7 +55,7 @@ pub async fn flamegraph(
         Err(r) => return *r,
     };
     if let Some(pid) = q.pid {
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        if !crate::procinfo::alive(pid) {
             return problem(
                 StatusCode::NOT_FOUND,
                 &format!("process {pid} does not exist"),
