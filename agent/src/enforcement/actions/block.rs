@@ -237,7 +237,10 @@ impl Blocker {
             let p: &mut CgroupSockAddr =
                 ebpf::program(&mut self.bpf, PROBE, name).map_err(|e| e.cause)?;
             let lid = p
-                .attach(&cg, CgroupAttachMode::AllowMultiple)
+                // Single: the flags of a bpf_link attach (which aya uses on 5.7+) must be 0 — the
+                // kernel refuses BPF_F_ALLOW_MULTI there with EINVAL — and cgroup links are
+                // always multi-attach, beside other programs on the same cgroup.
+                .attach(&cg, CgroupAttachMode::Single)
                 .map_err(|e| {
                     ebpf::explain(&format!("attaching {name} to {}", dir.display()), &e).to_string()
                 })?;

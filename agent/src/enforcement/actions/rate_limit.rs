@@ -187,7 +187,8 @@ impl RateLimiter {
         };
         let p: &mut CgroupSkb = ebpf::program(&mut self.bpf, PROBE, prog).map_err(|e| e.cause)?;
         let id = p
-            .attach(&cg, kind, CgroupAttachMode::AllowMultiple)
+            // Single: see `block.rs` (bpf_link flags must be 0; links are multi-attach).
+            .attach(&cg, kind, CgroupAttachMode::Single)
             .map_err(|e| {
                 ebpf::explain(&format!("attaching {prog} to {}", dir.display()), &e).to_string()
             })?;
