@@ -81,11 +81,7 @@ pub struct Limit {
 /// Nanoseconds a packet of `units` costs at `per_second` (0 when unlimited).
 #[inline(always)]
 pub fn cost_ns(units: u64, per_second: u64) -> u64 {
-    if per_second == 0 {
-        0
-    } else {
-        units * 1_000_000_000 / per_second
-    }
+    (units * 1_000_000_000).checked_div(per_second).unwrap_or(0)
 }
 
 #[cfg(feature = "user")]

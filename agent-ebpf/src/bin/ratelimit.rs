@@ -75,7 +75,7 @@ mod probe {
             direction,
             _pad: 0,
         };
-        if let Some(l) = RL_LIMITS.get_ptr_mut(&key) {
+        if let Some(l) = RL_LIMITS.get_ptr_mut(key) {
             return Some(l);
         }
         let mut level = MAX_LEVEL;
@@ -83,7 +83,7 @@ mod probe {
             let a = unsafe { bpf_skb_ancestor_cgroup_id(skb.cast(), level as i32) };
             if a != 0 && a != id {
                 key.cgroup_id = a;
-                if let Some(l) = RL_LIMITS.get_ptr_mut(&key) {
+                if let Some(l) = RL_LIMITS.get_ptr_mut(key) {
                     return Some(l);
                 }
             }

@@ -40,7 +40,7 @@ mod probe {
 
     fn try_signal_sys_enter(ctx: &RawTracePointContext) -> Result<i32, i64> {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        let Some(t) = SIG_TARGETS.get_ptr(&tgid) else {
+        let Some(t) = SIG_TARGETS.get_ptr(tgid) else {
             return Ok(0);
         };
         let t = unsafe { *t };
@@ -51,7 +51,7 @@ mod probe {
         let result = unsafe { bpf_send_signal(t.signal) };
         if result == 0 {
             bump(counter::SENT);
-            let _ = SIG_TARGETS.remove(&tgid);
+            let _ = SIG_TARGETS.remove(tgid);
         } else {
             bump(counter::SEND_FAILED);
         }

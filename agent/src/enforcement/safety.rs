@@ -153,13 +153,11 @@ impl Safety {
                 Ok(()) => {}
             }
             if let Some(c) = &t.container {
-                if scope.container.is_some() || scope.pod.is_some() {
-                    if !scope.matches(&t) {
-                        return Err(Refusal::Protected(format!(
-                            "cgroup {path} holds container {} outside the rule's scope (an ancestor of other workloads)",
-                            short(&c.container_id)
-                        )));
-                    }
+                if (scope.container.is_some() || scope.pod.is_some()) && !scope.matches(&t) {
+                    return Err(Refusal::Protected(format!(
+                        "cgroup {path} holds container {} outside the rule's scope (an ancestor of other workloads)",
+                        short(&c.container_id)
+                    )));
                 }
                 workloads.insert(c.pod_uid.clone().unwrap_or_else(|| c.container_id.clone()));
             }
