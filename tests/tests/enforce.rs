@@ -409,6 +409,23 @@ fn block_refuses_connects_on_both_families_until_the_ttl() {
             .is_some_and(|o| o.values().any(|v| v.as_u64() >= Some(3))),
         "block counters {refused}"
     );
+    // ...and they are connection failures of the storm's cgroup with error.type=blocked, per
+    // process and peer (3 refusals: 127.0.0.1, ::1 and the mapped ::ffff:127.0.0.1).
+    agent.wait_for(
+        |a| {
+            let blocked: f64 = a
+                .metrics()
+                .iter()
+                .filter(|s| {
+                    s.name.starts_with("system_network_tcp_connection_failures")
+                        && s.labels.get("error_type").map(String::as_str) == Some("blocked")
+                })
+                .map(|s| s.value)
+                .sum();
+            blocked == 3.0
+        },
+        "3 blocked connection failures on /metrics",
+    );
     // No new trigger after the TTL (the cooldown, = TTL, would allow one at once).
     drop(storm);
     let undone = wait_decision(&agent, "block-storm", "undone");

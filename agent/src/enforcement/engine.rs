@@ -181,6 +181,7 @@ impl Engine {
             monitoring,
             "enforcement configured"
         );
+        self.kernel.prepare(&rules);
         self.rules = rules;
         self.cfg = s.cfg.clone();
         self.dirty = true;
