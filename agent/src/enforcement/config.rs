@@ -268,7 +268,7 @@ pub struct RateConfig {
     pub bytes_per_second: u64,
     /// Packets per second; 0: no packet limit.
     pub packets_per_second: u64,
-    /// Bucket depth in bytes; 0: the default (max(64 KiB + 1 packet, 20 ms at the rate)).
+    /// Bucket depth in bytes; 0: the default (max(64 KiB + 1 packet, 100 ms at the rate)).
     pub burst_bytes: u64,
 }
 

@@ -128,14 +128,20 @@ pub struct Rate {
 }
 
 impl Rate {
-    /// The default depth: one 64 KiB GSO packet plus one MTU-sized one, or 20 ms at the rate.
+    /// The smallest default depth: one 64 KiB GSO packet plus one MTU-sized one.
     pub const MIN_BURST: u64 = 65_536 + 1_500;
+    /// The default depth in time: 100 ms at the rate. On egress the program drops only past
+    /// twice the depth (200 ms ahead); a TCP sender whose packet is dropped locally waits for
+    /// its probe timer (at least `TCP_RTO_MIN`, 200 ms) before sending again, so a smaller
+    /// depth loses that wait and the flow runs at about half the rate (measured: 0.46 x with
+    /// 20 ms at 2 MB/s over loopback).
+    pub const DEFAULT_BURST_DIVISOR: u64 = 10;
 
     fn from_config(c: &RateConfig) -> Rate {
         let burst = if c.burst_bytes > 0 {
             c.burst_bytes
         } else {
-            (c.bytes_per_second / 50).max(Self::MIN_BURST)
+            (c.bytes_per_second / Self::DEFAULT_BURST_DIVISOR).max(Self::MIN_BURST)
         };
         Rate {
             bytes_per_second: c.bytes_per_second,
