@@ -267,16 +267,26 @@ fn stop_storm_stops_then_continues_after_the_ttl() {
 fn monitor_mode_allowlist_and_the_agent_itself_change_nothing() {
     require_root();
     let _g = serial();
-    let agent = Agent::start(&config(
-        false,
-        "enforcement:\n  mode: enforce\n  allowlist:\n    executables: [enfallow*]\n  rules:\n    \
+    let rules = "enforcement:\n  mode: enforce\n  allowlist:\n    executables: [enfallow*]\n  rules:\n    \
          - name: watch\n      mode: monitor\n      when: {signal: process.syscall.rate, above: 50000, for: 1}\n      \
          scope: {executable: enfmon}\n      action: {type: signal, signal: SIGSTOP}\n      ttl: 2s\n    \
          - name: allowed\n      mode: enforce\n      when: {signal: process.syscall.rate, above: 50000, for: 1}\n      \
-         scope: {executable: enfallowed}\n      action: {type: signal, signal: SIGSTOP}\n    \
-         - name: self\n      mode: enforce\n      when: {signal: process.syscall.rate, above: 0, for: 1}\n      \
-         scope: {executable: agent}\n      action: {type: signal, signal: SIGSTOP}\n",
-    ));
+         scope: {executable: enfallowed}\n      action: {type: signal, signal: SIGSTOP}\n";
+    let agent = Agent::start(&config(false, rules));
+    // The rule on the agent itself is scoped to its pid (known only now), added by a reload
+    // (SIGHUP): an executable-name scope would match other agents running on the host.
+    let own = format!(
+        "{rules}    - name: self\n      mode: enforce\n      \
+         when: {{signal: process.syscall.rate, above: 0, for: 1}}\n      \
+         scope: {{pid: {}}}\n      action: {{type: signal, signal: SIGSTOP}}\n",
+        agent.child.id()
+    );
+    std::fs::write(&agent.config, config(false, &own)).unwrap();
+    agent.signal(libc::SIGHUP);
+    agent.wait_for(
+        |a| a.status()["enforcement"]["rules"].as_array().map(Vec::len) == Some(3),
+        "the reloaded rules",
+    );
     agent.wait_ready();
     let mon = Storm::start("enfmon");
     let allowed = Storm::start("enfallowed");
