@@ -17,6 +17,7 @@ pub mod probes;
 pub mod procinfo;
 pub mod profile;
 pub mod runtime;
+pub mod selfprotect;
 pub mod selfstats;
 pub mod signals;
 pub mod status;

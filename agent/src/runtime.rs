@@ -29,6 +29,7 @@ use crate::{
     opamp,
     output::OutputSettings,
     probes::Probes,
+    selfprotect,
     signals::{ActivityHub, AnomalyHub, Demand, SignalHub},
     status::{self, state::AgentState, StatusContext},
     transform::{Pipeline, Transformer},
@@ -156,9 +157,13 @@ struct Running {
     transform: Arc<Transformer>,
     /// The decision engine (always running; with no rules it decides nothing).
     enforcement: Option<crate::enforcement::Handle>,
-    /// Caps on the agent's own sampling (`degrade` actions, self-protection); the probes run
-    /// with them applied.
+    /// Caps on the agent's own sampling set by `degrade` actions; the probes run with them
+    /// applied on top of the self-protection level ([`Running::probe_config`]).
     degrade: DegradeHub,
+    /// The self-protection level: probes run `selfprotect::degrade(cfg, level)`.
+    level: selfprotect::Level,
+    /// The self-protection task's section (it reconfigures itself on a change).
+    self_protection: watch::Sender<selfprotect::SelfProtectionConfig>,
 }
 
 impl Running {
@@ -194,13 +199,36 @@ impl Running {
             self.transform.set(pipeline(&new));
             tracing::info!("transform and filter statements reloaded");
         }
-        apply_probes(&self.probes, &self.degrade.current().apply(&new)).await;
+        apply_probes(&self.probes, &self.probe_config(&new)).await;
+        self.self_protection
+            .send_if_modified(|c| std::mem::replace(c, new.self_protection.clone()) != *c);
         if let Some(e) = &self.enforcement {
             e.apply(&new).await;
         }
         self.state.set_config_hash(new.hash());
         tracing::info!(config_hash = %new.hash(), "configuration applied");
         self.cfg = new;
+    }
+
+    /// What the probes run: `cfg` degraded to the self-protection level, then capped by the
+    /// `degrade` actions in effect (the lower of the two wins).
+    fn probe_config(&self, cfg: &Config) -> Config {
+        self.degrade
+            .current()
+            .apply(&selfprotect::degrade(cfg, self.level))
+    }
+
+    /// Runs the probes at self-protection `level` (the configured config, degraded).
+    async fn set_level(&mut self, level: selfprotect::Level) {
+        if level == self.level {
+            return;
+        }
+        self.level = level;
+        apply_probes(&self.probes, &self.probe_config(&self.cfg)).await;
+        tracing::info!(
+            level = level.as_str(),
+            "probes re-applied for the self-protection level"
+        );
     }
 }
 
@@ -267,6 +295,19 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
     state.set_pipeline_running(true);
     tracing::info!("agent running");
 
+    // Self-protection: measures the agent's cost and sends levels back to this loop.
+    let (self_protection, self_protection_rx) = watch::channel(cfg.self_protection.clone());
+    let (level_tx, mut level_rx) = mpsc::channel::<selfprotect::Level>(4);
+    let self_protection_task = tokio::spawn(selfprotect::engine::run(
+        self_protection_rx,
+        selfprotect::engine::Outputs {
+            state: state.clone(),
+            store: store.clone(),
+            levels: level_tx,
+            on_change: Box::new(|_, _| {}),
+        },
+    ));
+
     let mut r = Running {
         cfg,
         state,
@@ -278,6 +319,8 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
         transform,
         enforcement: Some(enforcement),
         degrade,
+        level: selfprotect::Level::Normal,
+        self_protection,
     };
     let (apply_tx, mut apply_rx) = mpsc::channel::<ApplyRequest>(4);
     let (running_tx, running_rx) = watch::channel(Arc::new(r.cfg.clone()));
@@ -317,10 +360,11 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
                     opamp = opamp::spawn(&overrides, &start, &r.state, apply_tx.clone(), running_rx.clone());
                 }
             }
+            Some(level) = level_rx.recv() => r.set_level(level).await,
             Ok(()) = degraded.changed() => {
                 let caps = *degraded.borrow_and_update();
                 tracing::info!(?caps, "own sampling caps changed (degrade): reapplying the probes");
-                apply_probes(&r.probes, &caps.apply(&r.cfg)).await;
+                apply_probes(&r.probes, &r.probe_config(&r.cfg)).await;
             }
             Some(req) = apply_rx.recv() => {
                 r.apply(req.config, req.rebuild_exporter).await;
@@ -356,6 +400,7 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
         s.stop().await;
     }
     deriver.abort();
+    self_protection_task.abort();
     tracing::info!("agent stopped; every probe detached");
     Ok(exit)
 }

@@ -488,7 +488,7 @@ fn pod_identity_from_cgroup_path_and_pod_log_directory() {
     std::fs::write(scope.join("cgroup.procs"), &pid).unwrap();
     // Started after the move, so the agent's first look at the pid sees the pod cgroup.
     let agent = Agent::start_with(
-        "probes:\n  syscalls:\n    interval: 1s\n  network:\n    enabled: false\n  profiler:\n    enabled: false\n",
+        "probes:\n  syscalls:\n    interval: 1s\n    aggregation: process\n    top_processes: 100000\n  network:\n    enabled: false\n  profiler:\n    enabled: false\n",
         |c| {
             c.env("AGENT_POD_LOGS_DIR", &pods);
         },

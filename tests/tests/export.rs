@@ -51,6 +51,8 @@ fn config(endpoint: &str, protocol: &str, compression: &str, probe: Probe) -> St
   syscalls:
     enabled: {syscalls}
     interval: 1s
+    aggregation: process
+    top_processes: 100000
     retain_exited: 5m
   network:
     enabled: {network}
@@ -320,6 +322,8 @@ fn otel_environment_variables_configure_the_exporter() {
     let yaml = "probes:
   syscalls:
     interval: 1s
+    aggregation: process
+    top_processes: 100000
     retain_exited: 5m
   network:
     enabled: false
@@ -593,10 +597,8 @@ fn retries_deliver_once(protocol: &str) {
         _ => sink.http_endpoint(),
     };
     // Few series (top 5 processes): the test is about requests, not their size.
-    let yaml = config(&endpoint, protocol, "gzip", Probe::Syscalls).replace(
-        "    retain_exited: 5m\n",
-        "    retain_exited: 5m\n    top_processes: 5\n",
-    );
+    let yaml = config(&endpoint, protocol, "gzip", Probe::Syscalls)
+        .replace("    top_processes: 100000\n", "    top_processes: 5\n");
     let agent = start_agent(&yaml, &[]);
     // Until both rejections happened and every point they held was accepted since.
     let delivered = |rejected: &[Value]| {
@@ -771,10 +773,7 @@ fn a_30_second_outage_loses_nothing() {
         "gzip",
         Probe::Syscalls,
     )
-    .replace(
-        "    retain_exited: 5m\n",
-        "    retain_exited: 5m\n    top_processes: 5\n",
-    );
+    .replace("    top_processes: 100000\n", "    top_processes: 5\n");
     let agent = start_agent(&yaml, &[]);
     let before = sink
         .wait_for(WAIT, |r| {

@@ -893,6 +893,11 @@ fn listeners_from_before_the_start_are_attributed_per_socket() {
     let mut a = server(&net, false, PORT, &["--reuseport"]);
     let mut b = server(&net, false, PORT, &["--reuseport"]);
     let agent = start_agent();
+    // Reported with the probe's first drain.
+    agent.wait_for(
+        |a| a.status()["maps"]["NET_SERIES"]["detail"]["listeners_seeded"].is_u64(),
+        "the network probe's first report",
+    );
     let seeded = agent.status()["maps"]["NET_SERIES"]["detail"]["listeners_seeded"].as_u64();
     assert!(seeded >= Some(2), "listeners_seeded {seeded:?}");
     client(&net, false, PORT, &["--count", "20"]).finish();

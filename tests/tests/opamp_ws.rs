@@ -223,8 +223,9 @@ fn websocket_new_instance_uid_heartbeat_and_own_telemetry() {
     let d = &m["msg"]["agent_description"]["identifying_attributes"];
     assert_eq!(kv(d, "service.instance.id").as_deref(), Some(new));
     agent.wait_for(|a| opamp(a)["instance_uid"] == new, "/status instance_uid");
+    // The id file: a format line, then the id.
     let stored = std::fs::read_to_string(agent.dir.join("out/instance-id")).unwrap();
-    assert_eq!(stored.trim(), new);
+    assert_eq!(stored, format!("agent-instance-id 1\n{new}\n"));
     agent.wait_for(
         |a| {
             std::fs::read_to_string(a.dir.join("out/metrics.jsonl"))

@@ -474,3 +474,64 @@ fn threads_count_exactly_in_every_run() {
     let detail = &agent.status()["maps"]["SYSCALL_STATS"]["detail"];
     assert_eq!(detail["stats_folded"], 0, "{detail}");
 }
+
+/// A process whose executable name has a space, a newline and a byte that is not UTF-8: it is
+/// attributed (the invalid byte as U+FFFD), `/metrics` stays one sample per line, and every
+/// line of the local OTLP JSON output stays one valid JSON document.
+#[test]
+fn odd_process_names_are_attributed_without_breaking_outputs() {
+    use std::os::unix::ffi::OsStrExt;
+    require_root();
+    let _g = serial();
+    let dir = tempdir();
+    let name = std::ffi::OsStr::from_bytes(b"odd name\nwith\xffbyte");
+    let odd = dir.join(name);
+    std::fs::copy(workload_bin(), &odd).unwrap();
+    let agent = Agent::start(&config("process", 100_000, "1s"));
+    agent.wait_ready();
+    let w = Workload::start_args(&odd, &["personality", "4321"]);
+    let pid = w.pid.to_string();
+    w.go();
+    let want_name = "odd name\nwith\u{fffd}byte";
+    wait_value(&agent, "the odd process's series", 4321.0, |s| {
+        count_of(
+            s,
+            "personality",
+            &[
+                ("process_pid", &pid),
+                ("process_executable_name", want_name),
+            ],
+        )
+        .unwrap_or(0.0)
+    });
+    // Every non-comment line of the exposition is `name{labels} value`.
+    let (_, text) = agent.get("/metrics").unwrap();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        assert!(
+            line.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_'),
+            "broken line: {line:?}"
+        );
+    }
+    // The local OTLP JSON lines (no collector configured): one document per line, the name
+    // inside.
+    let metrics = agent.dir.join("out").join("metrics.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&metrics).unwrap_or_default();
+        let docs: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:.200}")))
+            .collect();
+        if docs
+            .iter()
+            .any(|d| d.to_string().contains("odd name\\nwith\u{fffd}byte"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the odd name never reached metrics.jsonl"
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+}

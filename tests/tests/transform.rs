@@ -22,6 +22,8 @@ fn config(sink: &Sink, syscalls: bool, network: bool, extra: &str) -> String {
   syscalls:
     enabled: {syscalls}
     interval: 1s
+    aggregation: process
+    top_processes: 100000
   network:
     enabled: {network}
     interval: 1s

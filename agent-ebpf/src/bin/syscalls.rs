@@ -215,16 +215,16 @@ mod probe {
         if cache.tgid == tgid && cache.epoch == epoch && cache.gen != 0 {
             return cache.gen;
         }
-        let gen = match unsafe { SYSCALL_PROC_GEN.get(&tgid) } {
+        let gen = match unsafe { SYSCALL_PROC_GEN.get(tgid) } {
             Some(g) => *g,
             None => {
                 if SYSCALL_PROC_GEN
-                    .insert(&tgid, &now, BPF_NOEXIST as u64)
+                    .insert(tgid, now, BPF_NOEXIST as u64)
                     .is_ok()
                 {
                     now
                 } else {
-                    match unsafe { SYSCALL_PROC_GEN.get(&tgid) } {
+                    match unsafe { SYSCALL_PROC_GEN.get(tgid) } {
                         Some(g) => *g,
                         None => {
                             bump(counter::GEN_UNKNOWN);
@@ -258,9 +258,9 @@ mod probe {
         let now = unsafe { bpf_ktime_get_ns() };
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         bump(counter::EXECS);
-        let old_gen = unsafe { SYSCALL_PROC_GEN.get(&tgid) }.copied().unwrap_or(0);
+        let old_gen = unsafe { SYSCALL_PROC_GEN.get(tgid) }.copied().unwrap_or(0);
         SYSCALL_PROC_GEN
-            .insert(&tgid, &now, 0)
+            .insert(tgid, now, 0)
             .map_err(|e| e as i64)?;
         move_epoch(now);
         let Some(mut entry) = SYSCALL_PROC_EVENTS.reserve::<ProcEvent>(0) else {
@@ -313,7 +313,7 @@ mod probe {
             return Ok(0);
         }
         bump(counter::EXITS);
-        let _ = SYSCALL_PROC_GEN.remove(&tgid);
+        let _ = SYSCALL_PROC_GEN.remove(tgid);
         move_epoch(unsafe { bpf_ktime_get_ns() });
         Ok(0)
     }

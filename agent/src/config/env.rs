@@ -26,6 +26,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("AGENT_PROFILER_ENABLED", "probes.profiler.enabled"),
     ("AGENT_PROFILER_FREQUENCY", "probes.profiler.frequency"),
     ("AGENT_OPAMP_ENDPOINT", "opamp.endpoint"),
+    ("AGENT_SELF_PROTECTION_ENABLED", "self_protection.enabled"),
 ];
 
 fn parse_bool(s: &str) -> Option<bool> {
@@ -82,6 +83,10 @@ fn set(cfg: &mut Config, path: &str, value: &str) -> Result<(), String> {
                 .map_err(|_| format!("{value:?} is not a whole number"))?
         }
         "opamp.endpoint" => cfg.opamp.endpoint = value.to_string(),
+        "self_protection.enabled" => {
+            cfg.self_protection.enabled =
+                parse_bool(value).ok_or_else(|| format!("{value:?} is not true or false"))?
+        }
         other => unreachable!("no env override for {other}"),
     }
     Ok(())

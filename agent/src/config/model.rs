@@ -27,6 +27,8 @@ pub struct Config {
     pub filter: crate::transform::FilterConfig,
     /// OpAMP remote management (local-only: a remote config cannot change it).
     pub opamp: crate::opamp::config::OpampConfig,
+    /// The agent's own budgets and how it degrades past them (`selfprotect`).
+    pub self_protection: crate::selfprotect::SelfProtectionConfig,
     /// Rules that act on what the agent observes (`enforcement::config`); monitor mode by
     /// default.
     pub enforcement: crate::enforcement::EnforcementConfig,

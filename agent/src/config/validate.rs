@@ -109,6 +109,15 @@ pub(crate) const FIELDS: &[&str] = &[
     "opamp.max_message_bytes",
     "opamp.accept_remote_config",
     "opamp.rollback_grace",
+    "self_protection",
+    "self_protection.enabled",
+    "self_protection.interval",
+    "self_protection.max_cpu_millicores",
+    "self_protection.max_memory_bytes",
+    "self_protection.escalate_after",
+    "self_protection.recover_after",
+    "self_protection.recover_below_percent",
+    "self_protection.bpf_stats_percent",
     "enforcement",
     "enforcement.mode",
     "enforcement.remote",
@@ -248,7 +257,7 @@ pub(crate) fn allowed(path: &str) -> Option<String> {
         "log" | "status" | "output" | "export" | "export.tls" | "export.metrics"
         | "export.logs" | "export.profiles" | "export.spool" | "probes" | "probes.syscalls"
         | "probes.network" | "probes.profiler" | "transform" | "filter" | "filter.metrics"
-        | "filter.logs" | "opamp" | "opamp.tls" => {
+        | "filter.logs" | "opamp" | "opamp.tls" | "self_protection" => {
             format!("a mapping with the fields {}", fields_of(path))
         }
         "log.level" => "a level (off, error, warn, info, debug, trace) or tracing filter \
@@ -346,6 +355,7 @@ pub(crate) fn allowed(path: &str) -> Option<String> {
             "a list of OTTL conditions (an item matching any of them is dropped)".to_string()
         }
         p if p.starts_with("opamp.") => return crate::opamp::config::allowed(p),
+        p if p.starts_with("self_protection.") => return crate::selfprotect::config::allowed(p),
         p if p.starts_with("enforcement") => return crate::enforcement::config::allowed(p),
         _ => return None,
     })
@@ -484,6 +494,9 @@ pub(crate) fn check_field(cfg: &Config, path: &str) -> Result<(), String> {
             &SYMBOL_CACHE,
         ),
         p if p.starts_with("opamp.") => crate::opamp::config::check_field(&cfg.opamp, p),
+        p if p.starts_with("self_protection.") => {
+            crate::selfprotect::config::check_field(&cfg.self_protection, p)
+        }
         p if p.starts_with("enforcement.") => {
             crate::enforcement::config::check_field(&cfg.enforcement, p)
         }

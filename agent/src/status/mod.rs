@@ -229,6 +229,8 @@ pub struct StatusReport {
     pub enforcement: Option<crate::enforcement::status::EnforcementStatus>,
     /// Recent enforcement decisions, newest first.
     pub decisions: Vec<std::sync::Arc<crate::enforcement::audit::DecisionRecord>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub self_protection: Option<crate::selfprotect::report::SelfProtectionStatus>,
     #[serde(rename = "self")]
     pub self_stats: SelfStats,
 }
@@ -252,6 +254,7 @@ pub fn report(ctx: &StatusContext) -> StatusReport {
         opamp: s.opamp(),
         enforcement: s.enforcement(),
         decisions: s.decisions(),
+        self_protection: s.self_protection(),
         self_stats: selfstats::sample(),
     }
 }

@@ -204,6 +204,8 @@ pub struct AgentState {
     /// OTLP log records of the engines (enforcement decisions) for the exporter's logs path;
     /// bounded, lagging receivers lose the oldest.
     log_records: tokio::sync::broadcast::Sender<opentelemetry_proto::tonic::logs::v1::LogRecord>,
+    /// Self-protection's level and figures (`None`: not running).
+    self_protection: RwLock<Option<crate::selfprotect::report::SelfProtectionStatus>>,
 }
 
 fn read<T: Clone>(l: &RwLock<T>) -> T {
@@ -230,6 +232,7 @@ impl AgentState {
             connections: tokio::sync::broadcast::channel(CONNECTION_EVENTS_CAPACITY).0,
             profiles: tokio::sync::broadcast::channel(PROFILES_CAPACITY).0,
             profiler: std::sync::Mutex::new(None),
+            self_protection: RwLock::default(),
             pipeline_running: false.into(),
             decisions: RwLock::default(),
             enforcement: RwLock::default(),
@@ -270,6 +273,14 @@ impl AgentState {
         &self,
     ) -> tokio::sync::broadcast::Receiver<opentelemetry_proto::tonic::logs::v1::LogRecord> {
         self.log_records.subscribe()
+    }
+
+    pub fn set_self_protection(&self, s: Option<crate::selfprotect::report::SelfProtectionStatus>) {
+        *write(&self.self_protection) = s;
+    }
+
+    pub fn self_protection(&self) -> Option<crate::selfprotect::report::SelfProtectionStatus> {
+        read(&self.self_protection)
     }
 
     pub fn config_hash(&self) -> String {

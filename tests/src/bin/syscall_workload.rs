@@ -36,7 +36,10 @@ fn call(kind: &str) -> bool {
 const THREAD_KINDS: [&str; 3] = ["getppid", "getpgid", "getsid"];
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
+    // argv[0] may not be UTF-8 (the odd-name test runs a copy named so).
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let usage = "usage: syscall-workload <getppid|badclose|personality> <count> [--wait]\n\
                  \x20      syscall-workload threads <threads> <count> [--wait]";
     let fail = || -> ! {

@@ -94,7 +94,9 @@ pub(super) fn start_agent(out_dir: &Path, config: Option<&Path>) -> Result<Stopp
     Ok(start_agent_on(out_dir, config)?.0)
 }
 
-/// `start_agent`, also returning the status endpoint's port.
+/// `start_agent`, also returning the status endpoint's port. Self-protection is off unless
+/// the caller's environment sets `AGENT_SELF_PROTECTION_ENABLED` (a bench measures the cost of
+/// the config it names; self-protection would change that config under it).
 pub(super) fn start_agent_on(out_dir: &Path, config: Option<&Path>) -> Result<(Stopper, u16)> {
     let port = free_port()?;
     let mut cmd = Command::new(bin_path("release", "agent"));
@@ -107,6 +109,9 @@ pub(super) fn start_agent_on(out_dir: &Path, config: Option<&Path>) -> Result<(S
     .arg(out_dir)
     .env("AGENT_LOG_LEVEL", "warn")
     .stdout(Stdio::null());
+    if std::env::var_os("AGENT_SELF_PROTECTION_ENABLED").is_none() {
+        cmd.env("AGENT_SELF_PROTECTION_ENABLED", "false");
+    }
     if let Some(config) = config {
         cmd.arg("--config").arg(config);
     }
