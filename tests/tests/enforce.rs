@@ -5,7 +5,8 @@
 //!
 //! Rules fire on `process.syscall.rate` thresholds (the detection engine does not publish
 //! anomalies in `agent run` yet; an anomaly-fed rule is covered by the engine's unit tests).
-//! Timing bounds come from the agent's own timestamps in its decision records.
+//! Timing bounds come from the agent's own timestamps in its decision records; TTLs leave the
+//! test several seconds to observe a limit on a loaded machine (load 10 on 2 cores seen).
 
 use std::{
     io::ErrorKind,
@@ -192,7 +193,7 @@ fn nanos(v: &Value) -> u64 {
 }
 
 /// The limit expires `ttl_s` after it was taken (journaled just before acting) and is undone
-/// at expiry: not before, and within 1.5 s after (the engine wakes at the expiry; the bound is
+/// at expiry: not before, and within 3 s after (the engine wakes at the expiry; the bound is
 /// for a loaded CI machine).
 fn assert_undone_at_ttl(taken: &Value, undone: &Value, ttl_s: u64) {
     let expires = nanos(&taken["expires_unix_nano"]);
@@ -206,7 +207,7 @@ fn assert_undone_at_ttl(taken: &Value, undone: &Value, ttl_s: u64) {
     );
     let undone_at = nanos(&undone["acted_unix_nano"]);
     assert!(
-        undone_at >= expires && undone_at - expires < 1_500_000_000,
+        undone_at >= expires && undone_at - expires < 3_000_000_000,
         "undone at {undone_at}, expiry {expires}\n{taken}\n{undone}"
     );
 }
@@ -344,7 +345,7 @@ fn freeze_a_cgroup_then_thaw_after_the_ttl() {
         &format!(
             "enforcement:\n  mode: enforce\n  rules:\n    - name: freeze-storm\n      \
              when: {{signal: process.syscall.rate, above: 50000, for: 1}}\n      \
-             scope: {{cgroup: {}}}\n      action: {{type: freeze}}\n      ttl: 3s\n",
+             scope: {{cgroup: {}}}\n      action: {{type: freeze}}\n      ttl: 6s\n",
             cg.path
         ),
     ));
@@ -358,7 +359,7 @@ fn freeze_a_cgroup_then_thaw_after_the_ttl() {
     }
     assert!(cg.frozen(), "cgroup.events frozen 1 after {taken}");
     let undone = wait_decision(&agent, "freeze-storm", "undone");
-    assert_undone_at_ttl(&taken, &undone, 3);
+    assert_undone_at_ttl(&taken, &undone, 6);
     let deadline = Instant::now() + Duration::from_secs(5);
     while cg.frozen() && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));
@@ -402,7 +403,7 @@ fn block_refuses_connects_on_both_families_until_the_ttl() {
              when: {{signal: process.syscall.rate, above: 50000, for: 1}}\n      \
              scope: {{cgroup: {}}}\n      \
              action: {{type: block, peers: [127.0.0.1/32, '::1/128'], ports: [{port}]}}\n      \
-             ttl: 5s\n",
+             ttl: 15s\n",
             cg.path
         ),
     ));
@@ -451,7 +452,7 @@ fn block_refuses_connects_on_both_families_until_the_ttl() {
     // No new trigger after the TTL (the cooldown, = TTL, would allow one at once).
     drop(storm);
     let undone = wait_decision(&agent, "block-storm", "undone");
-    assert_undone_at_ttl(&taken, &undone, 5);
+    assert_undone_at_ttl(&taken, &undone, 15);
     assert_eq!(
         connect_from(&cg, "127.0.0.1", port, false),
         0,
@@ -475,7 +476,7 @@ fn a_restarted_agent_undoes_what_a_killed_one_left() {
     let out = tempdir();
     let rule = "enforcement:\n  mode: enforce\n  rules:\n    - name: stop-crash\n      \
          when: {signal: process.syscall.rate, above: 50000, for: 1}\n      \
-         scope: {executable: enfcrash}\n      action: {type: signal, signal: SIGSTOP}\n      ttl: 3s\n";
+         scope: {executable: enfcrash}\n      action: {type: signal, signal: SIGSTOP}\n      ttl: 5s\n";
     let mut first = Agent::start_at(&config(false, rule), Some(&out), |_| {});
     first.wait_ready();
     let storm = Storm::start("enfcrash");
@@ -490,7 +491,7 @@ fn a_restarted_agent_undoes_what_a_killed_one_left() {
         "journal holds the SIGSTOP: {text}"
     );
     // Past the TTL with no agent: still stopped (nothing else undoes it).
-    thread::sleep(Duration::from_millis(3500));
+    thread::sleep(Duration::from_millis(5500));
     assert_eq!(state(storm.pid()), 'T', "still stopped with no agent");
     // The next agent, with no rules, undoes it at start.
     let second = Agent::start_at(&config(false, ""), Some(&out), |_| {});
@@ -564,7 +565,7 @@ fn rate_limit_egress_holds_the_rate_until_the_ttl() {
             "enforcement:\n  mode: enforce\n  rules:\n    - name: rate-storm\n      \
              when: {{signal: process.syscall.rate, above: 50000, for: 1}}\n      \
              scope: {{cgroup: {}}}\n      \
-             action: {{type: rate_limit, egress: {{bytes_per_second: {rate}}}}}\n      ttl: 12s\n",
+             action: {{type: rate_limit, egress: {{bytes_per_second: {rate}}}}}\n      ttl: 15s\n",
             cg.path
         ),
     ));
@@ -589,7 +590,7 @@ fn rate_limit_egress_holds_the_rate_until_the_ttl() {
         "the bucket pushed back: {st}"
     );
     let undone = wait_decision(&agent, "rate-storm", "undone");
-    assert_undone_at_ttl(&taken, &undone, 12);
+    assert_undone_at_ttl(&taken, &undone, 15);
     let free = throughput_from(&cg, 2);
     eprintln!("after the ttl {free:.0} B/s");
     assert!(free > 5.0 * rate as f64, "{free} B/s after {undone}");
