@@ -51,13 +51,13 @@ mod probe {
     #[inline(always)]
     fn target_cgroup() -> Option<u64> {
         let id = unsafe { bpf_get_current_cgroup_id() };
-        if BLOCK_CGROUPS.get_ptr(&id).is_some() {
+        if BLOCK_CGROUPS.get_ptr(id).is_some() {
             return Some(id);
         }
         let mut level = MAX_LEVEL;
         while level > 0 {
             let a = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
-            if a != 0 && a != id && BLOCK_CGROUPS.get_ptr(&a).is_some() {
+            if a != 0 && a != id && BLOCK_CGROUPS.get_ptr(a).is_some() {
                 return Some(a);
             }
             level -= 1;
@@ -112,7 +112,7 @@ mod probe {
             cgroup_id: cgroup,
         };
         let now = unsafe { bpf_ktime_get_ns() };
-        if let Some(s) = BLOCK_REFUSALS.get_ptr_mut(&key) {
+        if let Some(s) = BLOCK_REFUSALS.get_ptr_mut(key) {
             // SAFETY: as above.
             unsafe { agent_ebpf::atomic_add(&mut (*s).count, 1) };
             unsafe { (*s).last_ns = now };
@@ -123,7 +123,7 @@ mod probe {
             last_ns: now,
             comm: bpf_get_current_comm().unwrap_or_default(),
         };
-        if BLOCK_REFUSALS.insert(&key, &stats, 0).is_err() {
+        if BLOCK_REFUSALS.insert(key, stats, 0).is_err() {
             bump(counter::RECORD_FAILED);
         }
     }
