@@ -18,7 +18,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::*;
+use integration_tests::{
+    otlp::{log_records, text, LogRecord, Sink},
+    *,
+};
 use serde_json::Value;
 
 /// One-second drains, per-process series, only the syscall probe (the network probe where a
@@ -227,11 +230,16 @@ fn counter(agent: &Agent, rule: &str, outcome: &str) -> f64 {
 fn stop_storm_stops_then_continues_after_the_ttl() {
     require_root();
     let _g = serial();
+    let sink = Sink::start(&[]);
+    let export = format!(
+        "export:\n  endpoint: \"{}\"\n  interval: 1s\n",
+        sink.http_endpoint()
+    );
     let agent = Agent::start(&config(
         false,
-        "enforcement:\n  mode: enforce\n  rules:\n    - name: stop-storm\n      \
-         when: {signal: process.syscall.rate, above: 50000, for: 2}\n      \
-         scope: {executable: storm}\n      action: {type: signal, signal: SIGSTOP}\n      ttl: 8s\n",
+        &format!("{export}enforcement:\n  mode: enforce\n  rules:\n    - name: stop-storm\n      \
+         when: {{signal: process.syscall.rate, above: 50000, for: 2}}\n      \
+         scope: {{executable: storm}}\n      action: {{type: signal, signal: SIGSTOP}}\n      ttl: 8s\n"),
     ));
     agent.wait_ready();
     let storm = Storm::start("storm");
@@ -259,6 +267,29 @@ fn stop_storm_stops_then_continues_after_the_ttl() {
     assert!(stopped(storm.pid(), false), "running after SIGCONT");
     assert!(counter(&agent, "stop-storm", "taken") >= 1.0);
     assert!(counter(&agent, "stop-storm", "undone") >= 1.0);
+    // Both decisions exported as OTLP log records (event.name agent.decision).
+    let decision = |r: &LogRecord, outcome: &str| {
+        r.event_name == "agent.decision"
+            && r.attributes.get("agent.decision.rule").map(text).as_deref() == Some("stop-storm")
+            && r.attributes
+                .get("agent.decision.outcome")
+                .map(text)
+                .as_deref()
+                == Some(outcome)
+    };
+    let requests = sink
+        .wait_for(Duration::from_secs(60), |r| {
+            let records = log_records(r);
+            records.iter().any(|x| decision(x, "taken"))
+                && records.iter().any(|x| decision(x, "undone"))
+        })
+        .unwrap_or_else(|r| panic!("no agent.decision records: {:?}", log_records(&r).len()));
+    let records = log_records(&requests);
+    let taken_rec = records.iter().find(|x| decision(x, "taken")).unwrap();
+    assert_eq!(
+        taken_rec.attributes.get("process.pid").map(text),
+        Some(storm.pid().to_string())
+    );
 }
 
 /// A rule in monitor mode (under a global enforce: it stays monitor) decides and records "would
