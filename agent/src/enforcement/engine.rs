@@ -14,8 +14,11 @@
 //!   run shows what an enforce run would do;
 //! - no action touches the agent, pid 1, kernel threads or the allowlist (`safety.rs`).
 
+mod lifecycle;
+mod publish;
+
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{HashMap, VecDeque},
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -26,18 +29,17 @@ use super::{
     audit::{nanos, DecisionRecord, Outcome, TargetRecord},
     cgroup::Hierarchies,
     config::{EnforcementConfig, Mode},
-    journal::{unix_ms, Entry, Journal, Undo},
+    journal::{unix_ms, Entry, Journal},
     metrics::Telemetry,
     pins::Pins,
     rules::{self, Action, Condition, Rule},
     safety::{Refusal, Safety},
     scope::Target,
-    status::{ActiveStatus, EnforcementStatus, RateLimitStatus, RuleStatus},
 };
 use crate::{
     metrics::Store,
     signals::{Anomaly, Demand, ProcessRef, SignalBatch},
-    status::state::{AgentState, ComponentStatus},
+    status::state::AgentState,
 };
 
 /// What the engine needs from the agent.
@@ -186,42 +188,6 @@ impl Engine {
         self.cfg = s.cfg.clone();
         self.dirty = true;
         self.publish();
-    }
-
-    /// Undoes (or takes over) what a predecessor left in the journal.
-    fn recover(&mut self) {
-        let Ok(j) = &self.journal else { return };
-        let entries = j.entries().to_vec();
-        if entries.is_empty() {
-            return;
-        }
-        self.kernel.adopt_pinned();
-        let now = SystemTime::now();
-        for e in entries {
-            let kernel_gone =
-                matches!(e.undo, Undo::RateLimit { .. } | Undo::Block { .. }) && !e.persist;
-            let reason = if e.expires() <= now {
-                Some("left by a previous agent, past its TTL")
-            } else if kernel_gone {
-                Some("left by a previous agent; its kernel attachment ended with that agent")
-            } else if matches!(e.undo, Undo::Degrade) {
-                Some("left by a previous agent; this agent starts at its configured sampling")
-            } else {
-                None
-            };
-            match reason {
-                Some(why) => self.undo_entry(&e, why),
-                None => {
-                    tracing::info!(
-                        rule = %e.rule,
-                        action = %e.action,
-                        target = %e.target,
-                        "enforcement: took over a limit left by a previous agent (undone at its TTL)"
-                    );
-                    self.active.push(ActiveLimit { entry: e });
-                }
-            }
-        }
     }
 
     /// One drain's signals: threshold rules.
@@ -654,52 +620,6 @@ impl Engine {
         }
     }
 
-    fn undo_entry(&mut self, e: &Entry, why: &str) {
-        let result = self.kernel.undo(&e.undo, e.id);
-        if let Ok(j) = &mut self.journal {
-            if let Err(err) = j.remove(e.id) {
-                tracing::error!("enforcement: {}", err.cause);
-            }
-        }
-        let (outcome, reason) = match result {
-            Ok(done) => (Outcome::Undone, format!("{why}: {done}")),
-            Err(err) => {
-                self.last_error = Some(err.clone());
-                (Outcome::Failed, format!("{why}: undo failed: {err}"))
-            }
-        };
-        self.seq += 1;
-        let now = SystemTime::now();
-        let rec = DecisionRecord {
-            seq: self.seq,
-            time_unix_nano: nanos(now),
-            rule: e.rule.clone(),
-            mode: Mode::Enforce.as_str(),
-            outcome,
-            reason: Some(reason),
-            scope: String::new(),
-            trigger: format!("ttl of journal entry {}", e.id),
-            signal: String::new(),
-            value: 0.0,
-            action: e.action.clone(),
-            detail: None,
-            target: TargetRecord {
-                pid: match e.undo {
-                    Undo::Cont { pid, .. } => Some(pid),
-                    _ => None,
-                },
-                cgroup: e.target.strip_prefix("cgroup:").map(str::to_string),
-                ..Default::default()
-            },
-            observed_unix_nano: e.acted_unix_ms * 1_000_000,
-            acted_unix_nano: Some(nanos(now)),
-            latency_seconds: None,
-            expires_unix_nano: Some(e.expires_unix_ms * 1_000_000),
-            journal_id: Some(e.id),
-        };
-        self.emit(rec);
-    }
-
     /// Undoes expired limits, collects kernel-sent signals, times out armed ones.
     pub fn tick(&mut self) {
         let now = SystemTime::now();
@@ -777,233 +697,11 @@ impl Engine {
         }
         wake.max(Duration::from_millis(1))
     }
-
-    /// Metrics batch, `/status` → `enforcement`, health.
-    pub fn publish(&mut self) {
-        self.last_publish = Instant::now();
-        self.dirty = false;
-        let mut active_by_kind: BTreeMap<&'static str, u64> = BTreeMap::new();
-        for a in &self.active {
-            let k = rules_kind(&a.entry.kind);
-            *active_by_kind.entry(k).or_default() += 1;
-        }
-        let mut kernel: BTreeMap<&'static str, BTreeMap<&'static str, u64>> = BTreeMap::new();
-        let mut rate_limits = Vec::new();
-        let rate_counters = self.kernel.loaded_rate().map(|r| {
-            let c = r.counters();
-            for (k, l) in r.entries() {
-                rate_limits.push(RateLimitStatus {
-                    cgroup_id: k.cgroup_id,
-                    direction: actions::rate_limit::direction_name(k.direction),
-                    bytes_per_second: l.bytes_per_second,
-                    packets_per_second: l.packets_per_second,
-                    burst_ns: l.burst_ns,
-                    passed_packets: l.passed_packets,
-                    passed_bytes: l.passed_bytes,
-                    cn_packets: l.cn_packets,
-                    dropped_packets: l.dropped_packets,
-                    dropped_bytes: l.dropped_bytes,
-                });
-            }
-            c
-        });
-        if let Some(c) = rate_counters {
-            kernel.insert(
-                "ratelimit",
-                agent_common::ratelimit::counter::NAMES
-                    .iter()
-                    .copied()
-                    .zip(c)
-                    .collect(),
-            );
-        }
-        let refusals = self.kernel.loaded_block().map(|b| {
-            kernel.insert(
-                "block",
-                agent_common::block::counter::NAMES
-                    .iter()
-                    .copied()
-                    .zip(b.counters())
-                    .collect(),
-            );
-            b.refusals()
-        });
-        let mut armed = BTreeMap::new();
-        if let Some(s) = self.kernel.loaded_signals() {
-            kernel.insert(
-                "signal",
-                agent_common::signal::counter::NAMES
-                    .iter()
-                    .copied()
-                    .zip(s.counters())
-                    .collect(),
-            );
-            armed = s.armed().map(|(p, t)| (*p, unix_ms(*t))).collect();
-        }
-        let batch = self.telemetry.batch(
-            &active_by_kind,
-            rate_counters,
-            refusals.as_deref().unwrap_or(&[]),
-        );
-        self.env.store.publish(batch);
-        let mut decisions: BTreeMap<String, BTreeMap<&'static str, u64>> = BTreeMap::new();
-        for ((r, o), n) in self.telemetry.decisions() {
-            decisions
-                .entry(r.to_string())
-                .or_default()
-                .insert(o.as_str(), *n);
-        }
-        let st = EnforcementStatus {
-            mode: self.cfg.mode.as_str(),
-            remote: match self.cfg.remote {
-                super::config::RemoteBound::Deny => "deny",
-                super::config::RemoteBound::Monitor => "monitor",
-                super::config::RemoteBound::Enforce => "enforce",
-            },
-            rules: self
-                .rules
-                .iter()
-                .map(|r| RuleStatus {
-                    name: r.name.to_string(),
-                    mode: r.mode.as_str(),
-                    condition: describe_condition(&r.condition),
-                    scope: r.scope.describe(),
-                    action: r.action.describe(),
-                })
-                .collect(),
-            active: self
-                .active
-                .iter()
-                .map(|a| ActiveStatus {
-                    journal_id: a.entry.id,
-                    rule: a.entry.rule.clone(),
-                    action: a.entry.action.clone(),
-                    target: a.entry.target.clone(),
-                    acted_unix_ms: a.entry.acted_unix_ms,
-                    expires_unix_ms: a.entry.expires_unix_ms,
-                    persist: a.entry.persist,
-                })
-                .collect(),
-            rate_limits,
-            armed_signals: armed,
-            kernel,
-            decisions,
-            last_error: self.last_error.clone(),
-        };
-        self.env.state.set_enforcement(st);
-        let healthy = self.journal.is_ok();
-        self.env.state.set_component(
-            "enforcement",
-            ComponentStatus {
-                healthy,
-                status: if self.rules.is_empty() {
-                    "idle".into()
-                } else {
-                    format!("{} ({} rules)", self.cfg.mode.as_str(), self.rules.len())
-                },
-                last_error: self.last_error.clone(),
-                started: Some(self.env.state.started_at),
-            },
-        );
-    }
-
-    /// Undoes every limit that is not persistent, detaches the kernel objects (persistent
-    /// limits stay pinned and journaled for the next agent).
-    pub fn shutdown(&mut self) {
-        let pending: Vec<u32> = self.pending.keys().copied().collect();
-        for pid in pending {
-            if let Some(ks) = self.kernel.loaded_signals() {
-                ks.disarm(pid);
-            }
-        }
-        self.pending.clear();
-        let active = std::mem::take(&mut self.active);
-        let mut kept = Vec::new();
-        for a in active {
-            if a.entry.persist {
-                tracing::info!(rule = %a.entry.rule, action = %a.entry.action, "enforcement: persistent limit kept across the restart");
-                kept.push(a);
-            } else {
-                self.undo_entry(&a.entry, "agent shutting down");
-            }
-        }
-        let rate_keep: Vec<(u64, u32)> = kept
-            .iter()
-            .filter_map(|a| match &a.entry.undo {
-                Undo::RateLimit {
-                    cgroup_id,
-                    directions,
-                    ..
-                } => Some(
-                    directions
-                        .iter()
-                        .map(|d| (*cgroup_id, actions::rate_limit::direction_of(d)))
-                        .collect::<Vec<_>>(),
-                ),
-                _ => None,
-            })
-            .flatten()
-            .collect();
-        let block_keep: Vec<u64> = kept
-            .iter()
-            .filter_map(|a| match &a.entry.undo {
-                Undo::Block { cgroup_id, .. } => Some(*cgroup_id),
-                _ => None,
-            })
-            .collect();
-        self.kernel
-            .shutdown(&|cg, d| rate_keep.contains(&(cg, d)), &|cg| {
-                block_keep.contains(&cg)
-            });
-        self.active = kept;
-        self.publish();
-    }
-}
-
-fn rules_kind(k: &str) -> &'static str {
-    match k {
-        "signal" => "signal",
-        "freeze" => "freeze",
-        "cpu_limit" => "cpu_limit",
-        "rate_limit" => "rate_limit",
-        "block" => "block",
-        "degrade" => "degrade",
-        _ => "other",
-    }
 }
 
 fn refusal_outcome(r: Refusal) -> (Outcome, String) {
     match r {
         Refusal::Protected(w) => (Outcome::Protected, format!("protected: {w}")),
         Refusal::Allowlisted(w) => (Outcome::Allowlist, format!("allowlisted: {w}")),
-    }
-}
-
-fn describe_condition(c: &Condition) -> String {
-    match c {
-        Condition::Threshold {
-            signal,
-            threshold,
-            hold,
-            ..
-        } => {
-            let (op, t) = match threshold {
-                rules::Threshold::Above(t) => (">", t),
-                rules::Threshold::Below(t) => ("<", t),
-            };
-            format!(
-                "{signal}{} {op} {t} for {}",
-                sample_syscall_text(c),
-                humantime_serde::re::humantime::format_duration(*hold)
-            )
-        }
-        Condition::Anomaly {
-            signal, min_score, ..
-        } => {
-            format!(
-                "anomaly on {signal}{} (score >= {min_score})",
-                sample_syscall_text(c)
-            )
-        }
     }
 }

@@ -7,7 +7,8 @@
 //!   compiled rules (conditions with `for` in time, actions with parsed arguments);
 //! - `scope.rs`: scopes and targets (`/proc/<pid>` read when a rule fires); `cgroup.rs`: the
 //!   hierarchies and a target's own cgroup; `safety.rs`: what is never acted on;
-//! - `engine.rs`: streaks, decisions, cooldown, rate cap, modes, TTLs, recovery, shutdown;
+//! - `engine.rs`: streaks, decisions, cooldown, rate cap, modes, TTLs; `engine/lifecycle.rs`:
+//!   recovery at start, undo, shutdown; `engine/publish.rs`: metrics and `/status`;
 //! - `journal.rs`: limiting actions written before they act (format-versioned); `pins.rs`:
 //!   bpffs pins of `persist: true` limits;
 //! - `actions/`: one file per action kind (the kernel objects of `rate_limit`, `block` and
