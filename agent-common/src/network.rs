@@ -133,7 +133,12 @@ pub struct SeriesStats {
     /// cgroup v2 id and command of the owner when the entry was created.
     pub cgroup_id: u64,
     pub comm: [u8; COMM_LEN],
+    /// Segments retransmitted (the kernel's `total_retrans` increments: `segs` of each
+    /// RETRANS callback; SYN retransmissions included).
     pub retransmits: u64,
+    /// Segments sent (`tcp_sock.segs_out` increments: data, pure ACKs, SYN/FIN, and
+    /// retransmissions), credited per connection at its RTT samples, retransmits and close.
+    pub segs_out: u64,
     pub failures: [u64; failure::COUNT],
     /// SYN (client: connect(); server: SYN arrival) to ESTABLISHED.
     pub handshake: Hist,
@@ -149,6 +154,7 @@ impl SeriesStats {
         cgroup_id: 0,
         comm: [0; COMM_LEN],
         retransmits: 0,
+        segs_out: 0,
         failures: [0; failure::COUNT],
         handshake: Hist::ZERO,
         rtt: Hist::ZERO,
@@ -241,6 +247,9 @@ pub struct Conn {
     pub srtt_us: u32,
     pub role: u8,
     pub _pad: [u8; 3],
+    /// The socket's `segs_out` already credited to its series.
+    pub segs_out: u32,
+    pub _pad2: u32,
 }
 
 pub const EVENT_OPEN: u8 = 1;
@@ -366,6 +375,17 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layouts() {
+        // Both sides compile against these; the sizes pin what the kernel object expects.
+        assert_eq!(core::mem::size_of::<SeriesKey>(), 24);
+        assert_eq!(core::mem::size_of::<Conn>(), 136);
+        assert_eq!(
+            core::mem::size_of::<SeriesStats>(),
+            8 + COMM_LEN + 16 + 8 * failure::COUNT + 3 * 8 * (HIST_BUCKETS + 1)
+        );
+    }
 
     fn v6(a: [u8; 16]) -> Tuple {
         Tuple {

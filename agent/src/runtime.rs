@@ -21,6 +21,7 @@ use tokio::{
 
 use crate::{
     config::{Config, ConfigError, ExportConfig},
+    detection::{config::DetectionConfig, task as detection},
     ebpf::tracefs,
     enforcement::actions::degrade::DegradeHub,
     export::{self, settings::Settings, Exporter},
@@ -160,6 +161,8 @@ struct Running {
     /// Caps on the agent's own sampling set by `degrade` actions; the probes run with them
     /// applied on top of the self-protection level ([`Running::probe_config`]).
     degrade: DegradeHub,
+    /// The detection task's `detection:` section (it reconfigures itself on a change).
+    detection: watch::Sender<DetectionConfig>,
     /// The self-protection level: probes run `selfprotect::degrade(cfg, level)`.
     level: selfprotect::Level,
     /// The self-protection task's section (it reconfigures itself on a change).
@@ -200,6 +203,13 @@ impl Running {
             tracing::info!("transform and filter statements reloaded");
         }
         apply_probes(&self.probes, &self.probe_config(&new)).await;
+        self.detection.send_if_modified(|d| {
+            let changed = *d != new.detection;
+            if changed {
+                *d = new.detection.clone();
+            }
+            changed
+        });
         self.self_protection
             .send_if_modified(|c| std::mem::replace(c, new.self_protection.clone()) != *c);
         if let Some(e) = &self.enforcement {
@@ -269,13 +279,25 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
         signals.clone(),
         demand.clone(),
     ));
+    // Anomalies, for the log, the exporter, /status and the decision engine.
+    let anomalies = AnomalyHub::new();
+    let (detection_tx, detection_rx) = watch::channel(cfg.detection.clone());
+    let detection_task = tokio::spawn(detection::run(
+        signals.clone(),
+        detection_rx,
+        detection::Outputs {
+            state: state.clone(),
+            store: store.clone(),
+            anomalies: anomalies.clone(),
+            demand: demand.clone(),
+        },
+    ));
     let probes = Arc::new(Mutex::new(Probes::new(
         store.clone(),
         state.clone(),
         activity.clone(),
     )));
-    // Anomalies (detection publishes them) and the decision engine on signals and anomalies.
-    let anomalies = AnomalyHub::new();
+    // The decision engine on signals and detection's anomalies (the same hub).
     let degrade = DegradeHub::new();
     let mut degraded = degrade.subscribe();
     let enforcement = crate::enforcement::spawn(
@@ -319,6 +341,7 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
         transform,
         enforcement: Some(enforcement),
         degrade,
+        detection: detection_tx,
         level: selfprotect::Level::Normal,
         self_protection,
     };
@@ -400,6 +423,7 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
         s.stop().await;
     }
     deriver.abort();
+    detection_task.abort();
     self_protection_task.abort();
     tracing::info!("agent stopped; every probe detached");
     Ok(exit)

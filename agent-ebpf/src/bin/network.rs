@@ -150,6 +150,16 @@ mod probe {
         agent_ebpf::bump(&NET_COUNTERS, idx);
     }
 
+    /// Credits the segments the socket sent since the connection's last credit (`segs_out`,
+    /// read from the callback's context) to its series: every segment sent while tracked is
+    /// credited exactly once, at the latest at the close. Callbacks of one socket run under
+    /// its lock, so `conn` is not written concurrently.
+    #[inline(always)]
+    fn credit_segs(conn: &mut Conn, s: &mut SeriesStats, segs_out: u32) {
+        s.segs_out += segs_out.wrapping_sub(conn.segs_out) as u64;
+        conn.segs_out = segs_out;
+    }
+
     #[inline(always)]
     fn now() -> u64 {
         unsafe { bpf_ktime_get_ns() }
@@ -391,6 +401,9 @@ mod probe {
         conn.srtt_us = 0;
         conn.role = ROLE_SERVER;
         conn._pad = [0; 3];
+        // Segments the child sent before it was tracked (none, usually) are not its series'.
+        conn.segs_out = field!(ctx, segs_out);
+        conn._pad2 = 0;
         track(ctx, conn)
     }
 
@@ -408,6 +421,9 @@ mod probe {
             srtt_us: 0,
             role: ROLE_CLIENT,
             _pad: [0; 3],
+            // Before the SYN: a socket that connects again after a failure keeps its count.
+            segs_out: field!(ctx, segs_out),
+            _pad2: 0,
         };
         track(ctx, &conn)
     }
@@ -472,26 +488,35 @@ mod probe {
             return Ok(());
         }
         *gate = t;
-        let Some(conn) = NET_CONNS.get_ptr(cookie(ctx)) else {
+        let Some(conn) = NET_CONNS.get_ptr_mut(cookie(ctx)) else {
             return Ok(());
         };
-        let conn = unsafe { &*conn };
+        let conn = unsafe { &mut *conn };
         let srtt_us = field!(ctx, srtt_us) >> 3;
+        let segs_out = field!(ctx, segs_out);
         if let Some(s) = series(&conn.series, &conn.owner) {
             s.rtt.add(srtt_us as u64);
+            credit_segs(conn, s, segs_out);
         }
         Ok(())
     }
 
     #[inline(never)]
+    /// A retransmission: args are (seq, segments, tcp_transmit_skb's result). Counted in
+    /// segments, as the kernel's `total_retrans` (and `TcpRetransSegs`) count them, whatever
+    /// the result; the segments sent so far are credited at the same time, so the ratio of the
+    /// two counters is never ahead of its denominator.
     fn on_retrans(ctx: &SockOpsContext) -> Result<(), i64> {
-        let Some(conn) = NET_CONNS.get_ptr(cookie(ctx)) else {
+        let segs = field!(ctx, __bindgen_anon_1.args[1]);
+        let segs_out = field!(ctx, segs_out);
+        let Some(conn) = NET_CONNS.get_ptr_mut(cookie(ctx)) else {
             bump(counter::CONN_MISSING);
             return Ok(());
         };
-        let conn = unsafe { &*conn };
+        let conn = unsafe { &mut *conn };
         if let Some(s) = series(&conn.series, &conn.owner) {
-            s.retransmits += 1;
+            s.retransmits += segs as u64;
+            credit_segs(conn, s, segs_out);
         }
         Ok(())
     }
@@ -505,6 +530,7 @@ mod probe {
         let received =
             unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*ctx.ops).bytes_received)) };
         let retrans = field!(ctx, total_retrans);
+        let segs_out = field!(ctx, segs_out);
         let c = cookie(ctx);
         let Some(conn) = NET_CONNS.get_ptr_mut(c) else {
             bump(counter::CONN_MISSING);
@@ -520,9 +546,11 @@ mod probe {
         }
         let t_now = now();
         let mut duration_us = 0;
-        if conn.established_ns != 0 {
-            duration_us = (t_now - conn.established_ns) / 1000;
-            if let Some(s) = series(&conn.series, &conn.owner) {
+        if let Some(s) = series(&conn.series, &conn.owner) {
+            // The last credit: nothing this socket sends from here is its series'.
+            credit_segs(conn, s, segs_out);
+            if conn.established_ns != 0 {
+                duration_us = (t_now - conn.established_ns) / 1000;
                 s.duration.add(duration_us);
             }
         }
@@ -691,6 +719,8 @@ mod probe {
                     srtt_us: 0,
                     role: l.role,
                     _pad: [0; 3],
+                    segs_out: 0,
+                    _pad2: 0,
                 };
                 emit(EVENT_FAILURE, l.cookie, &conn, 0, 0, 0, 0, error);
                 return Ok(());

@@ -21,6 +21,8 @@ pub struct Config {
     pub output: OutputConfig,
     pub export: ExportConfig,
     pub probes: ProbesConfig,
+    /// Local anomaly detection on the derived per-process signals (`detection::config`).
+    pub detection: crate::detection::config::DetectionConfig,
     /// OTTL statements applied to everything that leaves the agent (`transform::config`).
     pub transform: crate::transform::TransformConfig,
     /// OTTL conditions that drop metrics, points and log records before they leave.

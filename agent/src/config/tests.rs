@@ -178,13 +178,13 @@ fn unknown_top_level_and_flow_fields() {
         "probe",
         Some(3),
         "agent.yaml:3:1: unknown field probe\n\
-         fix: allowed fields here: log, status, output, export, probes, transform, filter, opamp, self_protection, enforcement (did you mean probes?)",
+         fix: allowed fields here: log, status, output, export, probes, detection, transform, filter, opamp, self_protection, enforcement (did you mean probes?)",
     );
     // No suggestion when nothing is close.
     let e = parse_err("foo: 1\n");
     assert_eq!(
         e.fix(),
-        "allowed fields here: log, status, output, export, probes, transform, filter, opamp, self_protection, enforcement"
+        "allowed fields here: log, status, output, export, probes, detection, transform, filter, opamp, self_protection, enforcement"
     );
     let e = parse_err("status: {enabled: true, port: 9464}\n");
     assert_err(
@@ -394,7 +394,7 @@ fn wrong_types_and_syntax() {
     assert_eq!(
         e.to_string(),
         "agent.yaml:1:1: invalid type: integer `42`, expected a mapping\n\
-         fix: use a mapping with the sections log, status, output, export, probes, transform, filter, opamp, self_protection, enforcement"
+         fix: use a mapping with the sections log, status, output, export, probes, detection, transform, filter, opamp, self_protection, enforcement"
     );
     let e = parse_err("log:\n  level: info\n   format: text\n");
     assert_eq!(e.path(), None);
@@ -608,4 +608,56 @@ fn hash_is_stable_and_tracks_changes() {
     c.log.format = LogFormat::Json;
     assert_ne!(c.hash(), h);
     assert_ne!(c.hash(), b.hash());
+}
+
+#[test]
+fn detection_section_as_the_issue_writes_it() {
+    let c = Config::from_yaml(
+        "probes:\n  syscalls: {interval: 1s}\ndetection:\n  warmup: 15s\n  signals: [process.syscall.rate]\n",
+        "agent.yaml",
+    )
+    .unwrap();
+    assert_eq!(c.probes.syscalls.interval, Duration::from_secs(1));
+    assert_eq!(c.detection.warmup, Duration::from_secs(15));
+    assert_eq!(c.detection.signals.len(), 1);
+    assert_eq!(
+        c.detection.signals[0].0.signal,
+        crate::signals::Signal::SyscallRate
+    );
+    // The rest keeps its defaults.
+    let d = crate::detection::config::DetectionConfig::default();
+    assert_eq!(
+        (
+            c.detection.max_series,
+            c.detection.threshold,
+            c.detection.enabled
+        ),
+        (d.max_series, d.threshold, d.enabled)
+    );
+}
+
+#[test]
+fn detection_errors_name_the_field_and_its_line() {
+    let e = parse_err("detection:\n  signals: [process.syscall.rate, process.syscal.rate]\n");
+    assert!(
+        e.to_string()
+            .contains("unknown signal `process.syscal.rate`"),
+        "{e}"
+    );
+    assert_eq!(e.line(), Some(2), "{e}");
+    let e = parse_err("detection:\n  max_series: 0\n");
+    assert_err(
+        &e,
+        "detection.max_series",
+        Some(2),
+        "agent.yaml:2:15: detection.max_series: 0 watches nothing (set `enabled: false` to turn \
+         detection off)\nfix: use a whole number from 1 to 1000000, e.g. 10000",
+    );
+    let e = parse_err(
+        "detection:\n  signals:\n  - process.syscall.rate\n  - {signal: process.cpu.utilization, syscall: read}\n",
+    );
+    assert_eq!(e.path(), Some("detection.signals[1].syscall"), "{e}");
+    assert!(e.to_string().contains("has no per-syscall series"), "{e}");
+    let e = parse_err("detection:\n  signals: [{signal: process.syscall.rate, syscall: nosuch}]\n");
+    assert!(e.to_string().contains("not an x86_64 syscall name"), "{e}");
 }

@@ -84,6 +84,15 @@ pub(crate) const FIELDS: &[&str] = &[
     "probes.profiler.max_processes",
     "probes.profiler.symbol_cache",
     "probes.profiler.debug_info",
+    "detection",
+    "detection.enabled",
+    "detection.warmup",
+    "detection.signals",
+    "detection.detector",
+    "detection.threshold",
+    "detection.hold_off",
+    "detection.max_series",
+    "detection.recent",
     "transform",
     "transform.error_mode",
     "transform.metric_statements",
@@ -355,6 +364,9 @@ pub(crate) fn allowed(path: &str) -> Option<String> {
             "a list of OTTL conditions (an item matching any of them is dropped)".to_string()
         }
         p if p.starts_with("opamp.") => return crate::opamp::config::allowed(p),
+        p if p == "detection" || p.starts_with("detection.") => {
+            return crate::detection::config::allowed(p)
+        }
         p if p.starts_with("self_protection.") => return crate::selfprotect::config::allowed(p),
         p if p.starts_with("enforcement") => return crate::enforcement::config::allowed(p),
         _ => return None,
@@ -507,6 +519,17 @@ pub(crate) fn check_field(cfg: &Config, path: &str) -> Result<(), String> {
 /// Checks every field in file order; the first problem found, not yet located in any file.
 pub(crate) fn validate(cfg: &Config) -> Result<(), ConfigError> {
     for path in FIELDS {
+        // The section checks itself (paths into its list of watches included).
+        if *path == "detection" {
+            if let Err(e) = cfg.detection.validate() {
+                return Err(ConfigError::Invalid {
+                    at: Box::new(Source::Unknown),
+                    path: e.field,
+                    problem: e.problem,
+                    fix: format!("use {}", e.allowed),
+                });
+            }
+        }
         if let Err(problem) = check_field(cfg, path) {
             return Err(ConfigError::Invalid {
                 at: Box::new(Source::Unknown),

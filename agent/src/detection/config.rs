@@ -19,89 +19,43 @@ use super::{
     gate::{GateParams, DEFAULT_HOLD_OFF, DEFAULT_THRESHOLD},
     Kind,
 };
+use crate::probes::syscalls::names::syscall_number;
 
-/// A derived per-process signal the engine can watch (name, unit, key: see `Signal::unit` and
-/// the table in ARCHITECTURE.md).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Signal {
-    /// Calls per second of one process (all syscalls, or one with `syscall:`).
-    #[serde(rename = "process.syscall.rate")]
-    SyscallRate,
-    /// Failed calls / calls in the interval.
-    #[serde(rename = "process.syscall.error_ratio")]
-    SyscallErrorRatio,
-    /// Mean seconds per call in the interval (from the `process.syscall.duration` histogram).
-    #[serde(rename = "process.syscall.duration")]
-    SyscallDuration,
-    /// Failed TCP connections per second of one process.
-    #[serde(rename = "system.network.tcp.connection.failure_rate")]
-    TcpFailureRate,
-    /// Retransmitted / sent segments (sock_ops).
-    #[serde(rename = "system.network.tcp.retransmit_ratio")]
-    TcpRetransmitRatio,
-    /// Mean handshake seconds in the interval.
-    #[serde(rename = "system.network.tcp.handshake.duration")]
-    TcpHandshakeDuration,
-    /// CPU seconds per second of one process.
-    #[serde(rename = "process.cpu.utilization")]
-    CpuUtilization,
-    /// Resident bytes of one process.
-    #[serde(rename = "process.memory.usage")]
-    MemoryUsage,
-}
+/// The signals a watch may name: the one signal table (`crate::signals::names::TABLE`).
+pub use crate::signals::Signal;
 
-impl Signal {
-    pub const ALL: [Signal; 8] = [
-        Signal::SyscallRate,
-        Signal::SyscallErrorRatio,
-        Signal::SyscallDuration,
-        Signal::TcpFailureRate,
-        Signal::TcpRetransmitRatio,
-        Signal::TcpHandshakeDuration,
-        Signal::CpuUtilization,
-        Signal::MemoryUsage,
-    ];
+/// `signal:` as its name (serde for the one signal type, kept here so the signal table itself
+/// stays free of config concerns).
+mod signal_name {
+    use serde::{de, Deserialize, Deserializer, Serializer};
 
-    /// The OpenTelemetry-style name (`anomaly.signal` in reports).
-    pub fn name(self) -> &'static str {
-        match self {
-            Signal::SyscallRate => "process.syscall.rate",
-            Signal::SyscallErrorRatio => "process.syscall.error_ratio",
-            Signal::SyscallDuration => "process.syscall.duration",
-            Signal::TcpFailureRate => "system.network.tcp.connection.failure_rate",
-            Signal::TcpRetransmitRatio => "system.network.tcp.retransmit_ratio",
-            Signal::TcpHandshakeDuration => "system.network.tcp.handshake.duration",
-            Signal::CpuUtilization => "process.cpu.utilization",
-            Signal::MemoryUsage => "process.memory.usage",
-        }
+    use super::Signal;
+
+    pub fn serialize<S: Serializer>(s: &Signal, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(s.name())
     }
 
-    /// UCUM unit of the value.
-    pub fn unit(self) -> &'static str {
-        match self {
-            Signal::SyscallRate => "{call}/s",
-            Signal::TcpFailureRate => "{connection}/s",
-            Signal::SyscallErrorRatio | Signal::TcpRetransmitRatio | Signal::CpuUtilization => "1",
-            Signal::SyscallDuration | Signal::TcpHandshakeDuration => "s",
-            Signal::MemoryUsage => "By",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<Signal> {
-        Signal::ALL.into_iter().find(|s| s.name() == name)
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Signal, D::Error> {
+        let name = String::deserialize(d)?;
+        super::parse_signal(&name).map_err(de::Error::custom)
     }
 }
 
-impl fmt::Display for Signal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
+/// The signal named `name`, or the error that lists the names.
+fn parse_signal(name: &str) -> Result<Signal, String> {
+    Signal::parse(name).ok_or_else(|| {
+        format!(
+            "unknown signal `{name}`, expected one of {}",
+            Signal::all_names()
+        )
+    })
 }
 
 /// One watched signal. In YAML either its bare name or a map with the optional overrides.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignalSpec {
+    #[serde(with = "signal_name")]
     pub signal: Signal,
     /// Only this syscall's series (`process.syscall.*` signals); without it, the process's
     /// all-syscalls series.
@@ -153,15 +107,9 @@ impl<'de> Deserialize<'de> for Watch {
                 f.write_str("a signal name or a map with `signal:`")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Watch, E> {
-                Signal::parse(v)
+                parse_signal(v)
                     .map(|s| Watch(SignalSpec::new(s)))
-                    .ok_or_else(|| {
-                        let names: Vec<&str> = Signal::ALL.iter().map(|s| s.name()).collect();
-                        E::custom(format!(
-                            "unknown signal `{v}`, expected one of {}",
-                            names.join(", ")
-                        ))
-                    })
+                    .map_err(E::custom)
             }
             fn visit_map<M: de::MapAccess<'de>>(self, m: M) -> Result<Watch, M::Error> {
                 SignalSpec::deserialize(de::value::MapAccessDeserializer::new(m)).map(Watch)
@@ -247,26 +195,105 @@ fn threshold_ok(t: f64) -> bool {
     t.is_finite() && t > 0.0 && t <= 1.0
 }
 
+/// Longest `warmup` accepted.
+const WARMUP_MAX: Duration = Duration::from_secs(24 * 3600);
+/// Longest `hold_off` accepted.
+const HOLD_OFF_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Largest `max_series` (each series costs about 1 KB: 1 GB at this bound).
+const MAX_SERIES_MAX: usize = 1_000_000;
+/// Largest `recent`.
+const RECENT_MAX: usize = 10_000;
+
+/// What `path` (a field of this section, list indices allowed) accepts, phrased to follow
+/// "use " (the config module's `fix:` hints); `None` for paths outside the section.
+pub fn allowed(path: &str) -> Option<String> {
+    // `detection.signals[2].syscall` -> `detection.signals.syscall`.
+    let mut bare = String::with_capacity(path.len());
+    let mut depth = 0;
+    for c in path.chars() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            _ if depth == 0 => bare.push(c),
+            _ => {}
+        }
+    }
+    Some(match bare.as_str() {
+        "detection" => format!(
+            "a mapping with the fields {}",
+            FIELDS[1..]
+                .iter()
+                .map(|f| f.trim_start_matches("detection."))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        "detection.enabled" => "true or false".into(),
+        "detection.warmup" => "a duration from 0s to 24h, e.g. 15s".into(),
+        "detection.hold_off" => "a duration from 0s to 7days, e.g. 6h".into(),
+        "detection.signals" => format!(
+            "a list of signal names ({}) or maps {{signal, syscall, detector, threshold}}",
+            Signal::all_names()
+        ),
+        "detection.signals.signal" => format!("one of {}", Signal::all_names()),
+        "detection.signals.syscall" => {
+            "a syscall name as `syscount` prints it (e.g. read, getppid), only with \
+             process.syscall.rate, process.syscall.error_ratio or process.syscall.duration"
+                .into()
+        }
+        "detection.detector" | "detection.signals.detector" => {
+            format!("one of {}", Kind::ALL.map(Kind::name).join(", "))
+        }
+        "detection.threshold" | "detection.signals.threshold" => {
+            "a score in (0, 1], e.g. 0.5 (the shipped default)".into()
+        }
+        "detection.max_series" => {
+            format!("a whole number from 1 to {MAX_SERIES_MAX}, e.g. 10000")
+        }
+        "detection.recent" => format!("a whole number from 0 to {RECENT_MAX}, e.g. 100"),
+        _ => return None,
+    })
+}
+
 impl DetectionConfig {
-    /// Range checks (serde already rejected unknown names and wrong types).
+    /// Range checks (serde already rejected unknown names and wrong types); the first problem,
+    /// with the field's path (`detection.signals[1].syscall`) and what it accepts.
     pub fn validate(&self) -> Result<(), InvalidField> {
-        let bad = |field: String, problem: String, allowed: &str| InvalidField {
+        let bad = |field: String, problem: String| InvalidField {
+            allowed: allowed(&field).unwrap_or_default(),
             field,
             problem,
-            allowed: allowed.to_string(),
         };
+        let human = |d: Duration| humantime_serde::re::humantime::format_duration(d).to_string();
+        if self.warmup > WARMUP_MAX {
+            return Err(bad(
+                "detection.warmup".into(),
+                format!("{} is out of range", human(self.warmup)),
+            ));
+        }
         if !threshold_ok(self.threshold) {
             return Err(bad(
                 "detection.threshold".into(),
                 format!("{} is out of range", self.threshold),
-                "a score in (0, 1]; 0.5 is the shipped default",
             ));
         }
-        if self.max_series == 0 {
+        if self.hold_off > HOLD_OFF_MAX {
             return Err(bad(
-                "detection.max_series".into(),
-                "0 watches nothing".into(),
-                "at least 1 (default 10000); set `enabled: false` to turn detection off",
+                "detection.hold_off".into(),
+                format!("{} is out of range", human(self.hold_off)),
+            ));
+        }
+        if self.max_series == 0 || self.max_series > MAX_SERIES_MAX {
+            let problem = if self.max_series == 0 {
+                "0 watches nothing (set `enabled: false` to turn detection off)".to_string()
+            } else {
+                format!("{} is out of range", self.max_series)
+            };
+            return Err(bad("detection.max_series".into(), problem));
+        }
+        if self.recent > RECENT_MAX {
+            return Err(bad(
+                "detection.recent".into(),
+                format!("{} is out of range", self.recent),
             ));
         }
         for (i, Watch(s)) in self.signals.iter().enumerate() {
@@ -276,28 +303,20 @@ impl DetectionConfig {
                     return Err(bad(
                         format!("{at}.threshold"),
                         format!("{t} is out of range"),
-                        "a score in (0, 1]",
                     ));
                 }
             }
             if let Some(name) = &s.syscall {
-                let per_syscall = matches!(
-                    s.signal,
-                    Signal::SyscallRate | Signal::SyscallErrorRatio | Signal::SyscallDuration
-                );
-                if !per_syscall {
+                if !s.signal.per_syscall() {
                     return Err(bad(
                         format!("{at}.syscall"),
                         format!("{} has no per-syscall series", s.signal),
-                        "`syscall:` only with process.syscall.rate, process.syscall.error_ratio or process.syscall.duration",
                     ));
                 }
-                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                {
+                if syscall_number(name).is_none() {
                     return Err(bad(
                         format!("{at}.syscall"),
-                        format!("{name:?} is not a syscall name"),
-                        "a name as `syscount` prints it, e.g. read, getppid",
+                        format!("{name:?} is not an x86_64 syscall name"),
                     ));
                 }
             }
@@ -307,14 +326,24 @@ impl DetectionConfig {
                 .iter()
                 .any(|Watch(b)| b.signal == a.signal && b.syscall == a.syscall)
             {
-                return Err(bad(
+                let mut e = bad(
                     format!("detection.signals[{i}]"),
                     format!("{} is listed twice", a.signal),
-                    "one entry per signal (and per syscall)",
-                ));
+                );
+                e.allowed = "one entry per signal (and per syscall)".into();
+                return Err(e);
             }
         }
         Ok(())
+    }
+
+    /// The syscall numbers the watches name (`syscall:`): the per-syscall signals detection
+    /// asks the deriver for (`signals::Demand`).
+    pub fn syscalls(&self) -> std::collections::BTreeSet<u32> {
+        self.signals
+            .iter()
+            .filter_map(|Watch(s)| s.syscall.as_deref().and_then(syscall_number))
+            .collect()
     }
 
     /// The gate settings for `spec` (its threshold, else the section's).

@@ -1,12 +1,13 @@
 //! The detection engine: one detector and gate per watched series, bounded in number, fed
-//! `(series key, observation time, value)` samples and answering with anomaly events.
+//! `(series key, observation time, value)` samples and answering with reports.
 //!
-//! Not wired into the running agent yet: the signal deriver (per-process deltas before top-N
-//! folding, rates over the measured time between reads) will call [`Engine::observe`] and turn
-//! the returned [`Anomaly`] values into log records, `/status` entries and a broadcast.
+//! Generic over the series key ([`SeriesId`]): the running agent keys series by the derived
+//! signal and its `signals::SignalKey` (`detection::task`), `agent detect-bench` and the tests
+//! by attribute lists ([`SeriesKey`]).
 
 use std::{
     collections::VecDeque,
+    hash::Hash,
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -30,6 +31,24 @@ pub struct SeriesKey {
     pub attributes: Vec<(&'static str, String)>,
 }
 
+/// What the engine reads of a series key: its signal, and whether it is the series a watch's
+/// `syscall:` names.
+pub trait SeriesId: Clone + Eq + Hash {
+    fn signal(&self) -> Signal;
+    /// Whether this is the series of syscall `name` (`None`: the all-syscalls series, or a
+    /// signal that has no per-syscall series).
+    fn is_syscall(&self, name: Option<&str>) -> bool;
+}
+
+impl SeriesId for SeriesKey {
+    fn signal(&self) -> Signal {
+        self.signal
+    }
+    fn is_syscall(&self, name: Option<&str>) -> bool {
+        self.attribute(SYSCALL_ATTRIBUTE) == name
+    }
+}
+
 impl SeriesKey {
     pub fn new(signal: Signal, attributes: Vec<(&'static str, String)>) -> Self {
         SeriesKey { signal, attributes }
@@ -43,10 +62,10 @@ impl SeriesKey {
     }
 }
 
-/// A reported anomaly: what the log record `event.name = agent.anomaly` carries.
+/// A reported anomaly of series `key` (the wiring turns it into a `signals::Anomaly`).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Anomaly {
-    pub key: SeriesKey,
+pub struct Report<K = SeriesKey> {
+    pub key: K,
     /// Observation time of the value (not the time of the report).
     pub time: SystemTime,
     pub score: f64,
@@ -68,7 +87,7 @@ pub struct EngineStats {
     pub anomalies: u64,
 }
 
-struct Series {
+struct State {
     detector: Box<dyn Detector>,
     kind: Kind,
     gate: Gate,
@@ -76,28 +95,48 @@ struct Series {
     score: f64,
 }
 
-pub struct Engine {
+pub struct Engine<K: SeriesId = SeriesKey> {
     config: DetectionConfig,
-    series: Lru<SeriesKey, Series>,
-    recent: VecDeque<Anomaly>,
+    series: Lru<K, State>,
+    recent: VecDeque<Report<K>>,
     stats: EngineStats,
+}
+
+/// The smallest departure from the expected range that can be an anomaly, in the signal's
+/// unit: a series that held one value through its warm-up (0 CPU, all calls failing) has no
+/// spread, and any move off it is infinitely surprising to a Gaussian; these are moves too
+/// small to matter on a host. Not configurable (yet): they are resolutions, not sensitivities.
+pub fn resolution(signal: Signal) -> f64 {
+    match signal {
+        // 10 calls/s; 5 percentage points of calls failing; 1 µs per call.
+        Signal::SyscallRate => 10.0,
+        Signal::SyscallErrorRatio => 0.05,
+        Signal::SyscallDuration => 1e-6,
+        // Any failed connection counts; 1 % of segments; 1 ms of handshake.
+        Signal::TcpFailureRate => 0.0,
+        Signal::TcpRetransmitRatio => 0.01,
+        Signal::TcpHandshakeDuration => 1e-3,
+        // 1 % of the host's CPU; 1 MiB resident.
+        Signal::CpuUtilization => 0.01,
+        Signal::MemoryUsage => 1_048_576.0,
+    }
 }
 
 /// The watch that covers `key` (same signal, and the same syscall or none on both sides), its
 /// detector and gate settings; `None` when detection is off or nothing watches it.
-fn resolve<'a>(
+fn resolve<'a, K: SeriesId>(
     cfg: &'a DetectionConfig,
-    key: &SeriesKey,
+    key: &K,
 ) -> Option<(&'a SignalSpec, Kind, GateParams)> {
     if !cfg.enabled {
         return None;
     }
-    let syscall = key.attribute(SYSCALL_ATTRIBUTE);
+    let signal = key.signal();
     let spec = cfg
         .signals
         .iter()
         .map(|Watch(s)| s)
-        .find(|s| s.signal == key.signal && s.syscall.as_deref() == syscall)?;
+        .find(|s| s.signal == signal && key.is_syscall(s.syscall.as_deref()))?;
     Some((spec, spec.detector.unwrap_or(cfg.detector), cfg.gate(spec)))
 }
 
@@ -106,7 +145,7 @@ fn seconds(t: SystemTime) -> Option<f64> {
     t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs_f64())
 }
 
-impl Engine {
+impl<K: SeriesId> Engine<K> {
     /// `config` should have passed [`DetectionConfig::validate`].
     pub fn new(config: &DetectionConfig) -> Self {
         Engine {
@@ -121,7 +160,7 @@ impl Engine {
     }
 
     /// The watch that covers `key` and what it resolves to.
-    fn spec(&self, key: &SeriesKey) -> Option<(&SignalSpec, Kind, GateParams)> {
+    fn spec(&self, key: &K) -> Option<(&SignalSpec, Kind, GateParams)> {
         resolve(&self.config, key)
     }
 
@@ -137,7 +176,7 @@ impl Engine {
 
     /// Feeds one sample; returns the anomaly it reports, if any. Unwatched series are ignored
     /// (no state is created for them).
-    pub fn observe(&mut self, key: &SeriesKey, time: SystemTime, value: f64) -> Option<Anomaly> {
+    pub fn observe(&mut self, key: &K, time: SystemTime, value: f64) -> Option<Report<K>> {
         let Some(t) = seconds(time).filter(|_| value.is_finite()) else {
             if self.spec(key).is_some() {
                 self.stats.skipped += 1;
@@ -150,7 +189,7 @@ impl Engine {
                 let (_, kind, params) = self.spec(key)?;
                 let (s, evicted) = self.series.insert(
                     key.clone(),
-                    Series {
+                    State {
                         detector: kind.build(),
                         kind,
                         gate: Gate::default(),
@@ -164,7 +203,14 @@ impl Engine {
                 s
             }
         };
-        let raw = series.detector.update(t, value);
+        let mut raw = series.detector.update(t, value);
+        let (lo, hi) = series.detector.expected();
+        let floor = resolution(key.signal());
+        if value >= lo - floor && value <= hi + floor {
+            // Within the signal's resolution of what was expected: no anomaly, however
+            // surprising to a series that has been flat (CPU 0 -> 0.3 %).
+            raw = 0.0;
+        }
         let g = series
             .gate
             .apply(&series.params, t, series.detector.warm(), raw);
@@ -173,7 +219,7 @@ impl Engine {
             return None;
         }
         let (expected_min, expected_max) = series.detector.expected();
-        let a = Anomaly {
+        let a = Report {
             key: key.clone(),
             time,
             score: g.score,
@@ -192,23 +238,23 @@ impl Engine {
     }
 
     /// The latest gated score of a series (for the `agent.anomaly.score` gauge).
-    pub fn score(&self, key: &SeriesKey) -> Option<f64> {
+    pub fn score(&self, key: &K) -> Option<f64> {
         self.series.get(key).map(|s| s.score)
     }
 
     /// Every series and its latest gated score, most recently updated first.
-    pub fn scores(&self) -> impl Iterator<Item = (&SeriesKey, f64)> {
+    pub fn scores(&self) -> impl Iterator<Item = (&K, f64)> {
         self.series.iter().map(|(k, s)| (k, s.score))
     }
 
     /// Recent anomalies, newest first (at most `detection.recent`).
-    pub fn recent(&self) -> impl Iterator<Item = &Anomaly> {
+    pub fn recent(&self) -> impl Iterator<Item = &Report<K>> {
         self.recent.iter()
     }
 
     /// Drops the series `gone` selects (e.g. those of an exited process: an exit is not an
     /// anomaly, and its pid may be reused); returns how many went. Not counted as evictions.
-    pub fn forget(&mut self, mut gone: impl FnMut(&SeriesKey) -> bool) -> usize {
+    pub fn forget(&mut self, mut gone: impl FnMut(&K) -> bool) -> usize {
         self.series.retain(|k, _| !gone(k))
     }
 

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::{
     config::{DetectionConfig, Signal, SignalSpec, Watch},
-    engine::{Anomaly, Engine, SeriesKey, SYSCALL_ATTRIBUTE},
+    engine::{Engine, Report, SeriesKey, SYSCALL_ATTRIBUTE},
     synthetic::Noise,
     Kind,
 };
@@ -109,13 +109,7 @@ fn config(yaml: &str) -> DetectionConfig {
 
 /// A syscall rate read every second: `base` calls/s with 3 % noise for `steady` seconds, then
 /// `factor` times that for `held` seconds, then back. Returns every anomaly.
-fn run_step(
-    e: &mut Engine,
-    k: &SeriesKey,
-    steady: usize,
-    factor: f64,
-    held: usize,
-) -> Vec<Anomaly> {
+fn run_step(e: &mut Engine, k: &SeriesKey, steady: usize, factor: f64, held: usize) -> Vec<Report> {
     let mut noise = Noise::new(11);
     let mut out = Vec::new();
     for i in 0..steady + held + 20 {
@@ -253,4 +247,22 @@ fn reload_keeps_state_and_takes_new_settings() {
         "detection:\n  signals: [process.cpu.utilization]\n",
     ));
     assert_eq!(e.stats().series, 0);
+}
+
+#[test]
+fn moves_below_the_signal_resolution_are_not_anomalies() {
+    let cfg = config("detection:\n  warmup: 5s\n  signals: [process.cpu.utilization]\n");
+    let mut e = Engine::new(&cfg);
+    let k = SeriesKey::new(Signal::CpuUtilization, vec![("process.pid", "7".into())]);
+    // Idle through the warm-up: no spread at all.
+    for i in 0..30 {
+        assert_eq!(e.observe(&k, at(i as f64), 0.0), None);
+    }
+    // 0.3 % of the host's CPU: within the 1 % resolution, scored 0, and no hold-off begins.
+    assert_eq!(e.observe(&k, at(30.0), 0.003), None);
+    assert_eq!(e.score(&k), Some(0.0));
+    // Half a CPU is one.
+    let a = e.observe(&k, at(31.0), 0.5).expect("a real move reports");
+    assert_eq!((a.value, a.time), (0.5, at(31.0)));
+    assert!(a.expected_max < 0.01, "{a:?}");
 }

@@ -10,6 +10,9 @@
 //! Scores are in [0, 1] on one scale: 0.5 is where a Gaussian detector sees a two-sided tail of
 //! 1e−5 (|z| ≈ 4.42), 1 is 1e−10 or beyond. [`gate::Gate`] turns scores into reports (warm-up,
 //! threshold, hold-off after a report) the same way for `agent detect` and the engine.
+//!
+//! In `agent run`, [`task`] feeds the engine the derived signals (`crate::signals`) and puts
+//! out anomalies ([`report`]: log records, the score gauge, `/status` entries in [`status`]).
 
 pub mod bench;
 pub mod config;
@@ -23,9 +26,12 @@ pub mod likelihood;
 mod lru;
 pub mod math;
 pub mod offline;
+pub mod report;
 pub mod robust;
 pub mod seasonal;
+pub mod status;
 pub mod synthetic;
+pub mod task;
 pub mod window;
 
 #[cfg(test)]

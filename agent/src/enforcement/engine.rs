@@ -360,7 +360,7 @@ impl Engine {
                 .map_or("unknown", |r| r.action.kind());
             self.telemetry.latency(&rule, kind, l);
         }
-        self.env.state.publish_log_record(rec.log_record());
+        self.env.state.publish_log_records([rec.log_record()]);
         self.env
             .state
             .push_decision(Arc::new(rec), self.cfg.recent_decisions);

@@ -1,10 +1,9 @@
 //! Connection events of the network probe to OTLP log records (`ExportLogsServiceRequest`):
 //! one record per open or close, event name `tcp.connection.open` / `tcp.connection.close`
-//! (`tcp.connection.failure` for a socket error), with the connection's numbers as attributes;
-//! and the engines' own log records (enforcement decisions, `agent.decision`), built by them,
-//! in the same requests.
+//! (`tcp.connection.failure` for a socket error), with the connection's numbers as attributes.
+//! Records engines make themselves (detection's `agent.anomaly`) travel in the same requests.
 
-use std::time::SystemTime;
+use std::{sync::Arc, time::SystemTime};
 
 use opentelemetry_proto::tonic::{
     collector::logs::v1::ExportLogsServiceRequest,
@@ -77,13 +76,14 @@ pub fn encode(
     now: SystemTime,
     max_records: usize,
 ) -> Vec<(ExportLogsServiceRequest, u64)> {
-    encode_with(records, Vec::new(), resource, now, max_records)
+    encode_with(records, &[], resource, now, max_records)
 }
 
-/// As [`encode`], with the engines' ready-made log records after the connection events.
+/// [`encode`] of connection events followed by records engines built (`AgentState::
+/// publish_log_records`), in requests of at most `max_records` records each.
 pub fn encode_with(
     records: &[ConnRecord],
-    engine_records: Vec<LogRecord>,
+    built: &[Arc<LogRecord>],
     resource: &Resource,
     now: SystemTime,
     max_records: usize,
@@ -92,7 +92,7 @@ pub fn encode_with(
     let all: Vec<LogRecord> = records
         .iter()
         .map(|r| record(r, observed))
-        .chain(engine_records)
+        .chain(built.iter().map(|r| LogRecord::clone(r)))
         .collect();
     all.chunks(max_records.max(1))
         .map(|chunk| {

@@ -216,8 +216,8 @@ struct Producer {
     /// `transform:`/`filter:`, applied to each signal once per export.
     transform: Arc<Transformer>,
     events: Vec<ConnRecord>,
-    /// The engines' log records (enforcement decisions) waiting for the next export.
-    records: Vec<opentelemetry_proto::tonic::logs::v1::LogRecord>,
+    /// Log records engines made (detection's anomalies), exported with the connection events.
+    records: Vec<Arc<crate::status::state::LogRecord>>,
     /// The last file-write error logged (logged once while it persists).
     failing: Option<String>,
 }
@@ -226,7 +226,7 @@ impl Producer {
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut conns = self.state.subscribe_connections();
         let mut profiles = self.state.subscribe_profiles();
-        let mut engine_logs = self.state.subscribe_log_records();
+        let mut records = self.state.subscribe_log_records();
         let mut ticker =
             tokio::time::interval_at(tokio::time::Instant::now() + self.interval, self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -248,15 +248,15 @@ impl Producer {
                     }
                     Err(broadcast::error::RecvError::Closed) => {}
                 },
-                r = engine_logs.recv() => match r {
+                r = records.recv() => match r {
                     Ok(rec) => {
                         self.records.push(rec);
-                        if self.events.len() + self.records.len() >= MAX_BUFFERED_EVENTS {
+                        if self.records.len() >= MAX_BUFFERED_EVENTS {
                             self.export_logs().await;
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(lost = n, "engine log records arrived faster than the exporter took them");
+                        tracing::warn!(lost = n, "log records arrived faster than the exporter took them");
                     }
                     Err(broadcast::error::RecvError::Closed) => {}
                 },
@@ -276,7 +276,7 @@ impl Producer {
         while let Ok(ev) = conns.try_recv() {
             self.buffer(ev);
         }
-        while let Ok(rec) = engine_logs.try_recv() {
+        while let Ok(rec) = records.try_recv() {
             self.records.push(rec);
         }
         self.export().await;
@@ -357,7 +357,7 @@ impl Producer {
         let now = SystemTime::now();
         let mut requests = logs::encode_with(
             &events,
-            records,
+            &records,
             &self.resource,
             now,
             MAX_RECORDS_PER_REQUEST,

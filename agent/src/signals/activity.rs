@@ -14,8 +14,10 @@ use std::{
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ProcessRef {
     pub pid: u32,
-    /// The kernel's generation of this incarnation (ns since boot of its first syscall or its
-    /// exec); 0 when unknown.
+    /// Tells incarnations of one pid apart, within one probe's batches (0 when unknown).
+    /// Syscalls: the kernel's generation (ns since boot of the incarnation's first syscall or
+    /// its exec). Network: the process's start time (`/proc/<pid>/stat` `starttime`, clock
+    /// ticks after boot). The two probes' values for one process differ.
     pub gen: u64,
     /// `process.executable.name`: base name of `/proc/<pid>/exe` (semantic conventions).
     pub exe_name: Arc<str>,
@@ -57,16 +59,47 @@ impl SyscallActivity {
     }
 }
 
+/// One process's TCP increments: its network series (every peer, port and role) summed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetworkDelta {
+    /// Handshakes completed (client and server).
+    pub handshakes: u64,
+    /// Their summed duration, µs.
+    pub handshake_us: u64,
+    /// Connections that failed (every `error.type`).
+    pub failures: u64,
+    /// Segments retransmitted.
+    pub retransmits: u64,
+    /// Segments sent, retransmissions included.
+    pub segments_out: u64,
+}
+
+impl NetworkDelta {
+    pub fn is_empty(&self) -> bool {
+        *self == NetworkDelta::default()
+    }
+}
+
+/// What one process did on TCP in the interval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkActivity {
+    pub process: ProcessRef,
+    pub delta: NetworkDelta,
+    /// The process exited (or another took its pid) before this read.
+    pub ended: bool,
+}
+
 /// What one probe's drain saw.
 #[derive(Clone, Debug)]
 pub enum Activity {
     Syscalls(Vec<SyscallActivity>),
+    Network(Vec<NetworkActivity>),
 }
 
 /// One drain's activity.
 #[derive(Clone, Debug)]
 pub struct ActivityBatch {
-    /// The probe (`syscalls`).
+    /// The probe (`syscalls`, `network`).
     pub source: &'static str,
     /// When the kernel maps were read (the observation time).
     pub time: SystemTime,

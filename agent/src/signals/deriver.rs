@@ -6,7 +6,9 @@
 //! zero (no calls: no error ratio); CPU and memory come from `/proc` for the incarnations active
 //! in the interval, and a CPU rate needs two reads of the same incarnation (a reused pid starts
 //! over); an incarnation that ended is reported in `ended` and sampled no more (an exit is not
-//! an anomaly). Memory: one entry per live incarnation read, dropped when it ends or goes
+//! an anomaly). Network signals come from the network probe's per-process increments: failures
+//! per measured second, retransmitted / sent segments, mean handshake time; CPU and memory only
+//! with syscall activity (every process that uses the network makes syscalls). Memory: one entry per live incarnation read, dropped when it ends or goes
 //! unseen for `FORGET_AFTER` batches.
 
 use std::{
@@ -16,7 +18,7 @@ use std::{
 };
 
 use super::{
-    activity::{Activity, ActivityBatch, ProcessRef},
+    activity::{Activity, ActivityBatch, NetworkDelta, ProcessRef},
     names::Signal,
 };
 
@@ -180,6 +182,19 @@ impl<P: ProcSource> Deriver<P> {
                     self.proc_signals(&mut samples, &key, batch.time);
                 }
             }
+            Activity::Network(procs) => {
+                for a in procs {
+                    if a.ended {
+                        ended.push(a.process.clone());
+                        continue;
+                    }
+                    let key = Arc::new(SignalKey {
+                        process: a.process.clone(),
+                        syscall: None,
+                    });
+                    push_network_signals(&mut samples, &key, &a.delta, secs);
+                }
+            }
         }
         let now = self.batch;
         self.cpu_last
@@ -227,6 +242,38 @@ impl<P: ProcSource> Deriver<P> {
     }
 }
 
+/// Failure rate (per measured second), retransmit ratio (when segments were sent) and mean
+/// handshake time (when handshakes completed).
+fn push_network_signals(
+    out: &mut Vec<SignalSample>,
+    key: &Arc<SignalKey>,
+    d: &NetworkDelta,
+    secs: f64,
+) {
+    let mut push = |signal, value| {
+        out.push(SignalSample {
+            signal,
+            key: key.clone(),
+            value,
+        })
+    };
+    if secs > 0.0 {
+        push(Signal::TcpFailureRate, d.failures as f64 / secs);
+    }
+    if d.segments_out > 0 {
+        push(
+            Signal::TcpRetransmitRatio,
+            d.retransmits as f64 / d.segments_out as f64,
+        );
+    }
+    if d.handshakes > 0 {
+        push(
+            Signal::TcpHandshakeDuration,
+            d.handshake_us as f64 * 1e-6 / d.handshakes as f64,
+        );
+    }
+}
+
 fn push_syscall_signals(
     out: &mut Vec<SignalSample>,
     key: &Arc<SignalKey>,
@@ -261,7 +308,7 @@ mod tests {
     use std::cell::RefCell;
 
     use super::*;
-    use crate::signals::activity::{SyscallActivity, SyscallDelta};
+    use crate::signals::activity::{NetworkActivity, SyscallActivity, SyscallDelta};
 
     #[derive(Default)]
     struct Fake {
@@ -363,6 +410,65 @@ mod tests {
         // The pid reused by another incarnation starts over.
         let b = d.derive(&batch(12, 1000, vec![act(7, 2, 500, 0, false)]));
         assert_eq!(value(&b, Signal::CpuUtilization, None), None);
+    }
+
+    fn net(pid: u32, delta: NetworkDelta, ended: bool) -> NetworkActivity {
+        NetworkActivity {
+            process: proc(pid, 77),
+            delta,
+            ended,
+        }
+    }
+
+    fn net_batch(elapsed_ms: u64, acts: Vec<NetworkActivity>) -> ActivityBatch {
+        ActivityBatch {
+            source: "network",
+            time: SystemTime::UNIX_EPOCH + Duration::from_secs(20),
+            elapsed: Duration::from_millis(elapsed_ms),
+            activity: Activity::Network(acts),
+        }
+    }
+
+    #[test]
+    fn network_rates_ratios_and_means() {
+        let fake = Fake::default();
+        let mut d = Deriver::with_source(&fake);
+        let delta = NetworkDelta {
+            handshakes: 4,
+            handshake_us: 4 * 1500,
+            failures: 3,
+            retransmits: 5,
+            segments_out: 200,
+        };
+        // 3 failures over a measured 2.5 s (the nominal interval would say 5 s).
+        let b = d.derive(&net_batch(2500, vec![net(8, delta, false)]));
+        assert_eq!(value(&b, Signal::TcpFailureRate, None), Some(1.2));
+        assert_eq!(value(&b, Signal::TcpRetransmitRatio, None), Some(0.025));
+        assert_eq!(value(&b, Signal::TcpHandshakeDuration, None), Some(0.0015));
+        // No CPU or memory from network activity (syscall activity brings them).
+        assert_eq!(value(&b, Signal::MemoryUsage, None), None);
+        assert_eq!(b.samples.len(), 3);
+        assert_eq!(b.source, "network");
+        assert!(b.samples.iter().all(|s| s.key.process.gen == 77));
+    }
+
+    #[test]
+    fn network_ratios_and_means_need_their_denominators() {
+        let fake = Fake::default();
+        let mut d = Deriver::with_source(&fake);
+        // Retransmits with no segment sent cannot be: no ratio rather than infinity.
+        let delta = NetworkDelta {
+            retransmits: 2,
+            ..Default::default()
+        };
+        let b = d.derive(&net_batch(1000, vec![net(8, delta, false)]));
+        assert_eq!(value(&b, Signal::TcpFailureRate, None), Some(0.0));
+        assert_eq!(value(&b, Signal::TcpRetransmitRatio, None), None);
+        assert_eq!(value(&b, Signal::TcpHandshakeDuration, None), None);
+        // A process that exited is reported, not sampled.
+        let b = d.derive(&net_batch(1000, vec![net(9, delta, true)]));
+        assert!(b.samples.is_empty());
+        assert_eq!(b.ended, vec![proc(9, 77)]);
     }
 
     #[test]

@@ -10,7 +10,10 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use tokio::sync::broadcast;
 
-pub use activity::{Activity, ActivityBatch, ProcessRef, SyscallActivity, SyscallDelta};
+pub use activity::{
+    Activity, ActivityBatch, NetworkActivity, NetworkDelta, ProcessRef, SyscallActivity,
+    SyscallDelta,
+};
 pub use anomaly::{Anomaly, AnomalyHub};
 pub use deriver::{Deriver, SignalBatch, SignalKey, SignalSample};
 pub use names::Signal;

@@ -221,6 +221,10 @@ pub struct StatusReport {
     pub maps: BTreeMap<String, MapStats>,
     pub exporter: ExporterStatus,
     pub network: NetworkStatus,
+    /// Anomaly detection: the engine's figures.
+    pub detection: crate::detection::status::DetectionStatus,
+    /// Recent anomalies, newest first (at most `detection.recent`).
+    pub anomalies: Vec<crate::detection::status::AnomalyEntry>,
     /// The OpAMP client (absent when OpAMP is off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub opamp: Option<crate::opamp::status::OpampStatus>,
@@ -239,6 +243,7 @@ pub struct StatusReport {
 pub fn report(ctx: &StatusContext) -> StatusReport {
     let s = &ctx.state;
     let not_ready_reasons = s.readiness().err().unwrap_or_default();
+    let detection = s.detection();
     StatusReport {
         version: ctx.version,
         uptime_seconds: (s.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
@@ -251,6 +256,8 @@ pub fn report(ctx: &StatusContext) -> StatusReport {
         maps: s.maps(),
         exporter: s.exporter(),
         network: s.network(),
+        detection: detection.status,
+        anomalies: detection.anomalies,
         opamp: s.opamp(),
         enforcement: s.enforcement(),
         decisions: s.decisions(),

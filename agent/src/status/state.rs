@@ -169,9 +169,6 @@ pub struct ComponentStatus {
     pub started: Option<SystemTime>,
 }
 
-/// Engine log records (decisions) a subscriber may fall behind before it loses the oldest.
-pub const LOG_RECORDS_CAPACITY: usize = 4096;
-
 /// Connection events a subscriber may fall behind before it loses the oldest.
 pub const CONNECTION_EVENTS_CAPACITY: usize = 4096;
 
@@ -201,12 +198,20 @@ pub struct AgentState {
     >,
     /// The enforcement engine's state (`/status` → `enforcement`).
     enforcement: RwLock<Option<crate::enforcement::status::EnforcementStatus>>,
-    /// OTLP log records of the engines (enforcement decisions) for the exporter's logs path;
-    /// bounded, lagging receivers lose the oldest.
-    log_records: tokio::sync::broadcast::Sender<opentelemetry_proto::tonic::logs::v1::LogRecord>,
+    /// Detection's figures and recent anomalies (`detection::task`).
+    detection: RwLock<crate::detection::status::Report>,
+    /// OTLP log records made by engines (detection's `agent.anomaly`, enforcement's
+    /// `agent.decision`) for the exporter; bounded, lagging receivers lose the oldest.
+    log_records: tokio::sync::broadcast::Sender<std::sync::Arc<LogRecord>>,
     /// Self-protection's level and figures (`None`: not running).
     self_protection: RwLock<Option<crate::selfprotect::report::SelfProtectionStatus>>,
 }
+
+/// An OTLP log record, as engines hand them to the exporter.
+pub type LogRecord = opentelemetry_proto::tonic::logs::v1::LogRecord;
+
+/// Engine log records a subscriber may fall behind before it loses the oldest.
+pub const LOG_RECORDS_CAPACITY: usize = 4096;
 
 fn read<T: Clone>(l: &RwLock<T>) -> T {
     l.read().unwrap_or_else(|e| e.into_inner()).clone()
@@ -236,6 +241,7 @@ impl AgentState {
             pipeline_running: false.into(),
             decisions: RwLock::default(),
             enforcement: RwLock::default(),
+            detection: RwLock::default(),
             log_records: tokio::sync::broadcast::channel(LOG_RECORDS_CAPACITY).0,
         }
     }
@@ -262,17 +268,6 @@ impl AgentState {
 
     pub fn enforcement(&self) -> Option<crate::enforcement::status::EnforcementStatus> {
         read(&self.enforcement)
-    }
-
-    /// Sends an OTLP log record to the exporter (none listening is fine).
-    pub fn publish_log_record(&self, r: opentelemetry_proto::tonic::logs::v1::LogRecord) {
-        let _ = self.log_records.send(r);
-    }
-
-    pub fn subscribe_log_records(
-        &self,
-    ) -> tokio::sync::broadcast::Receiver<opentelemetry_proto::tonic::logs::v1::LogRecord> {
-        self.log_records.subscribe()
     }
 
     pub fn set_self_protection(&self, s: Option<crate::selfprotect::report::SelfProtectionStatus>) {
@@ -403,6 +398,33 @@ impl AgentState {
 
     pub fn network(&self) -> NetworkStatus {
         read(&self.network)
+    }
+
+    pub fn set_detection(&self, r: crate::detection::status::Report) {
+        *write(&self.detection) = r;
+    }
+
+    /// Updates detection's figures, leaving the anomaly list as it is.
+    pub fn set_detection_status(&self, s: crate::detection::status::DetectionStatus) {
+        write(&self.detection).status = s;
+    }
+
+    pub fn detection(&self) -> crate::detection::status::Report {
+        read(&self.detection)
+    }
+
+    /// Hands log records to the exporter (no subscriber is not an error).
+    pub fn publish_log_records(&self, records: impl IntoIterator<Item = LogRecord>) {
+        for r in records {
+            let _ = self.log_records.send(std::sync::Arc::new(r));
+        }
+    }
+
+    /// Every engine log record from now on.
+    pub fn subscribe_log_records(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<std::sync::Arc<LogRecord>> {
+        self.log_records.subscribe()
     }
 
     pub fn set_pipeline_running(&self, running: bool) {

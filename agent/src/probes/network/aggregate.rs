@@ -235,6 +235,11 @@ impl Aggregator {
         self.series.len() + self.retired.len()
     }
 
+    /// Who the current series of `key` belongs to (attributed at its first sight).
+    pub fn attribution(&self, key: &SeriesKey) -> Option<&Attribution> {
+        self.series.get(key)?.attribution.as_ref()
+    }
+
     /// Cumulative totals of one series.
     fn total(s: &Series) -> SeriesStats {
         let mut t = s.frozen;

@@ -9,6 +9,7 @@
 //! classified) and says so. On stop the programs are detached before the final drain. Map sizes
 //! and kernel globals (aggregation, event rate) change only by reloading the probe.
 
+pub mod activity;
 pub mod aggregate;
 pub mod events;
 pub mod listeners;
@@ -33,6 +34,7 @@ use aya::{
 };
 
 use self::{
+    activity::Increments,
     aggregate::{Aggregator, Attribution},
     events::Clock,
     reader::Maps,
@@ -43,6 +45,7 @@ use crate::{
     ebpf::{self, tracefs, LoadError},
     metrics::{model::Batch, Store},
     procinfo::{self, comm_str, ProcCache},
+    signals::{Activity, ActivityBatch, ActivityHub, NetworkActivity, ProcessRef},
     status::state::{AgentState, HookStatus, MapStats},
 };
 
@@ -247,6 +250,9 @@ impl ProbeSpec for Network {
             cache: ProcCache::new(8192),
             store: env.store.clone(),
             state: env.state.clone(),
+            increments: Increments::new(),
+            activity: env.activity.clone(),
+            last_read: Instant::now(),
         };
         Ok((drainer, hooks))
     }
@@ -265,6 +271,11 @@ pub struct Drainer {
     cache: ProcCache,
     store: Arc<Store>,
     state: Arc<AgentState>,
+    /// Per-process increments for the signal deriver (before any folding).
+    increments: Increments,
+    activity: ActivityHub,
+    /// When the kernel series were last read.
+    last_read: Instant,
 }
 
 impl ProbeWorker for Drainer {
@@ -334,6 +345,9 @@ impl Drainer {
         };
         let entries = readings.len() as u64;
         let now = Instant::now();
+        let (read_at, elapsed) = (SystemTime::now(), now.duration_since(self.last_read));
+        self.last_read = now;
+        let increments = self.increments.ingest(&readings);
         let cache = &mut self.cache;
         // Called once per series, at first sight: from /proc only when the process holding
         // the pid is the one that created the entry, else from what the kernel captured.
@@ -360,6 +374,7 @@ impl Drainer {
             .agg
             .ingest(readings, now, SystemTime::now(), &mut attribute);
         self.maps.delete(&finals);
+        self.publish_activity(increments, read_at, elapsed);
         self.agg.expire(now, self.cfg.retain_exited);
         let families = self.agg.families();
         self.store.publish(Batch {
@@ -369,6 +384,41 @@ impl Drainer {
         });
         self.report(entries);
         tracing::debug!(probe = NAME, entries, took = ?started.elapsed(), "drained");
+    }
+
+    /// Names each process's increments as its series are named, and publishes them.
+    fn publish_activity(
+        &self,
+        increments: Vec<activity::ProcIncrement>,
+        time: SystemTime,
+        elapsed: Duration,
+    ) {
+        if !self.activity.has_subscribers() {
+            return;
+        }
+        let procs = increments
+            .into_iter()
+            .map(|p| {
+                let a = self.agg.attribution(&p.key);
+                NetworkActivity {
+                    process: ProcessRef {
+                        pid: p.pid,
+                        gen: p.start,
+                        exe_name: a.map_or("", |a| a.exe_name.as_str()).into(),
+                        container_id: a.and_then(|a| a.container_id.as_deref()).map(Into::into),
+                        cgroup_id: p.cgroup_id,
+                    },
+                    delta: p.delta,
+                    ended: p.ended,
+                }
+            })
+            .collect();
+        self.activity.publish(ActivityBatch {
+            source: NAME,
+            time,
+            elapsed,
+            activity: Activity::Network(procs),
+        });
     }
 
     fn report(&self, entries: u64) {

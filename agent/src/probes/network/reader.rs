@@ -60,6 +60,7 @@ pub fn add(a: &mut SeriesStats, b: &SeriesStats) {
         a.cgroup_id = b.cgroup_id;
     }
     a.retransmits += b.retransmits;
+    a.segs_out += b.segs_out;
     for (x, y) in a.failures.iter_mut().zip(b.failures) {
         *x += y;
     }
@@ -79,6 +80,7 @@ pub fn add(a: &mut SeriesStats, b: &SeriesStats) {
 pub fn sub(a: &SeriesStats, b: &SeriesStats) -> SeriesStats {
     let mut d = *a;
     d.retransmits = a.retransmits.saturating_sub(b.retransmits);
+    d.segs_out = a.segs_out.saturating_sub(b.segs_out);
     for (x, y) in d.failures.iter_mut().zip(b.failures) {
         *x = x.saturating_sub(y);
     }

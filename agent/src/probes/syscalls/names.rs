@@ -13,6 +13,24 @@ pub fn syscall_name(nr: u32) -> String {
     }
 }
 
+/// The name of syscall `nr` when it has one (`getppid` for 110), without allocating.
+pub fn syscall_static_name(nr: u32) -> Option<&'static str> {
+    table::X86_64
+        .get(nr as usize)
+        .copied()
+        .filter(|n| !n.is_empty())
+}
+
+/// The number of a syscall as [`syscall_name`] writes it (`getppid` → 110, `syscall_340` →
+/// 340); `None` for other names.
+pub fn syscall_number(name: &str) -> Option<u32> {
+    if let Some(nr) = table::X86_64.iter().position(|n| *n == name) {
+        return Some(nr as u32);
+    }
+    let nr: u32 = name.strip_prefix("syscall_")?.parse().ok()?;
+    (syscall_name(nr) == name).then_some(nr)
+}
+
 /// `ENOENT` for 2; `E<n>` for unknown numbers.
 pub fn errno_name(errno: u32) -> String {
     match errno_table::ERRNO.binary_search_by_key(&errno, |(n, _)| *n) {
@@ -38,6 +56,15 @@ mod tests {
         assert_eq!(syscall_name(1000), "syscall_1000");
         // 335..=386 are unassigned on x86_64.
         assert_eq!(syscall_name(340), "syscall_340");
+        assert_eq!(syscall_static_name(110), Some("getppid"));
+        assert_eq!(syscall_static_name(340), None);
+        for nr in [0, 110, 340, 435, 1000] {
+            assert_eq!(syscall_number(&syscall_name(nr)), Some(nr));
+        }
+        assert_eq!(syscall_number("getpid"), Some(39));
+        assert_eq!(syscall_number("syscall_110"), None, "110 has a name");
+        assert_eq!(syscall_number("syscall_x"), None);
+        assert_eq!(syscall_number("getppidd"), None);
     }
 
     #[test]
