@@ -626,3 +626,60 @@ fn rate_limit_egress_holds_the_rate_until_the_ttl() {
     eprintln!("after the ttl {free:.0} B/s");
     assert!(free > 5.0 * rate as f64, "{free} B/s after {undone}");
 }
+
+/// A rule fed by detection's anomalies, end to end: a paced getppid workload steps from
+/// 2,000/s to 20,000/s after the warm-up; detection reports the step and the rule stops the
+/// process (state `T`), then continues it at the TTL. The decision's observation is not
+/// before the step (a report in the steady phase would fail here).
+#[test]
+fn an_anomaly_from_detection_fires_a_rule_end_to_end() {
+    require_root();
+    let _g = serial();
+    let agent = Agent::start(&config(
+        false,
+        "detection:\n  warmup: 10s\n  signals: [process.syscall.rate]\n\
+         enforcement:\n  mode: enforce\n  rules:\n    - name: on-anomaly\n      \
+         when: {anomaly: process.syscall.rate, min_score: 0.5}\n      \
+         scope: {executable: enfanom}\n      action: {type: signal, signal: SIGSTOP}\n      ttl: 4s\n",
+    ));
+    agent.wait_ready();
+    let dir = tempdir();
+    let exe = workload_copy(&dir, "enfanom");
+    let mut child = Command::new(&exe)
+        .args(["rate", "2000", "22", "then", "20000", "15"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let taken = wait_decision(&agent, "on-anomaly", "taken");
+    let switch_ns: u64 = rx
+        .try_iter()
+        .find_map(|l| {
+            l.strip_prefix("phase 1 ")
+                .and_then(|r| r.split("start_unix_ns ").nth(1)?.trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no second phase before the decision: {taken}"));
+    assert_eq!(taken["target"]["pid"], pid, "{taken}");
+    assert!(
+        taken["trigger"]
+            .as_str()
+            .unwrap()
+            .starts_with("anomaly on process.syscall.rate"),
+        "{taken}"
+    );
+    assert!(nanos(&taken["observed_unix_nano"]) >= switch_ns, "{taken}");
+    assert!(stopped(pid, true), "stopped: {taken}");
+    let undone = wait_decision(&agent, "on-anomaly", "undone");
+    assert_undone_at_ttl(&taken, &undone, 4);
+    assert!(stopped(pid, false), "continued");
+    let _ = child.kill();
+    let _ = child.wait();
+}
