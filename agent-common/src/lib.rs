@@ -8,6 +8,7 @@ pub mod profiler;
 pub mod ratelimit;
 pub mod signal;
 pub mod syscalls;
+pub mod unwind;
 
 /// Length of a task command name (`TASK_COMM_LEN` in the kernel).
 pub const COMM_LEN: usize = 16;

@@ -5,8 +5,12 @@
 //!   generation `PROFILE_GEN[0]` names; userspace flips it, waits for in-flight programs, then
 //!   reads and clears the other one. No sample is lost or counted twice by a drain.
 //! - A stack id is only meaningful in the generation that produced it.
-//! - `PROFILE_PIDS` remembers which processes userspace was told about; a process that execs is
-//!   forgotten, so its new address space is announced again (`PidEvent`).
+//! - `PROFILE_PIDS` remembers which processes userspace was told about, and as what: each
+//!   announcement starts an *incarnation* (the boot-clock time of the announcement), carried by
+//!   every sample of it. A process that execs, and a process whose main thread exits (its pid may
+//!   be reused), is forgotten, so what runs under that pid next is announced again as a new
+//!   incarnation: samples before and after an exec or a pid reuse never share a key, and each
+//!   is symbolized with the mappings of what the process was when it was sampled.
 
 use crate::COMM_LEN;
 
@@ -28,6 +32,9 @@ pub const PROG_AGGREGATE: &str = "profile_aggregate";
 pub const PROG_STREAM: &str = "profile_stream";
 /// `sched:sched_process_exec`: forgets the process so its new mappings are announced.
 pub const PROG_EXEC: &str = "profile_exec";
+/// `sched:sched_process_exit`: forgets a process whose main thread exits (its pid may be
+/// reused by another process).
+pub const PROG_EXIT: &str = "profile_exit";
 
 /// Indices of `PROFILE_COUNTERS` (per-CPU, cumulative).
 pub mod counter {
@@ -49,7 +56,27 @@ pub mod counter {
     pub const PID_EVENTS_FULL: u32 = 7;
     /// Stack maps full (`-ENOMEM`/`-E2BIG` from get_stackid).
     pub const STACKS_FULL: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// DWARF unwinder: samples it unwound (the rest of these counters too).
+    pub const DWARF_SAMPLES: u32 = 9;
+    /// Samples of processes whose tables were not loaded yet: frame pointers walked instead.
+    pub const DWARF_NOT_LOADED: u32 = 10;
+    /// Frames unwound from a table, and by frame pointer (a mapping without one).
+    pub const FRAMES_TABLE: u32 = 11;
+    pub const FRAMES_FP: u32 = 12;
+    /// Why unwinds ended: the outermost frame (clean), a zero return address or frame
+    /// pointer (clean), an address in no known mapping (userspace decides), no row or an
+    /// unsupported rule, a failed read of the stack, the depth limit, and tail calls that
+    /// failed (the unwind ends where it is).
+    pub const STOP_END: u32 = 13;
+    pub const STOP_ZERO: u32 = 14;
+    pub const STOP_NO_MAPPING: u32 = 15;
+    pub const STOP_NO_ROW: u32 = 16;
+    pub const STOP_READ: u32 = 17;
+    pub const STOP_DEPTH: u32 = 18;
+    pub const TAIL_CALL_FAILED: u32 = 19;
+    /// Unwound stacks lost because `PROFILE_USTACKS` was full.
+    pub const USTACKS_FULL: u32 = 20;
+    pub const COUNT: u32 = 21;
 }
 
 /// `bpf_get_stackid` errors that mean the stack existed but was not stored.
@@ -64,6 +91,9 @@ pub fn stack_lost(id: i32) -> bool {
     id == -EEXIST || id == -ENOMEM
 }
 
+/// `SampleKey::user_stack` of a stack the DWARF unwinder produced (see `user_hash`).
+pub const USER_STACK_UNWOUND: i32 = i32::MIN;
+
 /// Key of the in-kernel aggregation: one entry per (thread, user stack, kernel stack).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -71,7 +101,13 @@ pub struct SampleKey {
     pub tgid: u32,
     pub tid: u32,
     pub cgroup_id: u64,
-    /// Stack id in this generation's stack map, or a negative errno (no user stack).
+    /// The process's incarnation (see the module docs).
+    pub incarnation: u64,
+    /// With `user_stack == USER_STACK_UNWOUND`: the key of the user stack in this generation's
+    /// `PROFILE_USTACKS` (the DWARF unwinder's stacks). 0 otherwise.
+    pub user_hash: u64,
+    /// Stack id in this generation's stack map, [`USER_STACK_UNWOUND`], or a negative errno
+    /// (no user stack).
     pub user_stack: i32,
     /// Stack id, or a negative errno (no kernel stack: the sample hit user mode).
     pub kernel_stack: i32,
@@ -85,6 +121,7 @@ pub struct StreamSample {
     pub tgid: u32,
     pub tid: u32,
     pub cgroup_id: u64,
+    pub incarnation: u64,
     /// Bytes of `user` filled (a multiple of 8), or a negative errno.
     pub user_len: i32,
     /// Bytes of `kernel` filled, or a negative errno.
@@ -94,12 +131,30 @@ pub struct StreamSample {
     pub kernel: [u64; MAX_STACK_DEPTH],
 }
 
-/// A process userspace has not seen since it started (or exec'd): snapshot its mappings now.
+/// A process userspace has not seen since it started (or exec'd): snapshot its mappings now,
+/// if `PROFILE_PIDS` still holds this incarnation (else it already exec'd or exited).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PidEvent {
     pub tgid: u32,
     pub _pad: u32,
+    /// Boot-clock nanoseconds of the announcement (`bpf_ktime_get_boot_ns`).
+    pub incarnation: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts() {
+        assert_eq!(core::mem::size_of::<SampleKey>(), 56);
+        assert_eq!(core::mem::size_of::<PidEvent>(), 16);
+        assert_eq!(
+            core::mem::size_of::<StreamSample>(),
+            48 + 2 * 8 * MAX_STACK_DEPTH
+        );
+    }
 }
 
 #[cfg(feature = "user")]

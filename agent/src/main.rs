@@ -70,6 +70,13 @@ enum Command {
         /// In-kernel aggregation (the default) or a ring buffer record per sample.
         #[arg(long, hide = true, default_value = "aggregate")]
         mode: String,
+        /// How user stacks are walked: auto, frame_pointers or dwarf (default: the config
+        /// file's probes.profiler.unwinder, auto without one).
+        #[arg(long)]
+        unwinder: Option<String>,
+        /// Config file whose probes.profiler section is used (the usual places without it).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Score a `timestamp,value` CSV file (NAB's format) with an anomaly detector; writes
     /// `timestamp,value,anomaly_score,alert` (alert: 1 where the agent would report). No
@@ -273,9 +280,24 @@ fn real_main() -> Result<ExitCode> {
             format,
             output,
             mode,
+            unwinder,
+            config,
         } => {
             let _ = logging::init("warn", agent::config::LogFormat::Text);
-            profile(duration, pid, hz, format, &output, &mode)
+            let cfg = Overrides {
+                config,
+                ..Default::default()
+            }
+            .load()?;
+            let mut prof = cfg.probes.profiler;
+            if let Some(u) = unwinder {
+                prof.unwinder = serde_yaml_ng::from_str(&u).map_err(|_| {
+                    anyhow::anyhow!(
+                        "--unwinder {u:?} is not an unwinder\nfix: use auto, frame_pointers or dwarf"
+                    )
+                })?;
+            }
+            profile(prof, duration, pid, hz, format, &output, &mode)
         }
         Command::Detect {
             input,
@@ -391,6 +413,7 @@ extern "C" fn on_interrupt(_: libc::c_int) {
 
 /// `agent profile`: record, symbolize, encode, write. Ctrl-C ends the recording early.
 fn profile(
+    base: agent::config::ProfilerConfig,
     duration: std::time::Duration,
     pid: Option<u32>,
     hz: u32,
@@ -410,8 +433,11 @@ fn profile(
             "stream" => ProfilerMode::Stream,
             _ => ProfilerMode::Aggregate,
         },
-        ..Default::default()
+        ..base
     };
+    if cfg.unwinder == agent::config::ProfilerUnwinder::Dwarf && cfg.mode == ProfilerMode::Stream {
+        anyhow::bail!("--unwinder dwarf does not work with --mode stream\nfix: drop one of them");
+    }
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         libc::signal(
@@ -419,7 +445,9 @@ fn profile(
             on_interrupt as *const () as libc::sighandler_t,
         );
     }
-    let p = profiler::record(&cfg, duration, pid, &INTERRUPTED)?;
+    let p = profiler::record(&cfg, duration, pid, &INTERRUPTED, |cpus| {
+        eprintln!("sampling {cpus} CPUs at {hz} Hz for {duration:?} (Ctrl-C ends early)");
+    })?;
     let bytes = match format {
         ProfileFormat::Pprof => profile::pprof::encode(&p),
         ProfileFormat::Otlp => {

@@ -14,6 +14,38 @@ use crate::{
     status::state::HookStatus,
 };
 
+/// Which user-stack walker works here: the DWARF unwinder is tried for real (verified,
+/// attached, detached) whatever the config picks.
+fn unwinder_row(prof: &crate::config::ProfilerConfig) -> Row {
+    use crate::config::{ProfilerMode, ProfilerUnwinder};
+    let dwarf = crate::config::ProfilerConfig {
+        unwinder: ProfilerUnwinder::Dwarf,
+        mode: ProfilerMode::Aggregate,
+        ..prof.clone()
+    };
+    let configured = prof.unwinder.as_str();
+    match profiler::session::Session::start(&dwarf) {
+        Ok(_) => row(
+            "profiler unwinder",
+            Verdict::Ok,
+            format!(
+                "dwarf works (.eh_frame tables walked in the kernel, frame pointers where a \
+                 binary has none); configured: {configured}"
+            ),
+            None,
+        ),
+        Err((e, _)) => row(
+            "profiler unwinder",
+            Verdict::Warn,
+            format!(
+                "frame pointers only: the DWARF unwinder cannot run ({})",
+                e.cause
+            ),
+            Some(&e.fix),
+        ),
+    }
+}
+
 /// Loads, attaches and drops one probe; its hooks, or why it cannot run.
 type ProbeAttempt<'a> = &'a dyn Fn() -> Result<Vec<HookStatus>, (LoadError, Vec<HookStatus>)>;
 
@@ -172,6 +204,9 @@ pub fn run(cfg: &Config) -> (Vec<Row>, bool) {
                 fix: Some(e.fix),
             }),
         }
+    }
+    if prof.enabled {
+        rows.push(unwinder_row(prof));
     }
     rows.push(export_row(cfg));
     (rows, probes_ok)

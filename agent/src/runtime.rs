@@ -202,14 +202,7 @@ impl Running {
             self.transform.set(pipeline(&new));
             tracing::info!("transform and filter statements reloaded");
         }
-        apply_probes(&self.probes, &self.probe_config(&new)).await;
-        self.detection.send_if_modified(|d| {
-            let changed = *d != new.detection;
-            if changed {
-                *d = new.detection.clone();
-            }
-            changed
-        });
+        self.run_degraded(&new).await;
         self.self_protection
             .send_if_modified(|c| std::mem::replace(c, new.self_protection.clone()) != *c);
         if let Some(e) = &self.enforcement {
@@ -228,13 +221,28 @@ impl Running {
             .apply(&selfprotect::degrade(cfg, self.level))
     }
 
+    /// Runs the probes and detection on `cfg` degraded to the self-protection level (and
+    /// capped by `degrade` actions: [`Running::probe_config`]).
+    async fn run_degraded(&self, cfg: &Config) {
+        let eff = self.probe_config(cfg);
+        apply_probes(&self.probes, &eff).await;
+        self.detection.send_if_modified(|d| {
+            let changed = *d != eff.detection;
+            if changed {
+                *d = eff.detection.clone();
+            }
+            changed
+        });
+    }
+
     /// Runs the probes at self-protection `level` (the configured config, degraded).
     async fn set_level(&mut self, level: selfprotect::Level) {
         if level == self.level {
             return;
         }
         self.level = level;
-        apply_probes(&self.probes, &self.probe_config(&self.cfg)).await;
+        let cfg = self.cfg.clone();
+        self.run_degraded(&cfg).await;
         tracing::info!(
             level = level.as_str(),
             "probes re-applied for the self-protection level"
@@ -326,7 +334,12 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
             state: state.clone(),
             store: store.clone(),
             levels: level_tx,
-            on_change: Box::new(|_, _| {}),
+            on_change: {
+                let state = state.clone();
+                Box::new(move |c, pressure| {
+                    state.publish_log_records([selfprotect::report::change_record(c, pressure)])
+                })
+            },
         },
     ));
 
@@ -387,7 +400,8 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
             Ok(()) = degraded.changed() => {
                 let caps = *degraded.borrow_and_update();
                 tracing::info!(?caps, "own sampling caps changed (degrade): reapplying the probes");
-                apply_probes(&r.probes, &r.probe_config(&r.cfg)).await;
+                let cfg = r.cfg.clone();
+                r.run_degraded(&cfg).await;
             }
             Some(req) = apply_rx.recv() => {
                 r.apply(req.config, req.rebuild_exporter).await;

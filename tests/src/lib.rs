@@ -494,4 +494,5 @@ pub fn assert_eventually(
 pub mod deploy;
 pub mod opamp;
 pub mod otlp;
+pub mod profile_outputs;
 pub mod profiling;

@@ -66,6 +66,43 @@ pub fn build_hotspots(out_dir: &Path, frame_pointers: bool) -> PathBuf {
     out
 }
 
+/// Compiles `tests/workloads/<source>` into `out_dir/<name>` with `cc -g -Wl,--build-id`, then
+/// `flags`; written under a temporary name and renamed into place (concurrent builds into one
+/// directory never see a half-written file). Panics with the compiler's stderr on failure.
+pub fn build_c(out_dir: &Path, source: &str, name: &str, flags: &[&str]) -> PathBuf {
+    fs::create_dir_all(out_dir).unwrap_or_else(|e| panic!("create {}: {e}", out_dir.display()));
+    let out = out_dir.join(name);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = out_dir.join(format!(".{name}.{}.{nanos}.tmp", std::process::id()));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("workloads")
+        .join(source);
+    let result = Command::new("cc")
+        .args(["-g", "-pthread", "-Wl,--build-id"])
+        .args(flags)
+        .arg("-o")
+        .arg(&tmp)
+        .arg(&src)
+        .output()
+        .unwrap_or_else(|e| panic!("run cc: {e}"));
+    if !result.status.success() {
+        let _ = fs::remove_file(&tmp);
+        panic!(
+            "cc {} failed ({}):\n{}",
+            src.display(),
+            result.status,
+            String::from_utf8_lossy(&result.stderr)
+        );
+    }
+    fs::rename(&tmp, &out).unwrap_or_else(|e| panic!("rename to {}: {e}", out.display()));
+    out
+}
+
+/// Frame-pointer flags for a C workload: every function keeps its frame pointer, leaves too.
+pub const FRAME_POINTERS: &[&str] = &["-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer"];
+
 /// The GNU build ID of an ELF64 file (either byte order) as lowercase hex, or `None` if the file
 /// cannot be read, is not ELF64, or has no `NT_GNU_BUILD_ID` note. Looks at the `SHT_NOTE`
 /// sections first (that covers `.note.gnu.build-id`), then at the `PT_NOTE` segments (files
@@ -229,11 +266,22 @@ pub struct PerfProfile {
 /// VM without a PMU has); call chains are frame-pointer walks (`-g` is the same as
 /// `--call-graph fp`).
 pub fn perf_record(pid: u32, seconds: f64, hz: u32, dir: &Path) -> PerfProfile {
+    perf_record_with(pid, seconds, hz, dir, "fp")
+}
+
+/// [`perf_record`] with `--call-graph dwarf`: perf copies 8 KiB of user stack per sample and
+/// unwinds it afterwards from the binaries' DWARF CFI (inlined functions are reported as frames
+/// of their own; their ` (inlined)` mark is dropped).
+pub fn perf_record_dwarf(pid: u32, seconds: f64, hz: u32, dir: &Path) -> PerfProfile {
+    perf_record_with(pid, seconds, hz, dir, "dwarf")
+}
+
+fn perf_record_with(pid: u32, seconds: f64, hz: u32, dir: &Path, call_graph: &str) -> PerfProfile {
     fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
     let data = dir.join("perf.data");
     let rec = Command::new("perf")
         .args(["record", "-q", "-e", "cpu-clock", "-F", &hz.to_string()])
-        .args(["--call-graph", "fp", "-p", &pid.to_string(), "-o"])
+        .args(["--call-graph", call_graph, "-p", &pid.to_string(), "-o"])
         .arg(&data)
         .args(["--", "sleep", &seconds.to_string()])
         .output()
@@ -327,6 +375,7 @@ fn frame_symbol(frame: &str) -> String {
         }
         _ => sym,
     };
+    let sym = sym.strip_suffix(" (inlined)").unwrap_or(sym);
     if sym.is_empty() {
         "[unknown]".to_string()
     } else {
@@ -412,6 +461,7 @@ hot worker 23181/23190 cpu-clock:
      hotspots-fp 23181/23181 cpu-clock:      55d9e340c6a4 hot_one
 hotspots-fp 23181/23181 cpu-clock: 
 \t    7f0000001234 std::map<int, int>::find(int const&) const
+\t           3fbfb msort_with_tmp (inlined)
 ";
 
     fn s(v: &[&str]) -> Vec<String> {
@@ -434,6 +484,10 @@ hotspots-fp 23181/23181 cpu-clock:
         assert_eq!(p.inclusive["run_loop"], 3);
         assert_eq!(p.inclusive["hot_one"], 2);
         assert_eq!(p.inclusive["recurse"], 1, "counted once per sample");
+        assert_eq!(
+            p.inclusive["msort_with_tmp"], 1,
+            "the (inlined) mark dropped"
+        );
         assert_eq!(p.inclusive["[unknown]"], 1);
         assert_eq!(
             p.stacks[0],

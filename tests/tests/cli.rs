@@ -84,6 +84,8 @@ fn check_reports_every_probe() {
         "feature perf_event programs",
         "feature kprobes",
         "probe syscalls",
+        "probe profiler",
+        "profiler unwinder",
     ] {
         assert!(
             out.lines().any(|l| l.starts_with(item)),
@@ -95,4 +97,13 @@ fn check_reports_every_probe() {
         .find(|l| l.starts_with("probe syscalls"))
         .unwrap();
     assert!(probe.contains(" ok "), "{probe}");
+    // The DWARF unwinder was tried for real (this kernel takes it: perf_event + tail calls).
+    let unwinder = out
+        .lines()
+        .find(|l| l.starts_with("profiler unwinder"))
+        .unwrap();
+    assert!(
+        unwinder.contains(" ok ") && unwinder.contains("dwarf works"),
+        "{unwinder}"
+    );
 }

@@ -4,16 +4,16 @@
 //! `opentelemetry-proto` for OTLP, the SVG text for flame graphs).
 
 use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     thread,
     time::Duration,
 };
 
 use integration_tests::{
-    agent_bin, bpf_programs_of,
-    otlp::{attributes, python, text, Sink},
+    bpf_programs_of,
+    otlp::{text, Sink},
+    profile_outputs::*,
     profiling::*,
     require_root, serial, tempdir, Agent,
 };
@@ -34,49 +34,6 @@ fn start_hotspots(bin: &Path, seconds: u32) -> Child {
     // Let it get past exec and the loader.
     thread::sleep(Duration::from_millis(300));
     child
-}
-
-/// `agent profile ...`; returns the output file.
-fn agent_profile(dir: &Path, args: &[&str], format: &str) -> PathBuf {
-    let out = dir.join(format!("profile.{format}"));
-    let r = Command::new(agent_bin())
-        .arg("profile")
-        .args(args)
-        .args(["--format", format, "--output"])
-        .arg(&out)
-        .output()
-        .expect("run agent profile");
-    assert!(
-        r.status.success(),
-        "agent profile failed: {}",
-        String::from_utf8_lossy(&r.stderr)
-    );
-    out
-}
-
-/// Folded lines as (frames root first, count).
-fn folded(text: &str) -> Vec<(Vec<String>, u64)> {
-    text.lines()
-        .filter_map(|l| {
-            let (stack, n) = l.rsplit_once(' ')?;
-            Some((
-                stack.split(';').map(str::to_string).collect(),
-                n.parse().ok()?,
-            ))
-        })
-        .collect()
-}
-
-/// Stacks (names, root first) and their sample counts.
-type Stacks = Vec<(Vec<String>, u64)>;
-
-/// Samples whose leaf is `f`.
-fn leaf_count(stacks: &[(Vec<String>, u64)], f: &str) -> u64 {
-    stacks
-        .iter()
-        .filter(|(s, _)| s.last().map(String::as_str) == Some(f))
-        .map(|(_, n)| n)
-        .sum()
 }
 
 /// (hot_three, hot_one) leaf samples.
@@ -182,122 +139,6 @@ fn wait(mut c: Child) -> std::process::ExitStatus {
     c.wait().expect("wait")
 }
 
-/// `protoc --decode perftools.profiles.Profile` of a gzipped pprof file, as text.
-fn protoc_decode(gz: &Path) -> String {
-    let proto_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/pprof");
-    let raw = Command::new("gzip")
-        .args(["-dc"])
-        .arg(gz)
-        .output()
-        .expect("gzip -dc");
-    assert!(raw.status.success(), "not gzip: {}", gz.display());
-    let mut child = Command::new("protoc")
-        .args(["--decode", "perftools.profiles.Profile", "-I"])
-        .arg(&proto_dir)
-        .arg("profile.proto")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("protoc (protobuf-compiler)");
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(&raw.stdout).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "protoc could not decode {}: {}",
-        gz.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The quoted entries of a protoc text dump's `string_table`.
-fn string_table(dump: &str) -> Vec<String> {
-    dump.lines()
-        .filter_map(|l| l.trim().strip_prefix("string_table: "))
-        .map(|s| s.trim_matches('"').to_string())
-        .collect()
-}
-
-/// Decodes a binary ExportProfilesServiceRequest with PyPI `opentelemetry-proto` into the OTLP
-/// JSON mapping (as the sink writes it).
-fn python_decode_otlp(file: &Path) -> Value {
-    let script = "import sys, json\n\
-from google.protobuf.json_format import MessageToDict\n\
-from opentelemetry.proto.collector.profiles.v1development import profiles_service_pb2 as p\n\
-r = p.ExportProfilesServiceRequest.FromString(open(sys.argv[1], 'rb').read())\n\
-print(json.dumps(MessageToDict(r)))\n";
-    let out = Command::new(python())
-        .args(["-c", script])
-        .arg(file)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "opentelemetry-proto could not decode {}: {}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// Function names of every location of a sample's stack, root first (as folded stacks), from
-/// the OTLP dictionary (which lists them leaf first).
-fn otlp_stack(dict: &Value, stack_index: usize) -> Vec<String> {
-    let strings = dict["stringTable"].as_array().unwrap();
-    let s = |i: &Value| -> String {
-        strings[i.as_u64().unwrap_or(0) as usize]
-            .as_str()
-            .unwrap_or("")
-            .to_string()
-    };
-    let stack = &dict["stackTable"][stack_index];
-    let mut names = Vec::new();
-    for li in stack["locationIndices"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-    {
-        let loc = &dict["locationTable"][li.as_u64().unwrap() as usize];
-        for line in loc["lines"].as_array().cloned().unwrap_or_default() {
-            let f = &dict["functionTable"][line["functionIndex"].as_u64().unwrap_or(0) as usize];
-            names.push(s(&f["nameStrindex"]));
-        }
-    }
-    names
-}
-
-/// Per process resource: (attributes, stacks).
-fn otlp_processes(req: &Value) -> Vec<(BTreeMap<String, Value>, Stacks)> {
-    let dict = &req["dictionary"];
-    req["resourceProfiles"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|rp| {
-            let attrs = attributes(&rp["resource"]["attributes"]);
-            let mut samples = Vec::new();
-            for sp in rp["scopeProfiles"].as_array().unwrap() {
-                for p in sp["profiles"].as_array().unwrap() {
-                    for s in p["samples"].as_array().cloned().unwrap_or_default() {
-                        let idx = s["stackIndex"].as_u64().unwrap_or(0) as usize;
-                        let n = s["values"][0]
-                            .as_str()
-                            .and_then(|v| v.parse().ok())
-                            .or(s["values"][0].as_u64())
-                            .unwrap_or(0);
-                        let mut names = otlp_stack(dict, idx);
-                        names.reverse();
-                        samples.push((names, n));
-                    }
-                }
-            }
-            (attrs, samples)
-        })
-        .collect()
-}
-
 /// pprof opens in protoc with the pprof schema; OTLP decodes with the reference Python package,
 /// with the dictionary's zero entries, the sample and period types and a resource naming the
 /// process, its executable and its build ID; the SVG names both hot functions.
@@ -308,7 +149,8 @@ fn pprof_otlp_and_svg_outputs_decode_independently() {
     let dir = tempdir();
     let bin = build_hotspots(&dir, true);
     let build_id = build_id_of(&bin).expect("build id");
-    let child = start_hotspots(&bin, 10);
+    // Lives past the three runs below on a loaded machine; killed at the end.
+    let child = start_hotspots(&bin, 60);
     let pid = child.id().to_string();
     let args = ["--duration", "2s", "--hz", "99", "--pid", pid.as_str()];
 
@@ -378,6 +220,8 @@ fn pprof_otlp_and_svg_outputs_decode_independently() {
         &svg[..100]
     );
     assert!(svg.contains("hot_three") && svg.contains("hot_one"));
+    let mut child = child;
+    let _ = child.kill();
     let _ = wait(child);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -497,8 +341,9 @@ fn flamegraph_and_self_profile_endpoints() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Without frame pointers the kernel's walk stops early: those stacks are counted as truncated;
-/// with them, stacks reach main and are not.
+/// With the frame-pointer walker, a binary without frame pointers gives stacks that stop
+/// early: they are counted as truncated; with frame pointers, stacks reach main and are not.
+/// (The DWARF unwinder's own truncation figures: tests/tests/profiler_unwind.rs.)
 #[test]
 fn truncated_stacks_are_counted() {
     require_root();
@@ -507,7 +352,7 @@ fn truncated_stacks_are_counted() {
     let fp = build_hotspots(&dir, true);
     let nofp = build_hotspots(&dir, false);
     let agent = Agent::start(&format!(
-        "{PROFILER_ONLY}  profiler: {{frequency: 99, interval: 1s}}\n"
+        "{PROFILER_ONLY}  profiler: {{frequency: 99, interval: 1s, unwinder: frame_pointers}}\n"
     ));
     agent.wait_ready();
     let counts = |a: &Agent| -> (u64, u64) {
@@ -538,6 +383,8 @@ fn truncated_stacks_are_counted() {
                 "99",
                 "--pid",
                 &child.id().to_string(),
+                "--unwinder",
+                "frame_pointers",
             ],
             "folded",
         );
@@ -548,7 +395,9 @@ fn truncated_stacks_are_counted() {
             .filter(|(s, _)| s.get(1).map(String::as_str) == Some("[truncated]"))
             .map(|(_, n)| n)
             .sum();
-        assert!(total >= 100, "{stacks:?}");
+        // 2 s of one busy thread at 99 Hz: ~198 samples; a machine loaded by other builds
+        // gives the workload half a CPU or less.
+        assert!(total >= 60, "{stacks:?}");
         let expected = if truncated { total } else { 0 };
         assert_eq!(marked, expected, "{}: {stacks:?}", bin.display());
         assert!(wait(child).success());
@@ -587,7 +436,15 @@ fn sighup_disables_and_reenables_the_profiler() {
     // The kernel keeps 15 characters of a program name.
     let progs = ours(&agent);
     assert!(
-        progs.iter().any(|n| n == "profile_aggrega") && progs.iter().any(|n| n == "profile_exec"),
+        // The DWARF unwinder's entry and step (the default, `auto`), the identity hooks.
+        [
+            "profile_dwarf",
+            "profile_unwind",
+            "profile_exec",
+            "profile_exit"
+        ]
+        .iter()
+        .all(|p| progs.iter().any(|n| n == p)),
         "{progs:?}"
     );
     std::fs::write(&agent.config, on.replace("frequency: 19", "enabled: false")).unwrap();

@@ -107,6 +107,16 @@ fn over_budget_degrades_step_by_step_and_recovers_with_hysteresis() {
         .iter()
         .any(|x| x.name == "agent_ebpf_memory_bytes" && x.value > 0.0));
 
+    // Each change is an OTLP log record (local logs.jsonl: no collector configured).
+    agent.wait_for(
+        |a| {
+            std::fs::read_to_string(a.dir.join("out/logs.jsonl"))
+                .map(|t| t.matches("agent.self_protection.level_change").count() >= 4)
+                .unwrap_or(false)
+        },
+        "four level_change log records in logs.jsonl",
+    );
+
     // A budget the agent cannot exceed: back up one level per two evaluations well under it.
     std::fs::write(
         &agent.config,

@@ -64,6 +64,8 @@ pub fn ensure(test_peers: bool) -> Result<()> {
             ("protoc", "protobuf-compiler"), // decodes pprof output independently
             ("cc", "gcc"),          // builds the profiler tests' C workload
             ("gzip", "gzip"),
+            ("node", "nodejs"), // JIT frames named from its perf map (--perf-basic-prof)
+            ("unshare", "util-linux"), // a workload in a mount namespace of its own
             // The deploy tests: image build and run, the unit file check.
             ("podman", "podman"),
             ("runc", "runc"),

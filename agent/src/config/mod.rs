@@ -29,9 +29,9 @@ pub use error::{ConfigError, Source};
 pub use load::DEFAULT_ORIGIN;
 pub use model::{
     Aggregation, Compression, Config, ExportConfig, HistogramBuckets, LogConfig, LogFormat,
-    NetworkConfig, OutputConfig, ProbesConfig, ProfilerConfig, ProfilerMode, Protocol,
-    SignalConfig, SpoolConfig, StatusConfig, SyscallAggregation, SyscallsConfig, Temporality,
-    TlsConfig,
+    NetworkConfig, OutputConfig, ProbesConfig, ProfilerConfig, ProfilerMode, ProfilerUnwinder,
+    Protocol, SignalConfig, SpoolConfig, StatusConfig, SyscallAggregation, SyscallsConfig,
+    Temporality, TlsConfig,
 };
 pub use validate::check_url;
 

@@ -320,6 +320,30 @@ impl ProfilerMode {
     }
 }
 
+/// How the profiler walks user stacks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProfilerUnwinder {
+    /// DWARF tables where the kernel program loads (aggregate mode), else frame pointers.
+    #[default]
+    Auto,
+    /// The kernel's frame-pointer walk only.
+    FramePointers,
+    /// Unwind tables compiled from `.eh_frame`, walked in the kernel (frame pointers where a
+    /// mapping has none); the probe fails if the program does not load.
+    Dwarf,
+}
+
+impl ProfilerUnwinder {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProfilerUnwinder::Auto => "auto",
+            ProfilerUnwinder::FramePointers => "frame_pointers",
+            ProfilerUnwinder::Dwarf => "dwarf",
+        }
+    }
+}
+
 /// The CPU profiler (perf_event `cpu-clock` on every CPU; user + kernel stacks).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -344,6 +368,18 @@ pub struct ProfilerConfig {
     /// Read DWARF (source lines, inlined functions) where binaries have it; false: ELF symbols
     /// only (less memory for large unstripped binaries).
     pub debug_info: bool,
+    /// Files whose DWARF sections are larger than this (bytes, uncompressed) get ELF symbols
+    /// only: parsing their DWARF costs about its size in memory.
+    pub debug_info_max_bytes: u64,
+    /// Parsed files (symbol tables, DWARF) of at most 2 MiB kept between exports; the least
+    /// recently used beyond it are dropped and parsed again when next needed (larger files
+    /// are always dropped after use).
+    pub symbolizer_files: usize,
+    /// How user stacks are walked.
+    pub unwinder: ProfilerUnwinder,
+    /// Kernel array of unwind table rows (8 bytes each), shared by every loaded file; the
+    /// least recently used files are evicted when it is full.
+    pub unwind_table_rows: u32,
 }
 
 impl Default for ProfilerConfig {
@@ -356,9 +392,13 @@ impl Default for ProfilerConfig {
             max_entries: 16_384,
             stack_entries: 16_384,
             include_idle: false,
-            max_processes: 4096,
-            symbol_cache: 65_536,
+            max_processes: 1024,
+            symbol_cache: 16_384,
             debug_info: true,
+            debug_info_max_bytes: 8 << 20,
+            symbolizer_files: 8,
+            unwinder: ProfilerUnwinder::Auto,
+            unwind_table_rows: 1 << 21,
         }
     }
 }

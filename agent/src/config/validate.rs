@@ -84,6 +84,10 @@ pub(crate) const FIELDS: &[&str] = &[
     "probes.profiler.max_processes",
     "probes.profiler.symbol_cache",
     "probes.profiler.debug_info",
+    "probes.profiler.debug_info_max_bytes",
+    "probes.profiler.symbolizer_files",
+    "probes.profiler.unwinder",
+    "probes.profiler.unwind_table_rows",
     "detection",
     "detection.enabled",
     "detection.warmup",
@@ -208,6 +212,21 @@ const RECENT_CONNECTIONS: Limits<u64> = Limits {
     max: 10_000,
     example: 100,
 };
+const DEBUG_INFO_BYTES: Limits<u64> = Limits {
+    min: 0,
+    max: 1 << 40,
+    example: 8 << 20,
+};
+const UNWIND_ROWS: Limits<u64> = Limits {
+    min: 1024,
+    max: 1 << 24,
+    example: 1 << 21,
+};
+const SYMBOLIZER_FILES: Limits<u64> = Limits {
+    min: 1,
+    max: 65_536,
+    example: 8,
+};
 const FREQUENCY: Limits<u64> = Limits {
     min: 1,
     max: 999,
@@ -216,7 +235,7 @@ const FREQUENCY: Limits<u64> = Limits {
 const MAX_PROCESSES: Limits<u64> = Limits {
     min: 16,
     max: 1_048_576,
-    example: 4096,
+    example: 1024,
 };
 const SYMBOL_CACHE: Limits<u64> = Limits {
     min: 1024,
@@ -353,6 +372,15 @@ pub(crate) fn allowed(path: &str) -> Option<String> {
         "probes.profiler.max_entries" | "probes.profiler.stack_entries" => numbers(&MAP_ENTRIES),
         "probes.profiler.max_processes" => numbers(&MAX_PROCESSES),
         "probes.profiler.symbol_cache" => numbers(&SYMBOL_CACHE),
+        "probes.profiler.debug_info_max_bytes" => format!(
+            "a number of bytes from 0 (never DWARF) to {}, e.g. {} (8 MiB)",
+            DEBUG_INFO_BYTES.max, DEBUG_INFO_BYTES.example
+        ),
+        "probes.profiler.symbolizer_files" => numbers(&SYMBOLIZER_FILES),
+        "probes.profiler.unwinder" => "auto, frame_pointers or dwarf (dwarf needs mode: \
+                                       aggregate)"
+            .to_string(),
+        "probes.profiler.unwind_table_rows" => numbers(&UNWIND_ROWS),
         "transform.error_mode" | "filter.error_mode" => "ignore, silent or propagate".to_string(),
         "transform.metric_statements" | "transform.log_statements" | "transform.profile_statements" => {
             "a list of groups, each with context (metric_statements: resource, scope, metric, \
@@ -505,6 +533,22 @@ pub(crate) fn check_field(cfg: &Config, path: &str) -> Result<(), String> {
             prof.symbol_cache.try_into().unwrap_or(u64::MAX),
             &SYMBOL_CACHE,
         ),
+        "probes.profiler.debug_info_max_bytes" => {
+            check_number(prof.debug_info_max_bytes, &DEBUG_INFO_BYTES)
+        }
+        "probes.profiler.symbolizer_files" => check_number(
+            prof.symbolizer_files.try_into().unwrap_or(u64::MAX),
+            &SYMBOLIZER_FILES,
+        ),
+        "probes.profiler.unwinder"
+            if prof.unwinder == super::ProfilerUnwinder::Dwarf
+                && prof.mode == super::ProfilerMode::Stream =>
+        {
+            Err("dwarf is not available with mode: stream (it walks frame pointers)".to_string())
+        }
+        "probes.profiler.unwind_table_rows" => {
+            check_number(prof.unwind_table_rows.into(), &UNWIND_ROWS)
+        }
         p if p.starts_with("opamp.") => crate::opamp::config::check_field(&cfg.opamp, p),
         p if p.starts_with("self_protection.") => {
             crate::selfprotect::config::check_field(&cfg.self_protection, p)

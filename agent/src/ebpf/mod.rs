@@ -134,6 +134,11 @@ pub fn load<'a>(
         )
     })?;
     raise_memlock_limit();
+    // One load at a time: aya's loader parses the kernel's whole BTF (~5 MB file, ~19 MB of
+    // transient heap) for every object, and probes start on their own threads at once, which
+    // put three copies in the agent's peak RSS.
+    static LOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = LOADING.lock().unwrap_or_else(|e| e.into_inner());
     let mut loader: EbpfLoader<'a> = EbpfLoader::new();
     configure(&mut loader);
     loader

@@ -38,6 +38,10 @@ impl Profile {
 pub struct ProcessProfile {
     /// Process id (tgid); 0 for the idle task and samples with no process.
     pub pid: u32,
+    /// Which run of that pid (the profiler's incarnation: when the kernel first sampled it
+    /// since it started, exec'd or took over a reused pid; 0 if unknown). One pid may appear
+    /// more than once in a profile, once per incarnation.
+    pub incarnation: u64,
     /// `process.executable.name`: basename of the executable, else the command.
     pub executable_name: String,
     /// Full path of the executable, when known.

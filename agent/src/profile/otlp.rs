@@ -395,6 +395,7 @@ pub(crate) mod tests {
             processes: vec![
                 ProcessProfile {
                     pid: 100,
+                    incarnation: 1,
                     executable_name: "app".into(),
                     executable_path: Some("/usr/bin/app".into()),
                     build_id: Some("beef".into()),
@@ -423,6 +424,7 @@ pub(crate) mod tests {
                 },
                 ProcessProfile {
                     pid: 200,
+                    incarnation: 1,
                     executable_name: "app".into(),
                     executable_path: None,
                     build_id: None,

@@ -179,6 +179,7 @@ fn convert(report: &::pprof::Report, hz: i32) -> Profile {
         host_name: crate::export::resource::host_name(),
         processes: vec![ProcessProfile {
             pid: std::process::id(),
+            incarnation: 0,
             executable_name,
             executable_path: exe.map(|p| p.to_string_lossy().into_owned()),
             build_id: None,

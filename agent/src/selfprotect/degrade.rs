@@ -13,6 +13,9 @@ use crate::config::Config;
 /// Longest drain interval a degraded probe is given (the validated maximum).
 const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 
+/// Watched series (one detector each) kept at `moderate` and below.
+const MODERATE_DETECTORS: usize = 256;
+
 /// Series owners kept individual at `moderate` and below (the rest fold into `other`).
 const MODERATE_TOP: usize = 20;
 const EMERGENCY_TOP: usize = 5;
@@ -22,12 +25,18 @@ const EMERGENCY_TOP: usize = 5;
 /// | level     | sheds (cumulative)                                                        |
 /// |-----------|---------------------------------------------------------------------------|
 /// | light     | profiler frequency ÷2                                                      |
-/// | moderate  | profiler ÷4; per-connection events off; syscall top-N ≤ 20 owners          |
+/// | moderate  | profiler ÷4; per-connection events off; syscall top-N ≤ 20 owners;        |
+/// |           | at most 256 watched (detected) series                                      |
 /// | heavy     | profiler ÷8; syscall and network drain intervals ×3                        |
 /// | emergency | profiler off; drain intervals ×6; top-N ≤ 5 (only the counters remain)     |
 pub fn degrade(base: &Config, level: Level) -> Config {
     let mut c = base.clone();
     let n = level.index();
+    c.detection.max_series = if n >= 2 {
+        c.detection.max_series.min(MODERATE_DETECTORS)
+    } else {
+        c.detection.max_series
+    };
     let p = &mut c.probes;
     if n >= 1 {
         let div = match n {
@@ -62,6 +71,7 @@ pub fn shed(level: Level) -> Vec<&'static str> {
             "profiler frequency /4",
             "per-connection events off",
             "syscall top_processes at most 20",
+            "at most 256 watched series",
         ],
         &[
             "profiler frequency /8",

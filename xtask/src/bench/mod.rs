@@ -57,15 +57,16 @@ pub enum Which {
         #[arg(long, default_value_t = 1000)]
         series: usize,
     },
-    /// CPU profiler: a workload keeping every CPU busy (`tests/workloads/hotspots.c`), bare vs
-    /// under the agent (profiler only) at 19 Hz aggregate, 99 Hz aggregate and 99 Hz stream,
-    /// alternating rounds; then the kernel programs' own cost per sample in each mode.
+    /// CPU profiler: a workload built without frame pointers keeping every CPU busy
+    /// (`tests/workloads/hotspots.c`, -fomit-frame-pointer), bare vs under the agent (profiler
+    /// only) with the DWARF unwinder and with frame pointers at 19 and 99 Hz, and 99 Hz
+    /// stream, rotating rounds; then each condition's kernel cost per sample (bpf_stats) and
+    /// the truncated share on /status.
     Profiler {
         /// Seconds per run.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
-        /// Rounds of (bare, 19 Hz aggregate, 99 Hz aggregate, 99 Hz stream); the median of each
-        /// is reported.
+        /// Rounds of (bare and every condition); medians and spreads are reported.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },

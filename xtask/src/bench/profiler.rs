@@ -1,10 +1,11 @@
-//! `bench profiler`: every CPU busy (`hotspots`), bare and under the profiler in each mode, in
-//! an order rotated each round; slowdowns computed per round against that round's bare run;
-//! then each mode's kernel cost per sample.
+//! `bench profiler`: every CPU busy (`hotspots`, built without frame pointers), bare and under
+//! the profiler with the DWARF and the frame-pointer unwinder, in an order rotated each round;
+//! slowdowns computed per round against that round's bare run; then each condition's kernel
+//! cost per sample and the truncated share on /status.
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
     time::Instant,
 };
 
@@ -18,21 +19,27 @@ use super::{
     },
 };
 use crate::{
+    build::bin_path,
     setup,
     util::{self, root},
 };
 
-/// The profiler bench's conditions: label, sampling frequency (Hz) and mode.
-const PROFILER_CONDITIONS: [(&str, u32, &str); 3] = [
-    ("19 Hz aggregate", 19, "aggregate"),
-    ("99 Hz aggregate", 99, "aggregate"),
-    ("99 Hz stream", 99, "stream"),
+/// A profiler condition: label, sampling frequency (Hz), mode and unwinder.
+type Condition = (&'static str, u32, &'static str, &'static str);
+
+/// The profiler bench's conditions.
+const PROFILER_CONDITIONS: [Condition; 5] = [
+    ("19 Hz dwarf", 19, "aggregate", "dwarf"),
+    ("99 Hz dwarf", 99, "aggregate", "dwarf"),
+    ("19 Hz fp", 19, "aggregate", "frame_pointers"),
+    ("99 Hz fp", 99, "aggregate", "frame_pointers"),
+    ("99 Hz stream", 99, "stream", "frame_pointers"),
 ];
 
-/// Compiles `tests/workloads/hotspots.c` into `dir` (frame pointers all the way, so the
-/// profiler walks its stacks as it would in production).
+/// Compiles `tests/workloads/hotspots.c` into `dir` without frame pointers (the code most
+/// distributions and Rust release builds ship), so the profiler's unwinder does real work.
 pub(super) fn build_hotspots(dir: &Path) -> Result<PathBuf> {
-    let bin = dir.join("hotspots");
+    let bin = dir.join("hotspots-nofp");
     util::run(
         Command::new("cc")
             .args([
@@ -40,8 +47,7 @@ pub(super) fn build_hotspots(dir: &Path) -> Result<PathBuf> {
                 "-g",
                 "-pthread",
                 "-Wl,--build-id",
-                "-fno-omit-frame-pointer",
-                "-mno-omit-leaf-frame-pointer",
+                "-fomit-frame-pointer",
                 "-o",
             ])
             .arg(&bin)
@@ -101,23 +107,72 @@ pub(super) fn run(seconds: u64, rounds: usize) -> Result<()> {
     result
 }
 
+/// Writes the agent config of a profiler condition (profiler only).
+fn profiler_config(dir: &Path, (label, hz, mode, unwinder): Condition) -> Result<PathBuf> {
+    let path = dir.join(format!("profiler-{}.yaml", label.replace(' ', "-")));
+    std::fs::write(
+        &path,
+        format!(
+            "probes:\n  syscalls:\n    enabled: false\n  network:\n    enabled: false\n  \
+             profiler:\n    frequency: {hz}\n    mode: {mode}\n    unwinder: {unwinder}\n"
+        ),
+    )?;
+    Ok(path)
+}
+
+/// `(truncated, total)` samples of the `hotspots` process in one `agent profile --pid` run
+/// of `seconds` at 19 Hz with `unwinder`, read from its folded output (a truncated stack hangs
+/// under `[truncated]`, right below the executable). Per process, so other processes on a
+/// shared host do not count; the process's first samples, before its tables load, are walked
+/// by frame pointer and count too.
+fn truncated_share(
+    dir: &Path,
+    bin: &Path,
+    seconds: u64,
+    cpus: usize,
+    unwinder: &str,
+) -> Result<(u64, u64)> {
+    // The workload outlives the profile, which takes a moment to load before it samples.
+    let mut workload = Command::new(bin)
+        .args([(seconds + 10).to_string(), cpus.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("run hotspots")?;
+    let output = dir.join(format!("truncated-{unwinder}.folded"));
+    let status = Command::new(bin_path("release", "agent"))
+        .arg("profile")
+        .args(["--duration", &format!("{seconds}s"), "--hz", "19"])
+        .args(["--pid", &workload.id().to_string(), "--unwinder", unwinder])
+        .args(["--format", "folded", "--output"])
+        .arg(&output)
+        .stderr(Stdio::null())
+        .status();
+    let _ = workload.kill();
+    let _ = workload.wait();
+    if !status.context("run agent profile")?.success() {
+        bail!("agent profile --unwinder {unwinder} failed");
+    }
+    let (mut truncated, mut total) = (0, 0);
+    for line in std::fs::read_to_string(&output)?.lines() {
+        let Some((stack, count)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let count: u64 = count.parse().unwrap_or(0);
+        total += count;
+        if stack.split(';').nth(1) == Some("[truncated]") {
+            truncated += count;
+        }
+    }
+    Ok((truncated, total))
+}
+
 pub(super) fn profiler_in(dir: &Path, seconds: u64, rounds: usize) -> Result<()> {
     let cpus = online_cpus();
     let bin = build_hotspots(dir)?;
     let out_dir = dir.join("output");
     let configs: Vec<PathBuf> = PROFILER_CONDITIONS
         .iter()
-        .map(|(_, frequency, mode)| {
-            let path = dir.join(format!("profiler-{frequency}-{mode}.yaml"));
-            std::fs::write(
-                &path,
-                format!(
-                    "probes:\n  syscalls:\n    enabled: false\n  network:\n    enabled: false\n  \
-                     profiler:\n    frequency: {frequency}\n    mode: {mode}\n"
-                ),
-            )?;
-            Ok(path)
-        })
+        .map(|c| profiler_config(dir, *c))
         .collect::<Result<_>>()?;
     let n = PROFILER_CONDITIONS.len();
     let (mut bare, mut bare_cpu) = (Vec::new(), Vec::new());
@@ -185,7 +240,7 @@ pub(super) fn profiler_in(dir: &Path, seconds: u64, rounds: usize) -> Result<()>
         .collect();
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     println!(
-        "CPU profiler: hotspots on {cpus} threads ({cpus} CPUs, all busy), {seconds} s per run, \
+        "CPU profiler: hotspots without frame pointers on {cpus} threads ({cpus} CPUs, all busy), {seconds} s per run, \
          {rounds} rounds in rotated order, a fresh agent (profiler only) per run; median \
          [min–max] over rounds, slowdowns per round against that round's bare run"
     );
@@ -215,84 +270,72 @@ pub(super) fn profiler_in(dir: &Path, seconds: u64, rounds: usize) -> Result<()>
          their cost is in the slowdown; a profile is exported every 10 s, so a shorter run may \
          hold no export)"
     );
-    let max_rss = rss.iter().copied().max().unwrap_or(0);
-    println!(
-        "  goal at 19 Hz: <= 0.5% slowdown per wall s: {} ({}); per CPU s: {} ({}); <= 64 MiB \
-         RSS: {:.1} MiB peak ({})",
-        verdict(&slowdown[0], 0.5),
-        noise_note(&slowdown[0]),
-        verdict(&cpu_slowdown[0], 0.5),
-        noise_note(&cpu_slowdown[0]),
-        mib(max_rss),
-        if mib(max_rss) <= 64.0 {
-            "met"
-        } else {
-            "NOT met"
-        }
-    );
 
-    // The noise-free view: the kernel's own cost per sample of each mode's program, 99 Hz.
+    // Each condition's kernel cost per sample: bpf_stats around a separate run. Tail calls run
+    // inside their caller's accounting: profile_dwarf's figure is the whole unwind's.
     let mut per_sample = Vec::new();
-    for (i, prog) in [(1, "profile_aggregate"), (2, "profile_stream")] {
-        // Samples the workload's run gets: every CPU, `frequency` times a second.
-        let expected = seconds * cpus as u64 * u64::from(PROFILER_CONDITIONS[i].1);
-        // Every run of the program is one sample (idle ones included, dropped at once; the
-        // workload leaves none). The agent's own sample counter reaches /status only at its
-        // one-second drains, so it cannot bound the same window as bpf_stats.
+    for (i, (label, hz, mode, unwinder)) in PROFILER_CONDITIONS.iter().enumerate() {
+        let prog = match (*mode, *unwinder) {
+            ("stream", _) => "profile_stream",
+            (_, "dwarf") => "profile_dwarf",
+            _ => "profile_aggregate",
+        };
+        // Samples the workload's run gets: every CPU, `frequency` times a second. Every run of
+        // the program is one sample (idle ones included, dropped at once; the workload leaves
+        // none). The agent's own sample counter reaches /status only at its one-second
+        // drains, so it cannot bound the same window as bpf_stats.
+        let expected = seconds * cpus as u64 * u64::from(*hz);
         let costs = program_costs(&[prog], Some(&configs[i]), &out_dir, "sample", || {
             hotspots(&bin, seconds, cpus)?;
             Ok(expected)
         })?;
         let (_, ns, cnt) = &costs[0];
-        per_sample.push(*ns as f64 / (*cnt).max(1) as f64);
+        per_sample.push((*label, *hz, *ns as f64 / (*cnt).max(1) as f64));
     }
-    let (ka, ks) = (per_sample[0], per_sample[1]);
-    let (ca, cs) = (share[1].median, share[2].median);
-    // A program's share of each CPU: its ns per run x runs per second per CPU.
-    let prog_share = |ns: f64, hz: f64| ns * hz / 1e9 * 100.0;
-    println!("99 Hz, aggregate vs stream:");
-    println!("  {:36} {:>11} {:>11}", "", "aggregate", "stream");
-    println!("  {:36} {ka:>11.0} {ks:>11.0}", "kernel ns per program run");
-    println!(
-        "  {:36} {:>10.3}% {:>10.3}%",
-        "programs' CPU share (ns x 99 Hz)",
-        prog_share(ka, 99.0),
-        prog_share(ks, 99.0)
-    );
-    println!("  {:36} {ca:>10.3}% {cs:>10.3}%", "agent process CPU share");
-    println!(
-        "  {:36} {:>10.2}% {:>10.2}%",
-        "slowdown per wall s (median of rounds)", slowdown[1].median, slowdown[2].median
-    );
-    println!(
-        "  {:36} {:>10.2}% {:>10.2}%",
-        "slowdown per CPU s (median of rounds)", cpu_slowdown[1].median, cpu_slowdown[2].median
-    );
-    println!(
-        "  at 19 Hz the aggregate program takes {:.4}% of each CPU (the sampling interrupt \
-         itself not included)",
-        prog_share(ka, 19.0)
-    );
-    // The cheaper mode by one measure, and by how much (the dearer one's cost over its).
-    let cheaper = |a: f64, s: f64| {
-        if a <= s {
-            ("aggregate", s / a.max(1e-12))
-        } else {
-            ("stream", a / s.max(1e-12))
-        }
-    };
-    let ((kernel, kx), (agent, ax)) = (cheaper(ka, ks), cheaper(ca, cs));
-    if kernel == agent {
+
+    // The truncated share of the workload's own samples, per unwinder, 19 Hz.
+    let mut truncated = Vec::new();
+    for unwinder in ["dwarf", "frame_pointers"] {
+        let (t, u) = truncated_share(dir, &bin, seconds, cpus, unwinder)?;
+        truncated.push((unwinder, t, u));
+    }
+
+    println!("kernel cost per sample and truncated stacks:");
+    for (label, hz, ns) in &per_sample {
         println!(
-            "  {kernel} is cheaper by both measures: kernel ns per sample ({kx:.2}x less), agent \
-             process CPU ({ax:.2}x less)"
-        );
-    } else {
-        println!(
-            "  neither mode is cheaper by both measures: {kernel} in the kernel ({kx:.2}x less), \
-             {agent} in the agent process ({ax:.2}x less)"
+            "  {label:14} {ns:>8.0} ns per sample = {:.4}% of each CPU at {hz} Hz",
+            ns * f64::from(*hz) / 1e9 * 100.0
         );
     }
+    for (unwinder, t, u) in &truncated {
+        println!(
+            "  {unwinder:14} {t} of {u} samples of hotspots truncated ({:.1}%), 19 Hz, \
+             `agent profile --pid`",
+            *t as f64 / (*u).max(1) as f64 * 100.0
+        );
+    }
+    let max_rss = rss.iter().copied().max().unwrap_or(0);
+    let met = |ok: bool| if ok { "met" } else { "NOT met" };
+    // The issue's ceiling is on the profiler's whole CPU: the agent process plus the kernel
+    // programs (which run in the sampled tasks' context).
+    let programs19 = per_sample[0].2 * 19.0 / 1e9 * 100.0;
+    let total19 = share[0].map(|x| x + programs19);
+    let dwarf_trunc = truncated
+        .first()
+        .map_or(100.0, |(_, t, u)| *t as f64 / (*u).max(1) as f64 * 100.0);
+    println!(
+        "  goal at 19 Hz dwarf: <= 1% CPU: agent {} + programs {programs19:.4}% = {} ({}); \
+         slowdown per CPU s {} ({}); <= 64 MiB RSS: {:.1} MiB peak over every condition ({}); \
+         < 5% truncated: {dwarf_trunc:.1}% ({})",
+        share[0].show(3),
+        total19.show(3),
+        verdict(&total19, 1.0),
+        cpu_slowdown[0].show(2),
+        noise_note(&cpu_slowdown[0]),
+        mib(max_rss),
+        met(mib(max_rss) <= 64.0),
+        met(dwarf_trunc < 5.0)
+    );
     Ok(())
 }
 

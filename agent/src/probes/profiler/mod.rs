@@ -7,10 +7,14 @@
 //! them); a capture sees only samples taken after it was asked for; on stop the last window is
 //! drained and published before the object is dropped (which detaches it).
 
+pub mod elf;
+pub mod perfmap;
 pub mod procmaps;
 pub mod raw;
 pub mod session;
+pub mod special;
 pub mod symbolize;
+pub mod unwind;
 
 use std::{
     collections::BTreeMap,
@@ -54,6 +58,10 @@ impl ProbeSpec for Profiler {
             || a.max_processes != b.max_processes
             || a.symbol_cache != b.symbol_cache
             || a.debug_info != b.debug_info
+            || a.debug_info_max_bytes != b.debug_info_max_bytes
+            || a.symbolizer_files != b.symbolizer_files
+            || a.unwinder != b.unwinder
+            || a.unwind_table_rows != b.unwind_table_rows
     }
 
     fn reload_reason() -> &'static str {
@@ -128,7 +136,7 @@ impl ProbeWorker for Worker {
             self.captures.push(Capture {
                 until: Instant::now() + r.duration,
                 pid: r.pid,
-                raw: RawProfile::new(now),
+                raw: self.window.next(now),
                 reply: r.reply,
             });
         }
@@ -166,7 +174,9 @@ impl Worker {
         self.finish_captures(last);
         if now >= self.next_export || last {
             self.next_export = now + self.cfg.interval;
-            let raw = std::mem::replace(&mut self.window, RawProfile::new(tick.end_unix_nanos));
+            let next = self.window.next(tick.end_unix_nanos);
+            let raw = std::mem::replace(&mut self.window, next);
+            self.session.stats.window_folded += raw.folded;
             if !raw.is_empty() {
                 let started = Instant::now();
                 let profile = self.session.symbolize(&raw, None, &self.host, true);
@@ -176,6 +186,7 @@ impl Worker {
             self.session
                 .procs
                 .forget_exited(Instant::now() - self.cfg.interval * 2);
+            release_free_memory();
         }
         self.report();
     }
@@ -202,6 +213,8 @@ impl Worker {
         let mut detail: BTreeMap<String, u64> =
             k.iter().map(|(n, v)| (n.to_string(), *v)).collect();
         detail.insert("truncated_stacks".into(), s.truncated);
+        detail.insert("cut_stacks".into(), s.cut);
+        detail.insert("unmapped_stacks".into(), s.unmapped);
         detail.insert("user_stacks".into(), s.user_samples);
         detail.insert("unresolved_frames".into(), s.unresolved);
         detail.insert("symbol_lookups".into(), s.lookups);
@@ -211,10 +224,31 @@ impl Worker {
             self.session.symbolizer.cached() as u64,
         );
         detail.insert("processes_cached".into(), self.session.procs.len() as u64);
+        detail.insert("files_held".into(), self.session.procs.files() as u64);
+        detail.insert(
+            "files_parsed".into(),
+            self.session.symbolizer.parsed_files() as u64,
+        );
+        detail.insert("files_evicted".into(), s.files_evicted);
+        detail.insert("files_symbols_only".into(), s.files_symbols_only);
+        detail.insert("jit_frames".into(), s.jit_frames);
         detail.insert("mapping_snapshots".into(), self.session.procs.snapshots);
         detail.insert("mapping_snapshots_missed".into(), self.session.procs.missed);
         detail.insert("pid_events".into(), d.pid_events);
         detail.insert("samples_read".into(), d.samples_read);
+        detail.insert("window_folded".into(), d.window_folded);
+        if let Some(u) = &self.session.unwind {
+            let t = &u.tables.stats;
+            detail.insert("unwind_files_loaded".into(), t.files_loaded);
+            detail.insert("unwind_files_evicted".into(), t.files_evicted);
+            detail.insert("unwind_compile_errors".into(), t.compile_errors);
+            detail.insert("unwind_load_ms".into(), t.compile_ms);
+            detail.insert("unwind_rows_used".into(), t.rows_used);
+            detail.insert("unwind_rows_capacity".into(), t.rows_capacity);
+            detail.insert("unwind_processes_loaded".into(), t.processes_loaded);
+            detail.insert("unwind_mappings_dropped".into(), t.mappings_dropped);
+            detail.insert("unwind_files_skipped".into(), t.files_skipped);
+        }
         let lost = k["counts_full"]
             + k["user_stack_collisions"]
             + k["kernel_stack_collisions"]
@@ -234,22 +268,46 @@ impl Worker {
     }
 }
 
+/// Hands memory freed since the last export (a window's samples, evicted files) back to the
+/// system: glibc's malloc keeps freed memory in its arenas otherwise, and RSS would only grow.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// One-shot profile (`agent profile`): samples for `duration` (one process when `pid` is given),
-/// then symbolizes. Ends early, with what it has, when `stop` turns true.
+/// then symbolizes. Ends early, with what it has, when `stop` turns true. `started` runs once
+/// sampling is on, with the number of CPUs sampled.
 pub fn record(
     cfg: &ProfilerConfig,
     duration: Duration,
     pid: Option<u32>,
     stop: &std::sync::atomic::AtomicBool,
+    started: impl FnOnce(usize),
 ) -> Result<crate::profile::Profile, LoadError> {
     let mut session = Session::start(cfg).map_err(|(e, _)| e)?;
     if let Some(h) = session.hooks.iter().find(|h| h.error.is_some()) {
         tracing::warn!(probe = NAME, hook = %h.hook, "{}", h.error.as_deref().unwrap_or(""));
     }
     if let Some(p) = pid {
-        // Snapshot now, so a process that exits during the run is still symbolized.
-        session.procs.snapshot(p);
+        // Snapshot now, so a process that exits during the run is still symbolized; its
+        // unwind tables load now too. Samples taken meanwhile were walked by frame pointer:
+        // the recording starts after.
+        session.only(p);
+        session.preannounce(p);
+        let _ = session.drain();
+        let _ = session.take_window();
     }
+    started(
+        session
+            .hooks
+            .iter()
+            .filter(|h| h.attached && h.hook.starts_with("perf_event"))
+            .count(),
+    );
     let end = Instant::now() + duration;
     let mut window = session.take_window();
     loop {

@@ -1,13 +1,21 @@
 //! Executable mappings of sampled processes, snapshotted when the kernel first sees a process,
 //! so stacks of processes that exit before the export are still symbolized.
 //!
-//! Invariants: a snapshot keeps the mapped files open (`/proc/<pid>/map_files/...`), so the
-//! files stay readable after the process exits, is deleted, or lives in another mount
-//! namespace; a file is shared by every process that maps it and closes when the last one is
-//! forgotten; at most `max_processes` snapshots are kept (exited processes go first, then the
-//! least recently used).
+//! A process is known by its [`ProcKey`]: its pid and its *incarnation* (when the kernel
+//! announced it; see `agent_common::profiler`). An exec, or a new process on a reused pid, is a
+//! new incarnation with a snapshot of its own, so what was sampled before the change is
+//! symbolized and named as what the process was then.
+//!
+//! Invariants: a snapshot is only kept when the kernel still holds its incarnation after the
+//! maps were read (else the process exec'd or exited meanwhile and the maps may be someone
+//! else's); a snapshot keeps the mapped files open (`/proc/<pid>/map_files/...`), so the files
+//! stay readable after the process exits, is deleted, or lives in another mount namespace; a
+//! file is shared by every process that maps it and closes when the last one is forgotten; the
+//! vDSO is a file too (its image copied out of the process into a memfd); at most
+//! `max_processes` snapshots are kept (exited ones go first, then the least recently used).
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     fs::File,
     os::fd::AsRawFd,
@@ -16,26 +24,53 @@ use std::{
     time::Instant,
 };
 
+use procfs::{
+    process::{MMPermissions, MMapPath, MemoryMaps},
+    FromBufRead,
+};
+
+use super::{perfmap::PerfMap, special};
 use crate::{procinfo, profile::Mapping};
 
-/// A mapped executable file, held open.
+/// One incarnation of a process (see the module docs). Incarnation 0: unknown (the process was
+/// never announced, e.g. its only samples had no user stack).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcKey {
+    pub pid: u32,
+    pub incarnation: u64,
+}
+
+/// Which incarnation of a pid the kernel holds now (`PROFILE_PIDS`): what snapshots are
+/// checked against. Without it (unit tests) every live pid counts as current.
+pub trait Incarnations {
+    /// The incarnation the kernel holds for `pid`, if any.
+    fn current(&self, pid: u32) -> Option<u64>;
+
+    /// Announces `pid` from userspace unless the kernel already did; its incarnation.
+    fn announce(&mut self, _pid: u32) -> Option<u64> {
+        None
+    }
+}
+
+/// A mapped file, held open (or a special image: the vDSO in a memfd).
 #[derive(Debug)]
 pub struct MappedFile {
-    /// `(device, inode)` from the maps line: the file's identity.
+    /// The file's identity: `(device, inode)` from the maps line (special images: see
+    /// [`special::VDSO_DEV`]).
     pub id: (u64, u64),
-    /// The path the process mapped (for display).
+    /// The path the process mapped (for display; invalid UTF-8 replaced).
     pub path: Arc<str>,
     /// Where this process can read it: `/proc/self/fd/<n>` of the held file, or a path.
     pub open_path: PathBuf,
     pub build_id: Option<Arc<str>>,
-    _file: Option<File>,
+    pub(super) file: Option<File>,
     closed: Arc<Mutex<Vec<PathBuf>>>,
 }
 
 impl Drop for MappedFile {
     fn drop(&mut self) {
         // Symbolizers cache parsed files by path; a reused fd number must not hit that cache.
-        if self._file.is_some() {
+        if self.file.is_some() {
             if let Ok(mut c) = self.closed.lock() {
                 c.push(self.open_path.clone());
             }
@@ -47,27 +82,30 @@ impl Drop for MappedFile {
 #[derive(Clone, Debug)]
 pub struct ProcMapping {
     pub mapping: Arc<Mapping>,
-    /// `None` for anonymous or special mappings (`[vdso]`, JIT code).
+    /// What symbolizes it: a file (or the vDSO image); `None` for anonymous mappings (JIT
+    /// code) and for `[vsyscall]`.
     pub file: Option<Arc<MappedFile>>,
 }
 
-/// What is known about one process.
+/// What is known about one process incarnation.
 #[derive(Debug)]
 pub struct ProcEntry {
-    pub pid: u32,
+    pub key: ProcKey,
     pub exe_name: String,
     pub exe_path: Option<String>,
     pub build_id: Option<String>,
     pub container_id: Option<String>,
     /// Executable mappings, sorted by start address.
     pub maps: Vec<ProcMapping>,
-    /// The process was gone at the last look.
+    /// The incarnation is over (exited, exec'd, or its pid now belongs to another process).
     pub exited: bool,
     last_used: Instant,
+    /// Its perf map (JIT code names), once looked for: `Some(None)` when it has none.
+    perf_map: Option<Option<PerfMap>>,
 }
 
 impl ProcEntry {
-    /// The mapping holding `addr`, if any.
+    /// The executable mapping holding `addr`, if any.
     pub fn find(&self, addr: u64) -> Option<&ProcMapping> {
         let i = self.maps.partition_point(|m| m.mapping.start <= addr);
         let m = self.maps.get(i.checked_sub(1)?)?;
@@ -75,39 +113,23 @@ impl ProcEntry {
     }
 }
 
-/// One parsed `/proc/<pid>/maps` line.
-#[derive(Debug, PartialEq, Eq)]
-pub struct MapsLine<'a> {
-    pub start: u64,
-    pub end: u64,
-    pub executable: bool,
-    pub offset: u64,
-    pub dev: u64,
-    pub inode: u64,
-    pub path: &'a str,
+/// Reads `/proc/<pid>/maps` with procfs. The bytes are read first and invalid UTF-8 (a file
+/// name is any bytes) is replaced before parsing, so one odd path cannot fail the whole process;
+/// the file itself is opened through `map_files` by address, never by that path.
+pub fn read_maps(pid: u32) -> std::io::Result<MemoryMaps> {
+    let bytes = std::fs::read(format!("/proc/{pid}/maps"))?;
+    let text = String::from_utf8_lossy(&bytes);
+    parse_maps(&text)
 }
 
-/// Parses one line of `/proc/<pid>/maps`: `start-end perms offset major:minor inode path`.
-pub fn parse_maps_line(line: &str) -> Option<MapsLine<'_>> {
-    let mut f = line.splitn(6, ' ');
-    let range = f.next()?;
-    let perms = f.next()?;
-    let offset = u64::from_str_radix(f.next()?, 16).ok()?;
-    let dev = f.next()?;
-    let inode = f.next()?.parse().ok()?;
-    let path = f.next().unwrap_or("").trim_start();
-    let (s, e) = range.split_once('-')?;
-    let (major, minor) = dev.split_once(':')?;
-    let dev = (u64::from_str_radix(major, 16).ok()? << 32) | u64::from_str_radix(minor, 16).ok()?;
-    Some(MapsLine {
-        start: u64::from_str_radix(s, 16).ok()?,
-        end: u64::from_str_radix(e, 16).ok()?,
-        executable: perms.as_bytes().get(2) == Some(&b'x'),
-        offset,
-        dev,
-        inode,
-        path,
-    })
+/// Parses the text of a maps file (see [`read_maps`]).
+pub fn parse_maps(text: &str) -> std::io::Result<MemoryMaps> {
+    MemoryMaps::from_buf_read(text.as_bytes()).map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// `(major, minor)` as one number (the kernel's `dev_t` layout does not matter: it is a key).
+fn dev_key((major, minor): (i32, i32)) -> u64 {
+    (u64::from(major as u32) << 32) | u64::from(minor as u32)
 }
 
 /// GNU build ID of an ELF file, lowercase hex.
@@ -119,40 +141,32 @@ pub fn build_id(path: &std::path::Path) -> Option<String> {
 /// How many mapped files the profiler may hold open: half the soft RLIMIT_NOFILE (raised to
 /// the hard limit first), at most 16384, so the rest of the agent always has descriptors.
 fn open_file_budget() -> usize {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((mut soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 256;
     };
-    // SAFETY: getrlimit/setrlimit read or write a valid rlimit struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 256;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                lim.rlim_cur = lim.rlim_max;
-            }
-        }
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        soft = hard;
     }
-    ((lim.rlim_cur / 2) as usize).clamp(16, 16_384)
+    ((soft / 2) as usize).clamp(16, 16_384)
 }
 
 /// The bounded cache of process snapshots and the files they hold open.
 pub struct ProcMaps {
-    procs: HashMap<u32, ProcEntry>,
+    procs: HashMap<ProcKey, ProcEntry>,
     files: HashMap<(u64, u64), Weak<MappedFile>>,
+    incarnations: Option<Box<dyn Incarnations>>,
     max_processes: usize,
     /// Files held open at most (a share of RLIMIT_NOFILE); beyond it files are read by path.
     max_open_files: usize,
     closed: Arc<Mutex<Vec<PathBuf>>>,
     /// Snapshots taken (first sight, exec, refresh).
     pub snapshots: u64,
-    /// Snapshots that failed because the process was already gone.
+    /// Snapshots not taken or dropped: the process was gone, or had exec'd or exited since it
+    /// was announced (its maps were no longer its own).
     pub missed: u64,
+    /// Incarnations snapshotted since the last `take_snapshotted` (their unwind tables load).
+    snapshotted: Vec<ProcKey>,
 }
 
 impl ProcMaps {
@@ -160,11 +174,32 @@ impl ProcMaps {
         ProcMaps {
             procs: HashMap::new(),
             files: HashMap::new(),
+            incarnations: None,
             max_processes: max_processes.max(1),
             max_open_files: open_file_budget(),
             closed: Arc::new(Mutex::new(Vec::new())),
             snapshots: 0,
             missed: 0,
+            snapshotted: Vec::new(),
+        }
+    }
+
+    /// Incarnations snapshotted (first sight, exec, or a refresh after a lookup missed) since
+    /// the last call.
+    pub fn take_snapshotted(&mut self) -> Vec<ProcKey> {
+        std::mem::take(&mut self.snapshotted)
+    }
+
+    /// Checks snapshots against the kernel's incarnations from now on.
+    pub fn set_incarnations(&mut self, i: Box<dyn Incarnations>) {
+        self.incarnations = Some(i);
+    }
+
+    /// Whether `key` is what runs under its pid now.
+    pub fn is_current(&self, key: ProcKey) -> bool {
+        match &self.incarnations {
+            Some(i) => i.current(key.pid) == Some(key.incarnation),
+            None => procinfo::alive(key.pid),
         }
     }
 
@@ -176,6 +211,11 @@ impl ProcMaps {
         self.procs.is_empty()
     }
 
+    /// Files held (open or by path) by at least one snapshot.
+    pub fn files(&self) -> usize {
+        self.files.values().filter(|f| f.strong_count() > 0).count()
+    }
+
     /// Files closed since the last call (to evict from symbolizer caches).
     pub fn take_closed(&self) -> Vec<PathBuf> {
         self.closed
@@ -184,23 +224,66 @@ impl ProcMaps {
             .unwrap_or_default()
     }
 
-    pub fn get(&mut self, pid: u32) -> Option<&ProcEntry> {
-        let e = self.procs.get_mut(&pid)?;
+    /// The name a perf map gives the JIT code at `addr` of process `key` (looked for once if
+    /// the process had no JIT code at its snapshot).
+    pub fn jit_name(&mut self, key: ProcKey, addr: u64) -> Option<Arc<str>> {
+        let e = self.procs.get_mut(&key)?;
+        let exited = e.exited;
+        e.perf_map
+            .get_or_insert_with(|| (!exited).then(|| PerfMap::open(key.pid)).flatten())
+            .as_mut()?
+            .lookup(addr)
+    }
+
+    /// The latest snapshotted incarnation of `pid`, if any.
+    pub fn latest(&self, pid: u32) -> Option<u64> {
+        self.procs
+            .keys()
+            .filter(|k| k.pid == pid)
+            .map(|k| k.incarnation)
+            .max()
+    }
+
+    pub fn get(&mut self, key: ProcKey) -> Option<&ProcEntry> {
+        let e = self.procs.get_mut(&key)?;
         e.last_used = Instant::now();
         Some(e)
     }
 
-    /// Reads `/proc/<pid>/maps` now, replacing any older snapshot. False if the process is gone
-    /// (an older snapshot then stays, marked exited).
-    pub fn snapshot(&mut self, pid: u32) -> bool {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+    /// Reads `/proc/<pid>/maps` now, replacing any older snapshot of the same incarnation.
+    /// False (and nothing kept) if the process is gone or is no longer that incarnation.
+    pub fn snapshot(&mut self, key: ProcKey) -> bool {
+        if key.pid == 0 || !self.is_current(key) {
             self.missed += 1;
-            if let Some(e) = self.procs.get_mut(&pid) {
-                e.exited = true;
-            }
             return false;
+        }
+        let entry = match self.read(key) {
+            Some(e) => e,
+            None => {
+                self.missed += 1;
+                if let Some(e) = self.procs.get_mut(&key) {
+                    e.exited = true;
+                }
+                return false;
+            }
         };
+        // An exec or exit between the announcement and the read: these maps are not its own.
+        if !self.is_current(key) {
+            self.missed += 1;
+            return false;
+        }
         self.snapshots += 1;
+        self.procs.insert(key, entry);
+        if self.snapshotted.len() < 4 * self.max_processes {
+            self.snapshotted.push(key);
+        }
+        self.evict();
+        true
+    }
+
+    fn read(&mut self, key: ProcKey) -> Option<ProcEntry> {
+        let pid = key.pid;
+        let maps = read_maps(pid).ok()?;
         let exe_path = std::fs::read_link(format!("/proc/{pid}/exe"))
             .ok()
             .map(|p| {
@@ -209,67 +292,89 @@ impl ProcMaps {
                     .map(str::to_string)
                     .unwrap_or(s)
             });
-        let mut maps = Vec::new();
+        let mut out = Vec::new();
         let mut exe_build_id = None;
-        for line in text.lines() {
-            let Some(l) = parse_maps_line(line) else {
-                continue;
-            };
-            if !l.executable {
+        for m in maps {
+            if !m.perms.contains(MMPermissions::EXECUTE) {
                 continue;
             }
-            let file = if l.inode != 0 && l.path.starts_with('/') {
-                Some(self.file(pid, &l))
-            } else {
-                None
-            };
-            let path: Arc<str> = match &file {
-                Some(f) => f.path.clone(),
-                None if l.path.is_empty() => Arc::from("[anon]"),
-                None => Arc::from(l.path),
+            let (start, end) = m.address;
+            let (file, path): (Option<Arc<MappedFile>>, Arc<str>) = match &m.pathname {
+                MMapPath::Path(p) if m.inode != 0 => {
+                    let f = self.file(pid, start, end, dev_key(m.dev), m.inode, p);
+                    let path = f.path.clone();
+                    (Some(f), path)
+                }
+                MMapPath::Vdso => (
+                    special::vdso(pid, start, end, &mut self.files, &self.closed),
+                    Arc::from(special::VDSO),
+                ),
+                MMapPath::Vsyscall => (None, Arc::from(special::VSYSCALL)),
+                MMapPath::Anonymous => (None, Arc::from(special::ANON)),
+                MMapPath::Other(o) => (None, Arc::from(format!("[{o}]"))),
+                MMapPath::Path(p) => (None, Arc::from(p.to_string_lossy().as_ref())),
+                other => (None, Arc::from(format!("{other:?}"))),
             };
             let build_id = file.as_ref().and_then(|f| f.build_id.clone());
             if exe_build_id.is_none() && exe_path.as_deref() == Some(&*path) {
                 exe_build_id = build_id.as_deref().map(str::to_string);
             }
-            maps.push(ProcMapping {
+            out.push(ProcMapping {
                 mapping: Arc::new(Mapping {
-                    start: l.start,
-                    end: l.end,
-                    file_offset: l.offset,
+                    start,
+                    end,
+                    file_offset: m.offset,
                     path,
                     build_id,
                 }),
                 file,
             });
         }
-        maps.sort_by_key(|m| m.mapping.start);
+        out.sort_by_key(|m| m.mapping.start);
+        // JIT code: hold the perf map open now, so it is readable after the process exits.
+        let perf_map = out
+            .iter()
+            .any(|m| &*m.mapping.path == special::ANON)
+            .then(|| PerfMap::open(pid));
         let exe_name = exe_path
             .as_deref()
             .and_then(|p| p.rsplit('/').next())
             .map(str::to_string)
             .or_else(|| procinfo::exe_name(pid))
             .unwrap_or_default();
-        let entry = ProcEntry {
-            pid,
+        Some(ProcEntry {
+            key,
             exe_name,
             exe_path,
             build_id: exe_build_id,
             container_id: procinfo::container_id(pid),
-            maps,
+            maps: out,
             exited: false,
             last_used: Instant::now(),
-        };
-        self.procs.insert(pid, entry);
-        self.evict();
-        true
+            perf_map,
+        })
     }
 
-    /// Marks processes that are gone as exited (their snapshots stay until evicted).
+    /// Announces a live process before the kernel samples it, and snapshots it.
+    pub fn preannounce(&mut self, pid: u32) {
+        if let Some(incarnation) = self.incarnations.as_mut().and_then(|i| i.announce(pid)) {
+            self.snapshot(ProcKey { pid, incarnation });
+        }
+    }
+
+    /// Marks incarnations that are over as exited (their snapshots stay until evicted).
     pub fn mark_exited(&mut self) {
-        for e in self.procs.values_mut() {
-            if !e.exited && !procinfo::alive(e.pid) {
-                e.exited = true;
+        let keys: Vec<ProcKey> = self
+            .procs
+            .iter()
+            .filter(|(_, e)| !e.exited)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            if !self.is_current(k) {
+                if let Some(e) = self.procs.get_mut(&k) {
+                    e.exited = true;
+                }
             }
         }
     }
@@ -278,6 +383,8 @@ impl ProcMaps {
     pub fn forget_exited(&mut self, before: Instant) {
         self.procs.retain(|_, e| !e.exited || e.last_used >= before);
         self.files.retain(|_, f| f.strong_count() > 0);
+        self.procs.shrink_to(self.max_processes);
+        self.files.shrink_to(self.procs.len());
     }
 
     fn evict(&mut self) {
@@ -287,10 +394,10 @@ impl ProcMaps {
                 .procs
                 .values()
                 .min_by_key(|e| (!e.exited, e.last_used))
-                .map(|e| e.pid);
+                .map(|e| e.key);
             match victim {
-                Some(pid) => {
-                    self.procs.remove(&pid);
+                Some(k) => {
+                    self.procs.remove(&k);
                 }
                 None => break,
             }
@@ -298,36 +405,56 @@ impl ProcMaps {
         self.files.retain(|_, f| f.strong_count() > 0);
     }
 
-    /// The shared open file for a maps line, opening it on first sight.
-    fn file(&mut self, pid: u32, l: &MapsLine<'_>) -> Arc<MappedFile> {
-        let id = (l.dev, l.inode);
+    /// The shared open file for a mapping, opening it on first sight.
+    fn file(
+        &mut self,
+        pid: u32,
+        start: u64,
+        end: u64,
+        dev: u64,
+        inode: u64,
+        path: &std::path::Path,
+    ) -> Arc<MappedFile> {
+        let id = (dev, inode);
         if let Some(f) = self.files.get(&id).and_then(Weak::upgrade) {
             return f;
         }
-        let path = l.path.strip_suffix(" (deleted)").unwrap_or(l.path);
+        let shown = path.to_string_lossy();
+        let shown: Cow<str> = match shown.strip_suffix(" (deleted)") {
+            Some(s) => Cow::Owned(s.to_string()),
+            None => shown,
+        };
+        let by_path = {
+            let mut p = std::ffi::OsString::from(format!("/proc/{pid}/root"));
+            let raw = path.as_os_str();
+            let raw = std::os::unix::ffi::OsStrExt::as_bytes(raw);
+            let raw = raw.strip_suffix(b" (deleted)").unwrap_or(raw);
+            p.push(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(raw));
+            PathBuf::from(p)
+        };
         // map_files works for deleted files and other mount namespaces; root/<path> is the
         // fallback where map_files is not readable. Past the budget, nothing is held open (the
         // file is read by path while the process lives).
         let held = self.files.values().filter(|f| f.strong_count() > 0).count();
         let opened = if held >= self.max_open_files {
-            Err(std::io::Error::from_raw_os_error(libc::EMFILE))
+            Err(std::io::Error::from(nix::errno::Errno::EMFILE))
         } else {
-            File::open(format!("/proc/{pid}/map_files/{:x}-{:x}", l.start, l.end))
-                .or_else(|_| File::open(format!("/proc/{pid}/root{path}")))
+            File::open(format!("/proc/{pid}/map_files/{start:x}-{end:x}"))
+                .or_else(|_| File::open(&by_path))
         };
         let (file, open_path) = match opened {
             Ok(f) => {
                 let p = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
                 (Some(f), p)
             }
-            Err(_) => (None, PathBuf::from(format!("/proc/{pid}/root{path}"))),
+            Err(_) => (None, by_path),
         };
         let f = Arc::new(MappedFile {
             id,
-            path: Arc::from(path),
+            path: Arc::from(shown.as_ref()),
             build_id: build_id(&open_path).map(Arc::from),
             open_path,
-            _file: file,
+            file,
             closed: self.closed.clone(),
         });
         self.files.insert(id, Arc::downgrade(&f));
@@ -335,45 +462,91 @@ impl ProcMaps {
     }
 }
 
+impl MappedFile {
+    /// A file held open by the profiler itself (special images).
+    pub(super) fn held(
+        id: (u64, u64),
+        path: &str,
+        file: File,
+        closed: &Arc<Mutex<Vec<PathBuf>>>,
+    ) -> MappedFile {
+        let open_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        MappedFile {
+            id,
+            path: Arc::from(path),
+            build_id: build_id(&open_path).map(Arc::from),
+            open_path,
+            file: Some(file),
+            closed: closed.clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn parses_maps_lines() {
-        let l = parse_maps_line(
-            "7f1c2a600000-7f1c2a628000 r-xp 00028000 fd:01 1835143                    /usr/lib/x86_64-linux-gnu/libc.so.6",
-        )
-        .unwrap();
-        assert_eq!(l.start, 0x7f1c2a600000);
-        assert_eq!(l.end, 0x7f1c2a628000);
-        assert!(l.executable);
-        assert_eq!(l.offset, 0x28000);
-        assert_eq!(l.dev, (0xfd << 32) | 1);
-        assert_eq!(l.inode, 1835143);
-        assert_eq!(l.path, "/usr/lib/x86_64-linux-gnu/libc.so.6");
-        let anon = parse_maps_line("7ffd1000-7ffd3000 rw-p 00000000 00:00 0 ").unwrap();
-        assert!(!anon.executable);
-        assert_eq!(anon.path, "");
-        let vdso = parse_maps_line("7ffd1000-7ffd3000 r-xp 00000000 00:00 0      [vdso]").unwrap();
-        assert_eq!(vdso.path, "[vdso]");
-        assert!(parse_maps_line("garbage").is_none());
+    fn me() -> ProcKey {
+        ProcKey {
+            pid: std::process::id(),
+            incarnation: 1,
+        }
     }
 
     #[test]
-    fn snapshots_self_and_finds_own_code() {
+    fn parses_maps_with_procfs_including_odd_paths() {
+        let text = "7f1c2a600000-7f1c2a628000 r-xp 00028000 fd:01 1835143                    /usr/lib/x86_64-linux-gnu/libc.so.6\n\
+            7ffd1000-7ffd3000 rw-p 00000000 00:00 0 \n\
+            7ffd5000-7ffd7000 r-xp 00000000 00:00 0                          [vdso]\n\
+            7ffd8000-7ffd9000 r-xp 00001000 fd:01 77 /tmp/a dir/prog\\012name (deleted)\n";
+        let maps: Vec<_> = parse_maps(text).unwrap().into_iter().collect();
+        assert_eq!(maps.len(), 4);
+        assert_eq!(maps[0].address, (0x7f1c2a600000, 0x7f1c2a628000));
+        assert!(maps[0].perms.contains(MMPermissions::EXECUTE));
+        assert_eq!(maps[0].offset, 0x28000);
+        assert_eq!(dev_key(maps[0].dev), (0xfd << 32) | 1);
+        assert_eq!(maps[0].inode, 1835143);
+        assert!(!maps[1].perms.contains(MMPermissions::EXECUTE));
+        assert_eq!(maps[1].pathname, MMapPath::Anonymous);
+        assert_eq!(maps[2].pathname, MMapPath::Vdso);
+        // Spaces stay in the path; the kernel escapes a newline as \012.
+        assert_eq!(
+            maps[3].pathname,
+            MMapPath::Path("/tmp/a dir/prog\\012name (deleted)".into())
+        );
+        // Invalid UTF-8 in a path is replaced, not a failure of the whole file.
+        let bytes = b"7ffd8000-7ffd9000 r-xp 00001000 fd:01 77 /tmp/\xff\xfe\n";
+        let maps: Vec<_> = parse_maps(&String::from_utf8_lossy(bytes))
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert_eq!(
+            maps[0].pathname,
+            MMapPath::Path("/tmp/\u{fffd}\u{fffd}".into())
+        );
+    }
+
+    #[test]
+    fn snapshots_self_and_finds_own_code_and_the_vdso() {
         let mut pm = ProcMaps::new(4);
-        let pid = std::process::id();
-        assert!(pm.snapshot(pid));
-        let here = snapshots_self_and_finds_own_code as *const () as u64;
-        let e = pm.get(pid).unwrap();
+        assert!(pm.snapshot(me()));
+        let here = snapshots_self_and_finds_own_code_and_the_vdso as *const () as u64;
+        let e = pm.get(me()).unwrap();
         let m = e.find(here).expect("own code is mapped");
         assert!(m.file.is_some());
         assert_eq!(Some(&*m.mapping.path), e.exe_path.as_deref());
         assert!(e.find(0).is_none());
-        // A second process reuses the open file of libc / the executable.
+        let vdso = e
+            .maps
+            .iter()
+            .find(|m| &*m.mapping.path == special::VDSO)
+            .expect("a vDSO mapping");
+        let f = vdso.file.as_ref().expect("the vDSO image is a file");
+        assert!(f.open_path.exists());
+        assert_eq!(f.id.0, special::VDSO_DEV);
+        // A second snapshot reuses the open files (executable, libc, vDSO).
         let files_before = pm.files.len();
-        assert!(pm.snapshot(pid));
+        assert!(pm.snapshot(me()));
         assert_eq!(pm.files.len(), files_before);
     }
 
@@ -381,20 +554,59 @@ mod tests {
     fn open_files_stay_within_budget() {
         let mut pm = ProcMaps::new(4);
         pm.max_open_files = 1;
-        assert!(pm.snapshot(std::process::id()));
-        let e = pm.get(std::process::id()).unwrap();
-        let files: Vec<_> = e.maps.iter().filter_map(|m| m.file.as_ref()).collect();
+        assert!(pm.snapshot(me()));
+        let e = pm.get(me()).unwrap();
+        let files: Vec<_> = e
+            .maps
+            .iter()
+            .filter_map(|m| m.file.as_ref())
+            .filter(|f| f.id.0 != special::VDSO_DEV)
+            .collect();
         assert!(files.len() >= 2, "the executable and libc at least");
-        let held = files.iter().filter(|f| f._file.is_some()).count();
+        let held = files.iter().filter(|f| f.file.is_some()).count();
         assert_eq!(held, 1);
         // Past the budget a file is still usable by path.
         assert!(files.iter().all(|f| f.open_path.exists()));
     }
 
+    /// The kernel's view in a test: one incarnation per pid, set by hand.
+    struct Fixed(Arc<Mutex<HashMap<u32, u64>>>);
+
+    impl Incarnations for Fixed {
+        fn current(&self, pid: u32) -> Option<u64> {
+            self.0.lock().unwrap().get(&pid).copied()
+        }
+    }
+
+    #[test]
+    fn only_the_current_incarnation_is_snapshotted() {
+        let kernel = Arc::new(Mutex::new(HashMap::new()));
+        let mut pm = ProcMaps::new(4);
+        pm.set_incarnations(Box::new(Fixed(kernel.clone())));
+        let (old, new) = (
+            me(),
+            ProcKey {
+                incarnation: 2,
+                ..me()
+            },
+        );
+        kernel.lock().unwrap().insert(old.pid, old.incarnation);
+        assert!(pm.snapshot(old));
+        // The pid now runs something else (an exec, or a reused pid): the old snapshot stays
+        // for the old samples, marked exited; a late event for the old one is refused.
+        kernel.lock().unwrap().insert(old.pid, new.incarnation);
+        pm.mark_exited();
+        assert!(pm.get(old).unwrap().exited);
+        pm.procs.remove(&old);
+        assert!(!pm.snapshot(old));
+        assert_eq!(pm.missed, 1);
+        assert!(pm.snapshot(new));
+        assert!(!pm.get(new).unwrap().exited);
+    }
+
     #[test]
     fn bounded_and_exited_go_first() {
         let mut pm = ProcMaps::new(2);
-        let me = std::process::id();
         let mut a = std::process::Command::new("sleep")
             .arg("5")
             .spawn()
@@ -403,16 +615,20 @@ mod tests {
             .arg("5")
             .spawn()
             .unwrap();
-        assert!(pm.snapshot(me));
-        assert!(pm.snapshot(a.id()));
-        pm.procs.get_mut(&me).unwrap().exited = true;
+        let key = |pid| ProcKey {
+            pid,
+            incarnation: 1,
+        };
+        assert!(pm.snapshot(me()));
+        assert!(pm.snapshot(key(a.id())));
+        pm.procs.get_mut(&me()).unwrap().exited = true;
         // A third process evicts the exited one, not the least recently used live one.
-        assert!(pm.snapshot(b.id()));
+        assert!(pm.snapshot(key(b.id())));
         assert_eq!(pm.len(), 2);
-        assert!(pm.get(me).is_none());
-        assert!(pm.get(a.id()).is_some());
+        assert!(pm.get(me()).is_none());
+        assert!(pm.get(key(a.id())).is_some());
         let _ = (a.kill(), b.kill(), a.wait(), b.wait());
-        assert!(!pm.snapshot(u32::MAX - 1));
+        assert!(!pm.snapshot(key(u32::MAX - 1)));
         assert_eq!(pm.missed, 1);
     }
 }

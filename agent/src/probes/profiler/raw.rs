@@ -13,6 +13,8 @@ pub struct RawStack {
     pub tgid: u32,
     pub tid: u32,
     pub cgroup_id: u64,
+    /// The process incarnation the kernel announced (see `procmaps::ProcKey`).
+    pub incarnation: u64,
     pub comm: [u8; COMM_LEN],
     /// Leaf first; empty when there was none (kernel thread, or lost: see `user_lost`).
     pub user: Arc<[u64]>,
@@ -20,27 +22,66 @@ pub struct RawStack {
     /// The user stack existed but was lost (stack map collision or full).
     pub user_lost: bool,
     pub kernel_lost: bool,
+    /// Samples folded here because their window held as many distinct keys as it may (the
+    /// thread's and stacks' identity is gone; the process's is kept).
+    pub folded: bool,
 }
 
-/// Samples of one time window.
-#[derive(Clone, Debug, Default)]
+/// Samples of one time window, at most `cap` distinct keys (then new keys fold into one per
+/// process, counted in `folded`).
+#[derive(Clone, Debug)]
 pub struct RawProfile {
     pub start_unix_nanos: u64,
     pub end_unix_nanos: u64,
     pub counts: HashMap<RawStack, u64>,
+    cap: usize,
+    /// Samples folded because the window was full.
+    pub folded: u64,
 }
 
 impl RawProfile {
     pub fn new(start_unix_nanos: u64) -> Self {
+        Self::with_cap(start_unix_nanos, usize::MAX)
+    }
+
+    pub fn with_cap(start_unix_nanos: u64, cap: usize) -> Self {
         RawProfile {
             start_unix_nanos,
             end_unix_nanos: start_unix_nanos,
             counts: HashMap::new(),
+            cap: cap.max(1),
+            folded: 0,
         }
     }
 
     pub fn add(&mut self, stack: RawStack, n: u64) {
-        *self.counts.entry(stack).or_insert(0) += n;
+        if let Some(c) = self.counts.get_mut(&stack) {
+            *c += n;
+            return;
+        }
+        if self.counts.len() < self.cap {
+            self.counts.insert(stack, n);
+            return;
+        }
+        self.folded += n;
+        let key = RawStack {
+            tid: 0,
+            cgroup_id: 0,
+            comm: [0; COMM_LEN],
+            user: Arc::from(&[][..]),
+            kernel: Arc::from(&[][..]),
+            user_lost: false,
+            kernel_lost: false,
+            folded: true,
+            ..stack
+        };
+        // One folded key per process may exceed the cap: processes are bounded elsewhere.
+        *self.counts.entry(key).or_insert(0) += n;
+    }
+
+    /// An empty window with the same bound, starting at `start_unix_nanos`.
+    pub fn next(&self, start_unix_nanos: u64) -> Self {
+        Self::with_cap(start_unix_nanos, self.cap)
     }
 
     /// Adds every sample of `other` (restricted to process `pid` when given).
@@ -101,12 +142,32 @@ mod tests {
             tgid,
             tid: tgid,
             cgroup_id: 1,
+            incarnation: 1,
             comm: [0; COMM_LEN],
             user: Arc::from(user),
             kernel: Arc::from(&[][..]),
             user_lost: false,
             kernel_lost: false,
+            folded: false,
         }
+    }
+
+    #[test]
+    fn a_full_window_folds_new_keys_per_process() {
+        let mut w = RawProfile::with_cap(0, 2);
+        w.add(stack(1, &[1]), 1);
+        w.add(stack(1, &[2]), 1);
+        w.add(stack(1, &[1]), 5); // known key: counted as itself
+        w.add(stack(1, &[3]), 2);
+        w.add(stack(2, &[4]), 3);
+        w.add(stack(1, &[5]), 1);
+        assert_eq!(w.counts[&stack(1, &[1])], 6);
+        assert_eq!(w.folded, 6);
+        assert_eq!(w.samples(), 13);
+        let folded: Vec<_> = w.counts.iter().filter(|(k, _)| k.folded).collect();
+        assert_eq!(folded.len(), 2, "one per process");
+        assert!(folded.iter().all(|(k, _)| k.user.is_empty()));
+        assert_eq!(folded.iter().map(|(_, n)| **n).sum::<u64>(), 6);
     }
 
     #[test]

@@ -15,9 +15,10 @@ use std::{
 
 use agent_common::profiler::{
     counter, stack_lost, PidEvent, SampleKey, StreamSample, COUNTERS_MAP, COUNTS_MAP, GEN_MAP,
-    INCLUDE_IDLE_GLOBAL, MAX_STACK_DEPTH, PID_EVENTS_MAP, PROG_AGGREGATE, PROG_EXEC, PROG_STREAM,
-    SAMPLES_MAP, STACKS_MAP,
+    INCLUDE_IDLE_GLOBAL, MAX_STACK_DEPTH, PIDS_MAP, PID_EVENTS_MAP, PROG_AGGREGATE, PROG_EXEC,
+    PROG_EXIT, PROG_STREAM, SAMPLES_MAP, STACKS_MAP, USER_STACK_UNWOUND,
 };
+use agent_common::unwind::PROG_DWARF;
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
@@ -28,12 +29,13 @@ use aya::{
 };
 
 use super::{
-    procmaps::ProcMaps,
+    procmaps::{Incarnations, ProcKey, ProcMaps},
     raw::{RawProfile, RawStack, StackInterner},
     symbolize::Symbolizer,
+    unwind::{self, Unwind},
 };
 use crate::{
-    config::{ProfilerConfig, ProfilerMode},
+    config::{ProfilerConfig, ProfilerMode, ProfilerUnwinder},
     ebpf::{self, LoadError, ReadError},
     export::metrics::unix_nanos,
     profile::Profile,
@@ -53,6 +55,18 @@ pub const COUNTER_NAMES: [(&str, u32); counter::COUNT as usize] = [
     ("stream_ringbuf_full", counter::STREAM_FULL),
     ("pid_events_full", counter::PID_EVENTS_FULL),
     ("stack_map_full", counter::STACKS_FULL),
+    ("dwarf_samples", counter::DWARF_SAMPLES),
+    ("dwarf_not_loaded", counter::DWARF_NOT_LOADED),
+    ("frames_from_tables", counter::FRAMES_TABLE),
+    ("frames_from_frame_pointers", counter::FRAMES_FP),
+    ("unwind_stop_end", counter::STOP_END),
+    ("unwind_stop_zero", counter::STOP_ZERO),
+    ("unwind_stop_no_mapping", counter::STOP_NO_MAPPING),
+    ("unwind_stop_no_row", counter::STOP_NO_ROW),
+    ("unwind_stop_read", counter::STOP_READ),
+    ("unwind_stop_depth", counter::STOP_DEPTH),
+    ("unwind_tail_call_failed", counter::TAIL_CALL_FAILED),
+    ("unwind_stacks_full", counter::USTACKS_FULL),
 ];
 
 fn perf_hook(cpu: u32) -> String {
@@ -60,6 +74,34 @@ fn perf_hook(cpu: u32) -> String {
 }
 
 const EXEC_HOOK: &str = "raw_tracepoint/sched_process_exec";
+const EXIT_HOOK: &str = "raw_tracepoint/sched_process_exit";
+/// Longest a wait spends loading unwind tables before it drains again.
+const LOAD_BUDGET: Duration = Duration::from_millis(200);
+
+/// Pseudo-hooks on `/status` naming the user-stack walker in use.
+pub const UNWINDER_DWARF: &str = "unwinder/dwarf";
+pub const UNWINDER_FP: &str = "unwinder/frame_pointers";
+
+/// The kernel's `PROFILE_PIDS`: which incarnation of each pid it announced.
+struct KernelPids(HashMap<MapData, u32, u64>);
+
+impl Incarnations for KernelPids {
+    fn current(&self, pid: u32) -> Option<u64> {
+        self.0.get(&pid, 0).ok()
+    }
+
+    /// Announces `pid` from userspace (unless the kernel already did): the boot-clock time the
+    /// kernel would have used.
+    fn announce(&mut self, pid: u32) -> Option<u64> {
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
+        let inc = now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64;
+        // BPF_NOEXIST (1): only if the kernel has not announced it.
+        match self.0.insert(pid, inc, 1) {
+            Ok(()) => Some(inc),
+            Err(_) => self.current(pid),
+        }
+    }
+}
 
 struct Maps {
     counts: [HashMap<MapData, SampleKey, u64>; 2],
@@ -81,11 +123,19 @@ pub struct DrainStats {
     /// Streamed records that were malformed (should stay 0).
     pub bad_records: u64,
     pub pid_events: u64,
+    /// Samples folded into one key per process because a window was full.
+    pub window_folded: u64,
 }
 
 pub struct Session {
     bpf: Ebpf,
     maps: Maps,
+    /// Incarnations whose unwind tables are still to load.
+    to_load: std::collections::VecDeque<ProcKey>,
+    /// Only this process is snapshotted (see [`Session::only`]).
+    only: Option<u32>,
+    /// The DWARF unwinder, when it runs.
+    pub unwind: Option<Unwind>,
     pub hooks: Vec<HookStatus>,
     mode: ProfilerMode,
     generation: u32,
@@ -104,6 +154,32 @@ impl Session {
     /// Loads and attaches. Fails only when no CPU could be sampled; a missing exec hook is
     /// reported in `hooks` (mappings are then refreshed on misses only).
     pub fn start(cfg: &ProfilerConfig) -> Result<Session, (LoadError, Vec<HookStatus>)> {
+        let dwarf =
+            cfg.unwinder != ProfilerUnwinder::FramePointers && cfg.mode == ProfilerMode::Aggregate;
+        if !dwarf {
+            return Self::start_with(cfg, false);
+        }
+        match Self::start_with(cfg, true) {
+            Err((e, _)) if cfg.unwinder == ProfilerUnwinder::Auto => {
+                tracing::warn!(
+                    probe = NAME,
+                    "the DWARF unwinder cannot run here ({}); walking frame pointers",
+                    e.cause
+                );
+                let mut s = Self::start_with(cfg, false)?;
+                if let Some(h) = s.hooks.iter_mut().find(|h| h.hook == UNWINDER_FP) {
+                    h.error = Some(format!("DWARF unwinder unavailable: {}", e.cause));
+                }
+                Ok(s)
+            }
+            r => r,
+        }
+    }
+
+    fn start_with(
+        cfg: &ProfilerConfig,
+        dwarf: bool,
+    ) -> Result<Session, (LoadError, Vec<HookStatus>)> {
         let cpus = aya::util::online_cpus().map_err(|(what, e)| {
             (
                 LoadError::new(
@@ -120,12 +196,17 @@ impl Session {
                 attached: false,
                 error: None,
             })
-            .chain(std::iter::once(HookStatus {
-                hook: EXEC_HOOK.to_string(),
+            .chain([EXEC_HOOK, EXIT_HOOK].map(|h| HookStatus {
+                hook: h.to_string(),
                 attached: false,
                 error: None,
             }))
             .collect();
+        hooks.push(HookStatus {
+            hook: if dwarf { UNWINDER_DWARF } else { UNWINDER_FP }.to_string(),
+            attached: false,
+            error: None,
+        });
         let idle = u32::from(cfg.include_idle);
         let mut bpf = ebpf::load(NAME, |l| {
             l.map_max_entries(COUNTS_MAP[0], cfg.max_entries)
@@ -133,11 +214,20 @@ impl Session {
                 .map_max_entries(STACKS_MAP[0], cfg.stack_entries)
                 .map_max_entries(STACKS_MAP[1], cfg.stack_entries)
                 .override_global(INCLUDE_IDLE_GLOBAL, &idle, true);
+            if dwarf {
+                unwind::size_maps(l, cfg);
+            }
         })
         .map_err(|e| (e, hooks.clone()))?;
-        let prog_name = match cfg.mode {
-            ProfilerMode::Aggregate => PROG_AGGREGATE,
-            ProfilerMode::Stream => PROG_STREAM,
+        let unwind = if dwarf {
+            Some(Unwind::load(&mut bpf, cfg).map_err(|e| (e, hooks.clone()))?)
+        } else {
+            None
+        };
+        let prog_name = match (cfg.mode, dwarf) {
+            (ProfilerMode::Aggregate, true) => PROG_DWARF,
+            (ProfilerMode::Aggregate, false) => PROG_AGGREGATE,
+            (ProfilerMode::Stream, _) => PROG_STREAM,
         };
         let period_nanos = 1_000_000_000 / u64::from(cfg.frequency.clamp(1, 999));
         let mut first_err = None;
@@ -175,38 +265,64 @@ impl Session {
             });
             return Err((e, hooks));
         }
-        let exec = (|| -> Result<(), LoadError> {
-            let p: &mut RawTracePoint = ebpf::program(&mut bpf, NAME, PROG_EXEC)?;
-            p.load()
-                .map_err(|e| ebpf::explain(&format!("verifying {PROG_EXEC}"), &e))?;
-            p.attach("sched_process_exec")
-                .map_err(|e| ebpf::explain("attaching to sched_process_exec", &e))?;
-            Ok(())
-        })();
-        let last = hooks.len() - 1;
-        match exec {
-            Ok(()) => hooks[last].attached = true,
-            Err(e) => {
-                tracing::warn!(
-                    probe = NAME,
-                    "{}; processes that exec keep their first mappings until a lookup misses",
-                    e.cause
-                );
-                hooks[last].error = Some(e.cause);
+        // The identity hooks: without them an exec'd process keeps its first mappings until a
+        // lookup misses, and a reused pid is symbolized as its previous owner.
+        let n = hooks.len() - 1;
+        for (i, (prog, tp, what)) in [
+            (
+                PROG_EXEC,
+                "sched_process_exec",
+                "exec'd processes keep their first mappings",
+            ),
+            (
+                PROG_EXIT,
+                "sched_process_exit",
+                "a reused pid is taken for its previous process",
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let r = (|| -> Result<(), LoadError> {
+                let p: &mut RawTracePoint = ebpf::program(&mut bpf, NAME, prog)?;
+                p.load()
+                    .map_err(|e| ebpf::explain(&format!("verifying {prog}"), &e))?;
+                p.attach(tp)
+                    .map_err(|e| ebpf::explain(&format!("attaching to {tp}"), &e))?;
+                Ok(())
+            })();
+            let h = &mut hooks[n - 2 + i];
+            match r {
+                Ok(()) => h.attached = true,
+                Err(e) => {
+                    tracing::warn!(probe = NAME, "{}; {what}", e.cause);
+                    h.error = Some(e.cause);
+                }
             }
         }
+        if let Some(h) = hooks.last_mut() {
+            h.attached = true;
+        }
         let maps = Self::take_maps(&mut bpf, cfg.mode).map_err(|e| (e, hooks.clone()))?;
+        let pids = ebpf::take_map(&mut bpf, NAME, PIDS_MAP).map_err(|e| (e, hooks.clone()))?;
+        let mut procs = ProcMaps::new(cfg.max_processes);
+        procs.set_incarnations(Box::new(KernelPids(pids)));
         let now = unix_nanos(SystemTime::now());
         Ok(Session {
             bpf,
             maps,
+            to_load: Default::default(),
+            only: None,
+            unwind,
             hooks,
             mode: cfg.mode,
             generation: 0,
             interner: StackInterner::default(),
-            procs: ProcMaps::new(cfg.max_processes),
-            symbolizer: Symbolizer::new(cfg.symbol_cache, cfg.debug_info),
-            window: RawProfile::new(now),
+            procs,
+            symbolizer: Symbolizer::new(cfg.symbol_cache, cfg.debug_info)
+                .limits(cfg.symbolizer_files, cfg.debug_info_max_bytes),
+            // A window holds at most 4 seconds' worth of full kernel maps of distinct keys.
+            window: RawProfile::with_cap(now, cfg.max_entries as usize * 4),
             period_nanos,
             stats: DrainStats::default(),
             max_entries: cfg.max_entries,
@@ -248,10 +364,17 @@ impl Session {
 
     /// The loaded programs' fds, for the kernel's run statistics.
     pub fn program_fds(&self) -> Vec<aya::programs::ProgramFd> {
-        [PROG_AGGREGATE, PROG_STREAM, PROG_EXEC]
-            .iter()
-            .filter_map(|p| self.bpf.program(p)?.fd().ok()?.try_clone().ok())
-            .collect()
+        [
+            PROG_AGGREGATE,
+            PROG_STREAM,
+            PROG_EXEC,
+            PROG_EXIT,
+            PROG_DWARF,
+            agent_common::unwind::PROG_UNWIND,
+        ]
+        .iter()
+        .filter_map(|p| self.bpf.program(p)?.fd().ok()?.try_clone().ok())
+        .collect()
     }
 
     /// Waits up to `timeout` for ring buffer records and handles them: new processes get their
@@ -264,23 +387,19 @@ impl Session {
             if left.is_zero() {
                 return;
             }
-            let mut fds = vec![libc::pollfd {
-                fd: self.maps.pid_events.as_fd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            }];
+            use nix::poll::{poll, PollFd, PollFlags};
+            let mut fds = vec![PollFd::new(
+                self.maps.pid_events.as_fd().as_raw_fd(),
+                PollFlags::POLLIN,
+            )];
             if let Some(s) = &self.maps.samples {
-                fds.push(libc::pollfd {
-                    fd: s.as_fd().as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
+                fds.push(PollFd::new(s.as_fd().as_raw_fd(), PollFlags::POLLIN));
             }
             let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
-            // SAFETY: fds is a valid array of pollfd of the given length.
-            let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-            if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                std::thread::sleep(left.min(Duration::from_millis(100)));
+            if let Err(e) = poll(&mut fds, ms) {
+                if e != nix::errno::Errno::EINTR {
+                    std::thread::sleep(left.min(Duration::from_millis(100)));
+                }
             }
         }
     }
@@ -291,13 +410,19 @@ impl Session {
             if item.len() >= std::mem::size_of::<PidEvent>() {
                 // SAFETY: the record holds a PidEvent (checked length; read unaligned).
                 let ev: PidEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                pids.push(ev.tgid);
+                pids.push(ProcKey {
+                    pid: ev.tgid,
+                    incarnation: ev.incarnation,
+                });
             }
         }
-        for pid in pids {
+        for key in pids {
             self.stats.pid_events += 1;
-            self.procs.snapshot(pid);
+            if self.only.is_none_or(|p| p == key.pid) {
+                self.procs.snapshot(key);
+            }
         }
+        self.load_tables();
         let Some(ring) = &mut self.maps.samples else {
             return;
         };
@@ -316,11 +441,13 @@ impl Session {
                 tgid: s.tgid,
                 tid: s.tid,
                 cgroup_id: s.cgroup_id,
+                incarnation: s.incarnation,
                 comm: s.comm,
                 user: self.interner.intern(&s.user[..un]),
                 kernel: self.interner.intern(&s.kernel[..kn]),
                 user_lost: false,
                 kernel_lost: false,
+                folded: false,
             };
             self.stats.samples_read += 1;
             self.window.add(key, 1);
@@ -356,11 +483,26 @@ impl Session {
         self.stats.last_entries = keys.len() as u64;
         let mut stack_cache: std::collections::HashMap<i32, std::sync::Arc<[u64]>> =
             std::collections::HashMap::new();
+        let mut unwound: std::collections::HashMap<u64, std::sync::Arc<[u64]>> =
+            std::collections::HashMap::new();
         for k in &keys {
             let Ok(n) = self.maps.counts[old].get(k, 0) else {
                 continue;
             };
-            let mut stack = |id: i32| -> (std::sync::Arc<[u64]>, bool) {
+            let mut stack = |id: i32, hash: u64| -> (std::sync::Arc<[u64]>, bool) {
+                if id == USER_STACK_UNWOUND {
+                    if let Some(s) = unwound.get(&hash) {
+                        return (s.clone(), false);
+                    }
+                    let frames = self
+                        .unwind
+                        .as_ref()
+                        .map_or_else(Vec::new, |u| u.stack(old, hash));
+                    let s = self.interner.intern(&frames);
+                    unwound.insert(hash, s.clone());
+                    // Gone from its map (never, while its count exists): lost.
+                    return (s, frames.is_empty());
+                }
                 if id < 0 {
                     return (self.interner.intern(&[]), stack_lost(id));
                 }
@@ -375,19 +517,21 @@ impl Session {
                 stack_cache.insert(id, s.clone());
                 (s, false)
             };
-            let (user, user_lost) = stack(k.user_stack);
-            let (kernel, kernel_lost) = stack(k.kernel_stack);
+            let (user, user_lost) = stack(k.user_stack, k.user_hash);
+            let (kernel, kernel_lost) = stack(k.kernel_stack, 0);
             self.stats.samples_read += n;
             self.window.add(
                 RawStack {
                     tgid: k.tgid,
                     tid: k.tid,
                     cgroup_id: k.cgroup_id,
+                    incarnation: k.incarnation,
                     comm: k.comm,
                     user,
                     kernel,
                     user_lost,
                     kernel_lost,
+                    folded: false,
                 },
                 n,
             );
@@ -402,13 +546,66 @@ impl Session {
         for id in ids {
             let _ = self.maps.stacks[old].remove(&id);
         }
+        if let Some(u) = &mut self.unwind {
+            u.clear(old)?;
+            u.tables.tick();
+        }
         Ok(())
+    }
+
+    /// Loads the unwind tables of incarnations snapshotted since the last call, for at most
+    /// [`LOAD_BUDGET`] (at least one file): compiling a large binary's table the first time
+    /// takes a while, and the drain (and the snapshots of new processes, which must be taken
+    /// before they exit) must not wait long. The rest wait for the next call.
+    fn load_tables(&mut self) {
+        let Some(u) = &mut self.unwind else {
+            self.procs.take_snapshotted();
+            return;
+        };
+        self.to_load.extend(self.procs.take_snapshotted());
+        if self.to_load.len() > 1 {
+            // The busiest processes first: their samples gain most from whole stacks.
+            let mut busy: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
+            for (k, n) in &self.window.counts {
+                *busy.entry(k.tgid).or_default() += n;
+            }
+            self.to_load
+                .make_contiguous()
+                .sort_by_key(|k| std::cmp::Reverse(busy.get(&k.pid).copied().unwrap_or(0)));
+        }
+        let deadline = Instant::now() + LOAD_BUDGET;
+        while let Some(k) = self.to_load.pop_front() {
+            if let Some(e) = self.procs.get(k) {
+                if !e.exited && !u.tables.load_process(e, deadline) {
+                    // Out of time between two files: the rest next time, this process first.
+                    self.to_load.push_front(k);
+                    break;
+                }
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+    }
+
+    /// Only this process is snapshotted and loaded (`agent profile --pid`).
+    pub fn only(&mut self, pid: u32) {
+        self.only = Some(pid);
+    }
+
+    /// Announces `pid` from userspace and snapshots it now (`agent profile --pid`: a process
+    /// that exits during the run is still symbolized even if it is never sampled before).
+    pub fn preannounce(&mut self, pid: u32) {
+        self.procs.preannounce(pid);
+        self.load_tables();
     }
 
     /// The samples since the last call; a new window starts now.
     pub fn take_window(&mut self) -> RawProfile {
         let now = unix_nanos(SystemTime::now());
-        let mut w = std::mem::replace(&mut self.window, RawProfile::new(now));
+        let next = self.window.next(now);
+        let mut w = std::mem::replace(&mut self.window, next);
+        self.stats.window_folded += w.folded;
         w.end_unix_nanos = now;
         self.interner.trim();
         w
@@ -434,17 +631,26 @@ impl Session {
         // Processes gone before their first snapshot: the container from the cgroup id the
         // kernel recorded.
         for proc_ in p.processes.iter_mut().filter(|p| p.container_id.is_none()) {
-            let seen = self.procs.get(proc_.pid).is_some();
-            if !seen {
+            let key = ProcKey {
+                pid: proc_.pid,
+                incarnation: proc_.incarnation,
+            };
+            if self.procs.get(key).is_none() {
                 let cgroup = raw
                     .counts
                     .keys()
-                    .find(|k| k.tgid == proc_.pid)
+                    .find(|k| k.tgid == key.pid && k.incarnation == key.incarnation)
                     .map_or(0, |k| k.cgroup_id);
                 proc_.container_id = self.cgroups.container_of_cgroup(cgroup);
             }
         }
         self.procs.mark_exited();
+        // Lookups that missed re-read a process's maps (dlopen, JIT): the kernel gets them too.
+        self.load_tables();
+        if let Some(u) = &mut self.unwind {
+            let procs = &self.procs;
+            u.tables.reconcile(|k| procs.is_current(k));
+        }
         p
     }
 

@@ -1,0 +1,86 @@
+//! Facts about ELF files read from their headers only (section and program headers, through
+//! `object` over a read cache: no whole-file read, no mapping).
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use object::{read::ReadCache, Object, ObjectSection};
+
+/// Where debuggers (and blazesym) look for a file's separate debug information by build ID
+/// (Debian's `*-dbg` packages install there).
+pub const DEBUG_DIR: &str = "/usr/lib/debug";
+
+/// The separate debug file of a build ID, `/usr/lib/debug/.build-id/<xx>/<rest>.debug`, if
+/// one is installed.
+pub fn debug_file(build_id: Option<&str>) -> Option<PathBuf> {
+    let id = build_id.filter(|id| id.len() > 2 && id.is_ascii())?;
+    let p = PathBuf::from(format!(
+        "{DEBUG_DIR}/.build-id/{}/{}.debug",
+        &id[..2],
+        &id[2..]
+    ));
+    p.is_file().then_some(p)
+}
+
+/// The virtual address of file offset `offset` in an ELF file (through the loadable segment
+/// holding it), or `None`.
+pub fn file_offset_to_vaddr(path: &Path, offsets: &[u64]) -> Option<Vec<u64>> {
+    use object::ObjectSegment;
+    let f = File::open(path).ok()?;
+    let cache = ReadCache::new(f);
+    let obj = object::File::parse(&cache).ok()?;
+    let segs: Vec<(u64, u64, u64)> = obj
+        .segments()
+        .map(|s| {
+            let (off, size) = s.file_range();
+            (off, size, s.address())
+        })
+        .collect();
+    offsets
+        .iter()
+        .map(|&o| {
+            segs.iter()
+                .find(|(off, size, _)| (*off..off + size).contains(&o))
+                .map(|(off, _, vaddr)| o - off + vaddr)
+        })
+        .collect()
+}
+
+/// Bytes of DWARF debug information in an ELF file (`.debug_*` sections, uncompressed sizes;
+/// `.zdebug_*` too): about what parsing it costs in memory. 0 for a file without any, or that
+/// cannot be read as ELF.
+pub fn dwarf_bytes(path: &Path) -> u64 {
+    let Ok(f) = File::open(path) else {
+        return 0;
+    };
+    let cache = ReadCache::new(f);
+    let Ok(obj) = object::File::parse(&cache) else {
+        return 0;
+    };
+    obj.sections()
+        .filter(|s| {
+            s.name_bytes()
+                .is_ok_and(|n| n.starts_with(b".debug_") || n.starts_with(b".zdebug_"))
+        })
+        .map(|s| {
+            s.compressed_file_range()
+                .map_or(s.size(), |r| r.uncompressed_size)
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_debug_info_is_measured_and_garbage_is_zero() {
+        let me = std::env::current_exe().unwrap();
+        // Test binaries are built with debug info.
+        assert!(dwarf_bytes(&me) > 0);
+        assert_eq!(dwarf_bytes(Path::new("/proc/self/status")), 0);
+        assert_eq!(dwarf_bytes(Path::new("/nonexistent")), 0);
+    }
+}
