@@ -1,9 +1,12 @@
 //! Types shared by the kernel programs (`agent-ebpf`) and the agent: one module per probe.
 #![no_std]
 
+pub mod block;
 pub mod hist;
 pub mod network;
 pub mod profiler;
+pub mod ratelimit;
+pub mod signal;
 pub mod syscalls;
 pub mod unwind;
 

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod detection;
 pub mod ebpf;
+pub mod enforcement;
 pub mod export;
 pub mod k8s;
 pub mod logging;

@@ -7,6 +7,8 @@
 //! |---|---|---|
 //! | `<output.dir>/instance-id` (`service.instance.id`) | first line `agent-instance-id <N>` ([`INSTANCE_ID`]); a bare UUID is the unversioned layout and is rewritten | the file is left alone and a fresh id is used for this run |
 //! | `<spool dir>/<signal>/` (export spool: segments, `head`) | `FORMAT` file `agent-spool <N>` ([`SPOOL`]); no `FORMAT` with data is the unversioned layout (identical to version 1) | segments and `head` are deleted (logged with their size) |
+//! | `<output.dir>/enforcement/journal` (limiting actions to undo) | first line `agent-enforcement-journal <N>` ([`ENFORCEMENT_JOURNAL`]) | moved aside to `journal.unknown` (logged: its limits are not undone by this agent) |
+//! | `<enforcement.bpffs>/enforce-v<N>/` (pinned maps and links of `persist: true` limits) | the directory name ([`ENFORCEMENT_PINS`]) | another version's directory is left alone |
 //!
 //! A layout change bumps the version where it is defined and adds the migration from the
 //! previous version next to the reader. New persisted state (the last remote config, the
@@ -33,6 +35,20 @@ pub const SPOOL: Format = Format {
 /// The instance id file (`export::resource::instance_id`).
 pub const INSTANCE_ID: Format = Format {
     name: "agent-instance-id",
+    version: 1,
+};
+
+/// The enforcement journal (`enforcement::journal`).
+pub const ENFORCEMENT_JOURNAL: Format = Format {
+    name: "agent-enforcement-journal",
+    version: 1,
+};
+
+/// The layout of pinned enforcement maps and links (`enforcement::pins`): a map or value layout
+/// change in `agent-common` (`ratelimit`, `block`) bumps it, so an agent never reuses maps of
+/// another layout.
+pub const ENFORCEMENT_PINS: Format = Format {
+    name: "enforce",
     version: 1,
 };
 

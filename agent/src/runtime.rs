@@ -23,6 +23,7 @@ use crate::{
     config::{Config, ConfigError, ExportConfig},
     detection::{config::DetectionConfig, task as detection},
     ebpf::tracefs,
+    enforcement::actions::degrade::DegradeHub,
     export::{self, settings::Settings, Exporter},
     logging::LevelHandle,
     metrics::Store,
@@ -155,6 +156,11 @@ struct Running {
     probes: Arc<Mutex<Probes>>,
     /// The `transform:`/`filter:` pipeline shared by the exporter and `/metrics`.
     transform: Arc<Transformer>,
+    /// The decision engine (always running; with no rules it decides nothing).
+    enforcement: Option<crate::enforcement::Handle>,
+    /// Caps on the agent's own sampling set by `degrade` actions; the probes run with them
+    /// applied on top of the self-protection level ([`Running::probe_config`]).
+    degrade: DegradeHub,
     /// The detection task's `detection:` section (it reconfigures itself on a change).
     detection: watch::Sender<DetectionConfig>,
     /// The self-protection level: probes run `selfprotect::degrade(cfg, level)`.
@@ -199,14 +205,26 @@ impl Running {
         self.run_degraded(&new).await;
         self.self_protection
             .send_if_modified(|c| std::mem::replace(c, new.self_protection.clone()) != *c);
+        if let Some(e) = &self.enforcement {
+            e.apply(&new).await;
+        }
         self.state.set_config_hash(new.hash());
         tracing::info!(config_hash = %new.hash(), "configuration applied");
         self.cfg = new;
     }
 
-    /// Runs the probes and detection on `cfg` degraded to the self-protection level.
+    /// What the probes run: `cfg` degraded to the self-protection level, then capped by the
+    /// `degrade` actions in effect (the lower of the two wins).
+    fn probe_config(&self, cfg: &Config) -> Config {
+        self.degrade
+            .current()
+            .apply(&selfprotect::degrade(cfg, self.level))
+    }
+
+    /// Runs the probes and detection on `cfg` degraded to the self-protection level (and
+    /// capped by `degrade` actions: [`Running::probe_config`]).
     async fn run_degraded(&self, cfg: &Config) {
-        let eff = selfprotect::degrade(cfg, self.level);
+        let eff = self.probe_config(cfg);
         apply_probes(&self.probes, &eff).await;
         self.detection.send_if_modified(|d| {
             let changed = *d != eff.detection;
@@ -287,6 +305,22 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
         state.clone(),
         activity.clone(),
     )));
+    // The decision engine on signals and detection's anomalies (the same hub).
+    let degrade = DegradeHub::new();
+    let mut degraded = degrade.subscribe();
+    let enforcement = crate::enforcement::spawn(
+        crate::enforcement::Env {
+            state: state.clone(),
+            store: store.clone(),
+            demand: demand.clone(),
+            degrade: degrade.clone(),
+            output_dir: cfg.output.dir.clone(),
+            proc_root: PathBuf::from("/proc"),
+        },
+        &cfg,
+        &signals,
+        &anomalies,
+    );
     apply_probes(&probes, &cfg).await;
     state.set_pipeline_running(true);
     tracing::info!("agent running");
@@ -318,6 +352,8 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
         writer: Some(writer),
         probes,
         transform,
+        enforcement: Some(enforcement),
+        degrade,
         detection: detection_tx,
         level: selfprotect::Level::Normal,
         self_protection,
@@ -361,6 +397,12 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
                 }
             }
             Some(level) = level_rx.recv() => r.set_level(level).await,
+            Ok(()) = degraded.changed() => {
+                let caps = *degraded.borrow_and_update();
+                tracing::info!(?caps, "own sampling caps changed (degrade): reapplying the probes");
+                let cfg = r.cfg.clone();
+                r.run_degraded(&cfg).await;
+            }
             Some(req) = apply_rx.recv() => {
                 r.apply(req.config, req.rebuild_exporter).await;
                 running_tx.send_replace(Arc::new(r.cfg.clone()));
@@ -379,6 +421,10 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
 
     if let Some(h) = opamp.take() {
         h.stop().await;
+    }
+    // Limits are undone while everything still runs (persistent ones stay pinned).
+    if let Some(e) = r.enforcement.take() {
+        e.stop().await;
     }
     r.state.set_pipeline_running(false);
     let p = r.probes.clone();

@@ -137,7 +137,7 @@ fn locate_invalid(
         })
     } else if let Some((l, c)) = path
         .contains('[')
-        .then(|| locate::find_item(text, &path))
+        .then(|| locate::find_item(text, &path).or_else(|| locate::find_path(text, &path)))
         .flatten()
     {
         Box::new(Source::file(origin, Some(l), Some(c)))

@@ -164,6 +164,167 @@ pub(crate) fn find_item(text: &str, path: &str) -> Option<(usize, usize)> {
     None
 }
 
+/// One piece of a block-style line: a sequence item marker (`- `) or text (a `key: value`, a
+/// flow collection or a scalar), with its 0-based line and its indentation in characters.
+#[derive(Clone, Copy, Debug)]
+enum Piece<'a> {
+    Item {
+        line: usize,
+        indent: usize,
+    },
+    Text {
+        line: usize,
+        indent: usize,
+        body: &'a str,
+    },
+}
+
+impl Piece<'_> {
+    fn indent(&self) -> usize {
+        match self {
+            Piece::Item { indent, .. } | Piece::Text { indent, .. } => *indent,
+        }
+    }
+}
+
+fn pieces(text: &str) -> Vec<Piece<'_>> {
+    let mut out = Vec::new();
+    for (line, raw) in text.lines().enumerate() {
+        let mut body = raw.trim_start_matches(' ');
+        let mut indent = raw.len() - body.len();
+        if body.is_empty() || body.starts_with('#') {
+            continue;
+        }
+        while let Some(rest) = body
+            .strip_prefix("- ")
+            .or_else(|| (body == "-").then_some(""))
+        {
+            out.push(Piece::Item { line, indent });
+            let trimmed = rest.trim_start_matches(' ');
+            indent += 2 + (rest.len() - trimmed.len());
+            body = trimmed;
+        }
+        if !body.is_empty() {
+            out.push(Piece::Text { line, indent, body });
+        }
+    }
+    out
+}
+
+/// The line and column (1-based) of a dotted path with sequence indices, such as
+/// `enforcement.rules[0].when.above`, in block-style YAML: the key's own position; inside a
+/// one-line flow mapping (`when: {signal: x, above: 1}`) the position of that key on the line.
+/// Best effort, like the rest of this module.
+pub(crate) fn find_path(text: &str, path: &str) -> Option<(usize, usize)> {
+    let ps = pieces(text);
+    let (mut a, mut b) = (0usize, ps.len());
+    let mut parent: Option<usize> = None;
+    // A flow collection line already reached: later keys are searched on it.
+    let mut flow: Option<(usize, usize, &str)> = None;
+    let mut found: Option<(usize, usize)> = None;
+    for part in path.split('.') {
+        let (key, idx) = part.split_once('[').unwrap_or((part, ""));
+        let indices: Vec<usize> = idx
+            .split('[')
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| s.trim_end_matches(']').parse().ok())
+            .collect();
+        if let Some((line, from, body)) = flow {
+            let at = find_flow_key(&body[from..], key)? + from;
+            let col = body[..at].chars().count();
+            let indent = text.lines().nth(line)?.len() - body.len();
+            found = Some((line + 1, indent + col + 1));
+            flow = Some((line, at + key.len(), body));
+            continue;
+        }
+        // The block's own key level: its shallowest text.
+        let level = ps[a..b]
+            .iter()
+            .filter(|p| matches!(p, Piece::Text { .. }))
+            .map(Piece::indent)
+            .filter(|i| parent.is_none_or(|p| *i > p))
+            .min()?;
+        let hit = (a..b).find(|&i| match ps[i] {
+            Piece::Text { indent, body, .. } => {
+                indent == level
+                    && (body.starts_with(&format!("{key}:"))
+                        || body.starts_with(&format!("\"{key}\":"))
+                        || body.starts_with(&format!("'{key}':")))
+            }
+            _ => false,
+        });
+        match hit {
+            Some(i) => {
+                let Piece::Text { line, indent, body } = ps[i] else {
+                    unreachable!()
+                };
+                found = Some((line + 1, indent + 1));
+                let end = (i + 1..b)
+                    .find(|&j| {
+                        let p = ps[j];
+                        p.indent() < level
+                            || (p.indent() == level && matches!(p, Piece::Text { .. }))
+                    })
+                    .unwrap_or(b);
+                let value = body[key.len() + 1..].trim_start();
+                if value.starts_with('{') || value.starts_with('[') {
+                    flow = Some((line, body.len() - value.len(), body));
+                }
+                (a, b, parent) = (i + 1, end, Some(indent));
+            }
+            None => {
+                // A flow mapping on one of the block's lines.
+                let (i, at) = (a..b).find_map(|i| match ps[i] {
+                    Piece::Text { body, .. } => find_flow_key(body, key).map(|at| (i, at)),
+                    _ => None,
+                })?;
+                let Piece::Text { line, indent, body } = ps[i] else {
+                    unreachable!()
+                };
+                found = Some((line + 1, indent + body[..at].chars().count() + 1));
+                flow = Some((line, at + key.len(), body));
+                continue;
+            }
+        }
+        for n in indices {
+            let item_indent = ps[a..b]
+                .iter()
+                .filter(|p| matches!(p, Piece::Item { .. }))
+                .map(Piece::indent)
+                .min()?;
+            let items: Vec<usize> = (a..b)
+                .filter(|&i| matches!(ps[i], Piece::Item { indent, .. } if indent == item_indent))
+                .collect();
+            let start = *items.get(n)?;
+            let end = items.get(n + 1).copied().unwrap_or_else(|| {
+                (start + 1..b)
+                    .find(|&j| ps[j].indent() < item_indent)
+                    .unwrap_or(b)
+            });
+            if let Piece::Item { line, indent } = ps[start] {
+                found = Some((line + 1, indent + 1));
+            }
+            (a, b, parent) = (start + 1, end, Some(item_indent));
+        }
+    }
+    found
+}
+
+/// Byte offset of `key:` inside a flow mapping on `body` (after `{`, `,` or a space).
+fn find_flow_key(body: &str, key: &str) -> Option<usize> {
+    let pat = format!("{key}:");
+    let mut from = 0;
+    while let Some(i) = body[from..].find(&pat) {
+        let at = from + i;
+        let before = body[..at].trim_end().chars().last();
+        if matches!(before, Some('{') | Some(',')) {
+            return Some(at);
+        }
+        from = at + pat.len();
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +343,47 @@ probes:
 \"status\":
   'listen': 127.0.0.1:1
 ";
+
+    #[test]
+    fn indexed_paths_in_blocks_and_flow_mappings() {
+        let text = "\
+enforcement:
+  mode: enforce
+  rules:
+    - name: a
+      when: {signal: process.syscall.rate, above: 5, for: 2}
+      action:
+        type: signal
+    - name: b
+      scope: {executable: storm}
+      ttl: 8s
+";
+        assert_eq!(find_path(text, "enforcement.mode"), Some((2, 3)));
+        assert_eq!(find_path(text, "enforcement.rules[0]"), Some((4, 5)));
+        assert_eq!(find_path(text, "enforcement.rules[0].name"), Some((4, 7)));
+        assert_eq!(find_path(text, "enforcement.rules[0].when"), Some((5, 7)));
+        assert_eq!(
+            find_path(text, "enforcement.rules[0].when.above"),
+            Some((5, 44))
+        );
+        assert_eq!(
+            find_path(text, "enforcement.rules[0].when.for"),
+            Some((5, 54))
+        );
+        assert_eq!(
+            find_path(text, "enforcement.rules[0].action.type"),
+            Some((7, 9))
+        );
+        assert_eq!(find_path(text, "enforcement.rules[1].ttl"), Some((10, 7)));
+        assert_eq!(
+            find_path(text, "enforcement.rules[1].scope.executable"),
+            Some((9, 15))
+        );
+        assert_eq!(find_path(text, "enforcement.rules[2]"), None);
+        assert_eq!(find_path(text, "enforcement.rules[1].when"), None);
+        let compact = "rules:\n- name: x\n  ttl: 1s\n- name: y\n  ttl: 2s\n";
+        assert_eq!(find_path(compact, "rules[1].ttl"), Some((5, 3)));
+    }
 
     #[test]
     fn paths_and_columns() {

@@ -31,6 +31,9 @@ pub struct Config {
     pub opamp: crate::opamp::config::OpampConfig,
     /// The agent's own budgets and how it degrades past them (`selfprotect`).
     pub self_protection: crate::selfprotect::SelfProtectionConfig,
+    /// Rules that act on what the agent observes (`enforcement::config`); monitor mode by
+    /// default.
+    pub enforcement: crate::enforcement::EnforcementConfig,
 }
 
 /// The agent's own log.

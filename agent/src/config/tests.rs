@@ -178,13 +178,13 @@ fn unknown_top_level_and_flow_fields() {
         "probe",
         Some(3),
         "agent.yaml:3:1: unknown field probe\n\
-         fix: allowed fields here: log, status, output, export, probes, detection, transform, filter, opamp, self_protection (did you mean probes?)",
+         fix: allowed fields here: log, status, output, export, probes, detection, transform, filter, opamp, self_protection, enforcement (did you mean probes?)",
     );
     // No suggestion when nothing is close.
     let e = parse_err("foo: 1\n");
     assert_eq!(
         e.fix(),
-        "allowed fields here: log, status, output, export, probes, detection, transform, filter, opamp, self_protection"
+        "allowed fields here: log, status, output, export, probes, detection, transform, filter, opamp, self_protection, enforcement"
     );
     let e = parse_err("status: {enabled: true, port: 9464}\n");
     assert_err(
@@ -394,7 +394,7 @@ fn wrong_types_and_syntax() {
     assert_eq!(
         e.to_string(),
         "agent.yaml:1:1: invalid type: integer `42`, expected a mapping\n\
-         fix: use a mapping with the sections log, status, output, export, probes, detection, transform, filter, opamp, self_protection"
+         fix: use a mapping with the sections log, status, output, export, probes, detection, transform, filter, opamp, self_protection, enforcement"
     );
     let e = parse_err("log:\n  level: info\n   format: text\n");
     assert_eq!(e.path(), None);

@@ -131,6 +131,17 @@ pub(crate) const FIELDS: &[&str] = &[
     "self_protection.recover_after",
     "self_protection.recover_below_percent",
     "self_protection.bpf_stats_percent",
+    "enforcement",
+    "enforcement.mode",
+    "enforcement.remote",
+    "enforcement.allowlist",
+    "enforcement.allowlist.defaults",
+    "enforcement.allowlist.executables",
+    "enforcement.allowlist.cgroups",
+    "enforcement.allowlist.containers",
+    "enforcement.recent_decisions",
+    "enforcement.bpffs",
+    "enforcement.rules",
 ];
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -385,6 +396,7 @@ pub(crate) fn allowed(path: &str) -> Option<String> {
             return crate::detection::config::allowed(p)
         }
         p if p.starts_with("self_protection.") => return crate::selfprotect::config::allowed(p),
+        p if p.starts_with("enforcement") => return crate::enforcement::config::allowed(p),
         _ => return None,
     })
 }
@@ -541,6 +553,9 @@ pub(crate) fn check_field(cfg: &Config, path: &str) -> Result<(), String> {
         p if p.starts_with("self_protection.") => {
             crate::selfprotect::config::check_field(&cfg.self_protection, p)
         }
+        p if p.starts_with("enforcement.") => {
+            crate::enforcement::config::check_field(&cfg.enforcement, p)
+        }
         _ => Ok(()),
     }
 }
@@ -567,6 +582,17 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 fix: fix_for(path),
             });
         }
+    }
+    // Every enforcement rule, checked and compiled (`enforcement::rules`).
+    if let Err(e) =
+        crate::enforcement::rules::compile(&cfg.enforcement, cfg.probes.syscalls.interval)
+    {
+        return Err(ConfigError::Invalid {
+            at: Box::new(Source::Unknown),
+            path: e.path,
+            problem: e.problem,
+            fix: e.fix,
+        });
     }
     // Every OTTL statement and condition, parsed and checked (`transform::config`).
     if let Err(e) = crate::transform::Pipeline::compile(&cfg.transform, &cfg.filter) {

@@ -133,29 +133,13 @@ pub fn merge(base: &mut Value, over: Value) {
     }
 }
 
-/// Levels of `enforcement.remote`, lowest first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum RemoteEnforcement {
-    /// A remote config may not contain `enforcement` at all (the default).
-    Deny,
-    /// It may set modes up to `monitor` (act in dry run: report, never act).
-    Monitor,
-    /// It may set any mode.
-    Enforce,
-}
+/// Levels of `enforcement.remote`, lowest first (the enforcement engine's
+/// [`RemoteBound`](crate::enforcement::config::RemoteBound)).
+pub use crate::enforcement::config::RemoteBound as RemoteEnforcement;
 
-/// The level of a mode word: `off`/`disabled`/`false` < `monitor` < `enforce`.
-fn mode_level(v: &Value) -> Option<u8> {
-    match v {
-        Value::Bool(false) => Some(0),
-        Value::String(s) => match s.as_str() {
-            "off" | "disabled" | "none" => Some(0),
-            "monitor" | "dry_run" | "dry-run" => Some(1),
-            "enforce" => Some(2),
-            _ => None,
-        },
-        _ => None,
-    }
+/// The level of a mode word (the engine's `Mode`: `monitor` < `enforce`).
+fn mode_level(v: &Value) -> Option<crate::enforcement::Mode> {
+    serde_yaml_ng::from_value(v.clone()).ok()
 }
 
 /// Every `mode` value under `v`, with its dotted path.
@@ -184,26 +168,33 @@ fn modes<'a>(v: &'a Value, path: &str, out: &mut Vec<(String, &'a Value)>) {
 }
 
 /// The bound the enforcement engine hooks into: the local file's `enforcement.remote`
-/// (`deny` when absent) caps a remote config's `enforcement` subtree. `deny`: the remote config
-/// may not contain `enforcement`. `monitor`: every `mode` under `enforcement` (the engine's
-/// `enforcement.mode` and each rule's `mode`, wherever the rules sit) must be `off` or
-/// `monitor`. `enforce`: any mode. At every level `enforcement.remote` itself is local-only.
-/// Works on the YAML values, so it holds whatever shape the enforcement section takes.
+/// (`deny` when absent) caps a remote config's `enforcement` subtree.
+/// - `deny`: the remote config may not contain `enforcement`.
+/// - `monitor`: every mode it sets (`enforcement.mode`, each rule's `mode`) is `monitor`, and
+///   every rule it brings runs in monitor mode: a rule without its own `mode` takes the global
+///   mode (the remote `enforcement.mode`, else the local one), so under a local
+///   `mode: enforce` a remote rule must say `mode: monitor`.
+/// - `enforce`: any mode.
+///
+/// At every level `enforcement.remote` and `enforcement.bpffs` are local-only. Works on the
+/// YAML values (before the merge), so errors name the remote config's own paths.
 pub fn bound_enforcement(local: &Value, remote: &Value) -> Result<(), RemoteError> {
+    use crate::enforcement::Mode;
     let Some(rem) = remote.get("enforcement") else {
         return Ok(());
     };
-    let allowed = match local.get("enforcement").and_then(|e| e.get("remote")) {
+    let local_enf = local.get("enforcement");
+    let allowed = match local_enf.and_then(|e| e.get("remote")) {
         None => RemoteEnforcement::Deny,
-        Some(Value::String(s)) if s == "deny" => RemoteEnforcement::Deny,
-        Some(Value::String(s)) if s == "monitor" => RemoteEnforcement::Monitor,
-        Some(Value::String(s)) if s == "enforce" => RemoteEnforcement::Enforce,
-        Some(other) => {
-            return Err(refuse(
-                format!("local enforcement.remote is {other:?}, not deny, monitor or enforce; remote enforcement settings are refused"),
-                "set enforcement.remote to deny, monitor or enforce in the local file",
-            ))
-        }
+        Some(v) => match serde_yaml_ng::from_value::<RemoteEnforcement>(v.clone()) {
+            Ok(b) => b,
+            Err(_) => {
+                return Err(refuse(
+                    format!("local enforcement.remote is {v:?}, not deny, monitor or enforce; remote enforcement settings are refused"),
+                    "set enforcement.remote to deny, monitor or enforce in the local file",
+                ))
+            }
+        },
     };
     let fix_local = "or allow it in the local file with enforcement.remote: monitor (dry run \
                      only) or enforce";
@@ -214,31 +205,60 @@ pub fn bound_enforcement(local: &Value, remote: &Value) -> Result<(), RemoteErro
             format!("remove enforcement from the remote config, {fix_local}"),
         ));
     }
-    if rem.get("remote").is_some() {
-        return Err(refuse(
-            "the remote config sets enforcement.remote, which only the local file may set",
-            "remove enforcement.remote from the remote config",
-        ));
+    for f in ["remote", "bpffs"] {
+        if rem.get(f).is_some() {
+            return Err(refuse(
+                format!(
+                    "the remote config sets enforcement.{f}, which only the local file may set"
+                ),
+                format!("remove enforcement.{f} from the remote config"),
+            ));
+        }
     }
     let mut found = Vec::new();
     modes(rem, "enforcement", &mut found);
     for (path, v) in found {
         let Some(level) = mode_level(v) else {
             return Err(refuse(
-                format!(
-                    "the remote config sets {path} to {v:?}, which is not off, monitor or enforce"
-                ),
-                "use off, monitor or enforce",
+                format!("the remote config sets {path} to {v:?}, which is not monitor or enforce"),
+                "use monitor or enforce",
             ));
         };
-        if allowed == RemoteEnforcement::Monitor && level > 1 {
+        if allowed == RemoteEnforcement::Monitor && level > Mode::Monitor {
             return Err(refuse(
                 format!(
                     "the remote config sets {path} to enforce, above what the local \
                      enforcement.remote (monitor) allows"
                 ),
-                format!("use monitor or off remotely, {fix_local}"),
+                format!("use monitor remotely, {fix_local}"),
             ));
+        }
+    }
+    if allowed == RemoteEnforcement::Monitor {
+        // Rules that inherit the global mode: what would it be after the merge?
+        let global = rem
+            .get("mode")
+            .or_else(|| local_enf.and_then(|e| e.get("mode")))
+            .and_then(mode_level)
+            .unwrap_or_default();
+        if global > Mode::Monitor {
+            if let Some(Value::Sequence(rules)) = rem.get("rules") {
+                if let Some((i, r)) = rules
+                    .iter()
+                    .enumerate()
+                    .find(|(_, r)| r.get("mode").is_none())
+                {
+                    let name = r.get("name").and_then(Value::as_str).unwrap_or("?");
+                    return Err(refuse(
+                        format!(
+                            "the remote rule enforcement.rules[{i}] ({name}) would run in enforce \
+                             mode (it inherits the local enforcement.mode: enforce), above what \
+                             the local enforcement.remote (monitor) allows"
+                        ),
+                        format!("give the remote rule mode: monitor, {fix_local}"),
+                    ));
+                }
+            }
         }
     }
     Ok(())
@@ -398,22 +418,69 @@ mod tests {
         // monitor: modes up to monitor, wherever they are.
         let local = y("enforcement: {remote: monitor, mode: enforce}");
         assert_eq!(bound_enforcement(&local, &monitor_only), Ok(()));
-        assert_eq!(
-            bound_enforcement(&local, &y("enforcement: {mode: off}")),
-            Ok(())
-        );
         let e = bound_enforcement(&local, &remote).unwrap_err();
         assert!(e.cause.contains("enforcement.rules[0].mode"), "{e}");
-        let e = bound_enforcement(&local, &y("enforcement: {rules: {a: {mode: enforce}}}"))
+        // A remote rule without a mode inherits the local global enforce: refused...
+        let rule = "{name: r, when: {signal: process.syscall.rate, above: 1}, scope: {pid: 9}, action: {type: alert}}";
+        let e = bound_enforcement(&local, &y(&format!("enforcement: {{rules: [{rule}]}}")))
             .unwrap_err();
-        assert!(e.cause.contains("enforcement.rules.a.mode"), "{e}");
-        // enforce: anything but enforcement.remote itself.
+        assert!(
+            e.cause
+                .contains("enforcement.rules[0] (r) would run in enforce mode"),
+            "{e}"
+        );
+        // ...unless the remote config sets the global mode to monitor or the rule's own.
+        let ok = format!("enforcement: {{mode: monitor, rules: [{rule}]}}");
+        assert_eq!(bound_enforcement(&local, &y(&ok)), Ok(()));
+        let local_monitor = y("enforcement: {remote: monitor}");
+        let ok = format!("enforcement: {{rules: [{rule}]}}");
+        assert_eq!(bound_enforcement(&local_monitor, &y(&ok)), Ok(()));
+        // enforce: anything but the local-only fields.
         let local = y("enforcement: {remote: enforce}");
         assert_eq!(bound_enforcement(&local, &remote), Ok(()));
         assert!(bound_enforcement(&local, &y("enforcement: {remote: enforce}")).is_err());
+        assert!(bound_enforcement(&local, &y("enforcement: {bpffs: /tmp}")).is_err());
         assert!(bound_enforcement(&local, &y("enforcement: {mode: maybe}")).is_err());
+        assert!(bound_enforcement(&local, &y("enforcement: {mode: off}")).is_err());
+        assert!(bound_enforcement(&y("enforcement: {remote: sometimes}"), &monitor_only).is_err());
         // No enforcement in the remote config: nothing to bound.
         assert_eq!(bound_enforcement(&y("{}"), &y("probes: {}")), Ok(()));
+    }
+
+    #[test]
+    fn a_remote_config_switches_modes_within_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let rule = "  rules:\n    - name: r\n      when: {signal: process.syscall.rate, above: 1}\n      scope: {executable: x}\n      action: {type: alert}\n";
+        let o = overrides(
+            dir.path(),
+            &format!("enforcement:\n  remote: enforce\n  mode: monitor\n{rule}"),
+        );
+        let c = merged_config(&o, Some(&doc("enforcement: {mode: enforce}\n"))).unwrap();
+        assert_eq!(c.enforcement.mode, crate::enforcement::Mode::Enforce);
+        assert_eq!(
+            c.enforcement.rules.len(),
+            1,
+            "rules kept from the local file"
+        );
+        let o = overrides(
+            dir.path(),
+            &format!("enforcement:\n  remote: monitor\n  mode: monitor\n{rule}"),
+        );
+        let e = merged_config(&o, Some(&doc("enforcement: {mode: enforce}\n"))).unwrap_err();
+        assert!(
+            e.cause
+                .contains("above what the local enforcement.remote (monitor) allows"),
+            "{e}"
+        );
+        // An invalid remote rule is refused with its own line.
+        let o = overrides(dir.path(), "enforcement: {remote: enforce}\n");
+        let e = merged_config(
+            &o,
+            Some(&doc("enforcement:\n  rules:\n    - name: r\n      when: {signal: nope, above: 1}\n      action: {type: alert}\n")),
+        )
+        .unwrap_err();
+        assert!(e.cause.starts_with("remote config:4:"), "{e}");
+        assert!(e.cause.contains("enforcement.rules[0].when.signal"), "{e}");
     }
 
     fn overrides(dir: &std::path::Path, local: &str) -> Overrides {

@@ -228,6 +228,11 @@ pub struct StatusReport {
     /// The OpAMP client (absent when OpAMP is off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub opamp: Option<crate::opamp::status::OpampStatus>,
+    /// The enforcement engine: mode, rules, limits in effect, kernel counters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enforcement: Option<crate::enforcement::status::EnforcementStatus>,
+    /// Recent enforcement decisions, newest first.
+    pub decisions: Vec<std::sync::Arc<crate::enforcement::audit::DecisionRecord>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub self_protection: Option<crate::selfprotect::report::SelfProtectionStatus>,
     #[serde(rename = "self")]
@@ -254,6 +259,8 @@ pub fn report(ctx: &StatusContext) -> StatusReport {
         detection: detection.status,
         anomalies: detection.anomalies,
         opamp: s.opamp(),
+        enforcement: s.enforcement(),
+        decisions: s.decisions(),
         self_protection: s.self_protection(),
         self_stats: selfstats::sample(),
     }

@@ -192,10 +192,16 @@ pub struct AgentState {
     profiles: tokio::sync::broadcast::Sender<std::sync::Arc<crate::profile::Profile>>,
     /// The running profiler's request channel (flame graph captures).
     profiler: std::sync::Mutex<Option<ProfilerHandle>>,
+    /// Recent enforcement decisions, newest first (`/status` → `decisions`).
+    decisions: RwLock<
+        std::collections::VecDeque<std::sync::Arc<crate::enforcement::audit::DecisionRecord>>,
+    >,
+    /// The enforcement engine's state (`/status` → `enforcement`).
+    enforcement: RwLock<Option<crate::enforcement::status::EnforcementStatus>>,
     /// Detection's figures and recent anomalies (`detection::task`).
     detection: RwLock<crate::detection::status::Report>,
-    /// OTLP log records made by engines (detection's `agent.anomaly` events) for the
-    /// exporter; bounded, lagging receivers lose the oldest.
+    /// OTLP log records made by engines (detection's `agent.anomaly`, enforcement's
+    /// `agent.decision`) for the exporter; bounded, lagging receivers lose the oldest.
     log_records: tokio::sync::broadcast::Sender<std::sync::Arc<LogRecord>>,
     /// Self-protection's level and figures (`None`: not running).
     self_protection: RwLock<Option<crate::selfprotect::report::SelfProtectionStatus>>,
@@ -233,9 +239,35 @@ impl AgentState {
             profiler: std::sync::Mutex::new(None),
             self_protection: RwLock::default(),
             pipeline_running: false.into(),
+            decisions: RwLock::default(),
+            enforcement: RwLock::default(),
             detection: RwLock::default(),
             log_records: tokio::sync::broadcast::channel(LOG_RECORDS_CAPACITY).0,
         }
+    }
+
+    /// Records an enforcement decision for `/status` (newest first, at most `keep`).
+    pub fn push_decision(
+        &self,
+        d: std::sync::Arc<crate::enforcement::audit::DecisionRecord>,
+        keep: usize,
+    ) {
+        let mut q = write(&self.decisions);
+        q.push_front(d);
+        q.truncate(keep);
+    }
+
+    /// Recent decisions, newest first.
+    pub fn decisions(&self) -> Vec<std::sync::Arc<crate::enforcement::audit::DecisionRecord>> {
+        read(&self.decisions).into_iter().collect()
+    }
+
+    pub fn set_enforcement(&self, s: crate::enforcement::status::EnforcementStatus) {
+        *write(&self.enforcement) = Some(s);
+    }
+
+    pub fn enforcement(&self) -> Option<crate::enforcement::status::EnforcementStatus> {
+        read(&self.enforcement)
     }
 
     pub fn set_self_protection(&self, s: Option<crate::selfprotect::report::SelfProtectionStatus>) {

@@ -5,6 +5,7 @@
 //! soak bench runs the agent for minutes under a churn workload and reports its footprint.
 
 mod detect;
+mod enforce;
 mod export;
 mod harness;
 mod host;
@@ -81,6 +82,14 @@ pub enum Which {
         #[arg(long)]
         config: Option<std::path::PathBuf>,
     },
+    /// Enforcement: time from the observation that fires a rule to its action in effect,
+    /// p50/p99 for signal, freeze, block and rate_limit, side by side in one agent
+    /// (`enforce.rs`).
+    Enforce {
+        /// Seconds the rules keep firing (each about every 2-3 s).
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Anomaly detectors: ns per point and state bytes per detector, and the engine's points
     /// per second over 10,000 series (`detect.rs`).
     Detect {
@@ -110,6 +119,7 @@ pub fn run(which: Which) -> Result<()> {
         } => export::run(seconds, series, rounds),
         Which::Profiler { seconds, rounds } => profiler::run(seconds, rounds),
         Which::Soak { minutes, config } => soak::run(minutes, config.as_deref()),
+        Which::Enforce { seconds } => enforce::run(seconds),
         Which::Detect {
             rounds,
             points,
