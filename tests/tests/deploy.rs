@@ -260,17 +260,20 @@ fn image_runs_privileged_with_probes_attached() {
     }
     // Program names as the kernel keeps them (15 characters).
     let names: Vec<&str> = programs.iter().map(|(_, n)| n.as_str()).collect();
-    for want in [
-        "syscalls_enter",
-        "syscalls_exit",
-        "network_sockops",
-        "profile_aggrega",
-    ] {
+    for want in ["syscalls_enter", "syscalls_exit", "network_sockops"] {
         assert!(
             names.contains(&want),
             "the container's agent (host pid {pid}) holds {names:?}, not {want}"
         );
     }
+    // The profiler's sampling program: the DWARF unwinder's where the kernel takes it
+    // (`unwinder: auto`), the frame-pointer one otherwise.
+    assert!(
+        names
+            .iter()
+            .any(|n| *n == "profile_dwarf" || *n == "profile_aggrega"),
+        "the container's agent (host pid {pid}) holds {names:?}, no profiler sampling program"
+    );
     assert!(
         stop.status.success(),
         "{}",

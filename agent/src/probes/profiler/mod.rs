@@ -50,8 +50,8 @@ impl ProbeSpec for Profiler {
 
     /// Fields that need a new kernel object (the rest are retuned in place).
     fn needs_reload(a: &ProfilerConfig, b: &ProfilerConfig) -> bool {
-        a.frequency != b.frequency
-            || a.mode != b.mode
+        // A frequency change reopens the perf events in place (`Session::set_frequency`).
+        a.mode != b.mode
             || a.max_entries != b.max_entries
             || a.stack_entries != b.stack_entries
             || a.include_idle != b.include_idle
@@ -147,6 +147,31 @@ impl ProbeWorker for Worker {
     }
 
     fn retune(&mut self, cfg: &ProfilerConfig) {
+        if cfg.frequency != self.cfg.frequency {
+            // The window so far was sampled at the old period: it leaves first, as one profile.
+            self.next_export = Instant::now();
+            self.drain_and_export(false);
+            match self.session.set_frequency(cfg.frequency) {
+                Ok(()) => tracing::info!(
+                    probe = NAME,
+                    frequency = cfg.frequency,
+                    "sampling frequency changed"
+                ),
+                Err(e) => {
+                    tracing::error!(
+                        probe = NAME,
+                        "{}; still sampling at {} Hz",
+                        e.cause,
+                        self.cfg.frequency
+                    );
+                    tracing::error!(probe = NAME, "fix: {}", e.fix);
+                    let mut kept = cfg.clone();
+                    kept.frequency = self.cfg.frequency;
+                    self.cfg = kept;
+                    return;
+                }
+            }
+        }
         self.next_export = self.next_export.min(Instant::now() + cfg.interval);
         self.cfg = cfg.clone();
     }

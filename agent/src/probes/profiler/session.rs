@@ -144,6 +144,10 @@ pub struct Session {
     pub symbolizer: Symbolizer,
     window: RawProfile,
     pub period_nanos: u64,
+    /// The sampling program and its cpu-clock links, one per sampled CPU (replaced by
+    /// [`Session::set_frequency`]).
+    prog_name: &'static str,
+    perf_links: Vec<(u32, aya::programs::perf_event::PerfEventLinkId)>,
     pub stats: DrainStats,
     pub max_entries: u32,
     /// cgroup id → container id, for processes that exited unseen.
@@ -229,8 +233,9 @@ impl Session {
             (ProfilerMode::Aggregate, false) => PROG_AGGREGATE,
             (ProfilerMode::Stream, _) => PROG_STREAM,
         };
-        let period_nanos = 1_000_000_000 / u64::from(cfg.frequency.clamp(1, 999));
+        let period_nanos = period_of(cfg.frequency);
         let mut first_err = None;
+        let mut perf_links = Vec::new();
         {
             let p: &mut PerfEvent =
                 ebpf::program(&mut bpf, NAME, prog_name).map_err(|e| (e, hooks.clone()))?;
@@ -241,16 +246,12 @@ impl Session {
                 )
             })?;
             for (i, cpu) in cpus.iter().enumerate() {
-                let r = p.attach(
-                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                    PerfEventScope::AllProcessesOneCpu { cpu: *cpu },
-                    // cpu-clock counts nanoseconds: an exact period, not a frequency the
-                    // kernel would adjust.
-                    SamplePolicy::Period(period_nanos),
-                    false,
-                );
+                let r = attach_cpu_clock(p, *cpu, period_nanos);
                 match r {
-                    Ok(_) => hooks[i].attached = true,
+                    Ok(id) => {
+                        hooks[i].attached = true;
+                        perf_links.push((*cpu, id));
+                    }
                     Err(e) => {
                         let e = ebpf::explain(&format!("opening cpu-clock on CPU {cpu}"), &e);
                         hooks[i].error = Some(e.cause.clone());
@@ -324,6 +325,8 @@ impl Session {
             // A window holds at most 4 seconds' worth of full kernel maps of distinct keys.
             window: RawProfile::with_cap(now, cfg.max_entries as usize * 4),
             period_nanos,
+            prog_name,
+            perf_links,
             stats: DrainStats::default(),
             max_entries: cfg.max_entries,
             cgroups: crate::procinfo::ProcCache::new(1024),
@@ -686,5 +689,60 @@ fn read_pid_events(
         if only.is_none_or(|p| p == key.pid) {
             procs.snapshot(key);
         }
+    }
+}
+
+/// Nanoseconds between two samples at `hz` (clamped to 1–999 Hz).
+fn period_of(hz: u32) -> u64 {
+    1_000_000_000 / u64::from(hz.clamp(1, 999))
+}
+
+/// Opens `cpu`'s cpu-clock event at `period_nanos` and attaches the sampling program to it.
+/// cpu-clock counts nanoseconds: an exact period, not a frequency the kernel would adjust.
+fn attach_cpu_clock(
+    p: &mut PerfEvent,
+    cpu: u32,
+    period_nanos: u64,
+) -> Result<aya::programs::perf_event::PerfEventLinkId, aya::programs::ProgramError> {
+    p.attach(
+        PerfEventConfig::Software(SoftwareEvent::CpuClock),
+        PerfEventScope::AllProcessesOneCpu { cpu },
+        SamplePolicy::Period(period_nanos),
+        false,
+    )
+}
+
+impl Session {
+    /// Samples at `hz` from now on, without reloading: each CPU's cpu-clock event is reopened
+    /// at the new period and attached before the old one is detached, so no CPU goes unsampled
+    /// and the kernel objects, maps and unwind tables stay. On a CPU that refuses the new
+    /// event, nothing changes anywhere (the new links are detached again) and the error says
+    /// which CPU.
+    pub fn set_frequency(&mut self, hz: u32) -> Result<(), LoadError> {
+        let period = period_of(hz);
+        if period == self.period_nanos {
+            return Ok(());
+        }
+        let p: &mut PerfEvent = ebpf::program(&mut self.bpf, NAME, self.prog_name)?;
+        let mut fresh = Vec::with_capacity(self.perf_links.len());
+        for (cpu, _) in &self.perf_links {
+            match attach_cpu_clock(p, *cpu, period) {
+                Ok(id) => fresh.push((*cpu, id)),
+                Err(e) => {
+                    for (_, id) in fresh {
+                        let _ = p.detach(id);
+                    }
+                    return Err(ebpf::explain(
+                        &format!("opening cpu-clock at {hz} Hz on CPU {cpu}"),
+                        &e,
+                    ));
+                }
+            }
+        }
+        for (_, id) in std::mem::replace(&mut self.perf_links, fresh) {
+            let _ = p.detach(id);
+        }
+        self.period_nanos = period;
+        Ok(())
     }
 }
