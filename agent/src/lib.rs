@@ -1,5 +1,6 @@
 //! The agent library: everything `agent` (the binary) runs, exposed for tests.
 
+pub mod alloc;
 pub mod config;
 pub mod detection;
 pub mod ebpf;

@@ -211,6 +211,7 @@ fn main() -> ExitCode {
 }
 
 fn real_main() -> Result<ExitCode> {
+    agent::alloc::tune();
     let cli = Cli::parse();
     match cli.command {
         Command::ExportBench {

@@ -338,11 +338,8 @@ impl Producer {
                 }
             }
             None => {
-                let lines: Vec<Vec<u8>> = requests
-                    .iter()
-                    .filter_map(|(r, _)| serde_json::to_vec(r).ok())
-                    .collect();
-                self.write_file(output::FILE_NAME, lines).await;
+                let requests = requests.into_iter().map(|(r, _)| r).collect();
+                self.write_file(output::FILE_NAME, requests).await;
             }
         }
         self.export_logs().await;
@@ -373,11 +370,8 @@ impl Producer {
                 }
             }
             None => {
-                let lines = requests
-                    .iter()
-                    .filter_map(|(r, _)| serde_json::to_vec(r).ok())
-                    .collect();
-                self.write_file(LOGS_FILE, lines).await;
+                let requests = requests.into_iter().map(|(r, _)| r).collect();
+                self.write_file(LOGS_FILE, requests).await;
             }
         }
     }
@@ -426,10 +420,22 @@ impl Producer {
         }
     }
 
-    async fn write_file(&mut self, name: &'static str, lines: Vec<Vec<u8>>) {
+    /// Appends each request as one JSON line. Each is encoded just before it is written and
+    /// dropped right after, so only one encoded line is in memory at a time (a metrics export
+    /// on a busy host is several lines of 1–2 MB each).
+    async fn write_file<R: serde::Serialize + Send + 'static>(
+        &mut self,
+        name: &'static str,
+        requests: Vec<R>,
+    ) {
         let c = self.backend.files.clone();
-        let result =
-            tokio::task::spawn_blocking(move || output::append_lines(&c, name, &lines)).await;
+        let result = tokio::task::spawn_blocking(move || {
+            let lines = requests
+                .into_iter()
+                .filter_map(|r| serde_json::to_vec(&r).ok());
+            output::append_lines(&c, name, lines)
+        })
+        .await;
         let result = match result {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(e) => Err(format!("writer task failed: {e}")),

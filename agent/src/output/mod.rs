@@ -62,7 +62,7 @@ pub fn write_batches(cfg: &OutputSettings, batches: &[Arc<Batch>]) -> Result<Wri
             written: Written::default(),
         })?);
     }
-    append_lines(cfg, FILE_NAME, &lines)
+    append_lines(cfg, FILE_NAME, lines)
 }
 
 /// Appends each of `lines` (without its newline) to `<dir>/<name>`, creating the directory and
@@ -70,7 +70,7 @@ pub fn write_batches(cfg: &OutputSettings, batches: &[Arc<Batch>]) -> Result<Wri
 pub fn append_lines(
     cfg: &OutputSettings,
     name: &str,
-    lines: &[Vec<u8>],
+    lines: impl IntoIterator<Item = Vec<u8>>,
 ) -> Result<Written, WriteError> {
     let path = cfg.dir.join(name);
     let mut written = Written::default();
@@ -81,8 +81,7 @@ pub fn append_lines(
     };
     fs::create_dir_all(&cfg.dir).map_err(|e| fail(e, written))?;
     let (mut file, mut size) = open(&path).map_err(|e| fail(e, written))?;
-    for line in lines {
-        let mut line = line.clone();
+    for mut line in lines {
         line.push(b'\n');
         let len = line.len() as u64;
         if size > 0 && size + len > cfg.max_file_bytes {

@@ -123,7 +123,9 @@ impl Series {
 
 #[derive(Default)]
 pub struct Aggregator {
-    series: HashMap<SeriesKey, Series>,
+    /// Boxed: a `Series` is ~3 KB (three sets of 36-bucket histograms) and a hash table keeps
+    /// up to half its slots empty after it grows; boxed, an empty slot costs 8 bytes.
+    series: HashMap<SeriesKey, Box<Series>>,
     /// Series of processes whose pid another process holds now, with their final values.
     retired: Vec<(SeriesKey, Series)>,
     /// Series dropped after their owner exited and the retention passed.
@@ -171,12 +173,12 @@ impl Aggregator {
             let s = self
                 .series
                 .entry(r.key)
-                .or_insert_with(|| Series::new(wall));
+                .or_insert_with(|| Box::new(Series::new(wall)));
             if let Some(h) = &r.holder {
                 // A live process holds the pid: is it the series' own?
                 let reused = s.exited.is_some() || s.start.is_some_and(|t| t != h.start);
                 if reused && r.key.tgid != 0 {
-                    let mut old = std::mem::replace(s, Series::new(wall));
+                    let mut old = *std::mem::replace(s, Box::new(Series::new(wall)));
                     self.pid_reused += 1;
                     if old.exited.is_none() {
                         // The entry lived through the change: its value now is the old
@@ -202,7 +204,7 @@ impl Aggregator {
                 // socket that outlived its owner (same command name), or by another process
                 // that held the pid and exited between two drains (another name).
                 if s.exited.is_some() && s.frozen.comm != r.stats.comm {
-                    let old = std::mem::replace(s, Series::new(wall));
+                    let old = *std::mem::replace(s, Box::new(Series::new(wall)));
                     self.pid_reused += 1;
                     self.retired.push((r.key, old));
                 }
@@ -251,6 +253,7 @@ impl Aggregator {
     pub fn total_handshakes(&self) -> u64 {
         self.series
             .values()
+            .map(|s| &**s)
             .chain(self.retired.iter().map(|(_, s)| s))
             .map(|s| Self::total(s).handshake.count())
             .sum()
@@ -264,7 +267,8 @@ impl Aggregator {
         let mut duration = Vec::new();
         let mut retransmits = Vec::new();
         let mut failures = Vec::new();
-        let mut current: Vec<(&SeriesKey, &Series)> = self.series.iter().collect();
+        let mut current: Vec<(&SeriesKey, &Series)> =
+            self.series.iter().map(|(k, s)| (k, &**s)).collect();
         current.sort_by_key(|(k, _)| **k);
         let mut seen = std::collections::HashSet::new();
         let mut all: Vec<(&SeriesKey, &Series, Labels)> = Vec::new();
