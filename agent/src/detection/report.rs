@@ -10,12 +10,16 @@ use std::{
 };
 
 use opentelemetry_proto::tonic::{
-    common::v1::{any_value, AnyValue, KeyValue},
+    common::v1::{any_value, AnyValue},
     logs::v1::{LogRecord, SeverityNumber},
 };
 
 use super::{config::Signal, engine::SeriesId, status::AnomalyEntry};
 use crate::{
+    export::{
+        metrics::unix_nanos,
+        resource::{kv_attr, kv_value},
+    },
     metrics::model::{attr, AttrValue, Desc, Family, Kind, Labels, Point, Value},
     probes::syscalls::names::syscall_static_name,
     signals::{Anomaly, SignalKey},
@@ -105,31 +109,8 @@ pub fn attributes(key: &SignalKey) -> Vec<(&'static str, AttrValue)> {
     l
 }
 
-fn unix_nanos(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos().min(u64::MAX as u128) as u64)
-        .unwrap_or(0)
-}
-
 fn any(v: any_value::Value) -> Option<AnyValue> {
     Some(AnyValue { value: Some(v) })
-}
-
-fn kv(key: &str, v: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: any(v),
-        ..Default::default()
-    }
-}
-
-fn otlp(v: &AttrValue) -> any_value::Value {
-    match v {
-        AttrValue::Str(s) => any_value::Value::StringValue(s.clone()),
-        AttrValue::Int(i) => any_value::Value::IntValue(*i),
-        AttrValue::Double(d) => any_value::Value::DoubleValue(*d),
-        AttrValue::Bool(b) => any_value::Value::BoolValue(*b),
-    }
 }
 
 /// The range, when the detector had one (NaN before it has any spread).
@@ -168,13 +149,16 @@ pub fn describe(a: &Anomaly) -> String {
 /// detector had no range).
 pub fn log_record(a: &Anomaly, observed: SystemTime) -> LogRecord {
     use any_value::Value as V;
-    let mut attrs = vec![kv("anomaly.signal", V::StringValue(a.signal.name().into()))];
-    attrs.extend(attributes(&a.key).iter().map(|(k, v)| kv(k, otlp(v))));
-    attrs.push(kv("anomaly.score", V::DoubleValue(a.score)));
-    attrs.push(kv("anomaly.value", V::DoubleValue(a.value)));
+    let mut attrs = vec![kv_value(
+        "anomaly.signal",
+        V::StringValue(a.signal.name().into()),
+    )];
+    attrs.extend(attributes(&a.key).iter().map(|(k, v)| kv_attr(k, v)));
+    attrs.push(kv_value("anomaly.score", V::DoubleValue(a.score)));
+    attrs.push(kv_value("anomaly.value", V::DoubleValue(a.value)));
     if let Some((lo, hi)) = expected(a) {
-        attrs.push(kv("anomaly.expected.min", V::DoubleValue(lo)));
-        attrs.push(kv("anomaly.expected.max", V::DoubleValue(hi)));
+        attrs.push(kv_value("anomaly.expected.min", V::DoubleValue(lo)));
+        attrs.push(kv_value("anomaly.expected.max", V::DoubleValue(hi)));
     }
     LogRecord {
         time_unix_nano: unix_nanos(a.time),

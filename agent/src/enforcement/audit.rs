@@ -12,6 +12,8 @@ use opentelemetry_proto::tonic::{
 };
 use serde::Serialize;
 
+use crate::export::resource::kv_value;
+
 /// What became of a decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -115,24 +117,16 @@ pub fn nanos(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-fn kv(k: &str, v: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: k.to_string(),
-        value: Some(AnyValue { value: Some(v) }),
-        ..Default::default()
-    }
-}
-
 fn s(k: &str, v: impl Into<String>) -> KeyValue {
-    kv(k, any_value::Value::StringValue(v.into()))
+    kv_value(k, any_value::Value::StringValue(v.into()))
 }
 
 fn i(k: &str, v: i64) -> KeyValue {
-    kv(k, any_value::Value::IntValue(v))
+    kv_value(k, any_value::Value::IntValue(v))
 }
 
 fn d(k: &str, v: f64) -> KeyValue {
-    kv(k, any_value::Value::DoubleValue(v))
+    kv_value(k, any_value::Value::DoubleValue(v))
 }
 
 impl DecisionRecord {

@@ -18,40 +18,37 @@ use opentelemetry_proto::tonic::{
     resource::v1::Resource,
 };
 
-pub fn kv(key: &str, value: impl Into<String>) -> KeyValue {
+/// An OTLP attribute with any value.
+pub fn kv_value(key: &str, value: any_value::Value) -> KeyValue {
     KeyValue {
         key: key.to_string(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.into())),
-        }),
+        value: Some(AnyValue { value: Some(value) }),
         ..Default::default()
+    }
+}
+
+pub fn kv(key: &str, value: impl Into<String>) -> KeyValue {
+    kv_value(key, any_value::Value::StringValue(value.into()))
+}
+
+/// A typed metric attribute as an OTLP value.
+pub fn attr_value(value: &crate::metrics::model::AttrValue) -> any_value::Value {
+    use crate::metrics::model::AttrValue;
+    match value {
+        AttrValue::Str(s) => any_value::Value::StringValue(s.clone()),
+        AttrValue::Int(i) => any_value::Value::IntValue(*i),
+        AttrValue::Double(d) => any_value::Value::DoubleValue(*d),
+        AttrValue::Bool(b) => any_value::Value::BoolValue(*b),
     }
 }
 
 /// A typed metric attribute as an OTLP `KeyValue`.
 pub fn kv_attr(key: &str, value: &crate::metrics::model::AttrValue) -> KeyValue {
-    use crate::metrics::model::AttrValue;
-    let v = match value {
-        AttrValue::Str(s) => any_value::Value::StringValue(s.clone()),
-        AttrValue::Int(i) => any_value::Value::IntValue(*i),
-        AttrValue::Double(d) => any_value::Value::DoubleValue(*d),
-        AttrValue::Bool(b) => any_value::Value::BoolValue(*b),
-    };
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue { value: Some(v) }),
-        ..Default::default()
-    }
+    kv_value(key, attr_value(value))
 }
 
 pub fn kv_int(key: &str, value: i64) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::IntValue(value)),
-        }),
-        ..Default::default()
-    }
+    kv_value(key, any_value::Value::IntValue(value))
 }
 
 /// This host's name (`host.name`), from the kernel.

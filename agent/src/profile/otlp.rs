@@ -7,6 +7,8 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, Instrumentatio
 use opentelemetry_proto::tonic::profiles::v1development as otlp;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
+use crate::export::resource::kv_value;
+
 use super::model::{Frame, FrameKind, Mapping, ProcessProfile, Profile};
 
 /// Location attribute telling kernel frames from native (user) ones, as the OTel eBPF profiler does.
@@ -78,7 +80,7 @@ pub fn encode(profile: &Profile, base: &[KeyValue]) -> ExportProfilesServiceRequ
 
 fn resource_attributes(profile: &Profile, p: &ProcessProfile, base: &[KeyValue]) -> Vec<KeyValue> {
     let mut attrs = Vec::with_capacity(6);
-    attrs.push(kv(
+    attrs.push(kv_value(
         "process.pid",
         any_value::Value::IntValue(i64::from(p.pid)),
     ));
@@ -102,16 +104,8 @@ fn resource_attributes(profile: &Profile, p: &ProcessProfile, base: &[KeyValue])
     all
 }
 
-fn kv(key: &str, value: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..Default::default()
-    }
-}
-
 fn kv_str(key: &str, value: &str) -> KeyValue {
-    kv(key, any_value::Value::StringValue(value.to_string()))
+    kv_value(key, any_value::Value::StringValue(value.to_string()))
 }
 
 fn clamp_i64(v: u64) -> i64 {

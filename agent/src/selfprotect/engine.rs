@@ -180,7 +180,7 @@ async fn change(
     pressure: f64,
 ) {
     let c = LevelChange {
-        time_unix_nano: report::unix_nanos(SystemTime::now()),
+        time_unix_nano: crate::export::metrics::unix_nanos(SystemTime::now()),
         from: status.level,
         to,
         reason,

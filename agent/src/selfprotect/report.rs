@@ -1,19 +1,19 @@
 //! What self-protection shows: the `/status` section, the metric batch (level and kernel-side
 //! costs) and the OTLP log record of a level change.
 
-use std::{
-    collections::VecDeque,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::{collections::VecDeque, time::SystemTime};
 
 use opentelemetry_proto::tonic::{
-    common::v1::{any_value, AnyValue, KeyValue},
+    common::v1::{any_value, AnyValue},
     logs::v1::{LogRecord, SeverityNumber},
 };
 use serde::Serialize;
 
 use super::{cost::KernelCost, level::Level};
-use crate::metrics::model::{attr, Batch, Desc, Family, Kind, Point, Value};
+use crate::{
+    export::resource::kv_value,
+    metrics::model::{attr, Batch, Desc, Family, Kind, Point, Value},
+};
 
 /// The source name of the metric batch.
 pub const SOURCE: &str = "self_protection";
@@ -78,12 +78,6 @@ pub struct SelfProtectionStatus {
     pub changes: VecDeque<LevelChange>,
 }
 
-pub fn unix_nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
 /// The metric batch of one evaluation.
 pub fn batch(s: &SelfProtectionStatus, start: SystemTime, now: SystemTime) -> Batch {
     let point = |labels, value| Point {
@@ -127,14 +121,6 @@ pub fn batch(s: &SelfProtectionStatus, start: SystemTime, now: SystemTime) -> Ba
     }
 }
 
-fn kv(key: &str, v: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue { value: Some(v) }),
-        ..Default::default()
-    }
-}
-
 /// The OTLP log record of a level change: `event.name` = `agent.self_protection.level_change`,
 /// attributes `agent.self_protection.level` (new), `.previous_level`, `.reason`, `.pressure`.
 pub fn change_record(c: &LevelChange, pressure: f64) -> LogRecord {
@@ -158,19 +144,19 @@ pub fn change_record(c: &LevelChange, pressure: f64) -> LogRecord {
             ))),
         }),
         attributes: vec![
-            kv(
+            kv_value(
                 "agent.self_protection.level",
                 any_value::Value::StringValue(c.to.as_str().to_string()),
             ),
-            kv(
+            kv_value(
                 "agent.self_protection.previous_level",
                 any_value::Value::StringValue(c.from.as_str().to_string()),
             ),
-            kv(
+            kv_value(
                 "agent.self_protection.reason",
                 any_value::Value::StringValue(c.reason.clone()),
             ),
-            kv(
+            kv_value(
                 "agent.self_protection.pressure",
                 any_value::Value::DoubleValue(pressure),
             ),
@@ -181,6 +167,8 @@ pub fn change_record(c: &LevelChange, pressure: f64) -> LogRecord {
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
 
     #[test]
