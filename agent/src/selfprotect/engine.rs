@@ -71,11 +71,12 @@ async fn measure(
     let cpu0 = selfstats::sample().cpu_seconds;
     let mut bpf = None;
     let window = c.interval.mul_f64(f64::from(c.bpf_stats_percent) / 100.0);
+    // One reading before the window (it is the interval's reading when there is no window).
     let mut kernel = cost::kernel();
     if !window.is_zero() {
         match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
             Ok(fd) => {
-                let k0 = cost::kernel();
+                let k0 = kernel;
                 let w0 = Instant::now();
                 tokio::time::sleep(window).await;
                 kernel = cost::kernel();
