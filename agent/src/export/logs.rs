@@ -207,7 +207,10 @@ mod tests {
         let mut it = requests(&rs, &built, &resource, SystemTime::now(), 2);
         let (first, n) = it.next().expect("a first request");
         assert_eq!(n, 2);
-        assert_eq!(names(&first), ["tcp.connection.open", "tcp.connection.open"]);
+        assert_eq!(
+            names(&first),
+            ["tcp.connection.open", "tcp.connection.open"]
+        );
         // The second spans the end of the connection events and the built record.
         let (second, n) = it.next().expect("a second request");
         assert_eq!(n, 2);

@@ -357,13 +357,7 @@ impl Producer {
         let records = std::mem::take(&mut self.records);
         let resource = self.resource.clone();
         let now = SystemTime::now();
-        let requests = logs::requests(
-            &events,
-            &records,
-            &resource,
-            now,
-            MAX_RECORDS_PER_REQUEST,
-        );
+        let requests = logs::requests(&events, &records, &resource, now, MAX_RECORDS_PER_REQUEST);
         for request in requests {
             let mut one = vec![request];
             if let Err(e) = self.transform.logs(&mut one, metrics::unix_nanos(now)) {
