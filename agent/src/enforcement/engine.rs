@@ -26,7 +26,7 @@ use std::{
 
 use super::{
     actions::{self, Blocked, Kernel, Plan},
-    audit::{nanos, DecisionRecord, Outcome, TargetRecord},
+    audit::{nanos, DecisionRecord, Outcome, Stages, TargetRecord},
     cgroup::Hierarchies,
     config::{EnforcementConfig, Mode},
     journal::{unix_ms, Entry, Journal},
@@ -82,6 +82,18 @@ struct ActiveLimit {
     entry: Entry,
 }
 
+/// A decision that acts, between [`Engine::decide`] and [`Engine::finish`].
+struct Job {
+    rule: Rule,
+    pid: u32,
+    plan: Plan,
+    rec: DecisionRecord,
+    /// When the target was read and checked.
+    planned: SystemTime,
+    /// The journal entry of a limit.
+    entry: Option<Entry>,
+}
+
 /// A kernel-sent signal waiting for its syscall.
 struct Pending {
     record: DecisionRecord,
@@ -112,6 +124,8 @@ pub struct Engine {
     last_error: Option<String>,
     last_publish: Instant,
     dirty: bool,
+    /// When the batch (or anomaly) being judged reached the engine.
+    received: Option<SystemTime>,
 }
 
 fn sample_syscall_text(c: &Condition) -> String {
@@ -150,6 +164,7 @@ impl Engine {
             last_error: None,
             last_publish: Instant::now(),
             dirty: true,
+            received: None,
         };
         e.last_error = e.journal.as_ref().err().cloned();
         e.reconfigure(s);
@@ -192,6 +207,7 @@ impl Engine {
 
     /// One drain's signals: threshold rules.
     pub fn on_batch(&mut self, b: &SignalBatch) {
+        self.received = Some(SystemTime::now());
         for p in &b.ended {
             self.streaks
                 .retain(|(_, pid, gen), _| !(*pid == p.pid && *gen == p.gen));
@@ -238,6 +254,7 @@ impl Engine {
                 }
             }
         }
+        let mut jobs = Vec::new();
         for (ri, p, value, span) in fire {
             let rule = self.rules[ri].clone();
             let Condition::Threshold {
@@ -257,8 +274,9 @@ impl Engine {
                     span.as_millis() as u64
                 ))
             );
-            self.decide(&rule, &p, b.time, value, trigger);
+            jobs.extend(self.decide(&rule, &p, b.time, value, trigger));
         }
+        self.act_all(jobs);
         // Streaks whose process went quiet are dropped after a while.
         let horizon = b
             .time
@@ -269,6 +287,7 @@ impl Engine {
 
     /// One anomaly: anomaly rules.
     pub fn on_anomaly(&mut self, a: &Anomaly) {
+        self.received = Some(SystemTime::now());
         let matching: Vec<Rule> = self
             .rules
             .iter()
@@ -283,6 +302,7 @@ impl Engine {
             .filter(|r| r.scope.may_match(&a.key.process))
             .cloned()
             .collect();
+        let mut jobs = Vec::new();
         for rule in matching {
             let trigger = format!(
                 "anomaly on {}{}: {} (expected {}..{}), score {:.3}",
@@ -293,8 +313,9 @@ impl Engine {
                 a.expected_max,
                 a.score
             );
-            self.decide(&rule, &a.key.process, a.time, a.value, trigger);
+            jobs.extend(self.decide(&rule, &a.key.process, a.time, a.value, trigger));
         }
+        self.act_all(jobs);
     }
 
     // The audit record's fields, one argument each: grouping them would only rename them.
@@ -339,6 +360,7 @@ impl Engine {
             latency_seconds: None,
             expires_unix_nano: None,
             journal_id: None,
+            stages: None,
         }
     }
 
@@ -367,7 +389,9 @@ impl Engine {
         self.dirty = true;
     }
 
-    /// Judges one firing of `rule` on process `p`, observed at `observed`.
+    /// Judges one firing of `rule` on process `p`, observed at `observed`: emits the record of
+    /// a decision that does not act, returns the one that does (acted on with the other
+    /// firings of the same drain by [`Engine::act_all`]).
     fn decide(
         &mut self,
         rule: &Rule,
@@ -375,7 +399,7 @@ impl Engine {
         observed: SystemTime,
         value: f64,
         trigger: String,
-    ) {
+    ) -> Option<Job> {
         let proc_root = self.env.proc_root.clone();
         let Some(t) = Target::read(&proc_root, p.pid) else {
             let r = self.record(
@@ -389,17 +413,17 @@ impl Engine {
                 Some(format!("pid {} exited before the decision", p.pid)),
             );
             self.emit(r);
-            return;
+            return None;
         };
         if !rule.scope.matches(&t) {
-            return; // out of scope (cgroup or pod): not a decision
+            return None; // out of scope (cgroup or pod): not a decision
         }
         if rule.action.touches_target() {
             if let Err(refusal) = self.safety.check_process(&t) {
                 let (o, why) = refusal_outcome(refusal);
                 let r = self.record(rule, Some(&t), None, observed, value, trigger, o, Some(why));
                 self.emit(r);
-                return;
+                return None;
             }
         }
         let plan = match actions::plan(rule, &t, &self.kernel.hier, &self.safety, &proc_root) {
@@ -411,7 +435,7 @@ impl Engine {
                 };
                 let r = self.record(rule, Some(&t), None, observed, value, trigger, o, Some(why));
                 self.emit(r);
-                return;
+                return None;
             }
         };
         let key = plan.key();
@@ -434,7 +458,7 @@ impl Engine {
                 Some(format!("a {kind} limit is already in effect on {key}")),
             );
             self.emit(r);
-            return;
+            return None;
         }
         let now = Instant::now();
         if let Some(last) = self.last_action.get(&(rule.name.clone(), key.clone())) {
@@ -455,7 +479,7 @@ impl Engine {
                     )),
                 );
                 self.emit(r);
-                return;
+                return None;
             }
         }
         let window = self.per_minute.entry(rule.name.clone()).or_default();
@@ -481,7 +505,7 @@ impl Engine {
                 )),
             );
             self.emit(r);
-            return;
+            return None;
         }
         window.push_back(now);
         self.last_action
@@ -498,23 +522,11 @@ impl Engine {
                 Some(format!("monitor mode: would {}", rule.action.describe())),
             );
             self.emit(r);
-            return;
+            return None;
         }
-        self.act(rule, &t, plan, observed, value, trigger);
-    }
-
-    fn act(
-        &mut self,
-        rule: &Rule,
-        t: &Target,
-        plan: Plan,
-        observed: SystemTime,
-        value: f64,
-        trigger: String,
-    ) {
-        let mut rec = self.record(
+        let rec = self.record(
             rule,
-            Some(t),
+            Some(&t),
             Some(&plan),
             observed,
             value,
@@ -522,54 +534,132 @@ impl Engine {
             Outcome::Taken,
             None,
         );
-        // Journal first, for what must be undone.
-        let mut entry = None;
-        if rule.action.limits() {
-            let undo = match actions::undo_of(rule, &plan, &self.kernel.hier) {
-                Ok(u) => u,
-                Err(e) => {
-                    rec.outcome = Outcome::Failed;
-                    rec.reason = Some(e);
-                    self.emit(rec);
-                    return;
-                }
-            };
-            if let Some(undo) = undo {
-                let j = match &mut self.journal {
-                    Ok(j) => j,
+        Some(Job {
+            rule: rule.clone(),
+            pid: t.pid,
+            plan,
+            rec,
+            planned: SystemTime::now(),
+            entry: None,
+        })
+    }
+
+    /// Acts on the decisions of one drain: the limits among them journaled with one synced
+    /// write, then every action at once (one thread each; the kernel objects have their own
+    /// locks), so no action waits for another's settling.
+    fn act_all(&mut self, jobs: Vec<Job>) {
+        let mut ready = Vec::with_capacity(jobs.len());
+        let mut entries = Vec::new();
+        for mut job in jobs {
+            if job.rule.action.limits() {
+                let undo = match actions::undo_of(&job.rule, &job.plan, &self.kernel.hier) {
+                    Ok(u) => u,
                     Err(e) => {
-                        rec.outcome = Outcome::Failed;
-                        rec.reason = Some(format!("no journal, so no limiting action: {e}"));
-                        self.emit(rec);
-                        return;
+                        job.rec.outcome = Outcome::Failed;
+                        job.rec.reason = Some(e);
+                        self.emit(job.rec);
+                        continue;
                     }
                 };
-                let ttl = rule.ttl.unwrap_or(rules::DEFAULT_TTL);
-                let acted = SystemTime::now();
-                let e = Entry {
-                    id: j.next_id(),
-                    rule: rule.name.to_string(),
-                    kind: rule.action.kind().to_string(),
-                    action: rule.action.describe(),
-                    target: plan.key(),
-                    undo,
-                    acted_unix_ms: unix_ms(acted),
-                    expires_unix_ms: unix_ms(acted + ttl),
-                    persist: rule.persist,
-                };
-                if let Err(err) = j.add(e.clone()) {
-                    rec.outcome = Outcome::Failed;
-                    rec.reason = Some(err.cause);
-                    self.emit(rec);
-                    return;
+                if let Some(undo) = undo {
+                    let j = match &mut self.journal {
+                        Ok(j) => j,
+                        Err(e) => {
+                            job.rec.outcome = Outcome::Failed;
+                            job.rec.reason =
+                                Some(format!("no journal, so no limiting action: {e}"));
+                            self.emit(job.rec);
+                            continue;
+                        }
+                    };
+                    let ttl = job.rule.ttl.unwrap_or(rules::DEFAULT_TTL);
+                    let acted = SystemTime::now();
+                    let e = Entry {
+                        id: j.next_id(),
+                        rule: job.rule.name.to_string(),
+                        kind: job.rule.action.kind().to_string(),
+                        action: job.rule.action.describe(),
+                        target: job.plan.key(),
+                        undo,
+                        acted_unix_ms: unix_ms(acted),
+                        expires_unix_ms: unix_ms(acted + ttl),
+                        persist: job.rule.persist,
+                    };
+                    job.rec.journal_id = Some(e.id);
+                    job.rec.expires_unix_nano = Some(e.expires_unix_ms * 1_000_000);
+                    entries.push(e.clone());
+                    job.entry = Some(e);
                 }
-                rec.journal_id = Some(e.id);
-                rec.expires_unix_nano = Some(e.expires_unix_ms * 1_000_000);
-                entry = Some(e);
+            }
+            ready.push(job);
+        }
+        // Journal first, for what must be undone: one write for the whole drain.
+        if let (false, Ok(j)) = (entries.is_empty(), &mut self.journal) {
+            if let Err(err) = j.add_all(entries) {
+                let mut kept = Vec::new();
+                for mut job in ready {
+                    if job.entry.is_some() {
+                        job.rec.outcome = Outcome::Failed;
+                        job.rec.reason = Some(err.cause.clone());
+                        job.rec.journal_id = None;
+                        job.rec.expires_unix_nano = None;
+                        self.emit(job.rec);
+                    } else {
+                        kept.push(job);
+                    }
+                }
+                ready = kept;
             }
         }
-        let id = entry.as_ref().map_or(0, |e| e.id);
-        match self.kernel.execute(rule, &plan, id) {
+        let journaled = SystemTime::now();
+        let kernel = &self.kernel;
+        let results: Vec<Result<actions::Acted, String>> = if ready.len() <= 1 {
+            ready
+                .iter()
+                .map(|j| kernel.execute(&j.rule, &j.plan, j.entry.as_ref().map_or(0, |e| e.id)))
+                .collect()
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = ready
+                    .iter()
+                    .map(|j| {
+                        s.spawn(move || {
+                            kernel.execute(&j.rule, &j.plan, j.entry.as_ref().map_or(0, |e| e.id))
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err("the action panicked".to_string()))
+                    })
+                    .collect()
+            })
+        };
+        for (job, result) in ready.into_iter().zip(results) {
+            self.finish(job, result, journaled);
+        }
+    }
+
+    /// Records what one action did (or arms its in-kernel signal for collection by `tick`).
+    fn finish(&mut self, job: Job, result: Result<actions::Acted, String>, journaled: SystemTime) {
+        let Job {
+            rule,
+            pid,
+            mut rec,
+            planned,
+            entry,
+            ..
+        } = job;
+        let observed = std::time::UNIX_EPOCH + Duration::from_nanos(rec.observed_unix_nano);
+        let since = |t: SystemTime| t.duration_since(observed).unwrap_or_default().as_secs_f64();
+        rec.stages = Some(Stages {
+            received: self.received.map_or(0.0, since),
+            planned: since(planned),
+            journaled: since(journaled),
+        });
+        match result {
             Ok(done) => {
                 rec.detail = Some(done.detail);
                 if let Some(e) = entry {
@@ -583,11 +673,7 @@ impl Engine {
                 match done.in_effect {
                     Some(at) => {
                         rec.acted_unix_nano = Some(nanos(at));
-                        rec.latency_seconds = Some(
-                            at.duration_since(observed)
-                                .unwrap_or_default()
-                                .as_secs_f64(),
-                        );
+                        rec.latency_seconds = Some(since(at));
                         self.emit(rec);
                     }
                     None => {
@@ -595,7 +681,7 @@ impl Engine {
                         let deadline =
                             Instant::now() + rule.ttl.unwrap_or(ARM_TIMEOUT).min(ARM_TIMEOUT);
                         self.pending.insert(
-                            t.pid,
+                            pid,
                             Pending {
                                 record: rec,
                                 rule: rule.name.clone(),
@@ -632,8 +718,8 @@ impl Engine {
                 true
             }
         });
-        for e in expired {
-            self.undo_entry(&e, "ttl expired");
+        if !expired.is_empty() {
+            self.undo_entries(&expired, "ttl expired");
         }
         if let Some(ks) = self.kernel.loaded_signals() {
             for sent in ks.poll() {

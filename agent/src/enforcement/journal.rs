@@ -180,6 +180,31 @@ impl Journal {
         Ok(())
     }
 
+    /// Adds every entry of `es` with one synced write (the decisions of one drain); on error
+    /// none is added.
+    pub fn add_all(&mut self, es: Vec<Entry>) -> Result<(), JournalError> {
+        if es.is_empty() {
+            return Ok(());
+        }
+        let n = self.entries.len();
+        self.entries.extend(es);
+        if let Err(err) = self.write() {
+            self.entries.truncate(n);
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// Removes the entries `ids` with one synced write (limits undone together).
+    pub fn remove_all(&mut self, ids: &[u64]) -> Result<(), JournalError> {
+        let n = self.entries.len();
+        self.entries.retain(|e| !ids.contains(&e.id));
+        if self.entries.len() == n {
+            return Ok(());
+        }
+        self.write()
+    }
+
     /// Removes entry `id` (undone, or failed to act).
     pub fn remove(&mut self, id: u64) -> Result<Option<Entry>, JournalError> {
         let Some(i) = self.entries.iter().position(|e| e.id == id) else {

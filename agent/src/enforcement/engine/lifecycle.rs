@@ -49,12 +49,25 @@ impl Engine {
     }
 
     pub(super) fn undo_entry(&mut self, e: &Entry, why: &str) {
-        let result = self.kernel.undo(&e.undo, e.id);
+        self.undo_entries(std::slice::from_ref(e), why);
+    }
+
+    /// Undoes `es` (limits expiring together) and removes them from the journal with one write.
+    pub(super) fn undo_entries(&mut self, es: &[Entry], why: &str) {
+        let results: Vec<Result<String, String>> =
+            es.iter().map(|e| self.kernel.undo(&e.undo, e.id)).collect();
         if let Ok(j) = &mut self.journal {
-            if let Err(err) = j.remove(e.id) {
+            let ids: Vec<u64> = es.iter().map(|e| e.id).collect();
+            if let Err(err) = j.remove_all(&ids) {
                 tracing::error!("enforcement: {}", err.cause);
             }
         }
+        for (e, result) in es.iter().zip(results) {
+            self.undone(e, why, result);
+        }
+    }
+
+    fn undone(&mut self, e: &Entry, why: &str, result: Result<String, String>) {
         let (outcome, reason) = match result {
             Ok(done) => (Outcome::Undone, format!("{why}: {done}")),
             Err(err) => {
@@ -90,6 +103,7 @@ impl Engine {
             latency_seconds: None,
             expires_unix_nano: Some(e.expires_unix_ms * 1_000_000),
             journal_id: Some(e.id),
+            stages: None,
         };
         self.emit(rec);
     }
