@@ -683,3 +683,6 @@ fn an_anomaly_from_detection_fires_a_rule_end_to_end() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[path = "enforce/actions.rs"]
+mod actions;

@@ -4,8 +4,6 @@
 //! logs path), `/status` → `decisions` (recent, newest first), and the
 //! `agent.enforcement.decisions` counters by rule and outcome (`metrics.rs`).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use opentelemetry_proto::tonic::{
     common::v1::{any_value, AnyValue, KeyValue},
     logs::v1::{LogRecord, SeverityNumber},
@@ -123,11 +121,6 @@ pub struct Stages {
     pub received: f64,
     pub planned: f64,
     pub journaled: f64,
-}
-
-pub fn nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 fn s(k: &str, v: impl Into<String>) -> KeyValue {

@@ -11,6 +11,7 @@ pub mod cpu_limit;
 pub mod degrade;
 pub mod freeze;
 pub mod kill;
+pub mod links;
 pub mod rate_limit;
 pub mod signal;
 

@@ -6,10 +6,11 @@ use std::time::SystemTime;
 use super::{ActiveLimit, Engine};
 use crate::enforcement::{
     actions,
-    audit::{nanos, DecisionRecord, Outcome, TargetRecord},
+    audit::{DecisionRecord, Outcome, TargetRecord},
     config::Mode,
     journal::{Entry, Undo},
 };
+use crate::export::metrics::unix_nanos;
 
 impl Engine {
     /// Undoes (or takes over) what a predecessor left in the journal.
@@ -79,7 +80,7 @@ impl Engine {
         let now = SystemTime::now();
         let rec = DecisionRecord {
             seq: self.seq,
-            time_unix_nano: nanos(now),
+            time_unix_nano: unix_nanos(now),
             rule: e.rule.clone(),
             mode: Mode::Enforce.as_str(),
             outcome,
@@ -99,7 +100,7 @@ impl Engine {
                 ..Default::default()
             },
             observed_unix_nano: e.acted_unix_ms * 1_000_000,
-            acted_unix_nano: Some(nanos(now)),
+            acted_unix_nano: Some(unix_nanos(now)),
             latency_seconds: None,
             expires_unix_nano: Some(e.expires_unix_ms * 1_000_000),
             journal_id: Some(e.id),
