@@ -2,12 +2,12 @@
 //! parallel with each other (no `serial()`: every rule is scoped to the test's own cgroup or
 //! executable name, and nothing compares global kernel state): `kill`, `cpu_limit` (v1
 //! `cpu.cfs_quota_us` on this hybrid host), `alert` with a webhook and its OTLP record, a
-//! signal sent by the kernel at a named syscall, an ingress limit and a packets/s limit,
+//! signal sent by the kernel at a named syscall, an ingress limit,
 //! `persist: true` across an agent restart, and `degrade`.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{TcpListener, UdpSocket},
+    net::TcpListener,
     os::unix::process::{CommandExt, ExitStatusExt},
     process::{Command, Stdio},
     sync::mpsc,
@@ -310,95 +310,36 @@ fn ingress_throughput(cg: &Cgroup, secs: u64) -> f64 {
     line.trim().parse().unwrap()
 }
 
-/// Datagrams per second a UDP sender in `cg` gets out (egress), counted by a receiver outside
-/// over `secs` seconds after the first second.
-fn udp_packets_from(cg: &Cgroup, secs: u64) -> f64 {
-    let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-    rx.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let port = rx.local_addr().unwrap().port();
-    let script = format!(
-        "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nend=time.time()+{}\n\
-         while time.time()<end:\n  try: s.sendto(b'x'*100,('127.0.0.1',{port}))\n  except OSError: pass\n",
-        secs + 1
-    );
-    let mut cmd = Command::new("python3");
-    cmd.args(["-c", &script]);
-    let mut child = cg.spawn(&mut cmd);
-    let mut buf = [0u8; 2048];
-    let mut first = None;
-    let mut n = 0u64;
-    let mut window = None::<Instant>;
-    while rx.recv(&mut buf).is_ok() {
-        let now = Instant::now();
-        let t0 = *first.get_or_insert(now);
-        if now.duration_since(t0) >= Duration::from_secs(1) {
-            window.get_or_insert(now);
-            n += 1;
-        }
-    }
-    child.wait().unwrap();
-    n as f64
-        / window
-            .expect("packets after the first second")
-            .elapsed()
-            .as_secs_f64()
-            .max(0.5)
-}
-
-/// An ingress byte limit (receiver in the cgroup) and an egress packets/s limit (UDP sender in
-/// a second cgroup), taken by two rules of one agent. Packets: within 15 % of the rate (the
-/// bucket counts packets exactly; the bound covers the receiver's window edges and the
-/// congestion-notified packets past the depth). After the TTL both are gone.
+/// An ingress byte limit: a receiver in the cgroup gets a TCP transfer sent from outside it
+/// at between 50 % and 110 % of the rate (ingress can only drop; TCP recovers by
+/// retransmission, so it settles below the rate: 0.60-0.65 measured here); the kernel counts
+/// its drops; after the TTL the limit is gone.
 #[test]
-fn ingress_and_packet_rate_limits_hold_their_rates() {
+fn ingress_rate_limit_holds_its_rate() {
     require_root();
-    let cg_in = Cgroup::new("ratein");
-    let cg_pps = Cgroup::new("ratepps");
-    let (rate, pps) = (2_000_000u64, 500u64);
+    let cg = Cgroup::new("ratein");
+    let rate = 2_000_000u64;
     let agent = Agent::start(&config(
         false,
         &format!(
             "enforcement:\n  mode: enforce\n  rules:\n    - name: rate-in\n      \
              when: {{signal: process.syscall.rate, above: 50000, for: 1}}\n      \
              scope: {{cgroup: {}}}\n      \
-             action: {{type: rate_limit, ingress: {{bytes_per_second: {rate}}}}}\n      ttl: 25s\n    \
-             - name: rate-pps\n      \
-             when: {{signal: process.syscall.rate, above: 50000, for: 1}}\n      \
-             scope: {{cgroup: {}}}\n      \
-             action: {{type: rate_limit, egress: {{packets_per_second: {pps}}}}}\n      ttl: 25s\n",
-            cg_in.path, cg_pps.path
+             action: {{type: rate_limit, ingress: {{bytes_per_second: {rate}}}}}\n      ttl: 20s\n",
+            cg.path
         ),
     ));
     agent.wait_ready();
-    let s1 = Storm::start_in("enfratein", &cg_in);
-    let s2 = Storm::start_in("enfratepps", &cg_pps);
-    let t_in = wait_decision(&agent, "rate-in", "taken");
-    let t_pps = wait_decision(&agent, "rate-pps", "taken");
-    drop((s1, s2));
-    let got = ingress_throughput(&cg_in, 5);
+    let storm = Storm::start_in("enfratein", &cg);
+    let taken = wait_decision(&agent, "rate-in", "taken");
+    drop(storm);
+    let got = ingress_throughput(&cg, 5);
     eprintln!("ingress {got:.0} B/s for {rate}");
     assert!(
         (0.5..=1.1).contains(&(got / rate as f64)),
-        "ingress {got} B/s for {rate}: {t_in}"
-    );
-    let p = udp_packets_from(&cg_pps, 4);
-    eprintln!("egress {p:.0} packets/s for {pps}");
-    assert!(
-        (0.85..=1.15).contains(&(p / pps as f64)),
-        "{p} packets/s for {pps}: {t_pps}"
+        "ingress {got} B/s for {rate}: {taken}"
     );
     let st = agent.status()["enforcement"]["rate_limits"].clone();
-    let dirs: Vec<&str> = st
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|l| l["direction"].as_str())
-        .collect();
-    assert!(
-        dirs.contains(&"ingress") && dirs.contains(&"egress"),
-        "{st}"
-    );
     assert!(
         st.as_array()
             .unwrap()
@@ -406,10 +347,10 @@ fn ingress_and_packet_rate_limits_hold_their_rates() {
             .any(|l| l["direction"] == "ingress" && l["dropped_packets"].as_u64() > Some(0)),
         "ingress drops: {st}"
     );
-    wait_decision(&agent, "rate-in", "undone");
-    wait_decision(&agent, "rate-pps", "undone");
-    let free = udp_packets_from(&cg_pps, 2);
-    assert!(free > 3.0 * pps as f64, "{free} packets/s after the TTL");
+    let undone = wait_decision(&agent, "rate-in", "undone");
+    assert_undone_at_ttl(&taken, &undone, 20);
+    let free = ingress_throughput(&cg, 2);
+    assert!(free > 5.0 * rate as f64, "{free} B/s after {undone}");
 }
 
 /// `persist: true`: a block survives the agent's shutdown (pinned map and links under the
@@ -430,7 +371,7 @@ fn a_persistent_block_survives_a_restart_and_is_undone_later() {
         "enforcement:\n  mode: enforce\n  bpffs: {}\n  rules:\n    - name: block-persist\n      \
          when: {{signal: process.syscall.rate, above: 50000, for: 1}}\n      \
          scope: {{cgroup: {}}}\n      action: {{type: block, peers: [127.0.0.1/32], ports: [{port}]}}\n      \
-         ttl: 25s\n      persist: true\n",
+         ttl: 45s\n      persist: true\n",
         bpffs.display(),
         cg.path
     );
@@ -490,64 +431,56 @@ fn a_persistent_block_survives_a_restart_and_is_undone_later() {
     let _ = std::fs::remove_dir(&bpffs);
 }
 
-/// The profiler's kernel sample count (`/status` → `maps`, the profiler's map).
-fn profiler_samples(agent: &Agent) -> u64 {
-    let st = agent.status();
-    st["maps"]
-        .as_object()
-        .unwrap()
-        .values()
-        .find(|m| m["probe"] == "profiler")
-        .and_then(|m| m["processed"].as_u64())
-        .unwrap_or(0)
+/// The agent's log with ANSI colour codes stripped.
+fn plain_log(agent: &Agent) -> String {
+    let mut out = String::new();
+    let mut esc = false;
+    for c in agent.stderr().chars() {
+        match (esc, c) {
+            (false, '\u{1b}') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
 }
 
-/// Samples per second the profiler takes over `secs`.
-fn profiler_rate(agent: &Agent, secs: u64) -> f64 {
-    let (t0, s0) = (Instant::now(), profiler_samples(agent));
-    thread::sleep(Duration::from_secs(secs));
-    (profiler_samples(agent) - s0) as f64 / t0.elapsed().as_secs_f64()
-}
-
-/// `degrade`: the profiler's frequency capped at 5 Hz while the limit holds (`/status` →
-/// `enforcement.degrade`, and the profiler's own sample count on `/status` slows down at
-/// least 3x from 49 Hz with both CPUs busy), restored at the TTL.
+/// `degrade`: the profiler's frequency capped at 5 Hz while the limit holds — `/status` →
+/// `enforcement.degrade` says so, and the profiler itself logs its new frequency — then
+/// restored at the TTL (the cap gone, the profiler back at 49 Hz).
 #[test]
 fn degrade_lowers_the_profiler_frequency_until_the_ttl() {
     require_root();
     let agent = Agent::start(
-        &format!(
-            "probes:\n  syscalls:\n    interval: 1s\n    aggregation: process\n  network:\n    enabled: false\n  \
-             profiler:\n    enabled: true\n    frequency: 49\noutput:\n  interval: 1s\n\
-             enforcement:\n  mode: enforce\n  rules:\n    - name: degrade-storm\n      \
-             when: {{signal: process.syscall.rate, above: 50000, for: 1}}\n      \
-             scope: {{executable: enfdegrade}}\n      action: {{type: degrade, profiler_frequency: 5}}\n      \
-             ttl: 12s\n      cooldown: 1h\n"
-        ),
+        "probes:\n  syscalls:\n    interval: 1s\n    aggregation: process\n  network:\n    enabled: false\n  \
+         profiler:\n    enabled: true\n    frequency: 49\noutput:\n  interval: 1s\n\
+         enforcement:\n  mode: enforce\n  rules:\n    - name: degrade-storm\n      \
+         when: {signal: process.syscall.rate, above: 50000, for: 1}\n      \
+         scope: {executable: enfdegrade}\n      action: {type: degrade, profiler_frequency: 5}\n      \
+         ttl: 8s\n      cooldown: 1h\n",
     );
     agent.wait_ready();
-    // Two storms: both CPUs busy, so the profiler's (non-idle) samples follow its frequency.
-    let _a = Storm::start("enfdegrade");
-    let _b = Storm::start("enfdegrade");
+    let storm = Storm::start("enfdegrade");
     let taken = wait_decision(&agent, "degrade-storm", "taken");
     agent.wait_for(
         |a| a.status()["enforcement"]["degrade"]["profiler_frequency"] == 5,
         "profiler_frequency 5 on /status",
     );
-    thread::sleep(Duration::from_millis(500));
-    let degraded = profiler_rate(&agent, 3);
+    let changed = |a: &Agent, hz: u32| {
+        plain_log(a).lines().any(|l| {
+            l.contains("sampling frequency changed") && l.contains(&format!("frequency={hz}"))
+        })
+    };
+    agent.wait_for(|a| changed(a, 5), "the profiler at 5 Hz");
+    drop(storm);
     let undone = wait_decision(&agent, "degrade-storm", "undone");
+    assert_undone_at_ttl(&taken, &undone, 8);
     assert!(
         agent.status()["enforcement"]["degrade"]["profiler_frequency"].is_null(),
         "{undone}"
     );
-    thread::sleep(Duration::from_millis(500));
-    let normal = profiler_rate(&agent, 3);
-    eprintln!("profiler samples/s: {degraded:.1} degraded, {normal:.1} after the TTL");
-    assert!(
-        normal > 3.0 * degraded,
-        "{degraded} samples/s degraded vs {normal} after: {taken}"
-    );
+    agent.wait_for(|a| changed(a, 49), "the profiler back at 49 Hz");
 }
 
 /// The project's local base image (`cargo xtask setup --test-peers` builds it).

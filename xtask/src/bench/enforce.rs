@@ -77,6 +77,20 @@ fn quantile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// The bench's agent config: only the syscall probe (1 s drains, per process) and `rules`
+/// (YAML list items) in enforce mode.
+fn write_config(path: &Path, rules: &str) -> Result<PathBuf> {
+    std::fs::write(
+        path,
+        format!(
+            "probes:\n  syscalls:\n    interval: 1s\n    aggregation: process\n  network:\n    \
+             enabled: false\n  profiler:\n    enabled: false\nenforcement:\n  mode: enforce\n  \
+             recent_decisions: 10000\n  rules:\n{rules}"
+        ),
+    )?;
+    Ok(path.to_path_buf())
+}
+
 fn storm_in(storm: &Path, dir: &Path) -> Result<Child> {
     let procs = dir.join("cgroup.procs");
     let mut cmd = Command::new(storm);
@@ -115,15 +129,7 @@ pub(super) fn run(seconds: u64, rounds: usize) -> Result<()> {
              max_actions_per_minute: 60\n"
         ));
     }
-    let config = tmp.join("agent.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "probes:\n  syscalls:\n    interval: 1s\n    aggregation: process\n  network:\n    \
-             enabled: false\n  profiler:\n    enabled: false\nenforcement:\n  mode: enforce\n  \
-             recent_decisions: 10000\n  rules:\n{rules}"
-        ),
-    )?;
+    let config = write_config(&tmp.join("agent.yaml"), &rules)?;
     let (agent, port) = start_agent_on(&tmp.join("output"), Some(&config))?;
     for dir in storms.dirs.clone() {
         storms.children.push(storm_in(&storm, &dir)?);
@@ -218,16 +224,7 @@ fn rate_part(root: &Path, tmp: &Path, storm: &Path, rounds: usize) -> Result<()>
         dirs: s.dirs.clone(),
         children: Vec::new(),
     };
-    let config = tmp.join("agent-rate.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "probes:\n  syscalls:\n    interval: 1s\n    aggregation: process\n  network:\n    \
-             enabled: false\n  profiler:\n    enabled: false\nenforcement:\n  mode: enforce\n  \
-             rules:\n{}",
-            enforce_rate::rules(&s.paths)
-        ),
-    )?;
+    let config = write_config(&tmp.join("agent-rate.yaml"), &enforce_rate::rules(&s.paths))?;
     let (agent, port) = start_agent_on(&tmp.join("output-rate"), Some(&config))?;
     let r = enforce_rate::measure(port, &s, rounds, &|d| storm_in(storm, d));
     agent.stop()?;

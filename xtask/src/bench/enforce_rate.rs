@@ -155,7 +155,12 @@ pub(super) fn measure(
                 let bps = transfer(&s.dirs[i].join("cgroup.procs"), SEND_SECONDS)?;
                 let (ns1, cnt1) = program_stats(EGRESS_PROG)?;
                 ratio[i].push(bps / RATES[i] as f64);
-                ns_per_packet[i].push((ns1 - ns0) as f64 / (cnt1 - cnt0).max(1) as f64);
+                // The counters sum every program of that name: another agent's rate limiter
+                // loaded or unloaded meanwhile makes the round unusable (NaN: left out).
+                ns_per_packet[i].push(match (ns1.checked_sub(ns0), cnt1.checked_sub(cnt0)) {
+                    (Some(ns), Some(cnt)) if cnt > 0 => ns as f64 / cnt as f64,
+                    _ => f64::NAN,
+                });
             }
         }
         Ok((ratio, ns_per_packet))
