@@ -23,6 +23,9 @@ use super::{
     host::{http_body, program_stats},
 };
 
+/// One figure per round, per rate.
+type PerRate = Vec<Vec<f64>>;
+
 /// Configured egress rates, bytes per second.
 const RATES: [u64; 3] = [1_000_000, 4_000_000, 16_000_000];
 /// Seconds of sending per transfer (the first one is left out of the throughput).
@@ -146,7 +149,7 @@ pub(super) fn measure(
     let sysctl = "/proc/sys/kernel/bpf_stats_enabled";
     let before = std::fs::read_to_string(sysctl).unwrap_or_default();
     std::fs::write(sysctl, "1").context("enable kernel.bpf_stats_enabled")?;
-    let result = (|| -> Result<(Vec<Vec<f64>>, Vec<Vec<f64>>)> {
+    let result = (|| -> Result<(PerRate, PerRate)> {
         let mut ratio = vec![Vec::new(); RATES.len()];
         let mut ns_per_packet = vec![Vec::new(); RATES.len()];
         for round in 0..rounds {
