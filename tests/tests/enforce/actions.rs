@@ -1,6 +1,6 @@
-//! The actions not covered above, each in cgroups (and a listener) of its own so they run in
-//! parallel with each other (no `serial()`: every rule is scoped to the test's own cgroup or
-//! executable name, and nothing compares global kernel state): `kill`, `cpu_limit` (v1
+//! The actions not covered above, each in cgroups (and a listener) of its own. Serial like
+//! the rest: run in parallel (four agents and their storms on 2 CPUs), rate limits and TTLs of
+//! the other tests went wrong in one run — not understood yet, so not risked: `kill`, `cpu_limit` (v1
 //! `cpu.cfs_quota_us` on this hybrid host), `alert` with a webhook and its OTLP record, a
 //! signal sent by the kernel at a named syscall, an ingress limit,
 //! `persist: true` across an agent restart, and `degrade`.
@@ -34,6 +34,7 @@ fn wait_exit(child: &mut std::process::Child, secs: u64) -> Option<std::process:
 #[test]
 fn kill_ends_every_process_of_the_cgroup() {
     require_root();
+    let _g = serial();
     let cg = Cgroup::new("kill");
     let agent = Agent::start(&config(
         false,
@@ -91,6 +92,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 #[test]
 fn cpu_limit_holds_the_quota_then_restores_it() {
     require_root();
+    let _g = serial();
     let Some(v1) = cpu_v1_root() else {
         eprintln!("no v1 cpu hierarchy: this host has cpu.max (covered by unit tests)");
         return;
@@ -191,6 +193,7 @@ fn webhook() -> (u16, mpsc::Receiver<(String, String)>) {
 #[test]
 fn alert_posts_the_decision_and_exports_its_log_record() {
     require_root();
+    let _g = serial();
     let sink = Sink::start(&[]);
     let (port, rx) = webhook();
     let agent = Agent::start(&config(
@@ -255,6 +258,7 @@ fn alert_posts_the_decision_and_exports_its_log_record() {
 #[test]
 fn a_rule_naming_a_syscall_signals_from_the_kernel() {
     require_root();
+    let _g = serial();
     let agent = Agent::start(&config(
         false,
         "enforcement:\n  mode: enforce\n  rules:\n    - name: ksig\n      \
@@ -317,6 +321,7 @@ fn ingress_throughput(cg: &Cgroup, secs: u64) -> f64 {
 #[test]
 fn ingress_rate_limit_holds_its_rate() {
     require_root();
+    let _g = serial();
     let cg = Cgroup::new("ratein");
     let rate = 2_000_000u64;
     let agent = Agent::start(&config(
@@ -360,6 +365,7 @@ fn ingress_rate_limit_holds_its_rate() {
 #[test]
 fn a_persistent_block_survives_a_restart_and_is_undone_later() {
     require_root();
+    let _g = serial();
     let cg = Cgroup::new("persist");
     let bpffs = PathBuf::from(format!("/sys/fs/bpf/enf-persist-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&bpffs);
@@ -452,6 +458,7 @@ fn plain_log(agent: &Agent) -> String {
 #[test]
 fn degrade_lowers_the_profiler_frequency_until_the_ttl() {
     require_root();
+    let _g = serial();
     let agent = Agent::start(
         "probes:\n  syscalls:\n    interval: 1s\n    aggregation: process\n  network:\n    enabled: false\n  \
          profiler:\n    enabled: true\n    frequency: 49\noutput:\n  interval: 1s\n\
@@ -521,6 +528,7 @@ impl Drop for Container {
 #[test]
 fn restart_container_ends_a_podman_container_and_its_runtime_restarts_it() {
     require_root();
+    let _g = serial();
     let exists = Command::new("podman")
         .args(["image", "exists", IMAGE])
         .status()
