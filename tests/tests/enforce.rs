@@ -82,7 +82,7 @@ impl Cgroup {
         unsafe {
             cmd.pre_exec(move || std::fs::write(&procs, "0"));
         }
-        cmd.spawn().expect("spawn in the test cgroup")
+        spawn(cmd)
     }
 }
 
@@ -102,6 +102,20 @@ impl Drop for Cgroup {
             thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// Starts `cmd`, again while its freshly copied executable is busy: a test running in parallel
+/// may fork while it still holds the copy open for writing (ETXTBSY until that child execs).
+fn spawn(cmd: &mut Command) -> Child {
+    for _ in 0..100 {
+        match cmd.spawn() {
+            Err(e) if e.kind() == ErrorKind::ExecutableFileBusy => {
+                thread::sleep(Duration::from_millis(20))
+            }
+            r => return r.expect("spawn"),
+        }
+    }
+    panic!("{cmd:?}: executable busy for 2 s")
 }
 
 /// A syscall storm named `name` (a copy of `syscall-workload`), killed on drop.
@@ -124,7 +138,7 @@ impl Storm {
     fn start(name: &str) -> Storm {
         let (mut cmd, dir) = Storm::command(name);
         Storm {
-            child: cmd.spawn().expect("start the storm"),
+            child: spawn(&mut cmd),
             _dir: dir,
         }
     }
@@ -683,3 +697,6 @@ fn an_anomaly_from_detection_fires_a_rule_end_to_end() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[path = "enforce/actions.rs"]
+mod actions;

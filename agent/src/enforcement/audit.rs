@@ -4,8 +4,6 @@
 //! logs path), `/status` → `decisions` (recent, newest first), and the
 //! `agent.enforcement.decisions` counters by rule and outcome (`metrics.rs`).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use opentelemetry_proto::tonic::{
     common::v1::{any_value, AnyValue, KeyValue},
     logs::v1::{LogRecord, SeverityNumber},
@@ -110,11 +108,19 @@ pub struct DecisionRecord {
     /// The journal entry of a limiting action.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub journal_id: Option<u64>,
+    /// Where the latency went (`taken`; `/status` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stages: Option<Stages>,
 }
 
-pub fn nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+/// The stages of one taken decision, seconds since the observation (the agent's own clock):
+/// the engine received the batch, the target was read and checked (plan), the journal was
+/// synced. The action was in effect at `latency_seconds`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Stages {
+    pub received: f64,
+    pub planned: f64,
+    pub journaled: f64,
 }
 
 fn s(k: &str, v: impl Into<String>) -> KeyValue {
@@ -252,6 +258,7 @@ mod tests {
             latency_seconds: Some(1e-9),
             expires_unix_nano: Some(8_000_000_004),
             journal_id: Some(1),
+            stages: None,
         };
         let l = r.log_record();
         assert_eq!(l.event_name, "agent.decision");

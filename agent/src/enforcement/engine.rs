@@ -9,11 +9,12 @@
 //!   longer than half an interval or a value on the other side starts over;
 //! - a rule fires once per `for`: its streak starts over after firing;
 //! - every decision and every undo is one audit record (`audit.rs`);
-//! - a limit is journaled (and synced) before it acts, and leaves the journal only once
+//! - a limit is journaled before it acts, and leaves the journal only once
 //!   undone; monitor mode and cooldown/rate cap count "would act" like acting, so a monitor
 //!   run shows what an enforce run would do;
 //! - no action touches the agent, pid 1, kernel threads or the allowlist (`safety.rs`).
 
+mod act;
 mod lifecycle;
 mod publish;
 
@@ -26,17 +27,18 @@ use std::{
 
 use super::{
     actions::{self, Blocked, Kernel, Plan},
-    audit::{nanos, DecisionRecord, Outcome, TargetRecord},
+    audit::{DecisionRecord, Outcome, TargetRecord},
     cgroup::Hierarchies,
     config::{EnforcementConfig, Mode},
-    journal::{unix_ms, Entry, Journal},
+    journal::{Entry, Journal},
     metrics::Telemetry,
     pins::Pins,
-    rules::{self, Action, Condition, Rule},
+    rules::{self, Condition, Rule},
     safety::{Refusal, Safety},
     scope::Target,
 };
 use crate::{
+    export::metrics::unix_nanos,
     metrics::Store,
     signals::{Anomaly, Demand, ProcessRef, SignalBatch},
     status::state::AgentState,
@@ -82,6 +84,18 @@ struct ActiveLimit {
     entry: Entry,
 }
 
+/// A decision that acts, between [`Engine::decide`] and [`Engine::finish`].
+struct Job {
+    rule: Rule,
+    pid: u32,
+    plan: Plan,
+    rec: DecisionRecord,
+    /// When the target was read and checked.
+    planned: SystemTime,
+    /// The journal entry of a limit.
+    entry: Option<Entry>,
+}
+
 /// A kernel-sent signal waiting for its syscall.
 struct Pending {
     record: DecisionRecord,
@@ -112,6 +126,8 @@ pub struct Engine {
     last_error: Option<String>,
     last_publish: Instant,
     dirty: bool,
+    /// When the batch (or anomaly) being judged reached the engine.
+    received: Option<SystemTime>,
 }
 
 fn sample_syscall_text(c: &Condition) -> String {
@@ -150,6 +166,7 @@ impl Engine {
             last_error: None,
             last_publish: Instant::now(),
             dirty: true,
+            received: None,
         };
         e.last_error = e.journal.as_ref().err().cloned();
         e.reconfigure(s);
@@ -192,6 +209,7 @@ impl Engine {
 
     /// One drain's signals: threshold rules.
     pub fn on_batch(&mut self, b: &SignalBatch) {
+        self.received = Some(SystemTime::now());
         for p in &b.ended {
             self.streaks
                 .retain(|(_, pid, gen), _| !(*pid == p.pid && *gen == p.gen));
@@ -238,6 +256,7 @@ impl Engine {
                 }
             }
         }
+        let mut jobs = Vec::new();
         for (ri, p, value, span) in fire {
             let rule = self.rules[ri].clone();
             let Condition::Threshold {
@@ -257,8 +276,9 @@ impl Engine {
                     span.as_millis() as u64
                 ))
             );
-            self.decide(&rule, &p, b.time, value, trigger);
+            jobs.extend(self.decide(&rule, &p, b.time, value, trigger));
         }
+        self.act_all(jobs);
         // Streaks whose process went quiet are dropped after a while.
         let horizon = b
             .time
@@ -269,6 +289,7 @@ impl Engine {
 
     /// One anomaly: anomaly rules.
     pub fn on_anomaly(&mut self, a: &Anomaly) {
+        self.received = Some(SystemTime::now());
         let matching: Vec<Rule> = self
             .rules
             .iter()
@@ -283,6 +304,7 @@ impl Engine {
             .filter(|r| r.scope.may_match(&a.key.process))
             .cloned()
             .collect();
+        let mut jobs = Vec::new();
         for rule in matching {
             let trigger = format!(
                 "anomaly on {}{}: {} (expected {}..{}), score {:.3}",
@@ -293,8 +315,9 @@ impl Engine {
                 a.expected_max,
                 a.score
             );
-            self.decide(&rule, &a.key.process, a.time, a.value, trigger);
+            jobs.extend(self.decide(&rule, &a.key.process, a.time, a.value, trigger));
         }
+        self.act_all(jobs);
     }
 
     // The audit record's fields, one argument each: grouping them would only rename them.
@@ -313,7 +336,7 @@ impl Engine {
         self.seq += 1;
         DecisionRecord {
             seq: self.seq,
-            time_unix_nano: nanos(SystemTime::now()),
+            time_unix_nano: unix_nanos(SystemTime::now()),
             rule: rule.name.to_string(),
             mode: rule.mode.as_str(),
             outcome,
@@ -334,11 +357,12 @@ impl Engine {
                 container_id: t.and_then(|t| t.container.as_ref().map(|c| c.container_id.clone())),
                 pod_uid: t.and_then(|t| t.container.as_ref().and_then(|c| c.pod_uid.clone())),
             },
-            observed_unix_nano: nanos(observed),
+            observed_unix_nano: unix_nanos(observed),
             acted_unix_nano: None,
             latency_seconds: None,
             expires_unix_nano: None,
             journal_id: None,
+            stages: None,
         }
     }
 
@@ -367,7 +391,9 @@ impl Engine {
         self.dirty = true;
     }
 
-    /// Judges one firing of `rule` on process `p`, observed at `observed`.
+    /// Judges one firing of `rule` on process `p`, observed at `observed`: emits the record of
+    /// a decision that does not act, returns the one that does (acted on with the other
+    /// firings of the same drain by [`Engine::act_all`]).
     fn decide(
         &mut self,
         rule: &Rule,
@@ -375,7 +401,7 @@ impl Engine {
         observed: SystemTime,
         value: f64,
         trigger: String,
-    ) {
+    ) -> Option<Job> {
         let proc_root = self.env.proc_root.clone();
         let Some(t) = Target::read(&proc_root, p.pid) else {
             let r = self.record(
@@ -389,17 +415,17 @@ impl Engine {
                 Some(format!("pid {} exited before the decision", p.pid)),
             );
             self.emit(r);
-            return;
+            return None;
         };
         if !rule.scope.matches(&t) {
-            return; // out of scope (cgroup or pod): not a decision
+            return None; // out of scope (cgroup or pod): not a decision
         }
         if rule.action.touches_target() {
             if let Err(refusal) = self.safety.check_process(&t) {
                 let (o, why) = refusal_outcome(refusal);
                 let r = self.record(rule, Some(&t), None, observed, value, trigger, o, Some(why));
                 self.emit(r);
-                return;
+                return None;
             }
         }
         let plan = match actions::plan(rule, &t, &self.kernel.hier, &self.safety, &proc_root) {
@@ -411,7 +437,7 @@ impl Engine {
                 };
                 let r = self.record(rule, Some(&t), None, observed, value, trigger, o, Some(why));
                 self.emit(r);
-                return;
+                return None;
             }
         };
         let key = plan.key();
@@ -434,7 +460,7 @@ impl Engine {
                 Some(format!("a {kind} limit is already in effect on {key}")),
             );
             self.emit(r);
-            return;
+            return None;
         }
         let now = Instant::now();
         if let Some(last) = self.last_action.get(&(rule.name.clone(), key.clone())) {
@@ -455,7 +481,7 @@ impl Engine {
                     )),
                 );
                 self.emit(r);
-                return;
+                return None;
             }
         }
         let window = self.per_minute.entry(rule.name.clone()).or_default();
@@ -481,7 +507,7 @@ impl Engine {
                 )),
             );
             self.emit(r);
-            return;
+            return None;
         }
         window.push_back(now);
         self.last_action
@@ -498,23 +524,11 @@ impl Engine {
                 Some(format!("monitor mode: would {}", rule.action.describe())),
             );
             self.emit(r);
-            return;
+            return None;
         }
-        self.act(rule, &t, plan, observed, value, trigger);
-    }
-
-    fn act(
-        &mut self,
-        rule: &Rule,
-        t: &Target,
-        plan: Plan,
-        observed: SystemTime,
-        value: f64,
-        trigger: String,
-    ) {
-        let mut rec = self.record(
+        let rec = self.record(
             rule,
-            Some(t),
+            Some(&t),
             Some(&plan),
             observed,
             value,
@@ -522,102 +536,14 @@ impl Engine {
             Outcome::Taken,
             None,
         );
-        // Journal first, for what must be undone.
-        let mut entry = None;
-        if rule.action.limits() {
-            let undo = match actions::undo_of(rule, &plan, &self.kernel.hier) {
-                Ok(u) => u,
-                Err(e) => {
-                    rec.outcome = Outcome::Failed;
-                    rec.reason = Some(e);
-                    self.emit(rec);
-                    return;
-                }
-            };
-            if let Some(undo) = undo {
-                let j = match &mut self.journal {
-                    Ok(j) => j,
-                    Err(e) => {
-                        rec.outcome = Outcome::Failed;
-                        rec.reason = Some(format!("no journal, so no limiting action: {e}"));
-                        self.emit(rec);
-                        return;
-                    }
-                };
-                let ttl = rule.ttl.unwrap_or(rules::DEFAULT_TTL);
-                let acted = SystemTime::now();
-                let e = Entry {
-                    id: j.next_id(),
-                    rule: rule.name.to_string(),
-                    kind: rule.action.kind().to_string(),
-                    action: rule.action.describe(),
-                    target: plan.key(),
-                    undo,
-                    acted_unix_ms: unix_ms(acted),
-                    expires_unix_ms: unix_ms(acted + ttl),
-                    persist: rule.persist,
-                };
-                if let Err(err) = j.add(e.clone()) {
-                    rec.outcome = Outcome::Failed;
-                    rec.reason = Some(err.cause);
-                    self.emit(rec);
-                    return;
-                }
-                rec.journal_id = Some(e.id);
-                rec.expires_unix_nano = Some(e.expires_unix_ms * 1_000_000);
-                entry = Some(e);
-            }
-        }
-        let id = entry.as_ref().map_or(0, |e| e.id);
-        match self.kernel.execute(rule, &plan, id) {
-            Ok(done) => {
-                rec.detail = Some(done.detail);
-                if let Some(e) = entry {
-                    self.active.push(ActiveLimit { entry: e });
-                }
-                if let Action::Alert { webhook: Some(url) } = &rule.action {
-                    if let Ok(body) = serde_json::to_vec(&rec) {
-                        actions::alert::post(url.clone(), body);
-                    }
-                }
-                match done.in_effect {
-                    Some(at) => {
-                        rec.acted_unix_nano = Some(nanos(at));
-                        rec.latency_seconds = Some(
-                            at.duration_since(observed)
-                                .unwrap_or_default()
-                                .as_secs_f64(),
-                        );
-                        self.emit(rec);
-                    }
-                    None => {
-                        // Armed in the kernel: recorded once the kernel has sent it.
-                        let deadline =
-                            Instant::now() + rule.ttl.unwrap_or(ARM_TIMEOUT).min(ARM_TIMEOUT);
-                        self.pending.insert(
-                            t.pid,
-                            Pending {
-                                record: rec,
-                                rule: rule.name.clone(),
-                                kind: rule.action.kind(),
-                                deadline,
-                            },
-                        );
-                    }
-                }
-            }
-            Err(err) => {
-                if let (Some(e), Ok(j)) = (&entry, &mut self.journal) {
-                    let _ = j.remove(e.id);
-                }
-                rec.outcome = Outcome::Failed;
-                rec.reason = Some(err.clone());
-                rec.journal_id = None;
-                rec.expires_unix_nano = None;
-                self.last_error = Some(err);
-                self.emit(rec);
-            }
-        }
+        Some(Job {
+            rule: rule.clone(),
+            pid: t.pid,
+            plan,
+            rec,
+            planned: SystemTime::now(),
+            entry: None,
+        })
     }
 
     /// Undoes expired limits, collects kernel-sent signals, times out armed ones.
@@ -632,8 +558,8 @@ impl Engine {
                 true
             }
         });
-        for e in expired {
-            self.undo_entry(&e, "ttl expired");
+        if !expired.is_empty() {
+            self.undo_entries(&expired, "ttl expired");
         }
         if let Some(ks) = self.kernel.loaded_signals() {
             for sent in ks.poll() {
@@ -643,7 +569,7 @@ impl Engine {
                 if sent.result == 0 {
                     let obs =
                         std::time::UNIX_EPOCH + Duration::from_nanos(p.record.observed_unix_nano);
-                    p.record.acted_unix_nano = Some(nanos(sent.at));
+                    p.record.acted_unix_nano = Some(unix_nanos(sent.at));
                     p.record.latency_seconds = Some(
                         sent.at
                             .duration_since(obs)

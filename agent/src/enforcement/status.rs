@@ -57,5 +57,15 @@ pub struct EnforcementStatus {
     pub kernel: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
     /// Decisions by rule and outcome since the start.
     pub decisions: BTreeMap<String, BTreeMap<&'static str, u64>>,
+    /// The sampling caps in effect (every `degrade` source merged: the lowest wins).
+    pub degrade: DegradeStatus,
     pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DegradeStatus {
+    /// `probes.profiler.frequency` at most this (Hz).
+    pub profiler_frequency: Option<u32>,
+    /// `probes.syscalls.top_processes` at most this.
+    pub top_processes: Option<usize>,
 }

@@ -11,7 +11,7 @@
 
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
     time::Duration,
@@ -20,6 +20,7 @@ use std::{
 use anyhow::{Context, Result};
 
 use super::{
+    enforce_rate,
     harness::Spread,
     host::{build_release, ensure_tracefs, http_body, start_agent_on},
 };
@@ -76,7 +77,34 @@ fn quantile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-pub(super) fn run(seconds: u64) -> Result<()> {
+/// The bench's agent config: only the syscall probe (1 s drains, per process) and `rules`
+/// (YAML list items) in enforce mode.
+fn write_config(path: &Path, rules: &str) -> Result<PathBuf> {
+    std::fs::write(
+        path,
+        format!(
+            "probes:\n  syscalls:\n    interval: 1s\n    aggregation: process\n  network:\n    \
+             enabled: false\n  profiler:\n    enabled: false\nenforcement:\n  mode: enforce\n  \
+             recent_decisions: 10000\n  rules:\n{rules}"
+        ),
+    )?;
+    Ok(path.to_path_buf())
+}
+
+fn storm_in(storm: &Path, dir: &Path) -> Result<Child> {
+    let procs = dir.join("cgroup.procs");
+    let mut cmd = Command::new(storm);
+    cmd.args(["getppid", "100000000000"])
+        .stdout(Stdio::null())
+        .stdin(Stdio::null());
+    // SAFETY: the child only writes its own pid ("0") to the cgroup before exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || std::fs::write(&procs, "0"));
+    }
+    cmd.spawn().context("start a storm")
+}
+
+pub(super) fn run(seconds: u64, rounds: usize) -> Result<()> {
     setup::ensure(true)?;
     build_release()?;
     ensure_tracefs();
@@ -101,38 +129,20 @@ pub(super) fn run(seconds: u64) -> Result<()> {
              max_actions_per_minute: 60\n"
         ));
     }
-    let config = tmp.join("agent.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "probes:\n  syscalls:\n    interval: 1s\n    aggregation: process\n  network:\n    \
-             enabled: false\n  profiler:\n    enabled: false\nenforcement:\n  mode: enforce\n  \
-             recent_decisions: 10000\n  rules:\n{rules}"
-        ),
-    )?;
+    let config = write_config(&tmp.join("agent.yaml"), &rules)?;
     let (agent, port) = start_agent_on(&tmp.join("output"), Some(&config))?;
     for dir in storms.dirs.clone() {
-        let procs = dir.join("cgroup.procs");
-        let mut cmd = Command::new(&storm);
-        cmd.args(["getppid", "100000000000"])
-            .stdout(Stdio::null())
-            .stdin(Stdio::null());
-        // SAFETY: the child only writes its own pid ("0") to the cgroup before exec.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-                std::fs::write(&procs, "0")
-            });
-        }
-        storms.children.push(cmd.spawn().context("start a storm")?);
+        storms.children.push(storm_in(&storm, &dir)?);
     }
     println!("enforce: 4 rules (one per action) firing on syscall storms for {seconds} s...");
     thread::sleep(Duration::from_secs(seconds));
     let status = http_body(port, "/status").context("GET /status")?;
     drop(storms);
     agent.stop()?;
-    let _ = std::fs::remove_dir_all(&tmp);
     let v: serde_json::Value = serde_json::from_str(&status)?;
     let mut by: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    // Per rule: the stages (received, planned, journaled), ms since the observation.
+    let mut stages: BTreeMap<String, [Vec<f64>; 3]> = BTreeMap::new();
     let mut outcomes: BTreeMap<(String, String), u64> = BTreeMap::new();
     for d in v["decisions"].as_array().into_iter().flatten() {
         let rule = d["rule"].as_str().unwrap_or("?").to_string();
@@ -140,7 +150,13 @@ pub(super) fn run(seconds: u64) -> Result<()> {
         *outcomes.entry((rule.clone(), outcome.clone())).or_default() += 1;
         if outcome == "taken" {
             if let Some(l) = d["latency_seconds"].as_f64() {
-                by.entry(rule).or_default().push(l * 1e3);
+                by.entry(rule.clone()).or_default().push(l * 1e3);
+            }
+            let st = stages.entry(rule).or_default();
+            for (i, k) in ["received", "planned", "journaled"].iter().enumerate() {
+                if let Some(x) = d["stages"][k].as_f64() {
+                    st[i].push(x * 1e3);
+                }
             }
         }
     }
@@ -170,8 +186,48 @@ pub(super) fn run(seconds: u64) -> Result<()> {
         );
     }
     println!(
+        "\nwhere the time went: p50 / p99 of each stage, ms since the observation (received: the \
+         engine got the drain's signals; planned: target read and checked; journaled: the \
+         journal synced; then the action):"
+    );
+    println!(
+        "{:<12} {:>17} {:>17} {:>17}",
+        "action", "received", "planned", "journaled"
+    );
+    for (kind, _) in ACTIONS {
+        let Some(st) = stages.get_mut(kind) else {
+            continue;
+        };
+        let cell = |v: &mut Vec<f64>| {
+            if v.is_empty() {
+                return "-".to_string();
+            }
+            v.sort_by(f64::total_cmp);
+            format!("{:.2} / {:.2}", quantile(v, 0.5), quantile(v, 0.99))
+        };
+        let [a, b, c] = st;
+        println!("{kind:<12} {:>17} {:>17} {:>17}", cell(a), cell(b), cell(c));
+    }
+    println!(
         "\np99 with fewer than 100 actions is the largest but one or the maximum: read it as such."
     );
     println!("decisions by rule and outcome: {outcomes:?}");
-    Ok(())
+    let rate = rate_part(&root, &tmp, &storm, rounds);
+    let _ = std::fs::remove_dir_all(&tmp);
+    rate
+}
+
+/// The rate limiter's cost and accuracy (`enforce_rate.rs`), on an agent of its own.
+fn rate_part(root: &Path, tmp: &Path, storm: &Path, rounds: usize) -> Result<()> {
+    let s = enforce_rate::setup(root)?;
+    let storms = Storms {
+        dirs: s.dirs.clone(),
+        children: Vec::new(),
+    };
+    let config = write_config(&tmp.join("agent-rate.yaml"), &enforce_rate::rules(&s.paths))?;
+    let (agent, port) = start_agent_on(&tmp.join("output-rate"), Some(&config))?;
+    let r = enforce_rate::measure(port, &s, rounds, &|d| storm_in(storm, d));
+    agent.stop()?;
+    drop(storms);
+    r
 }

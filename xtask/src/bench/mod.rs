@@ -6,6 +6,7 @@
 
 mod detect;
 mod enforce;
+mod enforce_rate;
 mod export;
 mod harness;
 mod host;
@@ -84,11 +85,15 @@ pub enum Which {
     },
     /// Enforcement: time from the observation that fires a rule to its action in effect,
     /// p50/p99 for signal, freeze, block and rate_limit, side by side in one agent
-    /// (`enforce.rs`).
+    /// (`enforce.rs`); then the rate limiter's ns/packet and accuracy at three rates
+    /// (`enforce_rate.rs`).
     Enforce {
         /// Seconds the rules keep firing (each about every 2-3 s).
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// Rounds of the rate limiter's accuracy and per-packet cost (3 rates each).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
     },
     /// Anomaly detectors: ns per point and state bytes per detector, and the engine's points
     /// per second over 10,000 series (`detect.rs`).
@@ -119,7 +124,7 @@ pub fn run(which: Which) -> Result<()> {
         } => export::run(seconds, series, rounds),
         Which::Profiler { seconds, rounds } => profiler::run(seconds, rounds),
         Which::Soak { minutes, config } => soak::run(minutes, config.as_deref()),
-        Which::Enforce { seconds } => enforce::run(seconds),
+        Which::Enforce { seconds, rounds } => enforce::run(seconds, rounds),
         Which::Detect {
             rounds,
             points,

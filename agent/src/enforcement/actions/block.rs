@@ -3,7 +3,7 @@
 //! `system.network.tcp.connection.failures` with `error.type=blocked`, beside the network
 //! probe's own failures and with its attribute conventions (`metrics.rs`).
 
-use std::{collections::HashMap, fs::File, path::Path};
+use std::{collections::HashMap, path::Path};
 
 use agent_common::block::{
     counter, BlockData, BlockRule, RefusalKey, RefusalStats, CGROUPS_MAP, COUNTERS_MAP,
@@ -11,24 +11,19 @@ use agent_common::block::{
 };
 use aya::{
     maps::{lpm_trie::Key, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray},
-    programs::{
-        links::{FdLink, PinnedLink},
-        CgroupAttachMode, CgroupSockAddr,
-    },
+    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr},
     Ebpf,
 };
 
-use super::super::{pins::Pins, rules::Prefix};
+use super::{
+    super::{pins::Pins, rules::Prefix},
+    links::{self, Link},
+};
 use crate::ebpf::{self, LoadError};
 
 pub const PROBE: &str = "block";
 const PROGS: [&str; 2] = ["block_connect4", "block_connect6"];
 const STATE_MAPS: [&str; 3] = [CGROUPS_MAP, RULES_MAP, REFUSALS_MAP];
-
-enum Link {
-    Fd(FdLink),
-    Pinned(PinnedLink),
-}
 
 /// The LPM keys of a block on `cgroup_id`: every prefix with every port (port 0: any).
 pub fn keys(cgroup_id: u64, peers: &[Prefix], ports: &[u16]) -> Vec<Key<BlockData>> {
@@ -102,13 +97,9 @@ impl Blocker {
                 .map_err(|e| ebpf::explain(&format!("loading {name}"), &e))?;
         }
         let mut links: HashMap<u64, Vec<Link>> = HashMap::new();
-        for (name, path) in pins.links_with_prefix("block-") {
-            let Some(id) = name.split('-').nth(1).and_then(|s| s.parse::<u64>().ok()) else {
-                continue;
-            };
-            match PinnedLink::from_pin(&path) {
-                Ok(l) => links.entry(id).or_default().push(Link::Pinned(l)),
-                Err(e) => tracing::warn!("cannot take over pinned link {}: {e}", path.display()),
+        for (name, l) in links::take_over(pins, "block-") {
+            if let Some(id) = name.split('-').nth(1).and_then(|s| s.parse::<u64>().ok()) {
+                links.entry(id).or_default().push(l);
             }
         }
         let mut b = Blocker {
@@ -216,44 +207,36 @@ impl Blocker {
     }
 
     fn attach(&mut self, dir: &Path, cgroup_id: u64, persist: bool) -> Result<(), String> {
+        let pin = |i: usize| persist.then(|| self.pins.link(&format!("block-{cgroup_id}-{i}")));
         if let Some(ls) = self.links.remove(&cgroup_id) {
             let mut out = Vec::new();
             for (i, l) in ls.into_iter().enumerate() {
-                out.push(match (l, persist) {
-                    (Link::Fd(fd), true) => Link::Pinned(
-                        fd.pin(self.pins.link(&format!("block-{cgroup_id}-{i}")))
-                            .map_err(|e| format!("cannot pin the block link: {e}"))?,
-                    ),
-                    (l, _) => l,
+                out.push(match pin(i) {
+                    Some(p) => l.pinned(p)?,
+                    None => l,
                 });
             }
             self.links.insert(cgroup_id, out);
             return Ok(());
         }
-        let cg =
-            File::open(dir).map_err(|e| format!("cannot open cgroup {}: {e}", dir.display()))?;
+        let pins: Vec<Option<std::path::PathBuf>> = (0..PROGS.len()).map(pin).collect();
         let mut out = Vec::new();
-        for (i, name) in PROGS.iter().enumerate() {
+        for (name, pin) in PROGS.iter().zip(pins) {
             let p: &mut CgroupSockAddr =
                 ebpf::program(&mut self.bpf, PROBE, name).map_err(|e| e.cause)?;
-            let lid = p
-                // Single: the flags of a bpf_link attach (which aya uses on 5.7+) must be 0 — the
-                // kernel refuses BPF_F_ALLOW_MULTI there with EINVAL — and cgroup links are
-                // always multi-attach, beside other programs on the same cgroup.
-                .attach(&cg, CgroupAttachMode::Single)
-                .map_err(|e| {
-                    ebpf::explain(&format!("attaching {name} to {}", dir.display()), &e).to_string()
-                })?;
-            let fd = FdLink::try_from(p.take_link(lid).map_err(|e| e.to_string())?)
-                .map_err(|e| format!("{name} link: {e}"))?;
-            out.push(if persist {
-                Link::Pinned(
-                    fd.pin(self.pins.link(&format!("block-{cgroup_id}-{i}")))
-                        .map_err(|e| format!("cannot pin the block link: {e}"))?,
-                )
-            } else {
-                Link::Fd(fd)
-            });
+            out.push(links::attach_cgroup(dir, pin, |cg| {
+                let lid = p
+                    // Single: the flags of a bpf_link attach (which aya uses on 5.7+) must be
+                    // 0 — the kernel refuses BPF_F_ALLOW_MULTI there with EINVAL — and cgroup
+                    // links are always multi-attach, beside other programs on the same cgroup.
+                    .attach(cg, CgroupAttachMode::Single)
+                    .map_err(|e| {
+                        ebpf::explain(&format!("attaching {name} to {}", dir.display()), &e)
+                            .to_string()
+                    })?;
+                FdLink::try_from(p.take_link(lid).map_err(|e| e.to_string())?)
+                    .map_err(|e| format!("{name} link: {e}"))
+            })?);
         }
         self.links.insert(cgroup_id, out);
         Ok(())
@@ -295,10 +278,7 @@ impl Blocker {
         };
         if left == 0 {
             for l in self.links.remove(&cgroup_id).unwrap_or_default() {
-                match l {
-                    Link::Pinned(p) => drop(p.unpin().map_err(|e| format!("cannot unpin: {e}"))?),
-                    Link::Fd(fd) => drop(fd),
-                }
+                l.detach()?;
             }
         }
         Ok(())
@@ -356,9 +336,7 @@ impl Blocker {
             }
             // Whatever is left attached (entries the journal did not know) goes too.
             for l in self.links.remove(&id).unwrap_or_default() {
-                if let Link::Pinned(p) = l {
-                    let _ = p.unpin();
-                }
+                let _ = l.detach();
             }
         }
         if kept == 0 && self.maps_pinned {

@@ -11,11 +11,13 @@ pub mod cpu_limit;
 pub mod degrade;
 pub mod freeze;
 pub mod kill;
+pub mod links;
 pub mod rate_limit;
 pub mod signal;
 
 use std::{
     path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard},
     time::SystemTime,
 };
 
@@ -188,14 +190,51 @@ pub struct Acted {
     pub in_effect: Option<SystemTime>,
 }
 
-/// The kernel objects of the actions (each loaded on first use) and the cgroup mounts.
+/// The kernel objects of the actions and the cgroup mounts. An enforce-mode rule's objects are
+/// loaded when the rule is applied ([`Kernel::prepare`]); each sits behind its own lock so that
+/// independent actions of one drain run concurrently ([`Kernel::execute`] takes `&self`).
 pub struct Kernel {
     pub hier: Hierarchies,
     pub pins: Pins,
-    rate: Option<rate_limit::RateLimiter>,
-    block: Option<block::Blocker>,
-    signals: Option<signal::KernelSignals>,
+    rate: Mutex<Option<rate_limit::RateLimiter>>,
+    block: Mutex<Option<block::Blocker>>,
+    signals: Mutex<Option<signal::KernelSignals>>,
     pub degrade: degrade::DegradeHub,
+}
+
+/// Loads into `slot` on first use; the guard holds the loaded object.
+fn loaded<'a, T>(
+    slot: &'a Mutex<Option<T>>,
+    load: impl FnOnce() -> Result<T, crate::ebpf::LoadError>,
+) -> Result<MappedMutexGuard<'a, T>, String> {
+    let mut g = slot.lock().unwrap_or_else(|e| e.into_inner());
+    if g.is_none() {
+        *g = Some(load().map_err(|e| format!("{}; {}", e.cause, e.fix))?);
+    }
+    Ok(MappedMutexGuard::new(g))
+}
+
+/// A lock guard on a slot known to be loaded.
+pub struct MappedMutexGuard<'a, T>(MutexGuard<'a, Option<T>>);
+
+impl<'a, T> MappedMutexGuard<'a, T> {
+    fn new(g: MutexGuard<'a, Option<T>>) -> Self {
+        debug_assert!(g.is_some());
+        MappedMutexGuard(g)
+    }
+}
+
+impl<T> std::ops::Deref for MappedMutexGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.0.as_ref().expect("loaded")
+    }
+}
+
+impl<T> std::ops::DerefMut for MappedMutexGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.0.as_mut().expect("loaded")
+    }
 }
 
 impl Kernel {
@@ -203,56 +242,50 @@ impl Kernel {
         Kernel {
             hier,
             pins,
-            rate: None,
-            block: None,
-            signals: None,
+            rate: Mutex::new(None),
+            block: Mutex::new(None),
+            signals: Mutex::new(None),
             degrade,
         }
     }
 
-    pub fn rate(&mut self) -> Result<&mut rate_limit::RateLimiter, String> {
-        if self.rate.is_none() {
-            self.rate = Some(
-                rate_limit::RateLimiter::load(&self.pins)
-                    .map_err(|e| format!("{}; {}", e.cause, e.fix))?,
-            );
-        }
-        Ok(self.rate.as_mut().expect("loaded"))
+    pub fn rate(&self) -> Result<MappedMutexGuard<'_, rate_limit::RateLimiter>, String> {
+        loaded(&self.rate, || rate_limit::RateLimiter::load(&self.pins))
     }
 
-    pub fn block(&mut self) -> Result<&mut block::Blocker, String> {
-        if self.block.is_none() {
-            self.block = Some(
-                block::Blocker::load(&self.pins).map_err(|e| format!("{}; {}", e.cause, e.fix))?,
-            );
-        }
-        Ok(self.block.as_mut().expect("loaded"))
+    pub fn block(&self) -> Result<MappedMutexGuard<'_, block::Blocker>, String> {
+        loaded(&self.block, || block::Blocker::load(&self.pins))
     }
 
-    pub fn signals(&mut self) -> Result<&mut signal::KernelSignals, String> {
-        if self.signals.is_none() {
-            self.signals =
-                Some(signal::KernelSignals::load().map_err(|e| format!("{}; {}", e.cause, e.fix))?);
-        }
-        Ok(self.signals.as_mut().expect("loaded"))
+    pub fn signals(&self) -> Result<MappedMutexGuard<'_, signal::KernelSignals>, String> {
+        loaded(&self.signals, signal::KernelSignals::load)
     }
 
     pub fn loaded_rate(&mut self) -> Option<&mut rate_limit::RateLimiter> {
-        self.rate.as_mut()
+        self.rate
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
     }
 
-    pub fn loaded_block(&self) -> Option<&block::Blocker> {
-        self.block.as_ref()
+    pub fn loaded_block(&mut self) -> Option<&block::Blocker> {
+        self.block
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
     }
 
     pub fn loaded_signals(&mut self) -> Option<&mut signal::KernelSignals> {
-        self.signals.as_mut()
+        self.signals
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
     }
 
     /// Loads the kernel objects the enforce-mode `rules` will need, so a rule's first action
     /// does not wait for a load and the verifier (~0.25 s for `block` on the development VM).
     /// A load error is logged here and reported again, per decision, when the rule fires.
-    pub fn prepare(&mut self, rules: &[Rule]) {
+    pub fn prepare(&self, rules: &[Rule]) {
         for r in rules.iter().filter(|r| r.mode == super::Mode::Enforce) {
             let loaded = match &r.action {
                 Action::RateLimit { .. } => self.rate().map(|_| ()),
@@ -269,7 +302,7 @@ impl Kernel {
     }
 
     /// Loads the kernel objects whose maps a predecessor pinned (to take its limits over).
-    pub fn adopt_pinned(&mut self) {
+    pub fn adopt_pinned(&self) {
         use agent_common::{block::RULES_MAP, ratelimit::LIMITS_MAP};
         if self.pins.map(LIMITS_MAP).exists() {
             if let Err(e) = self.rate() {
@@ -284,7 +317,7 @@ impl Kernel {
     }
 
     /// Acts. `id` is the journal id (block rules carry it), `source` names a degrade.
-    pub fn execute(&mut self, rule: &Rule, plan: &Plan, id: u64) -> Result<Acted, String> {
+    pub fn execute(&self, rule: &Rule, plan: &Plan, id: u64) -> Result<Acted, String> {
         let now = SystemTime::now;
         match (&rule.action, plan) {
             (
@@ -372,7 +405,7 @@ impl Kernel {
             (Action::RateLimit { egress, ingress }, Plan::Cgroup { dir, path, .. }) => {
                 let id_cg = cgroup::cgroup_id(dir).map_err(|e| e.to_string())?;
                 let persist = rule.persist;
-                let r = self.rate()?;
+                let mut r = self.rate()?;
                 let mut done = Vec::new();
                 for (d, rate) in [
                     (agent_common::ratelimit::EGRESS, egress),
@@ -433,7 +466,7 @@ impl Kernel {
     pub fn undo(&mut self, undo: &Undo, id: u64) -> Result<String, String> {
         match undo {
             Undo::Cont { pid, start_ticks } => {
-                if let Some(s) = self.signals.as_mut() {
+                if let Some(s) = self.loaded_signals() {
                     if s.armed().any(|(p, _)| p == pid) {
                         s.disarm(*pid);
                     }
@@ -468,7 +501,7 @@ impl Kernel {
                 directions,
                 ..
             } => {
-                let r = self.rate()?;
+                let mut r = self.rate()?;
                 for d in directions {
                     r.remove(*cgroup_id, rate_limit::direction_of(d))?;
                 }
@@ -500,12 +533,22 @@ impl Kernel {
         keep_rate: &dyn Fn(u64, u32) -> bool,
         keep_block: &dyn Fn(u64) -> bool,
     ) {
-        if let Some(r) = self.rate.take() {
+        if let Some(r) = self
+            .rate
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             r.shutdown(keep_rate);
         }
-        if let Some(b) = self.block.take() {
+        if let Some(b) = self
+            .block
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             b.shutdown(keep_block, &|_| Vec::new());
         }
-        self.signals = None;
+        *self.signals.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }

@@ -2,21 +2,21 @@
 //! attachments. One `cgroup_skb` link per (limited cgroup, direction); the limit itself is an
 //! `RL_LIMITS` entry keyed by the cgroup's id. `persist: true` pins the map and the link.
 
-use std::{collections::HashMap, fs::File, path::Path};
+use std::{collections::HashMap, path::Path};
 
 use agent_common::ratelimit::{
     counter, Limit, LimitKey, COUNTERS_MAP, EGRESS, INGRESS, LIMITS_MAP,
 };
 use aya::{
     maps::{HashMap as BpfHashMap, PerCpuArray},
-    programs::{
-        links::{FdLink, PinnedLink},
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType,
-    },
+    programs::{links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
     Ebpf,
 };
 
-use super::super::{pins::Pins, rules::Rate};
+use super::{
+    super::{pins::Pins, rules::Rate},
+    links::{self, Link},
+};
 use crate::ebpf::{self, LoadError};
 
 pub const PROBE: &str = "ratelimit";
@@ -37,11 +37,6 @@ pub fn direction_of(s: &str) -> u32 {
     } else {
         EGRESS
     }
-}
-
-enum Link {
-    Fd(FdLink),
-    Pinned(PinnedLink),
 }
 
 /// The loaded rate limiter.
@@ -73,17 +68,11 @@ impl RateLimiter {
                 .map_err(|e| ebpf::explain(&format!("loading {name}"), &e))?;
         }
         let mut links = HashMap::new();
-        for (name, path) in pins.links_with_prefix("rl-") {
+        for (name, l) in links::take_over(pins, "rl-") {
             let mut parts = name.split('-').skip(1);
-            let (Some(id), Some(dir)) = (parts.next().and_then(|s| s.parse().ok()), parts.next())
-            else {
-                continue;
-            };
-            match PinnedLink::from_pin(&path) {
-                Ok(l) => {
-                    links.insert((id, direction_of(dir)), Link::Pinned(l));
-                }
-                Err(e) => tracing::warn!("cannot take over pinned link {}: {e}", path.display()),
+            if let (Some(id), Some(dir)) = (parts.next().and_then(|s| s.parse().ok()), parts.next())
+            {
+                links.insert((id, direction_of(dir)), l);
             }
         }
         if reuse {
@@ -167,41 +156,31 @@ impl RateLimiter {
     ) -> Result<(), String> {
         let k = (cgroup_id, direction);
         let name = link_name(cgroup_id, direction);
+        let pin = persist.then(|| self.pins.link(&name));
         if let Some(l) = self.links.remove(&k) {
-            let l = match (l, persist) {
-                (Link::Fd(fd), true) => Link::Pinned(
-                    fd.pin(self.pins.link(&name))
-                        .map_err(|e| format!("cannot pin the {name} link: {e}"))?,
-                ),
-                (l, _) => l,
+            let l = match pin {
+                Some(p) => l.pinned(p)?,
+                None => l,
             };
             self.links.insert(k, l);
             return Ok(());
         }
-        let cg =
-            File::open(dir).map_err(|e| format!("cannot open cgroup {}: {e}", dir.display()))?;
         let (prog, kind) = if direction == INGRESS {
             (INGRESS_PROG, CgroupSkbAttachType::Ingress)
         } else {
             (EGRESS_PROG, CgroupSkbAttachType::Egress)
         };
         let p: &mut CgroupSkb = ebpf::program(&mut self.bpf, PROBE, prog).map_err(|e| e.cause)?;
-        let id = p
-            // Single: see `block.rs` (bpf_link flags must be 0; links are multi-attach).
-            .attach(&cg, kind, CgroupAttachMode::Single)
-            .map_err(|e| {
-                ebpf::explain(&format!("attaching {prog} to {}", dir.display()), &e).to_string()
-            })?;
-        let link = p.take_link(id).map_err(|e| e.to_string())?;
-        let fd = FdLink::try_from(link).map_err(|e| format!("{prog} link: {e}"))?;
-        let l = if persist {
-            Link::Pinned(
-                fd.pin(self.pins.link(&name))
-                    .map_err(|e| format!("cannot pin the {name} link: {e}"))?,
-            )
-        } else {
-            Link::Fd(fd)
-        };
+        let l = links::attach_cgroup(dir, pin, |cg| {
+            let id = p
+                // Single: see `block.rs` (bpf_link flags must be 0; links are multi-attach).
+                .attach(cg, kind, CgroupAttachMode::Single)
+                .map_err(|e| {
+                    ebpf::explain(&format!("attaching {prog} to {}", dir.display()), &e).to_string()
+                })?;
+            let link = p.take_link(id).map_err(|e| e.to_string())?;
+            FdLink::try_from(link).map_err(|e| format!("{prog} link: {e}"))
+        })?;
         self.links.insert(k, l);
         Ok(())
     }
@@ -214,12 +193,8 @@ impl RateLimiter {
             _pad: 0,
         };
         let removed = self.limits()?.remove(&key);
-        match self.links.remove(&(cgroup_id, direction)) {
-            Some(Link::Pinned(p)) => {
-                drop(p.unpin().map_err(|e| format!("cannot unpin: {e}"))?);
-            }
-            Some(Link::Fd(fd)) => drop(fd),
-            None => {}
+        if let Some(l) = self.links.remove(&(cgroup_id, direction)) {
+            l.detach()?;
         }
         removed.or_else(|e| match e {
             aya::maps::MapError::KeyNotFound => Ok(()),

@@ -6,10 +6,11 @@ use std::time::SystemTime;
 use super::{ActiveLimit, Engine};
 use crate::enforcement::{
     actions,
-    audit::{nanos, DecisionRecord, Outcome, TargetRecord},
+    audit::{DecisionRecord, Outcome, TargetRecord},
     config::Mode,
     journal::{Entry, Undo},
 };
+use crate::export::metrics::unix_nanos;
 
 impl Engine {
     /// Undoes (or takes over) what a predecessor left in the journal.
@@ -49,12 +50,25 @@ impl Engine {
     }
 
     pub(super) fn undo_entry(&mut self, e: &Entry, why: &str) {
-        let result = self.kernel.undo(&e.undo, e.id);
+        self.undo_entries(std::slice::from_ref(e), why);
+    }
+
+    /// Undoes `es` (limits expiring together) and removes them from the journal with one write.
+    pub(super) fn undo_entries(&mut self, es: &[Entry], why: &str) {
+        let results: Vec<Result<String, String>> =
+            es.iter().map(|e| self.kernel.undo(&e.undo, e.id)).collect();
         if let Ok(j) = &mut self.journal {
-            if let Err(err) = j.remove(e.id) {
+            let ids: Vec<u64> = es.iter().map(|e| e.id).collect();
+            if let Err(err) = j.remove_all(&ids) {
                 tracing::error!("enforcement: {}", err.cause);
             }
         }
+        for (e, result) in es.iter().zip(results) {
+            self.undone(e, why, result);
+        }
+    }
+
+    fn undone(&mut self, e: &Entry, why: &str, result: Result<String, String>) {
         let (outcome, reason) = match result {
             Ok(done) => (Outcome::Undone, format!("{why}: {done}")),
             Err(err) => {
@@ -66,7 +80,7 @@ impl Engine {
         let now = SystemTime::now();
         let rec = DecisionRecord {
             seq: self.seq,
-            time_unix_nano: nanos(now),
+            time_unix_nano: unix_nanos(now),
             rule: e.rule.clone(),
             mode: Mode::Enforce.as_str(),
             outcome,
@@ -86,10 +100,11 @@ impl Engine {
                 ..Default::default()
             },
             observed_unix_nano: e.acted_unix_ms * 1_000_000,
-            acted_unix_nano: Some(nanos(now)),
+            acted_unix_nano: Some(unix_nanos(now)),
             latency_seconds: None,
             expires_unix_nano: Some(e.expires_unix_ms * 1_000_000),
             journal_id: Some(e.id),
+            stages: None,
         };
         self.emit(rec);
     }

@@ -8,7 +8,7 @@ use crate::enforcement::{
     actions,
     journal::unix_ms,
     rules::{self, Condition},
-    status::{ActiveStatus, EnforcementStatus, RateLimitStatus, RuleStatus},
+    status::{ActiveStatus, DegradeStatus, EnforcementStatus, RateLimitStatus, RuleStatus},
 };
 use crate::status::state::ComponentStatus;
 
@@ -123,6 +123,13 @@ impl Engine {
             armed_signals: armed,
             kernel,
             decisions,
+            degrade: {
+                let d = self.env.degrade.current();
+                DegradeStatus {
+                    profiler_frequency: d.profiler_frequency,
+                    top_processes: d.top_processes,
+                }
+            },
             last_error: self.last_error.clone(),
         };
         self.env.state.set_enforcement(st);
