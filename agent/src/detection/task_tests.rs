@@ -287,7 +287,7 @@ fn a_newer_incarnation_of_a_pid_replaces_the_older_one() {
         .filter(|b| b.source == NAME)
         .flat_map(|b| b.families[0].points.clone())
         .filter_map(|p| match get(&p.labels, "process.executable.name") {
-            Some(AttrValue::Str(s)) => Some(s.clone()),
+            Some(AttrValue::Str(s)) => Some(s.to_string()),
             _ => None,
         })
         .collect();

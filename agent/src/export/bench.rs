@@ -60,6 +60,11 @@ fn transport_to(
 }
 
 fn synthetic(series: usize) -> Arc<Batch> {
+    synthetic_ids(series, 100)
+}
+
+/// `series` histogram and counter series; one `container.id` per `per_id` series.
+fn synthetic_ids(series: usize, per_id: usize) -> Arc<Batch> {
     let bounds: Arc<[f64]> = (0..39)
         .map(|b| (1u64 << b) as f64 * 1e-9)
         .collect::<Vec<_>>()
@@ -75,7 +80,7 @@ fn synthetic(series: usize) -> Arc<Batch> {
             ),
             attr("process.pid", (1000 + i / 5) as i64),
             attr("process.executable.name", format!("service-{}", i / 50)),
-            attr("container.id", format!("{:064x}", i / 100)),
+            attr("container.id", format!("{:064x}", i / per_id)),
             attr("host.cpu", (i % 2) as i64),
         ];
         let mut counts = vec![0u64; 40];
@@ -206,7 +211,9 @@ pub const TRANSFORM_STATEMENTS: [&str; 5] = [
 pub struct TransformReport {
     /// (condition, ns per point of each round): `encode` (the raw snapshot to OTLP),
     /// `transform` (the five statements), `transform+encode`, `copy` (a statement that never
-    /// applies: the view's copy and merge check alone), and each statement alone (`s1`..`s5`).
+    /// applies: the view's copy and merge check alone), each statement alone (`s1`..`s5`), and
+    /// the memos' worst case: `transform cold` and `s4 cold`, a fresh pipeline for every
+    /// export (nothing memoized yet) on series whose container ids are all distinct.
     pub conditions: Vec<(String, Vec<f64>)>,
     pub points_per_export: usize,
 }
@@ -236,20 +243,32 @@ pub fn transform_bench(
 ) -> Result<TransformReport, String> {
     let export = crate::transform::Consumer::Export;
     let all = transformer_of(&TRANSFORM_STATEMENTS)?;
-    let mut conds: Vec<(String, Option<Arc<crate::transform::Transformer>>, bool)> = vec![
-        ("encode".into(), None, true),
-        ("transform".into(), Some(all.clone()), false),
-        ("transform+encode".into(), Some(all.clone()), true),
+    type Tr = Option<Arc<crate::transform::Transformer>>;
+    // (name, transformer, encode, statements of a fresh transformer per export: cold memos).
+    let mut conds: Vec<(String, Tr, bool, Option<&[&str]>)> = vec![
+        ("encode".into(), None, true, None),
+        ("transform".into(), Some(all.clone()), false, None),
+        ("transform+encode".into(), Some(all.clone()), true, None),
         (
             "copy".into(),
             Some(transformer_of(&[r#"set(attributes["x"], 1) where false"#])?),
             false,
+            None,
         ),
     ];
     for (k, s) in TRANSFORM_STATEMENTS.iter().enumerate() {
-        conds.push((format!("s{}", k + 1), Some(transformer_of(&[s])?), false));
+        conds.push((
+            format!("s{}", k + 1),
+            Some(transformer_of(&[s])?),
+            false,
+            None,
+        ));
     }
+    const ALL: &[&str] = &TRANSFORM_STATEMENTS;
+    conds.push(("transform cold".into(), None, false, Some(ALL)));
+    conds.push(("s4 cold".into(), None, false, Some(&ALL[3..4])));
     let batches = vec![synthetic(series)];
+    let distinct = vec![synthetic_ids(series, 1)];
     let points = series * 2;
     let res = resource::build("00000000-0000-0000-0000-000000000000", |_| None);
     let mut enc = MetricsEncoder::new(Temporality::Cumulative, super::MAX_POINTS_PER_REQUEST);
@@ -282,17 +301,24 @@ pub fn transform_bench(
     for round in 0..rounds {
         for k in 0..conds.len() {
             let c = (k + round) % conds.len();
-            let (_, tr, encode) = &conds[c];
+            let (_, tr, encode, cold) = &conds[c];
+            let fresh = match cold {
+                Some(st) => (0..exports)
+                    .map(|_| transformer_of(st).map(Some))
+                    .collect::<Result<Vec<_>, _>>()?,
+                None => vec![tr.clone(); exports],
+            };
+            let input = if cold.is_some() { &distinct } else { &batches };
             let t0 = cpu();
-            for _ in 0..exports {
+            for tr in &fresh {
                 let now = SystemTime::now();
                 match tr {
                     None => {
-                        std::hint::black_box(enc.encode(&batches, &res, now));
+                        std::hint::black_box(enc.encode(input, &res, now));
                     }
                     Some(tr) => {
                         let v = tr
-                            .metrics(export, || batches.clone(), &res, now)
+                            .metrics(export, || input.clone(), &res, now)
                             .map_err(|e| e.to_string())?;
                         if *encode {
                             std::hint::black_box(enc.encode(&v.batches, &v.resource, now));

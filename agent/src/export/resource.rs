@@ -35,7 +35,7 @@ pub fn kv(key: &str, value: impl Into<String>) -> KeyValue {
 pub fn attr_value(value: &crate::metrics::model::AttrValue) -> any_value::Value {
     use crate::metrics::model::AttrValue;
     match value {
-        AttrValue::Str(s) => any_value::Value::StringValue(s.clone()),
+        AttrValue::Str(s) => any_value::Value::StringValue(s.to_string()),
         AttrValue::Int(i) => any_value::Value::IntValue(*i),
         AttrValue::Double(d) => any_value::Value::DoubleValue(*d),
         AttrValue::Bool(b) => any_value::Value::BoolValue(*b),

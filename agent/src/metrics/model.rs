@@ -42,11 +42,13 @@ pub type Labels = Vec<(Key, AttrValue)>;
 /// A typed attribute value (the OTLP `AnyValue` scalars).
 ///
 /// Equality and hashing compare doubles by bit pattern, so a label set can key a map (the
-/// exporter's delta state, the transform's merge of identical points).
+/// exporter's delta state, the transform's merge of identical points). Strings are shared
+/// (`Arc<str>`): copying a point (the transform's view of a snapshot) counts references instead
+/// of copying bytes.
 #[derive(Clone, Debug, serde::Serialize)]
 #[serde(untagged)]
 pub enum AttrValue {
-    Str(String),
+    Str(Arc<str>),
     Int(i64),
     Double(f64),
     Bool(bool),
@@ -56,7 +58,7 @@ impl AttrValue {
     /// The string of a `Str` value, else `None`.
     pub fn as_str(&self) -> Option<&str> {
         match self {
-            AttrValue::Str(s) => Some(s),
+            AttrValue::Str(s) => Some(s.as_ref()),
             _ => None,
         }
     }
@@ -102,13 +104,19 @@ impl fmt::Display for AttrValue {
 
 impl From<String> for AttrValue {
     fn from(s: String) -> Self {
-        AttrValue::Str(s)
+        AttrValue::Str(s.into())
     }
 }
 
 impl From<&str> for AttrValue {
     fn from(s: &str) -> Self {
-        AttrValue::Str(s.to_string())
+        AttrValue::Str(s.into())
+    }
+}
+
+impl From<Arc<str>> for AttrValue {
+    fn from(s: Arc<str>) -> Self {
+        AttrValue::Str(s)
     }
 }
 

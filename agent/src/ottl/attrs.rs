@@ -24,6 +24,11 @@ pub trait AttrMap {
     fn get(&self, key: &str) -> Option<Value<'_>>;
     /// Inserts or replaces (`nil` removes: a map holds no nil).
     fn put(&mut self, key: &str, v: Value<'static>) -> Result<(), EvalError>;
+    /// Inserts or replaces a string value the caller shares (a memoized result): metric labels
+    /// keep the reference, other maps copy it.
+    fn put_shared(&mut self, key: &str, v: std::sync::Arc<str>) -> Result<(), EvalError> {
+        self.put(key, Value::Str(Cow::Owned(v.to_string())))
+    }
     fn remove(&mut self, key: &str);
     /// Keeps the entries for which `keep(key)` is true, in order.
     fn retain_keys(&mut self, keep: &mut dyn FnMut(&str) -> bool);
@@ -61,10 +66,10 @@ fn attr_to_value(v: &AttrValue) -> Value<'_> {
 }
 
 /// A value a metric attribute can hold (`None` for nil).
-fn value_to_attr(v: Value<'static>) -> Result<Option<AttrValue>, EvalError> {
+fn value_to_attr(v: Value<'_>) -> Result<Option<AttrValue>, EvalError> {
     Ok(Some(match v {
         Value::Nil => return Ok(None),
-        Value::Str(s) => AttrValue::Str(s.into_owned()),
+        Value::Str(s) => AttrValue::Str(s.as_ref().into()),
         Value::Int(i) => AttrValue::Int(i),
         Value::Double(d) => AttrValue::Double(d),
         Value::Bool(b) => AttrValue::Bool(b),
@@ -99,6 +104,14 @@ impl AttrMap for Labels {
         Ok(())
     }
 
+    fn put_shared(&mut self, key: &str, v: std::sync::Arc<str>) -> Result<(), EvalError> {
+        match self.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = AttrValue::Str(v),
+            None => self.push((Key::Owned(key.to_string()), AttrValue::Str(v))),
+        }
+        Ok(())
+    }
+
     fn remove(&mut self, key: &str) {
         self.retain(|(k, _)| k != key);
     }
@@ -126,7 +139,7 @@ impl AttrMap for Labels {
         for (_, v) in self.iter_mut() {
             if let AttrValue::Str(s) = v {
                 if let Some(n) = f(s) {
-                    *s = n;
+                    *s = n.into();
                 }
             }
         }

@@ -8,6 +8,7 @@
 //!   executable form; `eval.rs`: running it.
 //! - `paths.rs`: contexts, their paths, and reading/writing them on the agent's data.
 //! - `attrs.rs`: the maps editors change (metric labels, OTLP `KeyValue` lists).
+//! - `memo.rs`: per-value results of `replace_pattern` (points share attribute values).
 //! - `functions/`: editors and converters; `value.rs`: values and comparison rules;
 //!   `error.rs`: load-time and run-time errors.
 //!
@@ -23,6 +24,7 @@ mod compile;
 pub mod error;
 mod eval;
 pub mod functions;
+pub mod memo;
 mod parser;
 pub mod paths;
 pub mod value;

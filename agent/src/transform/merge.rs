@@ -141,23 +141,28 @@ pub(crate) fn merge(
         let mut merged_into: Vec<Option<usize>> = vec![None; n];
         let mut members = vec![1u32; n];
         if n > 1 {
-            let mut order: Vec<u32> = (0..n as u32).collect();
-            order.sort_unstable_by_key(|&i| (hashes[i as usize], i));
+            // (hash, index) pairs sorted in place: no indirection into `hashes` while sorting.
+            let mut order: Vec<(u64, u32)> = hashes
+                .iter()
+                .enumerate()
+                .map(|(i, &h)| (h, i as u32))
+                .collect();
+            order.sort_unstable();
             let mut run_start = 0;
             while run_start < n {
-                let h = hashes[order[run_start] as usize];
+                let h = order[run_start].0;
                 let mut run_end = run_start + 1;
-                while run_end < n && hashes[order[run_end] as usize] == h {
+                while run_end < n && order[run_end].0 == h {
                     run_end += 1;
                 }
                 if run_end - run_start > 1 {
                     let run = &order[run_start..run_end];
-                    for (a, &i) in run.iter().enumerate() {
+                    for (a, &(_, i)) in run.iter().enumerate() {
                         let i = i as usize;
                         if merged_into[i].is_some() {
                             continue;
                         }
-                        for &j in &run[a + 1..] {
+                        for &(_, j) in &run[a + 1..] {
                             let j = j as usize;
                             if merged_into[j].is_none()
                                 && same_set(&fam.points[i].labels, &fam.points[j].labels)

@@ -9,10 +9,13 @@
 //! substitution). The optional `function` argument takes `SHA256`, `SHA1`, `ToLowerCase` or
 //! `ToUpperCase`, applied to each expanded match, then `replacementFormat` (one `%s`).
 
+use std::{borrow::Cow, sync::Arc};
+
 use crate::ottl::{
     ast::Call,
     compile::{bind, CPath, Cx, Getter},
     error::{EvalError, OttlError},
+    memo::Memo,
     paths::Tcx,
     value::{type_name, Value},
 };
@@ -34,6 +37,9 @@ pub struct Replace {
     pub function: Option<StrFn>,
     /// `replacementFormat`: a string with exactly one `%s`.
     pub format: Option<String>,
+    /// Results per input value, used when the replacement is a literal (the result then
+    /// depends on the value alone: the regex, the function and the format are literals).
+    pub memo: Memo,
 }
 
 #[derive(Debug)]
@@ -115,6 +121,7 @@ fn replace_args(
         replacement,
         function,
         format,
+        memo: Memo::default(),
     })
 }
 
@@ -346,6 +353,20 @@ impl Editor {
                 });
                 Ok(())
             }
+            Editor::ReplacePattern(t, r) if r.replacement.lit_str().is_some() => {
+                let repl = r.replacement.lit_str().expect("checked by the guard");
+                // A literal replacement: the result depends on the value alone, so it is
+                // computed once per distinct value and shared by the points that hold it.
+                let new = match t.eval(tcx)? {
+                    Value::Str(s) => r.memo.get(&s, |s| r.apply(s, repl)),
+                    // Non-strings and nil are left alone.
+                    _ => return Ok(()),
+                };
+                match new {
+                    Some(new) => set_shared(tcx, t, new),
+                    None => Ok(()),
+                }
+            }
             Editor::ReplacePattern(t, r) => {
                 let owned;
                 let repl = match r.replacement.lit_str() {
@@ -425,6 +446,15 @@ impl Replace {
             std::borrow::Cow::Borrowed(_) => None,
             std::borrow::Cow::Owned(n) => Some(n),
         }
+    }
+}
+
+/// Writes the string `v` at `target` as [`set`] does, keeping the reference where the map
+/// can (metric labels).
+fn set_shared(tcx: &mut Tcx, target: &CPath, v: Arc<str>) -> Result<(), EvalError> {
+    match target.key(tcx)? {
+        None => tcx.set(target.field, Value::Str(Cow::Owned(v.to_string()))),
+        Some(k) => tcx.map_mut(target.field)?.put_shared(&k, v),
     }
 }
 

@@ -330,3 +330,96 @@ fn load_errors_name_the_column_and_the_problem() {
         Some("                       ^")
     );
 }
+
+/// `replace_pattern` with a literal replacement is memoized per value (`memo.rs`): on metric
+/// points the results must equal the uncached ones (the regex crate's `replace_all`, Go's
+/// `ReplaceAllString`) for values that match, that do not, that repeat, and for non-strings;
+/// a replacement read from the point is never memoized.
+#[test]
+fn replace_pattern_memo_gives_the_uncached_results() {
+    let pattern = "^([0-9a-f]{12})[0-9a-f]+$";
+    let st = statement(
+        &format!(r#"replace_pattern(attributes["container.id"], "{pattern}", "$1")"#),
+        Context::Datapoint,
+    )
+    .unwrap();
+    let re = regex::Regex::new(pattern).unwrap();
+    let run = |st: &super::Statement, p: &mut Point| {
+        let mut tcx = Tcx {
+            touched: false,
+            subject: Subject::Datapoint(p),
+            env: env(&[]),
+        };
+        st.execute(&mut tcx).unwrap();
+    };
+    let long = format!("{:064x}", 0xabcdefu64);
+    let values = [
+        long.as_str(),
+        "not-a-container-id",
+        long.as_str(),
+        "0123456789ab",
+        "0123456789abc",
+        "",
+        "not-a-container-id",
+        "0123456789abcdef0123",
+        long.as_str(),
+    ];
+    // Twice: the second pass reads every result from the cache.
+    for _ in 0..2 {
+        for v in values {
+            let mut p = point(vec![attr("container.id", v), attr("process.pid", 1i64)]);
+            run(&st, &mut p);
+            let want = re.replace_all(v, "$1").into_owned();
+            assert_eq!(p.labels.get("container.id"), Some(s(&want)), "{v:?}");
+            assert_eq!(p.labels.get("process.pid"), Some(Value::Int(1)));
+        }
+    }
+    let mut p = point(vec![attr("container.id", long.as_str())]);
+    run(&st, &mut p);
+    assert_eq!(p.labels.get("container.id"), Some(s(&long[..12])));
+    // Non-strings and missing keys are left alone.
+    let mut p = point(vec![attr("container.id", 7i64)]);
+    run(&st, &mut p);
+    assert_eq!(p.labels.get("container.id"), Some(Value::Int(7)));
+    let mut p = point(vec![attr("process.pid", 7i64)]);
+    run(&st, &mut p);
+    assert_eq!(p.labels.len(), 1);
+    // A replacement read from the point: each point gets its own.
+    let dynamic = statement(
+        r#"replace_pattern(attributes["v"], "^x(.*)$", attributes["r"])"#,
+        Context::Datapoint,
+    )
+    .unwrap();
+    for r in ["a$1", "b$1", "a$1"] {
+        let mut p = point(vec![attr("v", "xyz"), attr("r", r)]);
+        run(&dynamic, &mut p);
+        assert_eq!(p.labels.get("v"), Some(s(&format!("{}yz", &r[..1]))));
+    }
+    // A replacement function (a hash) is pure: memoized, and still each value's own hash.
+    let hashed = statement(
+        r#"replace_pattern(attributes["v"], "^secret=(.*)$", "$1", SHA256)"#,
+        Context::Datapoint,
+    )
+    .unwrap();
+    for v in ["secret=a", "secret=b", "secret=a", "public"] {
+        let mut p = point(vec![attr("v", v)]);
+        run(&hashed, &mut p);
+        let want = match v.strip_prefix("secret=") {
+            Some(x) => super::functions::converters::StrFn::Sha256.apply(x),
+            None => v.to_string(),
+        };
+        assert_eq!(p.labels.get("v"), Some(s(&want)), "{v}");
+    }
+    // The SHA256 converter's memo: each value its own hash, repeated or not.
+    let set_hash = statement(
+        r#"set(attributes["h"], SHA256(attributes["v"]))"#,
+        Context::Datapoint,
+    )
+    .unwrap();
+    for v in ["a", "b", "a", "", "b"] {
+        let mut p = point(vec![attr("v", v)]);
+        run(&set_hash, &mut p);
+        let want = super::functions::converters::StrFn::Sha256.apply(v);
+        assert_eq!(p.labels.get("h"), Some(s(&want)), "{v}");
+    }
+}
