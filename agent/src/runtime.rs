@@ -300,6 +300,8 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
             demand: demand.clone(),
         },
     ));
+    // Compiled unwind tables outlive the process (a restart loads instead of compiling).
+    crate::probes::profiler::unwind::cache::set_dir(cfg.output.dir.join("unwind-cache"));
     let probes = Arc::new(Mutex::new(Probes::new(
         store.clone(),
         state.clone(),

@@ -61,11 +61,12 @@ pub enum Which {
     /// CPU profiler: a workload built without frame pointers keeping every CPU busy
     /// (`tests/workloads/hotspots.c`, -fomit-frame-pointer), bare vs under the agent (profiler
     /// only) with the DWARF unwinder and with frame pointers at 19 and 99 Hz, and 99 Hz
-    /// stream, rotating rounds; then each condition's kernel cost per sample (bpf_stats) and
-    /// the truncated share on /status.
+    /// stream, rotating rounds, the agent's CPU split into warm-up and steady state (and a
+    /// start without the unwind table cache); then each condition's kernel cost per sample
+    /// (bpf_stats) and the truncated share on /status.
     Profiler {
-        /// Seconds per run.
-        #[arg(long, default_value_t = 10)]
+        /// Seconds per run (the first quarter, at most 5 s, is the agent's warm-up).
+        #[arg(long, default_value_t = 20)]
         seconds: u64,
         /// Rounds of (bare and every condition); medians and spreads are reported.
         #[arg(long, default_value_t = 5)]

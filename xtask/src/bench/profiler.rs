@@ -1,7 +1,9 @@
 //! `bench profiler`: every CPU busy (`hotspots`, built without frame pointers), bare and under
 //! the profiler with the DWARF and the frame-pointer unwinder, in an order rotated each round;
-//! slowdowns computed per round against that round's bare run; then each condition's kernel
-//! cost per sample and the truncated share on /status.
+//! slowdowns computed per round against that round's bare run; the agent's CPU split into its
+//! warm-up (the first seconds of a fresh agent: BPF load, unwind tables, first snapshots; with
+//! and without the unwind table cache on disk) and its steady state (the rest of the run);
+//! then each condition's kernel cost per sample and the truncated share on /status.
 
 use std::{
     path::{Path, PathBuf},
@@ -14,8 +16,8 @@ use anyhow::{bail, Context, Result};
 use super::{
     harness::{noise_note, rotation, verdict, Spread},
     host::{
-        build_release, children_cpu_seconds, ensure_tracefs, online_cpus, peak_rss, program_costs,
-        start_agent, thread_cpu_ns, thread_cpu_seconds_since,
+        build_release, children_cpu_seconds, ensure_tracefs, http_body, online_cpus, peak_rss,
+        program_costs, start_agent_on, thread_cpu_ns, thread_cpu_seconds_since,
     },
 };
 use crate::{
@@ -24,17 +26,24 @@ use crate::{
     util::{self, root},
 };
 
-/// A profiler condition: label, sampling frequency (Hz), mode and unwinder.
-type Condition = (&'static str, u32, &'static str, &'static str);
+/// A profiler condition: label, sampling frequency (Hz), mode, unwinder, and whether the agent
+/// starts without its unwind table cache (`<output dir>/unwind-cache` deleted first).
+type Condition = (&'static str, u32, &'static str, &'static str, bool);
 
 /// The profiler bench's conditions.
-const PROFILER_CONDITIONS: [Condition; 5] = [
-    ("19 Hz dwarf", 19, "aggregate", "dwarf"),
-    ("99 Hz dwarf", 99, "aggregate", "dwarf"),
-    ("19 Hz fp", 19, "aggregate", "frame_pointers"),
-    ("99 Hz fp", 99, "aggregate", "frame_pointers"),
-    ("99 Hz stream", 99, "stream", "frame_pointers"),
+const PROFILER_CONDITIONS: [Condition; 6] = [
+    ("19 Hz dwarf", 19, "aggregate", "dwarf", false),
+    ("19 Hz dwarf cold", 19, "aggregate", "dwarf", true),
+    ("99 Hz dwarf", 99, "aggregate", "dwarf", false),
+    ("19 Hz fp", 19, "aggregate", "frame_pointers", false),
+    ("99 Hz fp", 99, "aggregate", "frame_pointers", false),
+    ("99 Hz stream", 99, "stream", "frame_pointers", false),
 ];
+
+/// Seconds of a run counted as the agent's warm-up (the rest is its steady state).
+fn warmup_seconds(seconds: u64) -> u64 {
+    (seconds / 4).clamp(1, 5)
+}
 
 /// Compiles `tests/workloads/hotspots.c` into `dir` without frame pointers (the code most
 /// distributions and Rust release builds ship), so the profiler's unwinder does real work.
@@ -65,20 +74,16 @@ pub(super) struct HotspotsRun {
     /// move. The sampling interrupt and the programs it runs are charged to the interrupted
     /// task (this kernel has no IRQ time accounting), so the profiler's cost is in it.
     cpu_rate: f64,
-    /// Wall seconds the run took.
-    wall: f64,
 }
 
 /// Runs `hotspots` for `seconds` on `threads` threads.
 pub(super) fn hotspots(bin: &Path, seconds: u64, threads: usize) -> Result<HotspotsRun> {
-    let started = Instant::now();
     let cpu_before = children_cpu_seconds();
     let out = Command::new(bin)
         .args([seconds.to_string(), threads.to_string()])
         .output()
         .context("run hotspots")?;
     let cpu = children_cpu_seconds() - cpu_before;
-    let wall = started.elapsed().as_secs_f64();
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |k: &str| -> Option<f64> {
         text.split_whitespace()
@@ -91,7 +96,6 @@ pub(super) fn hotspots(bin: &Path, seconds: u64, threads: usize) -> Result<Hotsp
     Ok(HotspotsRun {
         rate: (three + one) / seconds as f64,
         cpu_rate: (three + one) / cpu.max(1e-9),
-        wall,
     })
 }
 
@@ -108,7 +112,7 @@ pub(super) fn run(seconds: u64, rounds: usize) -> Result<()> {
 }
 
 /// Writes the agent config of a profiler condition (profiler only).
-fn profiler_config(dir: &Path, (label, hz, mode, unwinder): Condition) -> Result<PathBuf> {
+fn profiler_config(dir: &Path, (label, hz, mode, unwinder, _): Condition) -> Result<PathBuf> {
     let path = dir.join(format!("profiler-{}.yaml", label.replace(' ', "-")));
     std::fs::write(
         &path,
@@ -166,6 +170,67 @@ fn truncated_share(
     Ok((truncated, total))
 }
 
+/// A `/status` counter of the profiler (`maps.PROFILE_COUNTS.detail.<name>`), 0 if absent.
+fn status_counter(port: u16, name: &str) -> u64 {
+    http_body(port, "/status")
+        .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["maps"]["PROFILE_COUNTS"]["detail"][name].as_u64())
+        .unwrap_or(0)
+}
+
+/// One agent run's figures.
+struct AgentRun {
+    run: HotspotsRun,
+    /// Agent CPU over the first [`warmup_seconds`] and over the rest, as shares of every CPU.
+    warmup: f64,
+    steady: f64,
+    rss: u64,
+    /// `unwind_load_ms` and `unwind_cfi_ms` at the end of the run.
+    load_ms: u64,
+    cfi_ms: u64,
+}
+
+/// Starts an agent with `config`, runs the workload for `seconds` under it, and splits the
+/// agent's CPU into warm-up and steady state.
+fn agent_run(
+    out_dir: &Path,
+    config: &Path,
+    bin: &Path,
+    seconds: u64,
+    cpus: usize,
+) -> Result<AgentRun> {
+    let (a, port) = start_agent_on(out_dir, Some(config))?;
+    let measured = (|| -> Result<_> {
+        let warm = warmup_seconds(seconds);
+        let before = thread_cpu_ns(a.pid())?;
+        let started = Instant::now();
+        let workload = {
+            let bin = bin.to_path_buf();
+            std::thread::spawn(move || hotspots(&bin, seconds, cpus))
+        };
+        std::thread::sleep(std::time::Duration::from_secs(warm));
+        let mid = thread_cpu_ns(a.pid())?;
+        let mid_at = Instant::now();
+        let warm_cpu = thread_cpu_seconds_since(a.pid(), &before)?;
+        let warm_wall = mid_at.duration_since(started).as_secs_f64();
+        let run = workload
+            .join()
+            .map_err(|_| anyhow::anyhow!("hotspots thread panicked"))??;
+        let steady_cpu = thread_cpu_seconds_since(a.pid(), &mid)?;
+        let steady_wall = mid_at.elapsed().as_secs_f64();
+        Ok(AgentRun {
+            run,
+            warmup: warm_cpu / (warm_wall * cpus as f64),
+            steady: steady_cpu / (steady_wall * cpus as f64),
+            rss: peak_rss(a.pid())?,
+            load_ms: status_counter(port, "unwind_load_ms"),
+            cfi_ms: status_counter(port, "unwind_cfi_ms"),
+        })
+    })();
+    a.stop()?;
+    measured
+}
+
 pub(super) fn profiler_in(dir: &Path, seconds: u64, rounds: usize) -> Result<()> {
     let cpus = online_cpus();
     let bin = build_hotspots(dir)?;
@@ -176,11 +241,14 @@ pub(super) fn profiler_in(dir: &Path, seconds: u64, rounds: usize) -> Result<()>
         .collect::<Result<_>>()?;
     let n = PROFILER_CONDITIONS.len();
     let (mut bare, mut bare_cpu) = (Vec::new(), Vec::new());
-    // Per condition: throughput, throughput per CPU second, agent CPU share, peak RSS (the
-    // highest of all rounds).
+    // Per condition: throughput, throughput per CPU second, agent CPU share (warm-up, steady
+    // state), table load and CFI milliseconds, peak RSS (the highest of all rounds).
     let mut rate = vec![Vec::new(); n];
     let mut cpu_rate = vec![Vec::new(); n];
+    let mut warm = vec![Vec::new(); n];
     let mut share = vec![Vec::new(); n];
+    let mut load_ms = vec![Vec::new(); n];
+    let mut cfi_ms = vec![Vec::new(); n];
     let mut rss = vec![0; n];
     hotspots(&bin, 1, cpus)?; // warm the page cache and CPU frequency
     for round in 0..rounds {
@@ -192,20 +260,18 @@ pub(super) fn profiler_in(dir: &Path, seconds: u64, rounds: usize) -> Result<()>
                 bare_cpu.push(r.cpu_rate);
                 continue;
             }
-            let (i, config) = (c - 1, &configs[c - 1]);
-            let a = start_agent(&out_dir, Some(config))?;
-            let measured = (|| -> Result<_> {
-                let before = thread_cpu_ns(a.pid())?;
-                let r = hotspots(&bin, seconds, cpus)?;
-                let cpu = thread_cpu_seconds_since(a.pid(), &before)?;
-                Ok((r, cpu / (r.wall * cpus as f64), peak_rss(a.pid())?))
-            })();
-            a.stop()?;
-            let (r, s, m) = measured?;
-            rate[i].push(r.rate);
-            cpu_rate[i].push(r.cpu_rate);
-            share[i].push(s);
-            rss[i] = rss[i].max(m);
+            let i = c - 1;
+            if PROFILER_CONDITIONS[i].4 {
+                let _ = std::fs::remove_dir_all(out_dir.join("unwind-cache"));
+            }
+            let r = agent_run(&out_dir, &configs[i], &bin, seconds, cpus)?;
+            rate[i].push(r.run.rate);
+            cpu_rate[i].push(r.run.cpu_rate);
+            warm[i].push(r.warmup);
+            share[i].push(r.steady);
+            load_ms[i].push(r.load_ms as f64);
+            cfi_ms[i].push(r.cfi_ms as f64);
+            rss[i] = rss[i].max(r.rss);
         }
         let mut line = format!(
             "round {}/{rounds}: M iterations/s (per CPU s): bare {:.0} ({:.0})",
@@ -215,10 +281,12 @@ pub(super) fn profiler_in(dir: &Path, seconds: u64, rounds: usize) -> Result<()>
         );
         for (i, (label, ..)) in PROFILER_CONDITIONS.iter().enumerate() {
             line += &format!(
-                ", {label} {:.0} ({:.0}, agent CPU {:.3}%)",
+                ", {label} {:.0} ({:.0}, agent CPU warm-up {:.2}% steady {:.3}%, tables {} ms)",
                 rate[i].last().unwrap() / 1e6,
                 cpu_rate[i].last().unwrap() / 1e6,
-                share[i].last().unwrap() * 100.0
+                warm[i].last().unwrap() * 100.0,
+                share[i].last().unwrap() * 100.0,
+                load_ms[i].last().unwrap()
             );
         }
         eprintln!("{line}");
@@ -234,11 +302,13 @@ pub(super) fn profiler_in(dir: &Path, seconds: u64, rounds: usize) -> Result<()>
     };
     let slowdown: Vec<Spread> = rate.iter().map(|r| lost(r, &bare)).collect();
     let cpu_slowdown: Vec<Spread> = cpu_rate.iter().map(|r| lost(r, &bare_cpu)).collect();
-    let share: Vec<Spread> = share
-        .iter()
-        .map(|s| Spread::of(s).map(|x| x * 100.0))
-        .collect();
+    let pct = |v: &[Vec<f64>]| -> Vec<Spread> {
+        v.iter().map(|s| Spread::of(s).map(|x| x * 100.0)).collect()
+    };
+    let steady_raw = share.clone();
+    let (warm, share) = (pct(&warm), pct(&share));
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let w = warmup_seconds(seconds);
     println!(
         "CPU profiler: hotspots without frame pointers on {cpus} threads ({cpus} CPUs, all busy), {seconds} s per run, \
          {rounds} rounds in rotated order, a fresh agent (profiler only) per run; median \
@@ -250,31 +320,68 @@ pub(super) fn profiler_in(dir: &Path, seconds: u64, rounds: usize) -> Result<()>
         Spread::of(&bare_cpu).map(|x| x / 1e6).show(1)
     );
     println!(
-        "  {:16} {:>28} {:>28} {:>24} {:>9}",
-        "condition", "slowdown per wall s %", "slowdown per CPU s %", "agent CPU %", "peak RSS"
+        "  {:17} {:>26} {:>26} {:>22} {:>22} {:>18} {:>9}",
+        "condition",
+        "slowdown per wall s %",
+        "slowdown per CPU s %",
+        format!("agent CPU % 0-{w} s"),
+        format!("agent CPU % {w}-{seconds} s"),
+        "tables ms (CFI)",
+        "peak RSS"
     );
     for (i, (label, ..)) in PROFILER_CONDITIONS.iter().enumerate() {
         println!(
-            "  {label:16} {:>28} {:>28} {:>24} {:>5.1} MiB",
+            "  {label:17} {:>26} {:>26} {:>22} {:>22} {:>18} {:>5.1} MiB",
             format!("{} {}", slowdown[i].show(2), mark(&slowdown[i])),
             format!("{} {}", cpu_slowdown[i].show(2), mark(&cpu_slowdown[i])),
+            warm[i].show(2),
             share[i].show(3),
+            format!(
+                "{:.0} ({:.0})",
+                Spread::of(&load_ms[i]).median,
+                Spread::of(&cfi_ms[i]).median
+            ),
             mib(rss[i])
+        );
+    }
+    // The steady state against the frame-pointer walk at the same frequency, per round: what
+    // the DWARF unwinder's userspace half adds once its tables are loaded.
+    for (d, f) in [(0, 3), (2, 4)] {
+        let diff = Spread::of(
+            &steady_raw[d]
+                .iter()
+                .zip(&steady_raw[f])
+                .map(|(a, b)| (a - b) * 100.0)
+                .collect::<Vec<_>>(),
+        );
+        println!(
+            "  steady agent CPU, {} minus {}: {} percentage points ({})",
+            PROFILER_CONDITIONS[d].0,
+            PROFILER_CONDITIONS[f].0,
+            diff.show(3),
+            noise_note(&diff)
         );
     }
     println!(
         "  (slowdown: throughput lost vs bare, per wall second and per CPU second of the workload \
          (which a neighbour's CPU use does not move), `~` = within noise (the rounds' middle \
-         half includes 0 or is wider than the median effect); agent CPU: the agent process's CPU seconds over wall seconds x \
-         {cpus} CPUs, its kernel programs excluded: they run in the sampled task's context, so \
-         their cost is in the slowdown; a profile is exported every 10 s, so a shorter run may \
-         hold no export)"
+         half includes 0 or is wider than the median effect); agent CPU: the agent process's \
+         CPU seconds over wall seconds x {cpus} CPUs in the first {w} s of the workload (warm-up: \
+         a fresh agent loads its programs, snapshots every process it samples and loads their \
+         unwind tables; `cold`: without the table cache on disk) and in the rest of the run \
+         (steady state); its kernel programs are excluded: they run in the sampled task's \
+         context, so their cost is in the slowdown; tables: unwind_load_ms (CFI: the part spent \
+         evaluating .eh_frame) at the end of the run; a profile is exported every 10 s, so a \
+         shorter run may hold no export)"
     );
 
     // Each condition's kernel cost per sample: bpf_stats around a separate run. Tail calls run
     // inside their caller's accounting: profile_dwarf's figure is the whole unwind's.
     let mut per_sample = Vec::new();
-    for (i, (label, hz, mode, unwinder)) in PROFILER_CONDITIONS.iter().enumerate() {
+    for (i, (label, hz, mode, unwinder, cold)) in PROFILER_CONDITIONS.iter().enumerate() {
+        if *cold {
+            continue; // the same programs as the warm condition
+        }
         let prog = match (*mode, *unwinder) {
             ("stream", _) => "profile_stream",
             (_, "dwarf") => "profile_dwarf",
@@ -324,12 +431,15 @@ pub(super) fn profiler_in(dir: &Path, seconds: u64, rounds: usize) -> Result<()>
         .first()
         .map_or(100.0, |(_, t, u)| *t as f64 / (*u).max(1) as f64 * 100.0);
     println!(
-        "  goal at 19 Hz dwarf: <= 1% CPU: agent {} + programs {programs19:.4}% = {} ({}); \
+        "  goal at 19 Hz dwarf: <= 1% CPU: steady agent {} + programs {programs19:.4}% = {} ({}); \
+         warm-up (first {w} s) {}, cold {}; \
          slowdown per CPU s {} ({}); <= 64 MiB RSS: {:.1} MiB peak over every condition ({}); \
          < 5% truncated: {dwarf_trunc:.1}% ({})",
         share[0].show(3),
         total19.show(3),
         verdict(&total19, 1.0),
+        warm[0].show(2),
+        warm[1].show(2),
         cpu_slowdown[0].show(2),
         noise_note(&cpu_slowdown[0]),
         mib(max_rss),

@@ -273,6 +273,10 @@ impl Worker {
             detail.insert("unwind_processes_loaded".into(), t.processes_loaded);
             detail.insert("unwind_mappings_dropped".into(), t.mappings_dropped);
             detail.insert("unwind_files_skipped".into(), t.files_skipped);
+            detail.insert("unwind_cfi_ms".into(), t.cfi_ms);
+            detail.insert("unwind_cache_hits".into(), t.cache_hits);
+            detail.insert("unwind_cache_writes".into(), t.cache_writes);
+            detail.insert("unwind_cache_errors".into(), t.cache_errors);
         }
         let lost = k["counts_full"]
             + k["user_stack_collisions"]

@@ -132,10 +132,58 @@ fn dev_key((major, minor): (i32, i32)) -> u64 {
     (u64::from(major as u32) << 32) | u64::from(minor as u32)
 }
 
-/// GNU build ID of an ELF file, lowercase hex.
+/// GNU build ID of an ELF file (its `NT_GNU_BUILD_ID` note, name `GNU`), lowercase hex.
+/// Only that note: blazesym's reader returns the first note of a file without one (a
+/// `.note.stapsdt` probe of libLLVM or librustc_driver), and that is no identity.
 pub fn build_id(path: &std::path::Path) -> Option<String> {
-    let id = blazesym::helper::read_elf_build_id(&path).ok()??;
-    Some(id.iter().map(|b| format!("{b:02x}")).collect())
+    let f = File::open(path).ok()?;
+    let cache = object::read::ReadCache::new(f);
+    let id = match object::FileKind::parse(&cache).ok()? {
+        object::FileKind::Elf64 => {
+            gnu_build_id::<object::elf::FileHeader64<object::Endianness>>(&cache)
+        }
+        object::FileKind::Elf32 => {
+            gnu_build_id::<object::elf::FileHeader32<object::Endianness>>(&cache)
+        }
+        _ => None,
+    }?;
+    (!id.is_empty()).then(|| id.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The `NT_GNU_BUILD_ID` note's bytes, from the note sections (else the `PT_NOTE` segments),
+/// reading headers and notes only.
+fn gnu_build_id<H: object::read::elf::FileHeader<Endian = object::Endianness>>(
+    cache: &object::read::ReadCache<File>,
+) -> Option<Vec<u8>> {
+    use object::read::elf::{ProgramHeader, SectionHeader};
+    let header = H::parse(cache).ok()?;
+    let endian = header.endian().ok()?;
+    let is_id = |n: &object::read::elf::Note<'_, H>| {
+        n.name() == object::elf::ELF_NOTE_GNU && n.n_type(endian) == object::elf::NT_GNU_BUILD_ID
+    };
+    let sections = header.sections(endian, cache).ok()?;
+    if !sections.is_empty() {
+        for s in sections.iter() {
+            if let Ok(Some(mut notes)) = s.notes(endian, cache) {
+                while let Ok(Some(n)) = notes.next() {
+                    if is_id(&n) {
+                        return Some(n.desc().to_vec());
+                    }
+                }
+            }
+        }
+        return None;
+    }
+    for seg in header.program_headers(endian, cache).ok()? {
+        if let Ok(Some(mut notes)) = seg.notes(endian, cache) {
+            while let Ok(Some(n)) = notes.next() {
+                if is_id(&n) {
+                    return Some(n.desc().to_vec());
+                }
+            }
+        }
+    }
+    None
 }
 
 /// How many mapped files the profiler may hold open: half the soft RLIMIT_NOFILE (raised to
@@ -490,6 +538,44 @@ mod tests {
         ProcKey {
             pid: std::process::id(),
             incarnation: 1,
+        }
+    }
+
+    #[test]
+    fn build_id_is_the_gnu_note_only() {
+        use object::Object;
+        let exe = std::env::current_exe().unwrap();
+        let data = std::fs::read(&exe).unwrap();
+        let want = object::File::parse(&*data).unwrap().build_id().unwrap();
+        let want: Option<String> = want.map(|id| id.iter().map(|b| format!("{b:02x}")).collect());
+        assert!(want.is_some(), "test binaries are linked with a build ID");
+        assert_eq!(build_id(&exe), want);
+        assert_eq!(build_id(std::path::Path::new("/proc/self/status")), None);
+        // A file with notes but no build ID note (rustup's libLLVM has a .note.stapsdt) has
+        // none, where blazesym's reader returned the probe note.
+        let llvm = std::fs::read_dir(
+            std::env::var("RUSTUP_HOME")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|_| std::path::PathBuf::from("/root/.rustup"))
+                .join("toolchains"),
+        )
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|t| {
+            std::fs::read_dir(t.path().join("lib"))
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().contains("libLLVM"));
+        if let Some(llvm) = llvm {
+            let data = std::fs::read(&llvm).unwrap();
+            let real = object::File::parse(&*data).unwrap().build_id().unwrap();
+            let real: Option<String> =
+                real.map(|id| id.iter().map(|b| format!("{b:02x}")).collect());
+            assert_eq!(build_id(&llvm), real, "{}", llvm.display());
         }
     }
 

@@ -59,6 +59,16 @@ impl Plan {
         self.fdes.len()
     }
 
+    /// A plan read back from the disk cache (no FDE index: the rows are made).
+    pub fn from_parts(base: u64, segments: Vec<(u64, u64, u64)>) -> Plan {
+        Plan {
+            fdes: Vec::new(),
+            base,
+            segments,
+            overlapping: 0,
+        }
+    }
+
     /// The plan without its FDE index (what a loaded table keeps).
     pub fn without_fdes(&self) -> Plan {
         Plan {

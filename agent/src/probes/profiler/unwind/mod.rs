@@ -4,6 +4,7 @@
 //! reading the stacks it produced.
 
 pub mod alloc;
+pub mod cache;
 pub mod compile;
 pub mod tables;
 

@@ -29,6 +29,7 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 
 use super::{
     alloc::{Range, RangeAlloc},
+    cache,
     compile::{self, CompileError, Plan},
 };
 use crate::probes::profiler::procmaps::{MappedFile, ProcEntry, ProcKey};
@@ -91,6 +92,22 @@ pub struct TableStats {
     /// Times a file's table did not fit beside the tables of live processes (its frames are
     /// walked by frame pointer until room frees up).
     pub files_skipped: u64,
+    /// Milliseconds spent evaluating CFI (gimli; part of `compile_ms`).
+    pub cfi_ms: u64,
+    /// Tables read from the disk cache instead of compiled.
+    pub cache_hits: u64,
+    /// Tables compiled into the disk cache.
+    pub cache_writes: u64,
+    /// Cache files found unusable (deleted, compiled again) or not written.
+    pub cache_errors: u64,
+}
+
+/// A compile error as the I/O error a cache reader's sink returns.
+fn to_io(e: CompileError) -> std::io::Error {
+    match e {
+        CompileError::Read(e) => e,
+        e => std::io::Error::other(e.to_string()),
+    }
 }
 
 /// A raw `bpf()` batch update of an array map (aya 0.14 has no batch API).
@@ -138,6 +155,8 @@ pub struct Tables {
     skipped: HashMap<FileKey, u32>,
     processes: HashMap<ProcKey, LoadedProc>,
     epoch: u64,
+    /// Bound of the disk cache directory (4 × the kernel array's bytes).
+    cache_max_bytes: u64,
     pub stats: TableStats,
 }
 
@@ -162,6 +181,7 @@ impl Tables {
             skipped: HashMap::new(),
             processes: HashMap::new(),
             epoch: 1,
+            cache_max_bytes: u64::from(rows_capacity) * 8 * 4,
             stats: TableStats {
                 rows_capacity: u64::from(rows_capacity),
                 ..TableStats::default()
@@ -201,9 +221,12 @@ impl Tables {
     /// kernel: the caller tries again later and finds the files compiled so far loaded. So a
     /// process mapping many new binaries never holds the drain thread for all of them.
     pub fn load_process(&mut self, entry: &ProcEntry, deadline: Instant) -> bool {
-        let key = entry.key;
         let started = Instant::now();
         let mut compiled = false;
+        // The process's files already loaded are held (not evicted) while its others load: a
+        // process whose tables do not all fit would otherwise evict its own, compile them
+        // again at the next call, and so on, holding the front of the queue forever.
+        let mut held = Vec::new();
         for m in entry.maps.iter().take(MAX_MAPPINGS) {
             let Some(f) = &m.file else {
                 continue;
@@ -211,13 +234,44 @@ impl Tables {
             if self.needs_compile(f) {
                 if compiled && Instant::now() >= deadline {
                     self.stats.compile_ms += started.elapsed().as_millis() as u64;
+                    self.release_held(held);
                     return false;
                 }
                 compiled = true;
                 // Compiled (or failed, or skipped) now; the pass below finds it cached.
                 let _ = self.ensure(f, m.mapping.start, m.mapping.file_offset);
             }
+            self.hold(&mut held, f);
         }
+        let loaded = self.install_process(entry, started);
+        self.release_held(held);
+        loaded
+    }
+
+    /// Counts `f` (if loaded) as used by a process being loaded, once.
+    fn hold(&mut self, held: &mut Vec<FileKey>, f: &MappedFile) {
+        let key = FileKey::of(f);
+        if held.contains(&key) {
+            return;
+        }
+        if let Some(l) = self.loaded.get_mut(&key) {
+            l.users += 1;
+            held.push(key);
+        }
+    }
+
+    fn release_held(&mut self, held: Vec<FileKey>) {
+        for k in held {
+            if let Some(l) = self.loaded.get_mut(&k) {
+                l.users = l.users.saturating_sub(1);
+            }
+        }
+    }
+
+    /// The second half of [`Self::load_process`]: every file compiled (or known to have no
+    /// table), the process's mappings into the kernel.
+    fn install_process(&mut self, entry: &ProcEntry, started: Instant) -> bool {
+        let key = entry.key;
         self.unload_process(key);
         let mut files = Vec::new();
         let mut out = Vec::with_capacity(entry.maps.len().min(MAX_MAPPINGS));
@@ -371,23 +425,89 @@ impl Tables {
         }
     }
 
+    /// Loads a file's table: from the disk cache when it holds the file's build ID, else
+    /// compiled from its CFI (in one pass into a new cache file when there is a cache, else in
+    /// two: count, then rows).
     fn load_file(&mut self, key: &FileKey, f: &MappedFile) -> Result<(), CompileError> {
+        let cached_at = match (cache::dir(), key) {
+            (Some(dir), FileKey::BuildId(id)) => Some((dir, id.clone())),
+            _ => None,
+        };
+        if let Some((dir, id)) = &cached_at {
+            if let Some(c) = cache::read(dir, id) {
+                let plan = Plan::from_parts(c.base, c.segments.clone());
+                let n = c.rows;
+                match self.write_rows(n, |sink| Ok(c.read_rows(&mut |r| sink(r).map_err(to_io))?)) {
+                    Ok(first) => {
+                        self.stats.cache_hits += 1;
+                        return self.install(key, plan, first, n);
+                    }
+                    Err(e) => {
+                        tracing::debug!(file = %f.path, "unwind cache file unusable ({e}); compiling again");
+                        self.stats.cache_errors += 1;
+                        cache::remove(dir, id);
+                    }
+                }
+            }
+        }
         let file = File::open(&f.open_path)?;
         // SAFETY: mapped read-only, only read while mapped; a binary truncated under a running
         // process would fault that process too.
         let data = unsafe { memmap2::Mmap::map(&file)? };
+        let started = Instant::now();
         let plan = compile::plan(&data)?;
+        if let Some(mut w) = cached_at
+            .as_ref()
+            .and_then(|(dir, id)| cache::Writer::create(dir, id, plan.base, &plan.segments))
+        {
+            // One pass: the rows into the cache file, then from it into the kernel.
+            compile::emit::<CompileError>(&data, &plan, &mut |r| Ok(w.row(&r)?))?;
+            self.stats.cfi_ms += started.elapsed().as_millis() as u64;
+            match w.finish(self.cache_max_bytes) {
+                Ok(c) => {
+                    self.stats.cache_writes += 1;
+                    let n = c.rows;
+                    let first = self
+                        .write_rows(n, |sink| Ok(c.read_rows(&mut |r| sink(r).map_err(to_io))?))?;
+                    return self.install(key, plan.without_fdes(), first, n);
+                }
+                Err(e) => {
+                    self.stats.cache_errors += 1;
+                    tracing::debug!(file = %f.path, "cannot write the unwind cache: {e}");
+                }
+            }
+        }
         // First pass: how many rows (nothing stored).
         let (n, _) = compile::emit::<CompileError>(&data, &plan, &mut |_| Ok(()))?;
         let n = u32::try_from(n).map_err(|_| CompileError::TooLarge(n))?;
+        // Second pass: the rows, straight into the kernel in batches.
+        let first = self.write_rows(n, |sink| {
+            compile::emit::<CompileError>(&data, &plan, sink).map(|_| ())
+        })?;
+        self.stats.cfi_ms += started.elapsed().as_millis() as u64;
+        self.install(key, plan.without_fdes(), first, n)
+    }
+
+    /// Writes a table's `n` rows, produced by `fill`, into a free range of `UNWIND_ROWS` in
+    /// batches; returns the range's first row. On any error the range is freed again.
+    fn write_rows(
+        &mut self,
+        n: u32,
+        fill: impl FnOnce(
+            &mut dyn FnMut(UnwindRow) -> Result<(), CompileError>,
+        ) -> Result<(), CompileError>,
+    ) -> Result<u32, CompileError> {
         let first = self
             .make_room(n)
             .ok_or(CompileError::TooLarge(n as usize))?;
-        // Second pass: the rows, straight into the kernel in batches.
         let mut buf: Vec<UnwindRow> = Vec::with_capacity(BATCH);
         let mut at = first;
         let rows = &self.rows;
-        let written = compile::emit::<CompileError>(&data, &plan, &mut |r| {
+        let end = first + n;
+        let written = fill(&mut |r| {
+            if at + buf.len() as u32 >= end {
+                return Err(CompileError::TooLarge(n as usize + 1));
+            }
             buf.push(r);
             if buf.len() == BATCH {
                 update_batch(rows, at, &buf)?;
@@ -396,11 +516,29 @@ impl Tables {
             }
             Ok(())
         })
-        .and_then(|_| Ok(update_batch(rows, at, &buf)?));
+        .and_then(|()| Ok(update_batch(rows, at, &buf)?))
+        .and_then(|()| {
+            // Fewer rows than counted: a file that changed between the passes.
+            if at + buf.len() as u32 != end {
+                return Err(std::io::Error::other("row count changed").into());
+            }
+            Ok(())
+        });
         if let Err(e) = written {
             self.rows_alloc.free((first, n), self.epoch);
             return Err(e);
         }
+        Ok(first)
+    }
+
+    /// Points a file slot at rows written by [`Self::write_rows`].
+    fn install(
+        &mut self,
+        key: &FileKey,
+        plan: Plan,
+        first: u32,
+        n: u32,
+    ) -> Result<(), CompileError> {
         let slot = match self.slots.alloc(1) {
             Some(s) => s,
             None => {
@@ -425,8 +563,7 @@ impl Tables {
             Loaded {
                 slot,
                 rows: (first, n),
-                // The FDE index is not needed once loaded.
-                plan: plan.without_fdes(),
+                plan,
                 last_used: Instant::now(),
                 users: 0,
             },
