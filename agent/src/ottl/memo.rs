@@ -50,7 +50,7 @@ impl Memo {
 
     /// Entries held (tests).
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub fn entries(&self) -> usize {
         self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
@@ -63,30 +63,30 @@ mod tests {
     fn computes_once_per_value_and_stays_bounded() {
         let m = Memo::default();
         let calls = std::cell::Cell::new(0);
-        let mut up = |s: &str| {
+        let up = |s: &str| {
             calls.set(calls.get() + 1);
             (s != "keep").then(|| s.to_uppercase())
         };
-        assert_eq!(m.get("a", &mut up).as_deref(), Some("A"));
-        assert_eq!(m.get("a", &mut up).as_deref(), Some("A"));
-        assert_eq!(m.get("keep", &mut up), None);
-        assert_eq!(m.get("keep", &mut up), None);
+        assert_eq!(m.get("a", up).as_deref(), Some("A"));
+        assert_eq!(m.get("a", up).as_deref(), Some("A"));
+        assert_eq!(m.get("keep", up), None);
+        assert_eq!(m.get("keep", up), None);
         assert_eq!(calls.get(), 2);
         for i in 0..CAPACITY + 10 {
-            m.get(&format!("v{i}"), &mut up);
+            m.get(&format!("v{i}"), up);
         }
-        assert!(m.len() <= CAPACITY);
+        assert!(m.entries() <= CAPACITY);
         let long = "x".repeat(MAX_INPUT + 1);
         let before = calls.get();
         assert_eq!(
-            m.get(&long, &mut up).as_deref().map(str::len),
+            m.get(&long, up).as_deref().map(str::len),
             Some(MAX_INPUT + 1)
         );
         assert_eq!(
-            m.get(&long, &mut up).as_deref().map(str::len),
+            m.get(&long, up).as_deref().map(str::len),
             Some(MAX_INPUT + 1)
         );
         assert_eq!(calls.get(), before + 2);
-        assert!(m.len() <= CAPACITY);
+        assert!(m.entries() <= CAPACITY);
     }
 }
