@@ -247,25 +247,35 @@ fn running_agent_exports_profiles_of_exited_processes() {
     std::fs::remove_file(&bin).unwrap();
     let found = sink.wait_for(Duration::from_secs(60), |reqs| {
         reqs.iter().filter(|r| r["signal"] == "profiles").any(|r| {
-            otlp_processes(&r["request"])
-                .iter()
-                .any(|(a, _)| text(&a["process.pid"]) == pid)
+            otlp_processes(&r["request"]).iter().any(|(a, _)| {
+                text(&a["process.pid"]) == pid
+                    && text(&a["process.executable.name"]) == "hotspots-fp"
+            })
         })
     });
     let reqs = found.unwrap_or_else(|r| {
         panic!(
-            "no profile holds pid {pid}: {} requests\n{}",
+            "no profile holds pid {pid} as hotspots-fp: {} requests\n{}",
             r.len(),
             agent.stderr()
         )
     });
-    let (attrs, samples) = reqs
+    // A sample taken between fork and exec belongs to the pre-exec incarnation (named after
+    // this test's thread, as it was then); the program's own incarnation is the one checked.
+    let incarnations: Vec<_> = reqs
         .iter()
         .filter(|r| r["signal"] == "profiles")
         .flat_map(|r| otlp_processes(&r["request"]))
-        .find(|(a, _)| text(&a["process.pid"]) == pid)
-        .unwrap();
-    assert_eq!(text(&attrs["process.executable.name"]), "hotspots-fp");
+        .filter(|(a, _)| text(&a["process.pid"]) == pid)
+        .collect();
+    let names: Vec<String> = incarnations
+        .iter()
+        .map(|(a, _)| text(&a["process.executable.name"]))
+        .collect();
+    let (attrs, samples) = incarnations
+        .into_iter()
+        .find(|(a, _)| text(&a["process.executable.name"]) == "hotspots-fp")
+        .unwrap_or_else(|| panic!("pid {pid} exported only as {names:?}"));
     assert_eq!(text(&attrs["process.executable.build_id.gnu"]), build_id);
     let (three, one) = hot_counts(&samples);
     // ~1.7 s of one thread at 99 Hz.
