@@ -218,6 +218,24 @@ where
         .map_err(|e| explain(&format!("opening {name}"), &e))
 }
 
+/// Per-CPU `u64` counter array `name` of a loaded object, each slot summed over CPUs; zeros
+/// for slots (or a map) that cannot be read. Shape: `[u64; N]`, `N` the array's entries.
+pub fn per_cpu_counters<const N: usize>(bpf: &Ebpf, name: &str) -> [u64; N] {
+    let mut out = [0; N];
+    let Some(m) = bpf.map(name) else {
+        return out;
+    };
+    let Ok(a) = aya::maps::PerCpuArray::<_, u64>::try_from(m) else {
+        return out;
+    };
+    for (i, slot) in out.iter_mut().enumerate() {
+        if let Ok(v) = a.get(&(i as u32), 0) {
+            *slot = v.iter().sum();
+        }
+    }
+    out
+}
+
 /// Takes map `name` out of `probe`'s loaded object as a typed map.
 pub fn take_map<T>(bpf: &mut Ebpf, probe: &str, name: &str) -> Result<T, LoadError>
 where

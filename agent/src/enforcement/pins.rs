@@ -44,6 +44,19 @@ impl Pins {
         self.dir.join("maps").join(name)
     }
 
+    /// Pins maps `names` of the loaded object `bpf` at [`Pins::map`] (the directory created
+    /// first). Errors: a map missing from the object, or the pin refused (cause in the text).
+    pub fn pin_maps(&self, bpf: &aya::Ebpf, names: &[&str]) -> Result<(), String> {
+        self.ensure()?;
+        for name in names {
+            let path = self.map(name);
+            let m = bpf.map(name).ok_or_else(|| format!("{name} missing"))?;
+            m.pin(&path)
+                .map_err(|e| format!("cannot pin {name} at {}: {e}", path.display()))?;
+        }
+        Ok(())
+    }
+
     pub fn link(&self, name: &str) -> PathBuf {
         self.dir.join("links").join(name)
     }

@@ -10,7 +10,7 @@ use agent_common::block::{
     PREFIX_BITS, REFUSALS_MAP, RULES_MAP,
 };
 use aya::{
-    maps::{lpm_trie::Key, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray},
+    maps::{lpm_trie::Key, HashMap as BpfHashMap, LpmTrie, MapData},
     programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr},
     Ebpf,
 };
@@ -152,16 +152,7 @@ impl Blocker {
         if self.maps_pinned {
             return Ok(());
         }
-        self.pins.ensure()?;
-        for name in STATE_MAPS {
-            let path = self.pins.map(name);
-            let m = self
-                .bpf
-                .map(name)
-                .ok_or_else(|| format!("{name} missing"))?;
-            m.pin(&path)
-                .map_err(|e| format!("cannot pin {name} at {}: {e}", path.display()))?;
-        }
+        self.pins.pin_maps(&self.bpf, &STATE_MAPS)?;
         self.maps_pinned = true;
         Ok(())
     }
@@ -301,19 +292,7 @@ impl Blocker {
     }
 
     pub fn counters(&self) -> [u64; counter::COUNT as usize] {
-        let mut out = [0; counter::COUNT as usize];
-        let Some(m) = self.bpf.map(COUNTERS_MAP) else {
-            return out;
-        };
-        let Ok(a) = PerCpuArray::<_, u64>::try_from(m) else {
-            return out;
-        };
-        for (i, slot) in out.iter_mut().enumerate() {
-            if let Ok(v) = a.get(&(i as u32), 0) {
-                *slot = v.iter().sum();
-            }
-        }
-        out
+        ebpf::per_cpu_counters(&self.bpf, COUNTERS_MAP)
     }
 
     /// Detaches what `keep` does not keep (by cgroup); unpins the maps when nothing is kept.

@@ -8,7 +8,7 @@ use agent_common::ratelimit::{
     counter, Limit, LimitKey, COUNTERS_MAP, EGRESS, INGRESS, LIMITS_MAP,
 };
 use aya::{
-    maps::{HashMap as BpfHashMap, PerCpuArray},
+    maps::HashMap as BpfHashMap,
     programs::{links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
     Ebpf,
 };
@@ -101,14 +101,7 @@ impl RateLimiter {
         if self.maps_pinned {
             return Ok(());
         }
-        self.pins.ensure()?;
-        let path = self.pins.map(LIMITS_MAP);
-        let m = self
-            .bpf
-            .map(LIMITS_MAP)
-            .ok_or_else(|| format!("{LIMITS_MAP} missing"))?;
-        m.pin(&path)
-            .map_err(|e| format!("cannot pin {LIMITS_MAP} at {}: {e}", path.display()))?;
+        self.pins.pin_maps(&self.bpf, &[LIMITS_MAP])?;
         self.maps_pinned = true;
         Ok(())
     }
@@ -216,19 +209,7 @@ impl RateLimiter {
 
     /// The program's own counters summed over CPUs (`counter::NAMES`).
     pub fn counters(&self) -> [u64; counter::COUNT as usize] {
-        let mut out = [0; counter::COUNT as usize];
-        let Some(m) = self.bpf.map(COUNTERS_MAP) else {
-            return out;
-        };
-        let Ok(a) = PerCpuArray::<_, u64>::try_from(m) else {
-            return out;
-        };
-        for (i, slot) in out.iter_mut().enumerate() {
-            if let Ok(v) = a.get(&(i as u32), 0) {
-                *slot = v.iter().sum();
-            }
-        }
-        out
+        ebpf::per_cpu_counters(&self.bpf, COUNTERS_MAP)
     }
 
     /// The loaded programs' ids (for `bpf_stats`).

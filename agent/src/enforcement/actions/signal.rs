@@ -12,7 +12,7 @@ use std::{
 
 use agent_common::signal::{counter, SigEvent, SigTarget, COUNTERS_MAP, EVENTS_MAP, TARGETS_MAP};
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, RingBuf},
     programs::{raw_trace_point::RawTracePointLinkId, RawTracePoint},
     Ebpf,
 };
@@ -216,19 +216,7 @@ impl KernelSignals {
     }
 
     pub fn counters(&self) -> [u64; counter::COUNT as usize] {
-        let mut out = [0; counter::COUNT as usize];
-        let Some(m) = self.bpf.map(COUNTERS_MAP) else {
-            return out;
-        };
-        let Ok(a) = PerCpuArray::<_, u64>::try_from(m) else {
-            return out;
-        };
-        for (i, slot) in out.iter_mut().enumerate() {
-            if let Ok(v) = a.get(&(i as u32), 0) {
-                *slot = v.iter().sum();
-            }
-        }
-        out
+        ebpf::per_cpu_counters(&self.bpf, COUNTERS_MAP)
     }
 }
 
