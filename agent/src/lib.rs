@@ -14,6 +14,7 @@ pub mod ottl;
 pub mod output;
 pub mod persist;
 pub mod preflight;
+pub mod priority;
 pub mod probes;
 pub mod procinfo;
 pub mod profile;

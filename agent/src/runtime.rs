@@ -205,6 +205,7 @@ impl Running {
         self.run_degraded(&new).await;
         self.self_protection
             .send_if_modified(|c| std::mem::replace(c, new.self_protection.clone()) != *c);
+        crate::priority::set_nice(new.enforcement.nice);
         if let Some(e) = &self.enforcement {
             e.apply(&new).await;
         }
@@ -282,7 +283,11 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
     let activity = ActivityHub::new();
     let signals = SignalHub::new();
     let demand = Demand::default();
-    let deriver = tokio::spawn(crate::signals::run_deriver(
+    // The decision path (drains that feed signals, the deriver, the engine) runs at
+    // `enforcement.nice`, the deriver and the engine on a runtime of their own.
+    crate::priority::set_nice(cfg.enforcement.nice);
+    let decide = crate::priority::DecisionRuntime::start();
+    let deriver = decide.handle().spawn(crate::signals::run_deriver(
         activity.clone(),
         signals.clone(),
         demand.clone(),
@@ -322,6 +327,7 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
         &cfg,
         &signals,
         &anomalies,
+        &decide.handle(),
     );
     apply_probes(&probes, &cfg).await;
     state.set_pipeline_running(true);
@@ -439,6 +445,7 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
         s.stop().await;
     }
     deriver.abort();
+    drop(decide);
     detection_task.abort();
     self_protection_task.abort();
     tracing::info!("agent stopped; every probe detached");

@@ -238,6 +238,50 @@ fn counter(agent: &Agent, rule: &str, outcome: &str) -> f64 {
     .map_or(0.0, |s| s.value)
 }
 
+/// The agent's threads by name with their nice values (`/proc/<pid>/task/*/stat`: `comm`, and
+/// field 19).
+fn thread_nices(pid: u32) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue; // ended meanwhile
+        };
+        let (head, rest) = stat.rsplit_once(')').unwrap();
+        let name = head.split_once('(').unwrap().1.to_string();
+        let nice = rest.split_whitespace().nth(16).unwrap().parse().unwrap();
+        out.push((name, nice));
+    }
+    out
+}
+
+/// The decision path (the syscall probe's drain thread, the `decide` runtime's threads) runs
+/// at `nice`, as `/status` says; the agent's other threads (the main one among them) at 0.
+fn assert_decision_path_nice(agent: &Agent, nice: i32) {
+    let threads = thread_nices(agent.child.id());
+    let on_path = |n: &str| n == "syscalls-drain" || n == "decide";
+    for name in ["syscalls-drain", "decide"] {
+        assert!(
+            threads.iter().any(|(n, v)| n == name && *v == nice),
+            "{name} at nice {nice}: {threads:?}"
+        );
+    }
+    assert!(
+        threads
+            .iter()
+            .all(|(n, v)| on_path(n) == (*v == nice) || nice == 0),
+        "only the decision path at nice {nice}: {threads:?}"
+    );
+    let st = agent.status();
+    assert_eq!(st["enforcement"]["decision_path"]["nice"], nice, "{st}");
+    let on = st["enforcement"]["decision_path"]["threads"]
+        .as_u64()
+        .unwrap();
+    assert!(on >= 2, "{st}");
+}
+
 /// The rule, as written, with a shorter TTL's twin: SIGSTOP (state `T`) within the
 /// rule's hold, SIGCONT at the TTL, both in the audit trail with the agent's timestamps.
 #[test]
@@ -270,6 +314,7 @@ fn stop_storm_stops_then_continues_after_the_ttl() {
     // Observation to action: the agent's own figure; 1 s is a generous functional bound.
     let latency = taken["latency_seconds"].as_f64().unwrap();
     assert!((0.0..1.0).contains(&latency), "{taken}");
+    assert_decision_path_nice(&agent, -10);
     let undone = wait_decision(&agent, "stop-storm", "undone");
     assert_eq!(undone["journal_id"], taken["journal_id"], "{undone}");
     assert!(

@@ -245,6 +245,15 @@ probes:
         "agent.yaml:4:18: probes.syscalls.max_entries: 10 is out of range\n\
          fix: use a whole number from 64 to 1048576, e.g. 4096",
     );
+    let e = parse_err("enforcement:\n  nice: -30\n");
+    assert_err(
+        &e,
+        "enforcement.nice",
+        Some(2),
+        "agent.yaml:2:9: enforcement.nice: -30 is out of range\n\
+         fix: use a nice value from -20 (highest priority) to 19, e.g. -10 (the default); 0 \
+         leaves the decision path at the workloads' priority",
+    );
     let e = parse_err("probes:\n  syscalls:\n    retain_exited: 2h\n");
     assert_eq!(
         (e.path(), e.line()),

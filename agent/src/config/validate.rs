@@ -141,6 +141,7 @@ pub(crate) const FIELDS: &[&str] = &[
     "enforcement.allowlist.containers",
     "enforcement.recent_decisions",
     "enforcement.bpffs",
+    "enforcement.nice",
     "enforcement.rules",
 ];
 

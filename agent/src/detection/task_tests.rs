@@ -55,6 +55,8 @@ fn batch(t: f64, samples: Vec<SignalSample>, ended: Vec<ProcessRef>) -> SignalBa
         source: "syscalls",
         time: at(t),
         elapsed: Duration::from_secs(1),
+        published: at(t),
+        derived: at(t),
         samples,
         ended,
     }

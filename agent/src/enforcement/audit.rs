@@ -114,10 +114,15 @@ pub struct DecisionRecord {
 }
 
 /// The stages of one taken decision, seconds since the observation (the agent's own clock):
-/// the engine received the batch, the target was read and checked (plan), the journal was
-/// synced. The action was in effect at `latency_seconds`.
+/// the probe published the drain's activity, the deriver made signals of it, the engine
+/// received them (for an anomaly: only this one, the others 0), the target was read and
+/// checked (plan), the journal was written. The action was in effect at `latency_seconds`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct Stages {
+    /// The probe published the drain's activity (after attribution and names).
+    pub published: f64,
+    /// The signal deriver turned it into signals (`/proc` CPU and memory read).
+    pub derived: f64,
     pub received: f64,
     pub planned: f64,
     pub journaled: f64,

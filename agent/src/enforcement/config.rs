@@ -86,6 +86,10 @@ pub struct EnforcementConfig {
     pub recent_decisions: usize,
     /// Where kernel maps and links of `persist: true` limits are pinned (a bpffs directory).
     pub bpffs: PathBuf,
+    /// Nice value of the decision path's threads (drains that feed signals, the deriver, the
+    /// engine), -20 to 19; set per thread with setpriority(2) ([`crate::priority`]).
+    /// Local-only: a remote config may not raise the agent's priority.
+    pub nice: i32,
     pub rules: Vec<RuleConfig>,
 }
 
@@ -97,6 +101,7 @@ impl Default for EnforcementConfig {
             allowlist: Allowlist::default(),
             recent_decisions: 100,
             bpffs: PathBuf::from("/sys/fs/bpf/agent"),
+            nice: crate::priority::DEFAULT_NICE,
             rules: Vec::new(),
         }
     }
@@ -341,7 +346,7 @@ impl ActionConfig {
 /// What a field of the section accepts, phrased to follow "use " (`config::validate` asks).
 pub fn allowed(path: &str) -> Option<String> {
     Some(match path {
-        "enforcement" => "a mapping with the fields mode, remote, allowlist, recent_decisions, bpffs, rules".into(),
+        "enforcement" => "a mapping with the fields mode, remote, allowlist, recent_decisions, bpffs, nice, rules".into(),
         "enforcement.mode" => "monitor (record decisions, change nothing) or enforce".into(),
         "enforcement.remote" => "deny (a remote config may not set enforcement), monitor (modes up to monitor) or enforce".into(),
         "enforcement.allowlist" => "a mapping with the fields defaults, executables, cgroups, containers".into(),
@@ -350,6 +355,7 @@ pub fn allowed(path: &str) -> Option<String> {
         "enforcement.allowlist.cgroups" => "a list of cgroup v2 paths such as /system.slice/ssh.service".into(),
         "enforcement.allowlist.containers" => "a list of container ids (64 hex digits, or a prefix of at least 12)".into(),
         "enforcement.recent_decisions" => "a whole number from 0 to 10000, e.g. 100".into(),
+        "enforcement.nice" => "a nice value from -20 (highest priority) to 19, e.g. -10 (the default); 0 leaves the decision path at the workloads' priority".into(),
         "enforcement.bpffs" => "an absolute directory on the BPF filesystem, e.g. /sys/fs/bpf/agent".into(),
         "enforcement.rules" => format!(
             "a list of rules, each with {} (see the default config)",
@@ -368,6 +374,9 @@ pub fn check_field(c: &EnforcementConfig, path: &str) -> Result<(), String> {
     match path {
         "enforcement.recent_decisions" if c.recent_decisions > 10_000 => {
             Err(format!("{} is out of range", c.recent_decisions))
+        }
+        "enforcement.nice" if !(-20..=19).contains(&c.nice) => {
+            Err(format!("{} is out of range", c.nice))
         }
         "enforcement.bpffs" if !c.bpffs.is_absolute() => {
             Err(format!("{} is not an absolute path", c.bpffs.display()))

@@ -128,6 +128,9 @@ pub struct Engine {
     dirty: bool,
     /// When the batch (or anomaly) being judged reached the engine.
     received: Option<SystemTime>,
+    /// When the batch being judged was published by its probe and derived (none for an
+    /// anomaly).
+    upstream: Option<(SystemTime, SystemTime)>,
 }
 
 fn sample_syscall_text(c: &Condition) -> String {
@@ -167,6 +170,7 @@ impl Engine {
             last_publish: Instant::now(),
             dirty: true,
             received: None,
+            upstream: None,
         };
         e.last_error = e.journal.as_ref().err().cloned();
         e.reconfigure(s);
@@ -210,6 +214,7 @@ impl Engine {
     /// One drain's signals: threshold rules.
     pub fn on_batch(&mut self, b: &SignalBatch) {
         self.received = Some(SystemTime::now());
+        self.upstream = Some((b.published, b.derived));
         for p in &b.ended {
             self.streaks
                 .retain(|(_, pid, gen), _| !(*pid == p.pid && *gen == p.gen));
@@ -290,6 +295,7 @@ impl Engine {
     /// One anomaly: anomaly rules.
     pub fn on_anomaly(&mut self, a: &Anomaly) {
         self.received = Some(SystemTime::now());
+        self.upstream = None;
         let matching: Vec<Rule> = self
             .rules
             .iter()

@@ -73,19 +73,21 @@ impl Handle {
     }
 }
 
-/// Starts the engine on the signal and anomaly broadcasts.
+/// Starts the engine on the signal and anomaly broadcasts, as a task of `rt` (the decision
+/// runtime: [`crate::priority::DecisionRuntime`]).
 pub fn spawn(
     env: Env,
     cfg: &crate::config::Config,
     signals: &SignalHub,
     anomalies: &AnomalyHub,
+    rt: &tokio::runtime::Handle,
 ) -> Handle {
     let (tx, ctl) = mpsc::channel(8);
     // Subscribed before the first await: nothing published from now on is missed.
     let srx = signals.subscribe();
     let arx = anomalies.subscribe();
     let settings = Settings::of(cfg);
-    let task = tokio::spawn(async move {
+    let task = rt.spawn(async move {
         let engine = tokio::task::block_in_place(|| Engine::new(env, &settings));
         run(engine, srx, arx, ctl).await;
     });

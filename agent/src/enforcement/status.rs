@@ -59,7 +59,17 @@ pub struct EnforcementStatus {
     pub decisions: BTreeMap<String, BTreeMap<&'static str, u64>>,
     /// The sampling caps in effect (every `degrade` source merged: the lowest wins).
     pub degrade: DegradeStatus,
+    /// The decision path's scheduling priority (`enforcement.nice`).
+    pub decision_path: DecisionPathStatus,
     pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DecisionPathStatus {
+    /// The nice value its threads are set to.
+    pub nice: i32,
+    /// Threads on it now (signal-feeding drains, the deriver and engine runtime).
+    pub threads: usize,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

@@ -91,6 +91,8 @@ fn batch(pid: u32, time: SystemTime, elapsed: Duration, value: f64) -> SignalBat
         source: "syscalls",
         time,
         elapsed,
+        published: time,
+        derived: time,
         samples: vec![SignalSample {
             signal: Signal::SyscallRate,
             key: Arc::new(SignalKey {

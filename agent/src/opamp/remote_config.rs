@@ -176,7 +176,8 @@ fn modes<'a>(v: &'a Value, path: &str, out: &mut Vec<(String, &'a Value)>) {
 ///   `mode: enforce` a remote rule must say `mode: monitor`.
 /// - `enforce`: any mode.
 ///
-/// At every level `enforcement.remote` and `enforcement.bpffs` are local-only. Works on the
+/// At every level `enforcement.remote`, `enforcement.bpffs` and `enforcement.nice` (the agent's
+/// own scheduling priority) are local-only. Works on the
 /// YAML values (before the merge), so errors name the remote config's own paths.
 pub fn bound_enforcement(local: &Value, remote: &Value) -> Result<(), RemoteError> {
     use crate::enforcement::Mode;
@@ -205,7 +206,7 @@ pub fn bound_enforcement(local: &Value, remote: &Value) -> Result<(), RemoteErro
             format!("remove enforcement from the remote config, {fix_local}"),
         ));
     }
-    for f in ["remote", "bpffs"] {
+    for f in ["remote", "bpffs", "nice"] {
         if rem.get(f).is_some() {
             return Err(refuse(
                 format!(
@@ -440,6 +441,9 @@ mod tests {
         assert_eq!(bound_enforcement(&local, &remote), Ok(()));
         assert!(bound_enforcement(&local, &y("enforcement: {remote: enforce}")).is_err());
         assert!(bound_enforcement(&local, &y("enforcement: {bpffs: /tmp}")).is_err());
+        // The agent's own scheduling priority is the host's to set.
+        let e = bound_enforcement(&local, &y("enforcement: {nice: -20}")).unwrap_err();
+        assert!(e.to_string().contains("enforcement.nice"), "{e}");
         assert!(bound_enforcement(&local, &y("enforcement: {mode: maybe}")).is_err());
         assert!(bound_enforcement(&local, &y("enforcement: {mode: off}")).is_err());
         assert!(bound_enforcement(&y("enforcement: {remote: sometimes}"), &monitor_only).is_err());

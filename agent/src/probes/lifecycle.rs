@@ -80,6 +80,10 @@ pub trait ProbeSpec: 'static {
     /// source and its thread's name.
     const NAME: &'static str;
 
+    /// Whether the probe feeds the signal deriver (and so the decision engine): its drain
+    /// thread then runs at the decision path's priority ([`crate::priority`]).
+    const FEEDS_SIGNALS: bool = false;
+
     fn enabled(cfg: &Self::Config) -> bool;
 
     /// Whether going from `old` to `new` needs a new kernel object (map sizes, globals, hooks);
@@ -191,6 +195,7 @@ impl<S: ProbeSpec> ProbeHandle<S> {
             .name(format!("{}-drain", S::NAME))
             .spawn(move || {
                 let _entered = env.runtime.as_ref().map(|h| h.enter());
+                let _path = S::FEEDS_SIGNALS.then(crate::priority::Member::join);
                 let worker = match S::start(&c, &env) {
                     Ok((w, hooks)) => {
                         let _ = started_tx.send(Ok(hooks));

@@ -105,5 +105,8 @@ pub struct ActivityBatch {
     pub time: SystemTime,
     /// Measured time since the previous read of the same probe.
     pub elapsed: Duration,
+    /// When the probe published it (after the read: attribution, names), for the decision
+    /// path's latency stages.
+    pub published: SystemTime,
     pub activity: Activity,
 }

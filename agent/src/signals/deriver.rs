@@ -46,6 +46,10 @@ pub struct SignalBatch {
     pub time: SystemTime,
     /// Measured time since that probe's previous read.
     pub elapsed: Duration,
+    /// When the probe published its activity, and when this batch was derived from it (the
+    /// decision path's latency stages).
+    pub published: SystemTime,
+    pub derived: SystemTime,
     pub samples: Vec<SignalSample>,
     /// Incarnations that ended in the interval (exit or exec).
     pub ended: Vec<ProcessRef>,
@@ -203,6 +207,8 @@ impl<P: ProcSource> Deriver<P> {
             source: batch.source,
             time: batch.time,
             elapsed: batch.elapsed,
+            published: batch.published,
+            derived: SystemTime::now(),
             samples,
             ended,
         }
@@ -339,6 +345,7 @@ mod tests {
             source: "syscalls",
             time: SystemTime::UNIX_EPOCH + Duration::from_secs(t),
             elapsed: Duration::from_millis(elapsed_ms),
+            published: SystemTime::UNIX_EPOCH + Duration::from_secs(t),
             activity: Activity::Syscalls(acts),
         }
     }
@@ -425,6 +432,7 @@ mod tests {
             source: "network",
             time: SystemTime::UNIX_EPOCH + Duration::from_secs(20),
             elapsed: Duration::from_millis(elapsed_ms),
+            published: SystemTime::UNIX_EPOCH + Duration::from_secs(20),
             activity: Activity::Network(acts),
         }
     }

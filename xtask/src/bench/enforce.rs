@@ -3,6 +3,9 @@
 //! cgroup freeze, connect block, egress rate limit), each on a syscall storm in its own cgroup
 //! v2 (`enf-bench-*`), firing again after each TTL + cooldown (1 s each) for the whole run. The
 //! four rules run side by side in one agent, so no action kind always runs first or alone.
+//! The storms keep every CPU busy, so the decision path competes with what it judges: the
+//! agent runs at each `enforcement.nice` of [`NICES`] in turn (rounds, order rotated), and the
+//! per-round ratio of the latencies shows what the priority is worth.
 //!
 //! The figure is the agent's own: `latency_seconds` of each `taken` decision on `/status`,
 //! from the drain's kernel read (the observation) to the action in effect (the signal sent,
@@ -21,7 +24,7 @@ use anyhow::{Context, Result};
 
 use super::{
     enforce_rate,
-    harness::Spread,
+    harness::{noise_note, ratios, rotation, Spread},
     host::{build_release, ensure_tracefs, http_body, start_agent_on},
 };
 use crate::{build::bin_path, setup};
@@ -79,13 +82,13 @@ fn quantile(sorted: &[f64], p: f64) -> f64 {
 
 /// The bench's agent config: only the syscall probe (1 s drains, per process) and `rules`
 /// (YAML list items) in enforce mode.
-fn write_config(path: &Path, rules: &str) -> Result<PathBuf> {
+fn write_config(path: &Path, nice: i32, rules: &str) -> Result<PathBuf> {
     std::fs::write(
         path,
         format!(
             "probes:\n  syscalls:\n    interval: 1s\n    aggregation: process\n  network:\n    \
              enabled: false\n  profiler:\n    enabled: false\nenforcement:\n  mode: enforce\n  \
-             recent_decisions: 10000\n  rules:\n{rules}"
+             nice: {nice}\n  recent_decisions: 10000\n  rules:\n{rules}"
         ),
     )?;
     Ok(path.to_path_buf())
@@ -104,22 +107,41 @@ fn storm_in(storm: &Path, dir: &Path) -> Result<Child> {
     cmd.spawn().context("start a storm")
 }
 
-pub(super) fn run(seconds: u64, rounds: usize) -> Result<()> {
-    setup::ensure(true)?;
-    build_release()?;
-    ensure_tracefs();
-    let root = cgroup2_root()?;
-    let tmp = std::env::temp_dir().join(format!("agent-bench-enforce-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp)?;
-    let storm = tmp.join("enfbench");
-    std::fs::copy(bin_path("release", "syscall-workload"), &storm)?;
+/// The decision path's nice values compared side by side (`enforcement.nice`): the agent's
+/// default, and the workloads' own priority.
+const NICES: [i32; 2] = [-10, 0];
+
+/// Latency rounds per nice value (each `seconds / LATENCY_ROUNDS` long).
+const LATENCY_ROUNDS: usize = 3;
+
+/// The stages of a taken decision on `/status`, in order: ms since the observation.
+const STAGES: [&str; 5] = ["published", "derived", "received", "planned", "journaled"];
+
+/// One `taken` decision: its rule, latency and [`STAGES`], ms.
+struct Taken {
+    rule: String,
+    latency: f64,
+    stages: [Option<f64>; STAGES.len()],
+}
+
+/// One agent at `nice` with the four rules on four storms for `seconds`: its taken decisions,
+/// and every decision counted by (rule, outcome).
+fn latency_round(
+    root: &Path,
+    tmp: &Path,
+    storm: &Path,
+    nice: i32,
+    seconds: u64,
+    tag: &str,
+    outcomes: &mut BTreeMap<(String, String), u64>,
+) -> Result<Vec<Taken>> {
     let mut storms = Storms {
         dirs: Vec::new(),
         children: Vec::new(),
     };
     let mut rules = String::new();
     for (kind, action) in ACTIONS {
-        let path = format!("/enf-bench-{kind}-{}", std::process::id());
+        let path = format!("/enf-bench-{kind}-{}-{tag}", std::process::id());
         let dir = root.join(path.trim_start_matches('/'));
         std::fs::create_dir_all(&dir)?;
         storms.dirs.push(dir);
@@ -129,92 +151,187 @@ pub(super) fn run(seconds: u64, rounds: usize) -> Result<()> {
              max_actions_per_minute: 60\n"
         ));
     }
-    let config = write_config(&tmp.join("agent.yaml"), &rules)?;
-    let (agent, port) = start_agent_on(&tmp.join("output"), Some(&config))?;
+    let config = write_config(&tmp.join(format!("agent-{tag}.yaml")), nice, &rules)?;
+    let (agent, port) = start_agent_on(&tmp.join(format!("output-{tag}")), Some(&config))?;
     for dir in storms.dirs.clone() {
-        storms.children.push(storm_in(&storm, &dir)?);
+        storms.children.push(storm_in(storm, &dir)?);
     }
-    println!("enforce: 4 rules (one per action) firing on syscall storms for {seconds} s...");
     thread::sleep(Duration::from_secs(seconds));
     let status = http_body(port, "/status").context("GET /status")?;
     drop(storms);
     agent.stop()?;
     let v: serde_json::Value = serde_json::from_str(&status)?;
-    let mut by: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    // Per rule: the stages (received, planned, journaled), ms since the observation.
-    let mut stages: BTreeMap<String, [Vec<f64>; 3]> = BTreeMap::new();
-    let mut outcomes: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut taken = Vec::new();
     for d in v["decisions"].as_array().into_iter().flatten() {
         let rule = d["rule"].as_str().unwrap_or("?").to_string();
         let outcome = d["outcome"].as_str().unwrap_or("?").to_string();
         *outcomes.entry((rule.clone(), outcome.clone())).or_default() += 1;
-        if outcome == "taken" {
-            if let Some(l) = d["latency_seconds"].as_f64() {
-                by.entry(rule.clone()).or_default().push(l * 1e3);
-            }
-            let st = stages.entry(rule).or_default();
-            for (i, k) in ["received", "planned", "journaled"].iter().enumerate() {
-                if let Some(x) = d["stages"][k].as_f64() {
-                    st[i].push(x * 1e3);
-                }
-            }
+        if outcome != "taken" {
+            continue;
+        }
+        if let Some(l) = d["latency_seconds"].as_f64() {
+            let stage = |k: &str| d["stages"][k].as_f64().map(|x| x * 1e3);
+            taken.push(Taken {
+                rule,
+                latency: l * 1e3,
+                stages: STAGES.map(stage),
+            });
         }
     }
-    println!(
-        "\nobservation -> action in effect, ms (agent's own timestamps; {seconds} s run, machine \
-         load shared with other builds):"
-    );
-    println!(
-        "{:<12} {:>5} {:>8} {:>8} {:>8} {:>8}",
+    Ok(taken)
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// The latency table of one condition: per action kind n, p50, p99, min, max; then where the
+/// time went (the stages' p50 / p99).
+fn print_condition(nice: i32, taken: &[Taken]) {
+    println!("\nnice {nice}: observation -> action in effect, ms");
+    print!(
+        "{:<12} {:>5} {:>8} {:>8} {:>8} {:>8} ",
         "action", "n", "p50", "p99", "min", "max"
     );
-    for (kind, _) in ACTIONS {
-        let mut l = by.remove(kind).unwrap_or_default();
+    for st in STAGES {
+        print!(" {st:>15}");
+    }
+    println!();
+    let all = sorted(taken.iter().map(|t| t.latency).collect());
+    for (kind, _) in ACTIONS.iter().map(|(k, a)| (*k, *a)).chain([("all", "")]) {
+        let of: Vec<&Taken> = taken
+            .iter()
+            .filter(|t| kind == "all" || t.rule == kind)
+            .collect();
+        let l = if kind == "all" {
+            all.clone()
+        } else {
+            sorted(of.iter().map(|t| t.latency).collect())
+        };
         if l.is_empty() {
             println!("{kind:<12} {:>5} (no action taken)", 0);
             continue;
         }
-        l.sort_by(f64::total_cmp);
-        let s = Spread::of(&l);
-        println!(
-            "{kind:<12} {:>5} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+        let cell = |i: usize| {
+            let v = sorted(of.iter().filter_map(|t| t.stages[i]).collect());
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.1} / {:.1}", quantile(&v, 0.5), quantile(&v, 0.99))
+            }
+        };
+        print!(
+            "{kind:<12} {:>5} {:>8.2} {:>8.2} {:>8.2} {:>8.2} ",
             l.len(),
             quantile(&l, 0.5),
             quantile(&l, 0.99),
-            s.min,
-            s.max
+            l[0],
+            l[l.len() - 1],
+        );
+        for i in 0..STAGES.len() {
+            print!(" {:>15}", cell(i));
+        }
+        println!();
+    }
+}
+
+pub(super) fn run(seconds: u64, rounds: usize) -> Result<()> {
+    setup::ensure(true)?;
+    build_release()?;
+    ensure_tracefs();
+    let root = cgroup2_root()?;
+    let tmp = std::env::temp_dir().join(format!("agent-bench-enforce-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let storm = tmp.join("enfbench");
+    std::fs::copy(bin_path("release", "syscall-workload"), &storm)?;
+    let per_round = (seconds / LATENCY_ROUNDS as u64).max(8);
+    println!(
+        "enforce: 4 rules (one per action) firing on 4 syscall storms (every CPU busy); the \
+         decision path at nice {NICES:?} side by side, {LATENCY_ROUNDS} rounds of {per_round} s \
+         each, order rotated..."
+    );
+    let mut taken: Vec<Vec<Taken>> = NICES.iter().map(|_| Vec::new()).collect();
+    // Per round and condition: the p50 and p99 of every action of the round.
+    let mut p50s: Vec<Vec<f64>> = NICES.iter().map(|_| Vec::new()).collect();
+    let mut p99s: Vec<Vec<f64>> = NICES.iter().map(|_| Vec::new()).collect();
+    let mut outcomes = BTreeMap::new();
+    for round in 0..LATENCY_ROUNDS {
+        for c in rotation(round, NICES.len()) {
+            let tag = format!("r{round}n{c}");
+            let t = latency_round(
+                &root,
+                &tmp,
+                &storm,
+                NICES[c],
+                per_round,
+                &tag,
+                &mut outcomes,
+            )?;
+            let l = sorted(t.iter().map(|t| t.latency).collect());
+            let (p50, p99) = if l.is_empty() {
+                (f64::NAN, f64::NAN)
+            } else {
+                (quantile(&l, 0.5), quantile(&l, 0.99))
+            };
+            println!(
+                "  round {round} nice {:>3}: {:>3} actions, p50 {p50:.1} ms, p99 {p99:.1} ms (load {})",
+                NICES[c],
+                l.len(),
+                load_average()
+            );
+            p50s[c].push(p50);
+            p99s[c].push(p99);
+            taken[c].extend(t);
+        }
+    }
+    println!(
+        "\n(agent's own timestamps: the drain's kernel read to the action in effect; stages, \
+         p50 / p99 ms since the observation: published = the probe published the drain's \
+         activity, derived = the deriver made signals of it, received = the engine got them, \
+         planned = target read and checked, journaled = the journal written; p99 with fewer \
+         than 100 actions is the largest but one or the maximum: read it as such)"
+    );
+    for (c, nice) in NICES.iter().enumerate() {
+        print_condition(*nice, &taken[c]);
+    }
+    for (name, per) in [("p50", &p50s), ("p99", &p99s)] {
+        let r = Spread::of(&ratios(&per[1], &per[0]));
+        println!(
+            "\n{name} at nice {} / at nice {} per round: {} ({})",
+            NICES[1],
+            NICES[0],
+            r.show(2),
+            noise_note(&r.map(|x| x - 1.0))
         );
     }
-    println!(
-        "\nwhere the time went: p50 / p99 of each stage, ms since the observation (received: the \
-         engine got the drain's signals; planned: target read and checked; journaled: the \
-         journal synced; then the action):"
-    );
-    println!(
-        "{:<12} {:>17} {:>17} {:>17}",
-        "action", "received", "planned", "journaled"
-    );
-    for (kind, _) in ACTIONS {
-        let Some(st) = stages.get_mut(kind) else {
-            continue;
-        };
-        let cell = |v: &mut Vec<f64>| {
-            if v.is_empty() {
-                return "-".to_string();
-            }
-            v.sort_by(f64::total_cmp);
-            format!("{:.2} / {:.2}", quantile(v, 0.5), quantile(v, 0.99))
-        };
-        let [a, b, c] = st;
-        println!("{kind:<12} {:>17} {:>17} {:>17}", cell(a), cell(b), cell(c));
+    for (c, nice) in NICES.iter().enumerate() {
+        let all = sorted(taken[c].iter().map(|t| t.latency).collect());
+        if !all.is_empty() {
+            println!(
+                "goal p99 <= 100 ms at nice {nice}: {} (p99 of {} actions {:.1} ms)",
+                if quantile(&all, 0.99) <= 100.0 {
+                    "met"
+                } else {
+                    "NOT met"
+                },
+                all.len(),
+                quantile(&all, 0.99)
+            );
+        }
     }
-    println!(
-        "\np99 with fewer than 100 actions is the largest but one or the maximum: read it as such."
-    );
     println!("decisions by rule and outcome: {outcomes:?}");
     let rate = rate_part(&root, &tmp, &storm, rounds);
     let _ = std::fs::remove_dir_all(&tmp);
     rate
+}
+
+/// The 1-minute load average (`/proc/loadavg`).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
 }
 
 /// The rate limiter's cost and accuracy (`enforce_rate.rs`), on an agent of its own.
@@ -224,7 +341,11 @@ fn rate_part(root: &Path, tmp: &Path, storm: &Path, rounds: usize) -> Result<()>
         dirs: s.dirs.clone(),
         children: Vec::new(),
     };
-    let config = write_config(&tmp.join("agent-rate.yaml"), &enforce_rate::rules(&s.paths))?;
+    let config = write_config(
+        &tmp.join("agent-rate.yaml"),
+        NICES[0],
+        &enforce_rate::rules(&s.paths),
+    )?;
     let (agent, port) = start_agent_on(&tmp.join("output-rate"), Some(&config))?;
     let r = enforce_rate::measure(port, &s, rounds, &|d| storm_in(storm, d));
     agent.stop()?;

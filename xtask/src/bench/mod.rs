@@ -89,7 +89,8 @@ pub enum Which {
     /// (`enforce.rs`); then the rate limiter's ns/packet and accuracy at three rates
     /// (`enforce_rate.rs`).
     Enforce {
-        /// Seconds the rules keep firing (each about every 2-3 s).
+        /// Seconds the rules keep firing per nice value, in 3 rounds (each rule about every
+        /// 2-3 s).
         #[arg(long, default_value_t = 60)]
         seconds: u64,
         /// Rounds of the rate limiter's accuracy and per-packet cost (3 rates each).

@@ -141,6 +141,8 @@ impl Engine {
         let observed = std::time::UNIX_EPOCH + Duration::from_nanos(rec.observed_unix_nano);
         let since = |t: SystemTime| t.duration_since(observed).unwrap_or_default().as_secs_f64();
         rec.stages = Some(Stages {
+            published: self.upstream.map_or(0.0, |(p, _)| since(p)),
+            derived: self.upstream.map_or(0.0, |(_, d)| since(d)),
             received: self.received.map_or(0.0, since),
             planned: since(planned),
             journaled: since(journaled),

@@ -8,7 +8,10 @@ use crate::enforcement::{
     actions,
     journal::unix_ms,
     rules::{self, Condition},
-    status::{ActiveStatus, DegradeStatus, EnforcementStatus, RateLimitStatus, RuleStatus},
+    status::{
+        ActiveStatus, DecisionPathStatus, DegradeStatus, EnforcementStatus, RateLimitStatus,
+        RuleStatus,
+    },
 };
 use crate::status::state::ComponentStatus;
 
@@ -129,6 +132,10 @@ impl Engine {
                     profiler_frequency: d.profiler_frequency,
                     top_processes: d.top_processes,
                 }
+            },
+            decision_path: {
+                let (nice, threads) = crate::priority::current();
+                DecisionPathStatus { nice, threads }
             },
             last_error: self.last_error.clone(),
         };

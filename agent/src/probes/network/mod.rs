@@ -193,6 +193,7 @@ impl ProbeSpec for Network {
     type Config = NetworkConfig;
     type Worker = Drainer;
     const NAME: &'static str = NAME;
+    const FEEDS_SIGNALS: bool = true;
 
     fn enabled(cfg: &NetworkConfig) -> bool {
         cfg.enabled
@@ -417,6 +418,7 @@ impl Drainer {
             source: NAME,
             time,
             elapsed,
+            published: SystemTime::now(),
             activity: Activity::Network(procs),
         });
     }

@@ -184,6 +184,7 @@ impl ProbeSpec for Syscalls {
     type Config = SyscallsConfig;
     type Worker = Drainer;
     const NAME: &'static str = NAME;
+    const FEEDS_SIGNALS: bool = true;
 
     fn enabled(cfg: &SyscallsConfig) -> bool {
         cfg.enabled
@@ -405,6 +406,7 @@ impl Drainer {
                 source: NAME,
                 time: read_at.1,
                 elapsed,
+                published: SystemTime::now(),
                 activity: Activity::Syscalls(
                     proc_deltas.iter().map(|d| self.activity_of(d)).collect(),
                 ),
