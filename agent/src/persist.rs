@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `<output.dir>/instance-id` (`service.instance.id`) | first line `agent-instance-id <N>` ([`INSTANCE_ID`]); a bare UUID is the unversioned layout and is rewritten | the file is left alone and a fresh id is used for this run |
 //! | `<spool dir>/<signal>/` (export spool: segments, `head`) | `FORMAT` file `agent-spool <N>` ([`SPOOL`]); no `FORMAT` with data is the unversioned layout (identical to version 1) | segments and `head` are deleted (logged with their size) |
-//! | `<output.dir>/enforcement/journal` (limiting actions to undo) | first line `agent-enforcement-journal <N>` ([`ENFORCEMENT_JOURNAL`]) | moved aside to `journal.unknown` (logged: its limits are not undone by this agent) |
+//! | `<output.dir>/enforcement/journal` (limiting actions to undo) | first line `agent-enforcement-journal <N>` ([`ENFORCEMENT_JOURNAL`]); version 1 (no removal lines) is read as is | moved aside to `journal.unknown` (logged: its limits are not undone by this agent) |
 //! | `<enforcement.bpffs>/enforce-v<N>/` (pinned maps and links of `persist: true` limits) | the directory name ([`ENFORCEMENT_PINS`]) | another version's directory is left alone |
 //!
 //! A layout change bumps the version where it is defined and adds the migration from the
@@ -41,7 +41,7 @@ pub const INSTANCE_ID: Format = Format {
 /// The enforcement journal (`enforcement::journal`).
 pub const ENFORCEMENT_JOURNAL: Format = Format {
     name: "agent-enforcement-journal",
-    version: 1,
+    version: 2,
 };
 
 /// The layout of pinned enforcement maps and links (`enforcement::pins`): a map or value layout
