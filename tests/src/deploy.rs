@@ -305,7 +305,8 @@ pub fn check_daemonset(docs: &[Yaml], capabilities_mode: bool, ctx: &str) {
                 "SYS_PTRACE",
                 "SYS_RESOURCE",
                 "DAC_READ_SEARCH",
-                "KILL"
+                "KILL",
+                "SYS_NICE"
             ],
             "{ctx}"
         );

@@ -205,6 +205,17 @@ fn wait_decision(agent: &Agent, rule: &str, outcome: &str) -> Value {
         .unwrap()
 }
 
+/// Waits (60 s bound) for the undoing of `taken` (the same journal entry: a rule that fired
+/// again after its TTL has later undone decisions of its own).
+fn wait_undone(agent: &Agent, taken: &Value) -> Value {
+    let of = |d: &Value| d["outcome"] == "undone" && d["journal_id"] == taken["journal_id"];
+    agent.wait_for(
+        |a| decisions(a).iter().any(of),
+        &format!("the undoing of {taken}"),
+    );
+    decisions(agent).into_iter().find(of).unwrap()
+}
+
 fn nanos(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a timestamp: {v}"))
 }
@@ -315,7 +326,7 @@ fn stop_storm_stops_then_continues_after_the_ttl() {
     let latency = taken["latency_seconds"].as_f64().unwrap();
     assert!((0.0..1.0).contains(&latency), "{taken}");
     assert_decision_path_nice(&agent, -10);
-    let undone = wait_decision(&agent, "stop-storm", "undone");
+    let undone = wait_undone(&agent, &taken);
     assert_eq!(undone["journal_id"], taken["journal_id"], "{undone}");
     assert!(
         undone["reason"].as_str().unwrap().contains("SIGCONT"),
@@ -448,7 +459,7 @@ fn freeze_a_cgroup_then_thaw_after_the_ttl() {
         thread::sleep(Duration::from_millis(20));
     }
     assert!(cg.frozen(), "cgroup.events frozen 1 after {taken}");
-    let undone = wait_decision(&agent, "freeze-storm", "undone");
+    let undone = wait_undone(&agent, &taken);
     assert_undone_at_ttl(&taken, &undone, 6);
     let deadline = Instant::now() + Duration::from_secs(5);
     while cg.frozen() && Instant::now() < deadline {
@@ -522,6 +533,8 @@ fn block_refuses_connects_on_both_families_until_the_ttl() {
             .is_some_and(|o| o.values().any(|v| v.as_u64() >= Some(3))),
         "block counters {refused}"
     );
+    // No new trigger after the TTL (the cooldown, = TTL, would allow one at once).
+    drop(storm);
     // ...and they are connection failures of the storm's cgroup with error.type=blocked, per
     // process and peer (3 refusals: 127.0.0.1, ::1 and the mapped ::ffff:127.0.0.1).
     agent.wait_for(
@@ -539,9 +552,7 @@ fn block_refuses_connects_on_both_families_until_the_ttl() {
         },
         "3 blocked connection failures on /metrics",
     );
-    // No new trigger after the TTL (the cooldown, = TTL, would allow one at once).
-    drop(storm);
-    let undone = wait_decision(&agent, "block-storm", "undone");
+    let undone = wait_undone(&agent, &taken);
     assert_undone_at_ttl(&taken, &undone, 15);
     assert_eq!(
         connect_from(&cg, "127.0.0.1", port, false),
@@ -679,7 +690,7 @@ fn rate_limit_egress_holds_the_rate_until_the_ttl() {
         }),
         "the bucket pushed back: {st}"
     );
-    let undone = wait_decision(&agent, "rate-storm", "undone");
+    let undone = wait_undone(&agent, &taken);
     assert_undone_at_ttl(&taken, &undone, 15);
     let free = throughput_from(&cg, 2);
     eprintln!("after the ttl {free:.0} B/s");
@@ -736,7 +747,7 @@ fn an_anomaly_from_detection_fires_a_rule_end_to_end() {
     );
     assert!(nanos(&taken["observed_unix_nano"]) >= switch_ns, "{taken}");
     assert!(stopped(pid, true), "stopped: {taken}");
-    let undone = wait_decision(&agent, "on-anomaly", "undone");
+    let undone = wait_undone(&agent, &taken);
     assert_undone_at_ttl(&taken, &undone, 4);
     assert!(stopped(pid, false), "continued");
     let _ = child.kill();

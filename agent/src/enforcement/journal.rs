@@ -10,8 +10,8 @@
 //! `write(2)` per change on the action path (no rename: ext4 starts writeback on a
 //! replace-by-rename, which put 6 ms p50 and 30 ms p99 in front of every action under the
 //! development VM's builds); compacted (rewritten whole, atomically: a temporary file renamed
-//! over it) at open and when removals outnumber the live entries, which happens on the undo
-//! path. A line that does not parse is logged and skipped (a torn last line after a crash
+//! over it) at open, when nothing is left in effect and when removals outnumber the live
+//! entries, all three on the undo path. A line that does not parse is logged and skipped (a torn last line after a crash
 //! among them); version 1 (whole rewrites, no removal lines) is read as is and compacted into
 //! version 2; a journal of another version is moved aside (`journal.unknown`) and left for a
 //! person to read.
@@ -237,7 +237,7 @@ impl Journal {
     }
 
     /// Removes the entries `ids` with one appended line (limits undone together); compacts
-    /// the file when removals outnumber the live entries.
+    /// the file when nothing is left in effect or removals outnumber the live entries.
     pub fn remove_all(&mut self, ids: &[u64]) -> Result<(), JournalError> {
         let gone: Vec<u64> = ids
             .iter()
@@ -254,7 +254,8 @@ impl Journal {
         text.push('\n');
         self.append(&text, 1)?;
         self.entries.retain(|e| !gone.contains(&e.id));
-        if self.lines > self.entries.len() + COMPACT_SLACK {
+        // Nothing left in effect (cheap to rewrite), or more removed than live.
+        if self.entries.is_empty() || self.lines > self.entries.len() + COMPACT_SLACK {
             // The removal is on disk either way: a failed compaction leaves a longer file.
             match Journal::compact(&self.path, &self.entries) {
                 Ok(f) => {
@@ -369,6 +370,15 @@ mod tests {
         let text = std::fs::read_to_string(&p).unwrap();
         assert_eq!(text.lines().count(), 4, "{text}");
         assert_eq!(text.lines().last(), Some(r#"{"removed":[1]}"#));
+        // Nothing left in effect: compacted to the marker alone.
+        let mut alone = Journal::open(&d.path().join("other")).unwrap();
+        let id = alone.next_id();
+        alone.add(entry(id)).unwrap();
+        alone.remove(id).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("other")).unwrap(),
+            "agent-enforcement-journal 2\n"
+        );
         // Read back, and compacted at open.
         assert_eq!(Journal::open(&p).unwrap().entries(), &[b.clone()]);
         assert_eq!(
