@@ -298,6 +298,7 @@ fn real_main() -> Result<ExitCode> {
                     )
                 })?;
             }
+            agent::probes::profiler::unwind::cache::use_output_dir(&cfg.output.dir, false);
             profile(prof, duration, pid, hz, format, &output, &mode)
         }
         Command::Detect {

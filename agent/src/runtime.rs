@@ -306,7 +306,7 @@ pub async fn run(cfg: Config, overrides: Overrides, log: LevelHandle) -> Result<
         },
     ));
     // Compiled unwind tables outlive the process (a restart loads instead of compiling).
-    crate::probes::profiler::unwind::cache::set_dir(cfg.output.dir.join("unwind-cache"));
+    crate::probes::profiler::unwind::cache::use_output_dir(&cfg.output.dir, true);
     let probes = Arc::new(Mutex::new(Probes::new(
         store.clone(),
         state.clone(),

@@ -180,6 +180,128 @@ fn rust_release_without_frame_pointers_is_unwound() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Cache files of `dir` by name: (inode, modification time).
+fn cache_files(dir: &Path) -> std::collections::BTreeMap<String, (u64, std::time::SystemTime)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".rows"))
+                .map(|e| {
+                    let m = e.metadata().unwrap();
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        (m.ino(), m.modified().unwrap()),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `agent profile` with a config naming an existing output directory uses the agent's unwind
+/// table cache there: a binary linked without a build ID is cached by device, inode, size and
+/// times (its file named exactly so), and found again by the next run (same cache file, its
+/// time refreshed). A cached table that does not fit in a small kernel array is skipped, not
+/// taken for a broken cache file (deleted and written again).
+#[test]
+fn tables_of_a_binary_without_build_id_are_cached_by_inode_and_reused() {
+    use std::os::unix::fs::MetadataExt;
+    require_root();
+    let _g = serial();
+    let dir = tempdir();
+    let bin = build_c(
+        &dir,
+        "qsort_loop.c",
+        "qsort_nobuildid",
+        &["-O2", "-fomit-frame-pointer", "-Wl,--build-id=none"],
+    );
+    assert_eq!(build_id_of(&bin), None);
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let config = |name: &str, rows: u32| {
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "output:\n  dir: {}\nprobes:\n  profiler:\n    unwind_table_rows: {rows}\n",
+                out.display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let (full, small) = (config("full.yaml", 1 << 21), config("small.yaml", 8192));
+    let child = spawn(Command::new(&bin).arg("30"));
+    let pid = child.id().to_string();
+    let profile = |cfg: &Path| {
+        let args = [
+            "--duration",
+            "2s",
+            "--hz",
+            "99",
+            "--pid",
+            &pid,
+            "--unwinder",
+            "dwarf",
+        ];
+        let cfg = cfg.to_str().unwrap();
+        let file = agent_profile(&dir, &[&args[..], &["--config", cfg]].concat(), "folded");
+        folded(&std::fs::read_to_string(file).unwrap())
+    };
+    let stacks = profile(&full);
+    assert_whole(
+        &stacks,
+        &["main", "sort_loop"],
+        "qsort_nobuildid, first run",
+    );
+    let cache = out.join("unwind-cache");
+    let m = std::fs::metadata(&bin).unwrap();
+    let ns = |s: i64, n: i64| s as i128 * 1_000_000_000 + n as i128;
+    let name = format!(
+        "{:x}-{:x}-{:x}-{:x}-{:x}.rows",
+        m.dev(),
+        m.ino(),
+        m.size(),
+        ns(m.mtime(), m.mtime_nsec()),
+        ns(m.ctime(), m.ctime_nsec())
+    );
+    let before = cache_files(&cache);
+    assert!(before.contains_key(&name), "{name} not in {before:?}");
+    // libc's table, by build ID, is there too (more than this kernel array's 8192 rows).
+    assert!(before.len() >= 2, "{before:?}");
+    // Made old, so a hit (which refreshes the time) shows.
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for n in before.keys() {
+        std::fs::File::options()
+            .write(true)
+            .open(cache.join(n))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    let stacks = profile(&small);
+    stop(child);
+    assert!(total(&stacks) >= 50, "{stacks:?}");
+    let after = cache_files(&cache);
+    assert_eq!(
+        after[&name].0, before[&name].0,
+        "the binary's table was written again"
+    );
+    assert!(
+        after[&name].1 > old,
+        "the binary's table was not read from the cache"
+    );
+    for (n, (ino, _)) in &before {
+        assert_eq!(
+            after.get(n).map(|a| a.0),
+            Some(*ino),
+            "{n} was deleted or written again"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A chain of 100 calls without frame pointers is kept whole, from the leaf to _start; one of
 /// 150 is kept up to the maximum (127 frames), marked truncated.
 #[test]

@@ -371,9 +371,9 @@ pub struct ProfilerConfig {
     /// Files whose DWARF sections are larger than this (bytes, uncompressed) get ELF symbols
     /// only: parsing their DWARF costs about its size in memory.
     pub debug_info_max_bytes: u64,
-    /// Parsed files (symbol tables, DWARF) of at most 2 MiB kept between exports; the least
-    /// recently used beyond it are dropped and parsed again when next needed (larger files
-    /// are always dropped after use).
+    /// Parsed files (symbol tables, DWARF) kept between exports, within 16 MiB of symbol
+    /// indexes and DWARF together; the least recently used beyond either bound are dropped and
+    /// parsed again when next needed.
     pub symbolizer_files: usize,
     /// How user stacks are walked.
     pub unwinder: ProfilerUnwinder,

@@ -48,37 +48,56 @@ pub fn file_offset_to_vaddr(path: &Path, offsets: &[u64]) -> Option<Vec<u64>> {
         .collect()
 }
 
-/// Bytes of DWARF debug information in an ELF file (`.debug_*` sections, uncompressed sizes;
-/// `.zdebug_*` too): about what parsing it costs in memory. 0 for a file without any, or that
-/// cannot be read as ELF. Reads the file and section headers and the section names only:
-/// `object::File::parse` would read the whole symbol table too (megabytes for a large binary,
-/// at every window that needs the file).
+/// What parsing an ELF file costs in memory, from its section headers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sizes {
+    /// Bytes of DWARF debug information (`.debug_*` sections, uncompressed sizes; `.zdebug_*`
+    /// too).
+    pub dwarf: u64,
+    /// Bytes of the symbol tables (`.symtab` and `.dynsym`): what a symbolizer reads whole and
+    /// indexes by address (blazesym adds 8 bytes per 24-byte symbol).
+    pub symbols: u64,
+}
+
+/// Bytes of DWARF debug information in an ELF file (see [`Sizes::dwarf`]).
 pub fn dwarf_bytes(path: &Path) -> u64 {
+    sizes(path).dwarf
+}
+
+/// The [`Sizes`] of an ELF file; zeros for a file that cannot be read as ELF. Reads the file
+/// and section headers and the section names only: `object::File::parse` would read the whole
+/// symbol table too (megabytes for a large binary, at every window that needs the file).
+pub fn sizes(path: &Path) -> Sizes {
     let Ok(f) = File::open(path) else {
-        return 0;
+        return Sizes::default();
     };
     let cache = ReadCache::new(f);
     match object::FileKind::parse(&cache) {
         Ok(object::FileKind::Elf64) => {
-            dwarf_bytes_of::<object::elf::FileHeader64<object::Endianness>>(&cache)
+            sizes_of::<object::elf::FileHeader64<object::Endianness>>(&cache)
         }
         Ok(object::FileKind::Elf32) => {
-            dwarf_bytes_of::<object::elf::FileHeader32<object::Endianness>>(&cache)
+            sizes_of::<object::elf::FileHeader32<object::Endianness>>(&cache)
         }
         _ => None,
     }
-    .unwrap_or(0)
+    .unwrap_or_default()
 }
 
-fn dwarf_bytes_of<H: object::read::elf::FileHeader<Endian = object::Endianness>>(
+fn sizes_of<H: object::read::elf::FileHeader<Endian = object::Endianness>>(
     cache: &ReadCache<File>,
-) -> Option<u64> {
+) -> Option<Sizes> {
     use object::read::elf::{CompressionHeader, SectionHeader};
     let header = H::parse(cache).ok()?;
     let endian = header.endian().ok()?;
     let sections = header.sections(endian, cache).ok()?;
-    let mut total = 0u64;
+    let mut total = Sizes::default();
     for s in sections.iter() {
+        let kind = s.sh_type(endian);
+        if kind == object::elf::SHT_SYMTAB || kind == object::elf::SHT_DYNSYM {
+            total.symbols += s.sh_size(endian).into();
+            continue;
+        }
         let Ok(name) = sections.section_name(endian, s) else {
             continue;
         };
@@ -99,7 +118,7 @@ fn dwarf_bytes_of<H: object::read::elf::FileHeader<Endian = object::Endianness>>
         } else {
             continue;
         };
-        total += size;
+        total.dwarf += size;
     }
     Some(total)
 }
@@ -127,6 +146,15 @@ mod tests {
             })
             .sum();
         assert_eq!(n, full);
+        // Symbol tables: the sizes of .symtab and .dynsym as `object` reads them.
+        let syms: u64 = obj
+            .sections()
+            .filter(|s| s.name().is_ok_and(|n| n == ".symtab" || n == ".dynsym"))
+            .map(|s| s.size())
+            .sum();
+        assert!(syms > 0);
+        assert_eq!(sizes(&me).symbols, syms);
+        assert_eq!(sizes(Path::new("/proc/self/status")), Sizes::default());
         assert_eq!(dwarf_bytes(Path::new("/proc/self/status")), 0);
         assert_eq!(dwarf_bytes(Path::new("/nonexistent")), 0);
     }

@@ -254,6 +254,11 @@ impl Worker {
             "files_parsed".into(),
             self.session.symbolizer.parsed_files() as u64,
         );
+        detail.insert(
+            "files_parsed_bytes".into(),
+            self.session.symbolizer.parsed_bytes(),
+        );
+        detail.insert("file_parses".into(), s.parses);
         detail.insert("files_evicted".into(), s.files_evicted);
         detail.insert("files_symbols_only".into(), s.files_symbols_only);
         detail.insert("jit_frames".into(), s.jit_frames);

@@ -20,7 +20,7 @@ use std::{
     fs::File,
     os::fd::AsRawFd,
     path::PathBuf,
-    sync::{Arc, Mutex, Weak},
+    sync::{Arc, Weak},
     time::Instant,
 };
 
@@ -63,19 +63,8 @@ pub struct MappedFile {
     /// Where this process can read it: `/proc/self/fd/<n>` of the held file, or a path.
     pub open_path: PathBuf,
     pub build_id: Option<Arc<str>>,
-    pub(super) file: Option<File>,
-    closed: Arc<Mutex<Vec<PathBuf>>>,
-}
-
-impl Drop for MappedFile {
-    fn drop(&mut self) {
-        // Symbolizers cache parsed files by path; a reused fd number must not hit that cache.
-        if self.file.is_some() {
-            if let Ok(mut c) = self.closed.lock() {
-                c.push(self.open_path.clone());
-            }
-        }
-    }
+    /// The descriptor `open_path` names (kept open while a snapshot holds the file).
+    _held: Option<File>,
 }
 
 /// One executable mapping of one process.
@@ -128,8 +117,13 @@ pub fn parse_maps(text: &str) -> std::io::Result<MemoryMaps> {
 }
 
 /// `(major, minor)` as one number (the kernel's `dev_t` layout does not matter: it is a key).
-fn dev_key((major, minor): (i32, i32)) -> u64 {
+pub fn dev_key((major, minor): (i32, i32)) -> u64 {
     (u64::from(major as u32) << 32) | u64::from(minor as u32)
+}
+
+/// The device of a [`MappedFile::id`] for an `st_dev` (`fstat` of an open file).
+pub fn dev_key_of_stat(st_dev: u64) -> u64 {
+    (u64::from(libc::major(st_dev)) << 32) | u64::from(libc::minor(st_dev))
 }
 
 /// GNU build ID of an ELF file (its `NT_GNU_BUILD_ID` note, name `GNU`), lowercase hex.
@@ -207,7 +201,6 @@ pub struct ProcMaps {
     max_processes: usize,
     /// Files held open at most (a share of RLIMIT_NOFILE); beyond it files are read by path.
     max_open_files: usize,
-    closed: Arc<Mutex<Vec<PathBuf>>>,
     /// Snapshots taken (first sight, exec, refresh).
     pub snapshots: u64,
     /// Snapshots not taken or dropped: the process was gone, or had exec'd or exited since it
@@ -225,7 +218,6 @@ impl ProcMaps {
             incarnations: None,
             max_processes: max_processes.max(1),
             max_open_files: open_file_budget(),
-            closed: Arc::new(Mutex::new(Vec::new())),
             snapshots: 0,
             missed: 0,
             snapshotted: Vec::new(),
@@ -262,14 +254,6 @@ impl ProcMaps {
     /// Files held (open or by path) by at least one snapshot.
     pub fn files(&self) -> usize {
         self.files.values().filter(|f| f.strong_count() > 0).count()
-    }
-
-    /// Files closed since the last call (to evict from symbolizer caches).
-    pub fn take_closed(&self) -> Vec<PathBuf> {
-        self.closed
-            .lock()
-            .map(|mut c| std::mem::take(&mut *c))
-            .unwrap_or_default()
     }
 
     /// The name a perf map gives the JIT code at `addr` of process `key` (looked for once if
@@ -354,7 +338,7 @@ impl ProcMaps {
                     (Some(f), path)
                 }
                 MMapPath::Vdso => (
-                    special::vdso(pid, start, end, &mut self.files, &self.closed),
+                    special::vdso(pid, start, end, &mut self.files),
                     Arc::from(special::VDSO),
                 ),
                 MMapPath::Vsyscall => (None, Arc::from(special::VSYSCALL)),
@@ -502,8 +486,7 @@ impl ProcMaps {
             path: Arc::from(shown.as_ref()),
             build_id: build_id(&open_path).map(Arc::from),
             open_path,
-            file,
-            closed: self.closed.clone(),
+            _held: file,
         });
         self.files.insert(id, Arc::downgrade(&f));
         f
@@ -512,20 +495,14 @@ impl ProcMaps {
 
 impl MappedFile {
     /// A file held open by the profiler itself (special images).
-    pub(super) fn held(
-        id: (u64, u64),
-        path: &str,
-        file: File,
-        closed: &Arc<Mutex<Vec<PathBuf>>>,
-    ) -> MappedFile {
+    pub(super) fn held(id: (u64, u64), path: &str, file: File) -> MappedFile {
         let open_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
         MappedFile {
             id,
             path: Arc::from(path),
             build_id: build_id(&open_path).map(Arc::from),
             open_path,
-            file: Some(file),
-            closed: closed.clone(),
+            _held: Some(file),
         }
     }
 }
@@ -533,6 +510,7 @@ impl MappedFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
 
     fn me() -> ProcKey {
         ProcKey {
@@ -649,7 +627,7 @@ mod tests {
             .filter(|f| f.id.0 != special::VDSO_DEV)
             .collect();
         assert!(files.len() >= 2, "the executable and libc at least");
-        let held = files.iter().filter(|f| f.file.is_some()).count();
+        let held = files.iter().filter(|f| f._held.is_some()).count();
         assert_eq!(held, 1);
         // Past the budget a file is still usable by path.
         assert!(files.iter().all(|f| f.open_path.exists()));

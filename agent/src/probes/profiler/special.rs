@@ -12,8 +12,7 @@ use std::{
     hash::{Hash, Hasher},
     io::Write,
     os::unix::fs::FileExt,
-    path::PathBuf,
-    sync::{Arc, Mutex, Weak},
+    sync::{Arc, Weak},
 };
 
 use super::procmaps::MappedFile;
@@ -88,7 +87,6 @@ pub fn vdso(
     start: u64,
     end: u64,
     files: &mut HashMap<(u64, u64), Weak<MappedFile>>,
-    closed: &Arc<Mutex<Vec<PathBuf>>>,
 ) -> Option<Arc<MappedFile>> {
     let len = end
         .checked_sub(start)
@@ -112,7 +110,7 @@ pub fn vdso(
     // SAFETY: memfd_create returned a new descriptor that nothing else owns.
     let mut file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     file.write_all(&image).ok()?;
-    let f = Arc::new(MappedFile::held(id, VDSO, file, closed));
+    let f = Arc::new(MappedFile::held(id, VDSO, file));
     files.insert(id, Arc::downgrade(&f));
     Some(f)
 }
@@ -133,9 +131,8 @@ mod tests {
     fn own_vdso_image_is_shared_and_has_a_build_id() {
         let (s, e) = own_vdso().expect("a vDSO");
         let mut files = HashMap::new();
-        let closed = Arc::new(Mutex::new(Vec::new()));
-        let a = vdso(std::process::id(), s, e, &mut files, &closed).unwrap();
-        let b = vdso(std::process::id(), s, e, &mut files, &closed).unwrap();
+        let a = vdso(std::process::id(), s, e, &mut files).unwrap();
+        let b = vdso(std::process::id(), s, e, &mut files).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(std::fs::metadata(&a.open_path).unwrap().len(), e - s);
         assert!(
@@ -163,9 +160,10 @@ mod tests {
         );
         assert_eq!(vdso_entry_name(&a.open_path, "__vdso_time", addr), None);
         drop((a, b));
-        assert_eq!(closed.lock().unwrap().len(), 1);
+        // Closed with its last user.
+        assert!(files.values().all(|w| w.upgrade().is_none()));
         // Not a vDSO: refused, not a panic.
-        assert!(vdso(std::process::id(), 0, 0, &mut files, &closed).is_none());
-        assert!(vdso(u32::MAX - 1, s, s + 4096 * 1024, &mut files, &closed).is_none());
+        assert!(vdso(std::process::id(), 0, 0, &mut files).is_none());
+        assert!(vdso(u32::MAX - 1, s, s + 4096 * 1024, &mut files).is_none());
     }
 }

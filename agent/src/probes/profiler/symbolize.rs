@@ -3,14 +3,19 @@
 //! kernel addresses through `/proc/kallsyms`.
 //!
 //! Invariants: every lookup goes through a bounded cache (two generations: a full young
-//! generation becomes the old one, the old one is dropped); blazesym's own per-file caches are
-//! evicted when a held file closes; a stack whose outermost user frame is not a thread or
-//! process entry point is counted as truncated.
+//! generation becomes the old one, the old one is dropped); files stay parsed in blazesym
+//! between windows, by (device, inode), through a descriptor of the symbolizer's own (so the
+//! inode cannot be reused while its entry names it, and a file outlives the processes that
+//! mapped it: every new `rustc` maps the same `librustc_driver`), at most `symbolizer_files`
+//! of them and [`KEEP_PARSED_BYTES`] of symbol tables, least recently used out first; a stack
+//! whose outermost user frame is not a thread or process entry point is counted as truncated.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    fs::File,
     hash::Hash,
-    path::{Path, PathBuf},
+    os::fd::AsRawFd,
+    path::PathBuf,
     sync::Arc,
 };
 
@@ -109,16 +114,26 @@ pub struct SymStats {
     pub cut: u64,
     /// Samples of processes gone before their mappings were read (user stack not shown).
     pub unmapped: u64,
-    /// Parsed files dropped from the symbolizer's cache (beyond `symbolizer_files`).
+    /// Parsed files dropped from the symbolizer's cache (beyond `symbolizer_files` or
+    /// [`KEEP_PARSED_BYTES`], or not kept at all).
     pub files_evicted: u64,
+    /// Times a file was parsed (first use, or again after an eviction).
+    pub parses: u64,
     /// Files symbolized from ELF symbols only because their DWARF exceeds the budget.
     pub files_symbols_only: u64,
     /// Frames in JIT code named from a perf map.
     pub jit_frames: u64,
 }
 
-/// Files larger than this are not kept parsed between windows (see `resolve_file`).
-const KEEP_PARSED_MAX: u64 = 2 << 20;
+/// Memory of the files kept parsed between windows, all together: blazesym's index of each
+/// symbol table (8 bytes per 24-byte symbol: 1.5 MB for `librustc_driver`, 2.4 MB for
+/// `libLLVM`) and the DWARF read (see `Parsed::cost`). A file over it alone is parsed for its
+/// window and dropped.
+pub const KEEP_PARSED_BYTES: u64 = 16 << 20;
+
+/// Files with more symbol-table bytes than this have their mapped pages released after each
+/// use (see [`release_pages`]).
+const RELEASE_PAGES_MIN: u64 = 1 << 20;
 
 /// The one frame of samples folded because their window was full (`raw::RawProfile`).
 pub const FOLDED_FRAME: &str = "[window full]";
@@ -126,12 +141,23 @@ pub const FOLDED_FRAME: &str = "[window full]";
 /// The one user frame of a process whose mappings were never read.
 pub const UNMAPPED_FRAME: &str = "[mappings unknown]";
 
-/// A file blazesym holds parsed.
+/// A file blazesym holds parsed between windows.
 struct Parsed {
     last_window: u64,
-    /// What blazesym parsed: the file, or its separate debug file (symbols only).
+    /// The symbolizer's own descriptor of the file: its inode cannot be reused (and be taken
+    /// for this file's (device, inode)) while the entry lives.
+    pin: File,
+    /// What blazesym reads: `/proc/self/fd/<pin>`, or the file's separate debug file.
     source: PathBuf,
+    /// `source` is the separate debug file (looked up by virtual address).
+    separate: bool,
     dwarf: bool,
+    /// Bytes it holds beyond its mapped pages: the index of its symbol tables (a third of
+    /// their size), and the DWARF read.
+    cost: u64,
+    /// What blazesym maps (device as in [`MappedFile::id`], inode, size), for a file whose
+    /// pages are released after each use.
+    mapped: Option<(u64, u64, u64)>,
 }
 
 type Lines = Arc<[Line]>;
@@ -143,9 +169,11 @@ pub struct Symbolizer {
     debug_info: bool,
     /// Files with more DWARF than this get symbols only.
     debug_info_max_bytes: u64,
-    /// Files blazesym holds parsed, by the path the profiler reads them at.
-    parsed: HashMap<PathBuf, Parsed>,
+    /// Files blazesym holds parsed, by (device, inode).
+    parsed: HashMap<(u64, u64), Parsed>,
     max_files: usize,
+    /// Bound of [`Self::parsed_bytes`] between windows.
+    max_parsed_bytes: u64,
     window: u64,
     user: BoundedCache<UserKey, Lines>,
     kernel: BoundedCache<u64, Lines>,
@@ -202,6 +230,7 @@ impl Symbolizer {
             debug_info_max_bytes: 8 << 20,
             parsed: HashMap::new(),
             max_files: 8,
+            max_parsed_bytes: KEEP_PARSED_BYTES,
             window: 0,
             user: BoundedCache::new(cache_entries / 2),
             kernel: BoundedCache::new(cache_entries / 4),
@@ -218,6 +247,13 @@ impl Symbolizer {
         self
     }
 
+    /// Keeps at most `bytes` of parsed files between windows (default
+    /// [`KEEP_PARSED_BYTES`]).
+    pub fn max_parsed_bytes(mut self, bytes: u64) -> Self {
+        self.max_parsed_bytes = bytes;
+        self
+    }
+
     pub fn cached(&self) -> usize {
         self.user.len() + self.kernel.len()
     }
@@ -227,32 +263,100 @@ impl Symbolizer {
         self.parsed.len()
     }
 
-    /// Drops a file (read at `path`) from blazesym's cache.
-    fn evict(&mut self, path: &Path) {
-        let source = self.parsed.remove(path).map(|p| p.source);
-        let _ = self.blaze.evict(&Evict::Elf(EvictElf::new(
-            source.as_deref().unwrap_or(path),
-        )));
+    /// Bytes of the files held parsed now (see [`KEEP_PARSED_BYTES`]).
+    pub fn parsed_bytes(&self) -> u64 {
+        self.parsed.values().map(|p| p.cost).sum()
     }
 
-    /// After a window: drops the least recently used parsed files beyond `max_files`, and
-    /// strings no cached line uses any more.
+    /// Drops a file from blazesym's cache (then closes the symbolizer's descriptor of it).
+    fn evict(&mut self, id: (u64, u64)) {
+        if let Some(p) = self.parsed.remove(&id) {
+            let _ = self.blaze.evict(&Evict::Elf(EvictElf::new(&p.source)));
+            self.stats.files_evicted += 1;
+            drop(p.pin);
+        }
+    }
+
+    /// After a window: drops the least recently used parsed files beyond `max_files` or
+    /// `max_parsed_bytes` (of equally recent ones the smallest first: the cheapest to parse
+    /// again), and strings no cached line uses any more.
     fn trim(&mut self) {
         self.window += 1;
-        if self.parsed.len() > self.max_files {
-            let mut by_age: Vec<(u64, PathBuf)> = self
+        let mut total = self.parsed_bytes();
+        let mut n = self.parsed.len();
+        if n > self.max_files || total > self.max_parsed_bytes {
+            let mut by_age: Vec<(u64, u64, (u64, u64))> = self
                 .parsed
                 .iter()
-                .map(|(p, e)| (e.last_window, p.clone()))
+                .map(|(id, e)| (e.last_window, e.cost, *id))
                 .collect();
             by_age.sort_unstable();
-            let excess = self.parsed.len() - self.max_files;
-            for (_, p) in by_age.into_iter().take(excess) {
-                self.evict(&p);
-                self.stats.files_evicted += 1;
+            for (_, cost, id) in by_age {
+                if n <= self.max_files && total <= self.max_parsed_bytes {
+                    break;
+                }
+                self.evict(id);
+                n -= 1;
+                total -= cost;
             }
         }
         self.names.retain(|a| Arc::strong_count(a) > 1);
+    }
+
+    /// What blazesym reads for a file not parsed yet (parsing nothing): `(source, separate,
+    /// dwarf)`, kept with a descriptor of the symbolizer's own when the file can be opened
+    /// again as the same (device, inode); else read at its path for this window only.
+    fn keep(&mut self, file: &MappedFile) -> (PathBuf, bool, bool, bool) {
+        let (max, debug_info) = (self.debug_info_max_bytes, self.debug_info);
+        let separate = super::elf::debug_file(file.build_id.as_deref());
+        let own = super::elf::sizes(&file.open_path);
+        let theirs = separate
+            .as_deref()
+            .map(super::elf::sizes)
+            .unwrap_or_default();
+        let dwarf = debug_info && own.dwarf + theirs.dwarf <= max;
+        if debug_info && !dwarf {
+            self.stats.files_symbols_only += 1;
+        }
+        // Without DWARF, a separate debug file still has the full symbol table (static
+        // functions too; its program headers are the binary's, so file offsets hold).
+        let (separate, symbols, cost) = match (dwarf, separate) {
+            (false, Some(d)) => (Some(d), theirs.symbols, theirs.symbols / 3),
+            (true, _) => (
+                None,
+                own.symbols,
+                own.symbols / 3 + own.dwarf + theirs.dwarf,
+            ),
+            (false, None) => (None, own.symbols, own.symbols / 3),
+        };
+        self.stats.parses += 1;
+        let Some(pin) = pin(file) else {
+            let source = separate.clone().unwrap_or_else(|| file.open_path.clone());
+            return (source, separate.is_some(), dwarf, false);
+        };
+        let source = separate
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("/proc/self/fd/{}", pin.as_raw_fd())));
+        let mapped = (symbols > RELEASE_PAGES_MIN)
+            .then(|| {
+                use std::os::unix::fs::MetadataExt;
+                let m = std::fs::metadata(&source).ok()?;
+                Some((super::procmaps::dev_key_of_stat(m.dev()), m.ino(), m.size()))
+            })
+            .flatten();
+        self.parsed.insert(
+            file.id,
+            Parsed {
+                last_window: self.window,
+                pin,
+                source: source.clone(),
+                separate: separate.is_some(),
+                dwarf,
+                cost,
+                mapped,
+            },
+        );
+        (source, separate.is_some(), dwarf, true)
     }
 
     /// Symbolizes `offsets` of one file into the cache and into `found`.
@@ -262,33 +366,19 @@ impl Symbolizer {
         offsets: &[u64],
         found: &mut HashMap<UserKey, Lines>,
     ) {
-        let (max, debug_info) = (self.debug_info_max_bytes, self.debug_info);
-        let (source, dwarf) = match self.parsed.get_mut(&file.open_path) {
+        let window = self.window;
+        let (source, separate, dwarf, kept) = match self.parsed.get_mut(&file.id) {
             Some(e) => {
-                e.last_window = self.window;
-                (e.source.clone(), e.dwarf)
+                e.last_window = window;
+                (e.source.clone(), e.separate, e.dwarf, true)
             }
-            None => {
-                let separate = super::elf::debug_file(file.build_id.as_deref());
-                let dwarf = debug_info
-                    && super::elf::dwarf_bytes(&file.open_path)
-                        + separate.as_deref().map_or(0, super::elf::dwarf_bytes)
-                        <= max;
-                if debug_info && !dwarf {
-                    self.stats.files_symbols_only += 1;
-                }
-                // Without DWARF, a separate debug file still has the full symbol table (static
-                // functions too; its program headers are the binary's, so file offsets hold).
-                match (dwarf, separate) {
-                    (false, Some(d)) => (d, false),
-                    _ => (file.open_path.clone(), dwarf),
-                }
-            }
+            None => self.keep(file),
         };
+        let mapped = self.parsed.get(&file.id).and_then(|e| e.mapped);
         let mut elf = Elf::new(&source);
         elf.debug_syms = dwarf;
         let src = Source::Elf(elf);
-        let syms = if source == file.open_path {
+        let syms = if !separate {
             self.blaze
                 .symbolize(&src, Input::FileOffset(offsets))
                 .unwrap_or_default()
@@ -303,10 +393,6 @@ impl Symbolizer {
                 None => Vec::new(),
             }
         };
-        // Small files stay parsed (least recently used out beyond `max_files`); a large one is
-        // dropped at once: its symbol table and DWARF cost memory in proportion to its size,
-        // and the symbol cache keeps what it resolved.
-        let small = std::fs::metadata(&source).is_ok_and(|m| m.len() <= KEEP_PARSED_MAX);
         let vdso = file.id.0 == special::VDSO_DEV;
         for (i, off) in offsets.iter().enumerate() {
             let lines = match syms.get(i) {
@@ -327,13 +413,10 @@ impl Symbolizer {
             found.insert((file.id, *off), lines);
         }
         drop(syms);
-        if small {
-            self.parsed.entry(file.open_path.clone()).or_insert(Parsed {
-                last_window: self.window,
-                source,
-                dwarf,
-            });
-        } else {
+        if let Some(m) = mapped {
+            release_pages(m);
+        }
+        if !kept {
             let _ = self.blaze.evict(&Evict::Elf(EvictElf::new(&source)));
             self.stats.files_evicted += 1;
         }
@@ -412,9 +495,6 @@ impl Symbolizer {
         account: bool,
         pump: &mut dyn FnMut(&mut ProcMaps),
     ) -> Profile {
-        for path in procs.take_closed() {
-            self.evict(&path);
-        }
         // Samples by process incarnation, in pid order (stable output). A sample without an
         // incarnation (no user stack: a process past its exit, with its address space gone)
         // belongs to the latest incarnation of its pid.
@@ -672,6 +752,60 @@ impl Symbolizer {
     }
 }
 
+/// Drops the agent's page-table entries of blazesym's mapping of a file (`(device, inode,
+/// size)`): the whole file, mapped read-only (shared). Its pages stay in the page cache and
+/// fault back in (minor faults, no I/O) when a later window looks a symbol up, but a large
+/// binary kept parsed no longer holds megabytes of the agent's RSS between uses (it is
+/// touched whole when parsed: `libLLVM` held 14 MB). The agent's own segments of a binary
+/// (mapped by the loader, never the whole file at offset 0 read-only) are left alone.
+fn release_pages((dev, inode, size): (u64, u64, u64)) {
+    use procfs::process::MMPermissions;
+    // SAFETY: sysconf has no preconditions.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let Ok(maps) = super::procmaps::read_maps(std::process::id()) else {
+        return;
+    };
+    let len = size.div_ceil(page) * page;
+    for m in maps.iter() {
+        let (start, end) = m.address;
+        let read_only = m.perms.contains(MMPermissions::READ)
+            && !m
+                .perms
+                .intersects(MMPermissions::WRITE | MMPermissions::EXECUTE);
+        if read_only
+            && m.offset == 0
+            && end - start == len
+            && m.inode == inode
+            && super::procmaps::dev_key(m.dev) == dev
+        {
+            // SAFETY: a read-only file mapping (blazesym's); after MADV_DONTNEED reads fault
+            // the file's page-cache pages back in, so every slice blazesym holds into it stays
+            // valid and reads the same bytes.
+            unsafe {
+                libc::madvise(
+                    start as *mut libc::c_void,
+                    len as usize,
+                    libc::MADV_DONTNEED,
+                );
+            }
+        }
+    }
+}
+
+/// The symbolizer's own descriptor of a mapped file, if it opens as the same (device, inode)
+/// the process mapped (a file read by path may have been replaced since).
+fn pin(file: &MappedFile) -> Option<File> {
+    use std::os::unix::fs::MetadataExt;
+    let f = File::open(&file.open_path).ok()?;
+    if file.id.0 != special::VDSO_DEV {
+        let m = f.metadata().ok()?;
+        if (super::procmaps::dev_key_of_stat(m.dev()), m.ino()) != file.id {
+            return None;
+        }
+    }
+    Some(f)
+}
+
 /// The address to look a user frame up by: return addresses point after the call, so every
 /// frame but the leaf is looked up one byte earlier (inside the call instruction).
 fn lookup_addr(i: usize, addr: u64) -> u64 {
@@ -704,6 +838,10 @@ mod tests {
     use super::*;
     use crate::probes::profiler::raw::RawStack;
 
+    /// Held by the tests that symbolize this test binary: blazesym maps it whole for each
+    /// symbolizer, and one test looks at the pages its own mapping holds.
+    static OWN_EXE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[inline(never)]
     fn marker_function_for_symbolization() -> u64 {
         std::hint::black_box(42)
@@ -711,6 +849,7 @@ mod tests {
 
     #[test]
     fn a_window_larger_than_the_cache_resolves_every_frame() {
+        let _own = OWN_EXE.lock().unwrap_or_else(|e| e.into_inner());
         let pid = std::process::id();
         let addr = marker_function_for_symbolization as *const () as u64;
         let mut raw = RawProfile::new(0);
@@ -742,6 +881,111 @@ mod tests {
         }
     }
 
+    /// A window of one sample at `addr` (a new address each call misses the symbol cache).
+    fn window_at(addr: u64) -> RawProfile {
+        let pid = std::process::id();
+        let mut raw = RawProfile::new(0);
+        raw.add(
+            RawStack {
+                tgid: pid,
+                tid: pid,
+                cgroup_id: 0,
+                incarnation: 1,
+                comm: [0; 16],
+                user: Arc::from(vec![addr]),
+                kernel: Arc::from(&[][..]),
+                user_lost: false,
+                kernel_lost: false,
+                folded: false,
+            },
+            1,
+        );
+        raw
+    }
+
+    /// Resident KiB of this process's whole-file read-only shared mapping of `path`
+    /// (blazesym's).
+    fn whole_file_rss_kib(path: &std::path::Path) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).unwrap();
+        let len = m.size().div_ceil(4096) * 4096;
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut found = None;
+        let mut in_it = false;
+        for line in smaps.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() >= 5 && f[0].contains('-') && !line.ends_with(':') && f[0].len() > 8 {
+                let (a, b) = f[0].split_once('-').unwrap();
+                let (a, b) = (
+                    u64::from_str_radix(a, 16).unwrap_or(0),
+                    u64::from_str_radix(b, 16).unwrap_or(0),
+                );
+                in_it = f[1] == "r--s"
+                    && f[2] == "00000000"
+                    && b - a == len
+                    && f[4] == m.ino().to_string();
+            } else if in_it && f.first() == Some(&"Rss:") {
+                found = f[1].parse().ok();
+                in_it = false;
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn parsed_files_outlive_the_processes_that_mapped_them_within_the_budget() {
+        let _own = OWN_EXE.lock().unwrap_or_else(|e| e.into_inner());
+        let addr = marker_function_for_symbolization as *const () as u64;
+        let mut s = Symbolizer::new(1024, false);
+        {
+            let mut procs = ProcMaps::new(4);
+            let p = s.symbolize(&window_at(addr), &mut procs, None, 1, "h", false);
+            assert!(p.processes[0].samples[0].frames[0]
+                .name()
+                .contains("marker_function_for_symbolization"));
+        }
+        // Every snapshot holding the file is gone (a new process maps it next): the parsed
+        // file stays, and a new address in it is resolved without parsing it again.
+        assert_eq!((s.stats.parses, s.parsed_files()), (1, 1));
+        // Its symbol tables are large: blazesym's whole-file mapping holds no pages after use.
+        let me = std::env::current_exe().unwrap();
+        assert!(crate::probes::profiler::elf::sizes(&me).symbols > RELEASE_PAGES_MIN);
+        assert_eq!(whole_file_rss_kib(&me), Some(0));
+        assert!(s.parsed_bytes() > 0);
+        let p = s.symbolize(
+            &window_at(addr + 1),
+            &mut ProcMaps::new(4),
+            None,
+            1,
+            "h",
+            false,
+        );
+        assert!(p.processes[0].samples[0].frames[0]
+            .name()
+            .contains("marker_function_for_symbolization"));
+        assert_eq!((s.stats.parses, s.stats.files_evicted), (1, 0));
+        // Over the byte budget: dropped after its window, parsed again when next needed.
+        let mut s = s.max_parsed_bytes(0);
+        s.symbolize(
+            &window_at(addr + 2),
+            &mut ProcMaps::new(4),
+            None,
+            1,
+            "h",
+            false,
+        );
+        assert_eq!((s.parsed_files(), s.stats.files_evicted), (0, 1));
+        s.symbolize(
+            &window_at(addr + 3),
+            &mut ProcMaps::new(4),
+            None,
+            1,
+            "h",
+            false,
+        );
+        assert_eq!(s.stats.parses, 2);
+    }
+
     #[test]
     fn bounded_cache_keeps_two_generations() {
         let mut c = BoundedCache::new(2);
@@ -758,6 +1002,7 @@ mod tests {
 
     #[test]
     fn symbolizes_own_function_and_kernel() {
+        let _own = OWN_EXE.lock().unwrap_or_else(|e| e.into_inner());
         let pid = std::process::id();
         let addr = marker_function_for_symbolization as *const () as u64;
         let _ = marker_function_for_symbolization();

@@ -1,14 +1,18 @@
 //! Compiled unwind tables kept on disk by build ID (`<output.dir>/unwind-cache`), so a
 //! restarted agent, or a binary whose table was evicted and is mapped again (every new `rustc`
-//! maps the same `librustc_driver`), loads rows instead of evaluating its CFI again.
+//! maps the same `librustc_driver`), loads rows instead of evaluating its CFI again. A file
+//! without a build ID (`rustc`, `cargo`, `librustc_driver` and `libLLVM` of rustup's
+//! toolchains) is cached by device, inode, size, modification and change time
+//! ([`inode_key`]).
 //!
 //! File format (little-endian), version [`VERSION`]: magic `AGUNWTBL`, version u32, row size
 //! u32 (8), rows u32, segments u32, base u64, checksum u64 (over everything after the header),
 //! then per segment (file offset, virtual address, file size) as 3 × u64, then the rows (pc
 //! u32, cfa_offset u16, rbp_offset i8, kind u8).
 //!
-//! Invariants: only files with a build ID are cached (the ID names the contents; a device and
-//! inode do not); a file is written under a temporary name and renamed, so a reader never sees
+//! Invariants: a cache file is named by what names the contents: the build ID, else the
+//! device and inode with the size and both times (a file rewritten in place changes its size
+//! or its change time, which `touch` cannot set back); a file is written under a temporary name and renamed, so a reader never sees
 //! half of one; anything unexpected in a file (short, other version, bad checksum) makes it a
 //! miss, the file is deleted and the table compiled again, never a panic; the directory stays
 //! within `max_bytes` (least recently used files deleted first; a hit refreshes the mtime).
@@ -29,13 +33,24 @@ const MAGIC: &[u8; 8] = b"AGUNWTBL";
 const HEADER: usize = 8 + 4 + 4 + 4 + 4 + 8 + 8;
 const ROW: usize = 8;
 
-/// The directory of the running agent's cache (set once by the runtime: `<output.dir>/
-/// unwind-cache`); none (`agent profile`, tests): tables are compiled each time.
+/// The directory of the cache (set once: `<output.dir>/unwind-cache`); none (unit tests, or
+/// `agent profile` on a host where no agent made its output directory): tables are compiled
+/// each time.
 static DIR: OnceLock<PathBuf> = OnceLock::new();
 
 /// Sets the cache directory for every profiler session of this process (first call wins).
 pub fn set_dir(dir: PathBuf) {
     let _ = DIR.set(dir);
+}
+
+/// Uses `<output_dir>/unwind-cache` (see [`set_dir`]): always for the running agent
+/// (`create`), and for `agent profile` only when the output directory exists already (the
+/// agent's tables are shared; a one-off profile never makes an output directory of its own
+/// in the current directory).
+pub fn use_output_dir(output_dir: &Path, create: bool) {
+    if create || output_dir.is_dir() {
+        set_dir(output_dir.join("unwind-cache"));
+    }
 }
 
 /// The directory set by [`set_dir`].
@@ -103,24 +118,39 @@ impl Checksum {
     }
 }
 
-/// The cache file of a build ID (hex digits only; anything else is not cached).
-fn path_of(dir: &Path, build_id: &str) -> Option<PathBuf> {
-    (!build_id.is_empty()
-        && build_id.len() <= 128
-        && build_id.bytes().all(|b| b.is_ascii_hexdigit()))
-    .then(|| dir.join(format!("{build_id}.rows")))
+/// The cache key of a file without a build ID, from its `fstat`: device, inode, size,
+/// modification and change times (nanoseconds), in hex joined by `-` (a build ID has no `-`,
+/// so the two kinds of names never meet).
+pub fn inode_key(m: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let ns = |s: i64, n: i64| (s as i128 * 1_000_000_000 + n as i128) as u128;
+    format!(
+        "{:x}-{:x}-{:x}-{:x}-{:x}",
+        m.dev(),
+        m.ino(),
+        m.size(),
+        ns(m.mtime(), m.mtime_nsec()),
+        ns(m.ctime(), m.ctime_nsec())
+    )
 }
 
-/// Deletes the cached table of `build_id` (found unusable while loading it).
-pub fn remove(dir: &Path, build_id: &str) {
-    if let Some(p) = path_of(dir, build_id) {
+/// The cache file of a key: a build ID, or an [`inode_key`] (hex digits and `-` only;
+/// anything else is not cached).
+fn path_of(dir: &Path, key: &str) -> Option<PathBuf> {
+    (!key.is_empty() && key.len() <= 128 && key.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
+        .then(|| dir.join(format!("{key}.rows")))
+}
+
+/// Deletes the cached table of `key` (found unusable while loading it).
+pub fn remove(dir: &Path, key: &str) {
+    if let Some(p) = path_of(dir, key) {
         let _ = std::fs::remove_file(p);
     }
 }
 
-/// The cached table of `build_id`, or `None` (absent, or unusable: then deleted).
-pub fn read(dir: &Path, build_id: &str) -> Option<Cached> {
-    let path = path_of(dir, build_id)?;
+/// The cached table of `key`, or `None` (absent, or unusable: then deleted).
+pub fn read(dir: &Path, key: &str) -> Option<Cached> {
+    let path = path_of(dir, key)?;
     let file = File::open(&path).ok()?;
     match open(file) {
         Ok(c) => {
@@ -177,7 +207,7 @@ fn open(file: File) -> std::io::Result<Cached> {
 }
 
 /// A table being written (rows streamed as they are compiled); [`Writer::finish`] makes it
-/// visible under its build ID, dropping it unfinished leaves nothing behind.
+/// visible under its key, dropping it unfinished leaves nothing behind.
 pub struct Writer {
     tmp: PathBuf,
     path: PathBuf,
@@ -189,20 +219,20 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the file of `build_id` with its plan's base and executable segments (`None`:
-    /// not cacheable, or the directory is not writable).
+    /// Starts the file of `key` (a build ID or an [`inode_key`]) with its plan's base and
+    /// executable segments (`None`: not cacheable, or the directory is not writable).
     pub fn create(
         dir: &Path,
-        build_id: &str,
+        key: &str,
         base: u64,
         segments: &[(u64, u64, u64)],
     ) -> Option<Writer> {
-        let path = path_of(dir, build_id)?;
+        let path = path_of(dir, key)?;
         if segments.len() > 64 {
             return None;
         }
         std::fs::create_dir_all(dir).ok()?;
-        let tmp = dir.join(format!(".{build_id}.{}.tmp", std::process::id()));
+        let tmp = dir.join(format!(".{key}.{}.tmp", std::process::id()));
         let out = BufWriter::with_capacity(64 << 10, File::create(&tmp).ok()?);
         let mut header = [0u8; HEADER];
         header[..8].copy_from_slice(MAGIC);
@@ -380,9 +410,41 @@ mod tests {
             assert!(read(dir.path(), "aa").is_none());
             assert!(!path.exists());
         }
-        // Not a build ID: never a path outside the directory.
+        // Not a key: never a path outside the directory.
         assert!(Writer::create(dir.path(), "../x", 0, &[]).is_none());
+        assert!(Writer::create(dir.path(), "a/b", 0, &[]).is_none());
         assert!(read(dir.path(), "").is_none());
+    }
+
+    #[test]
+    fn inode_keys_follow_the_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bin");
+        std::fs::write(&path, b"one").unwrap();
+        let key = |p: &Path| inode_key(&std::fs::metadata(p).unwrap());
+        let first = key(&path);
+        assert_eq!(first, key(&path));
+        assert!(path_of(dir.path(), &first).is_some());
+        assert!(!first.is_empty() && first.len() <= 128);
+        // Rewritten in place with the same size and the old modification time set back: the
+        // change time still moves.
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, b"two").unwrap();
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert_ne!(first, key(&path));
+        // A cached table under an inode key round-trips like one under a build ID.
+        let rs = rows(10);
+        write(dir.path(), &key(&path), &rs);
+        assert_eq!(
+            read_all(read(dir.path(), &key(&path)).unwrap()).unwrap(),
+            rs
+        );
     }
 
     #[test]

@@ -38,6 +38,10 @@ pub enum CompileError {
     Cfi(#[from] gimli::Error),
     #[error("{0} rows, more than a table may hold ({MAX_FILE_ROWS})")]
     TooLarge(usize),
+    /// Not an error of the file: its rows do not fit in the kernel array beside the tables of
+    /// live processes (tried again once that much is free).
+    #[error("{0} rows do not fit beside the tables of live processes")]
+    NoRoom(u32),
 }
 
 /// What a file's table is made of, before any row is produced: its FDEs in address order.

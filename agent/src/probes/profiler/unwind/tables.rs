@@ -410,8 +410,16 @@ impl Tables {
         }
         match self.load_file(&key, f) {
             Ok(()) => {
+                self.skipped.remove(&key);
                 let l = self.loaded.get(&key)?;
                 Some((key.clone(), l.slot, l.plan.bias(start, offset)?))
+            }
+            Err(CompileError::NoRoom(n)) => {
+                // Walked by frame pointer until that much is free (not compiled again before).
+                self.stats.files_skipped += 1;
+                tracing::debug!(file = %f.path, rows = n, "unwind table does not fit beside the live ones; skipped for now");
+                self.skipped.insert(key, n);
+                None
             }
             Err(e) => {
                 self.stats.compile_errors += 1;
@@ -425,14 +433,19 @@ impl Tables {
         }
     }
 
-    /// Loads a file's table: from the disk cache when it holds the file's build ID, else
-    /// compiled from its CFI (in one pass into a new cache file when there is a cache, else in
-    /// two: count, then rows).
+    /// Loads a file's table: from the disk cache when it holds the file (by build ID, else by
+    /// device, inode, size and times), else compiled from its CFI (in one pass into a new
+    /// cache file when there is a cache, else in two: count, then rows). `NoRoom` leaves a
+    /// cached table in place.
     fn load_file(&mut self, key: &FileKey, f: &MappedFile) -> Result<(), CompileError> {
-        let cached_at = match (cache::dir(), key) {
-            (Some(dir), FileKey::BuildId(id)) => Some((dir, id.clone())),
-            _ => None,
-        };
+        let file = File::open(&f.open_path)?;
+        let cached_at = cache::dir().and_then(|dir| {
+            let id = match key {
+                FileKey::BuildId(id) => id.to_string(),
+                FileKey::Inode(..) => cache::inode_key(&file.metadata().ok()?),
+            };
+            Some((dir, id))
+        });
         if let Some((dir, id)) = &cached_at {
             if let Some(c) = cache::read(dir, id) {
                 let plan = Plan::from_parts(c.base, c.segments.clone());
@@ -442,6 +455,8 @@ impl Tables {
                         self.stats.cache_hits += 1;
                         return self.install(key, plan, first, n);
                     }
+                    // The kernel array is full, the file is fine.
+                    Err(e @ CompileError::NoRoom(_)) => return Err(e),
                     Err(e) => {
                         tracing::debug!(file = %f.path, "unwind cache file unusable ({e}); compiling again");
                         self.stats.cache_errors += 1;
@@ -450,7 +465,6 @@ impl Tables {
                 }
             }
         }
-        let file = File::open(&f.open_path)?;
         // SAFETY: mapped read-only, only read while mapped; a binary truncated under a running
         // process would fault that process too.
         let data = unsafe { memmap2::Mmap::map(&file)? };
@@ -497,9 +511,7 @@ impl Tables {
             &mut dyn FnMut(UnwindRow) -> Result<(), CompileError>,
         ) -> Result<(), CompileError>,
     ) -> Result<u32, CompileError> {
-        let first = self
-            .make_room(n)
-            .ok_or(CompileError::TooLarge(n as usize))?;
+        let first = self.make_room(n).ok_or(CompileError::NoRoom(n))?;
         let mut buf: Vec<UnwindRow> = Vec::with_capacity(BATCH);
         let mut at = first;
         let rows = &self.rows;
