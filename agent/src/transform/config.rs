@@ -103,6 +103,10 @@ pub struct Pipeline {
     pub datapoint_filters: Vec<Condition>,
     pub log_filters: Vec<Condition>,
     pub filter_mode: ErrorMode,
+    /// Every data point statement and condition (groups and filters) depends on the series
+    /// alone (see `ottl::Statement::per_series`): their outcome per series can be kept between
+    /// exports (`cache.rs`). Decided once here.
+    pub points_per_series: bool,
 }
 
 impl Pipeline {
@@ -205,22 +209,30 @@ impl Pipeline {
                 .map(|(i, g)| group(&format!("transform.{name}[{i}]"), g, allowed, t.error_mode))
                 .collect::<Result<Vec<_>, _>>()
         };
+        let metric_groups = groups(
+            "metric_statements",
+            &t.metric_statements,
+            &[Resource, Scope, Metric, Datapoint],
+        )?;
+        let datapoint_filters =
+            conditions("filter.metrics.datapoint", &f.metrics.datapoint, Datapoint)?;
+        let points_per_series = datapoint_filters.iter().all(Condition::per_series)
+            && metric_groups
+                .iter()
+                .filter(|g| g.context == Datapoint)
+                .all(|g| {
+                    g.conditions.iter().all(Condition::per_series)
+                        && g.statements.iter().all(Statement::per_series)
+                });
         Ok(Pipeline {
-            metric_groups: groups(
-                "metric_statements",
-                &t.metric_statements,
-                &[Resource, Scope, Metric, Datapoint],
-            )?,
+            metric_groups,
             log_groups: groups("log_statements", &t.log_statements, &[Resource, Scope, Log])?,
             profile_groups: groups("profile_statements", &t.profile_statements, &[Resource])?,
             metric_filters: conditions("filter.metrics.metric", &f.metrics.metric, Metric)?,
-            datapoint_filters: conditions(
-                "filter.metrics.datapoint",
-                &f.metrics.datapoint,
-                Datapoint,
-            )?,
+            datapoint_filters,
             log_filters: conditions("filter.logs.log_record", &f.logs.log_record, Log)?,
             filter_mode: f.error_mode,
+            points_per_series,
         })
     }
 }
