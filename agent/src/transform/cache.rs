@@ -10,50 +10,66 @@
 //! one pipeline, one resource and one scope (after their statements): with any other it starts
 //! empty (a config reload, a resource that changed); an outcome whose run had an error is not
 //! kept, so every export counts and logs its errors as before; series absent from an export are
-//! dropped after it; at most [`CAPACITY`] entries (full: further series are computed every
+//! dropped after it; at most [`CAPACITY`] series and [`MAX_ATTRS`] attributes (full: further series are computed every
 //! export until some leave); keys are hashed with `hashbrown`'s foldhash, seeded per map, and
 //! confirmed by full equality (the metric's description and the input attributes in order).
 
-use std::{hash::BuildHasher, sync::Arc};
+use std::{hash::BuildHasher, ops::Range, sync::Arc};
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
 
 use super::Pipeline;
-use crate::metrics::model::{Desc, Labels};
+use crate::metrics::model::{AttrValue, Desc, Key};
 
-/// Series kept per consumer (about 0.5 KiB each with five attributes: at most ~8 MiB, shared
-/// strings not counted).
+/// Series kept per consumer.
 pub const CAPACITY: usize = 16384;
+/// Attributes kept per consumer, inputs and outputs together (48 bytes each: at most 7.5 MiB,
+/// shared strings not counted).
+pub const MAX_ATTRS: usize = CAPACITY * 10;
 
 /// What the data point filters and statements made of a series.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Outcome {
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Hit<'a> {
     /// A filter condition held.
     Dropped,
-    /// The attributes after every statement; `touched`: an editor took the map (the merge
-    /// checks the family).
-    Kept { labels: Labels, touched: bool },
+    /// The attributes after every statement, and whether an editor took the map (the merge
+    /// then checks the family).
+    Kept(&'a [(Key, AttrValue)], bool),
 }
 
 struct Entry {
     hash: u64,
     desc: Desc,
-    input: Labels,
-    outcome: Outcome,
+    /// In `attrs`.
+    input: Range<u32>,
+    /// In `attrs`; `None`: dropped.
+    output: Option<Range<u32>>,
+    touched: bool,
     /// The export that last used it.
     seen: u64,
 }
 
-/// The per-series outcomes of one consumer (see the module doc).
+/// The per-series outcomes of one consumer (see the module doc). Entries and their attributes
+/// sit in two vectors in the order series were first seen, which is the order exports visit
+/// them: no allocation per series, and lookups walk memory in order.
 #[derive(Default)]
 pub struct SeriesCache {
     pipeline: Option<Arc<Pipeline>>,
     resource: Vec<KeyValue>,
     scope: InstrumentationScope,
-    table: HashTable<Entry>,
+    /// Indices into `entries`, by hash.
+    table: HashTable<u32>,
+    entries: Vec<Entry>,
+    attrs: Vec<(Key, AttrValue)>,
     hasher: DefaultHashBuilder,
     epoch: u64,
+    /// The entry after the last one found.
+    next: usize,
+}
+
+fn range(r: &Range<u32>) -> Range<usize> {
+    r.start as usize..r.end as usize
 }
 
 impl SeriesCache {
@@ -71,59 +87,144 @@ impl SeriesCache {
             && self.scope == *scope;
         if !same {
             self.table = HashTable::new();
+            self.entries = Vec::new();
+            self.attrs = Vec::new();
             self.pipeline = Some(p.clone());
             self.resource = resource.to_vec();
             self.scope = scope.clone();
         }
         self.epoch += 1;
+        self.next = 0;
     }
 
-    /// Ends an export: series it did not see are dropped.
+    /// Ends an export: series it did not see are dropped, the others moved down in place (the
+    /// vectors keep their memory: no fresh pages while series come and go).
     pub fn end(&mut self) {
         let epoch = self.epoch;
-        self.table.retain(|e| e.seen == epoch);
+        if self.entries.iter().all(|e| e.seen == epoch) {
+            return;
+        }
+        // Ranges are in ascending order, so the write position never passes the read one.
+        let mut w = 0usize;
+        let mut kept = 0usize;
+        for i in 0..self.entries.len() {
+            if self.entries[i].seen != epoch {
+                continue;
+            }
+            let mut moved = |r: &Range<u32>| {
+                let start = w;
+                for j in range(r) {
+                    self.attrs.swap(w, j);
+                    w += 1;
+                }
+                start as u32..w as u32
+            };
+            let input = moved(&self.entries[i].input);
+            let output = self.entries[i].output.clone().map(|o| moved(&o));
+            let e = &mut self.entries[i];
+            e.input = input;
+            e.output = output;
+            self.entries.swap(kept, i);
+            kept += 1;
+        }
+        self.attrs.truncate(w);
+        self.entries.truncate(kept);
+        self.table.clear();
+        for (i, e) in self.entries.iter().enumerate() {
+            let entries = &self.entries;
+            self.table
+                .insert_unique(e.hash, i as u32, |&j| entries[j as usize].hash);
+        }
     }
 
     /// The key hash of a series (its metric's name and its attributes in order).
-    pub fn hash(&self, desc: &Desc, labels: &Labels) -> u64 {
-        self.hasher.hash_one((desc.name, labels.as_slice()))
+    pub fn hash(&self, desc: &Desc, labels: &[(Key, AttrValue)]) -> u64 {
+        self.hasher.hash_one((desc.name, labels))
     }
 
-    /// The outcome of the series, if kept (`hash` from [`Self::hash`]).
-    pub fn get(&mut self, hash: u64, desc: &Desc, labels: &Labels) -> Option<&Outcome> {
-        let epoch = self.epoch;
-        let e = self.table.find_mut(hash, |e| {
-            e.hash == hash && e.desc == *desc && e.input == *labels
-        })?;
-        e.seen = epoch;
-        Some(&e.outcome)
+    /// The outcome of the series if kept, else its key hash (for [`Self::insert`]). The entry
+    /// after the last one found is tried first (exports visit series in the order they were
+    /// kept): an in-order hit costs one comparison and no hash.
+    pub fn get(&mut self, desc: &Desc, labels: &[(Key, AttrValue)]) -> Result<Hit<'_>, u64> {
+        let same = |e: &Entry, attrs: &[(Key, AttrValue)]| {
+            e.desc == *desc && attrs[range(&e.input)] == *labels
+        };
+        let i = match self.entries.get(self.next) {
+            Some(e) if same(e, &self.attrs) => self.next,
+            _ => {
+                let hash = self.hash(desc, labels);
+                let (entries, attrs) = (&self.entries, &self.attrs);
+                match self.table.find(hash, |&i| {
+                    let e = &entries[i as usize];
+                    e.hash == hash && same(e, attrs)
+                }) {
+                    Some(&i) => i as usize,
+                    None => return Err(hash),
+                }
+            }
+        };
+        self.next = i + 1;
+        let e = &mut self.entries[i];
+        e.seen = self.epoch;
+        Ok(match &e.output {
+            None => Hit::Dropped,
+            Some(o) => Hit::Kept(&self.attrs[range(o)], e.touched),
+        })
     }
 
-    /// Keeps the outcome of a series that [`Self::get`] did not find (unless full).
-    pub fn insert(&mut self, hash: u64, desc: &Desc, input: &Labels, outcome: Outcome) {
-        if self.table.len() >= CAPACITY {
+    /// Keeps the outcome of a series that [`Self::get`] did not find, unless full: `output`
+    /// `None` when a filter dropped it.
+    pub fn insert(
+        &mut self,
+        hash: u64,
+        desc: &Desc,
+        input: &[(Key, AttrValue)],
+        output: Option<&[(Key, AttrValue)]>,
+        touched: bool,
+    ) {
+        let size = input.len() + output.map_or(0, <[_]>::len);
+        if self.entries.len() >= CAPACITY || self.attrs.len() + size > MAX_ATTRS {
             return;
         }
-        self.table.insert_unique(
+        self.push(hash, desc.clone(), input, output, touched);
+    }
+
+    fn push(
+        &mut self,
+        hash: u64,
+        desc: Desc,
+        input: &[(Key, AttrValue)],
+        output: Option<&[(Key, AttrValue)]>,
+        touched: bool,
+    ) {
+        let mut put = |a: &[(Key, AttrValue)]| {
+            let start = self.attrs.len() as u32;
+            self.attrs.extend_from_slice(a);
+            start..self.attrs.len() as u32
+        };
+        let input = put(input);
+        let output = output.map(put);
+        let i = self.entries.len() as u32;
+        self.entries.push(Entry {
             hash,
-            Entry {
-                hash,
-                desc: desc.clone(),
-                input: input.clone(),
-                outcome,
-                seen: self.epoch,
-            },
-            |e| e.hash,
-        );
+            desc,
+            input,
+            output,
+            touched,
+            seen: self.epoch,
+        });
+        let entries = &self.entries;
+        self.table
+            .insert_unique(hash, i, |&j| entries[j as usize].hash);
     }
 
     /// Series held.
     pub fn len(&self) -> usize {
-        self.table.len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
+        self.entries.is_empty()
     }
 }
 
@@ -260,11 +361,7 @@ metric_statements:
     }
 
     fn cached_len(t: &Transformer) -> usize {
-        t.cache[Consumer::Export as usize]
-            .lock()
-            .unwrap()
-            .table
-            .len()
+        t.cache[Consumer::Export as usize].lock().unwrap().len()
     }
 
     #[test]
@@ -323,10 +420,11 @@ metric_statements:
         c.begin(&p1, &[], &scope);
         let labels = vec![attr("a", "b")];
         let h = c.hash(&ERRORS, &labels);
-        c.insert(h, &ERRORS, &labels, Outcome::Dropped);
-        assert_eq!(c.get(h, &ERRORS, &labels), Some(&Outcome::Dropped));
+        assert_eq!(c.get(&ERRORS, &labels), Err(h));
+        c.insert(h, &ERRORS, &labels, None, false);
+        assert_eq!(c.get(&ERRORS, &labels), Ok(Hit::Dropped));
         c.begin(&p2, &[], &scope);
-        assert_eq!(c.get(h, &ERRORS, &labels), None);
+        assert_eq!(c.get(&ERRORS, &labels), Err(h));
     }
 
     #[test]
@@ -338,7 +436,10 @@ metric_statements:
         let res = resource("prod");
         for at in 1..3 {
             assert_eq!(view(&t, &b, &res, at), view(&plain, &b, &res, at));
-            assert_eq!(cached_len(&t), CAPACITY);
+            let c = t.cache[Consumer::Export as usize].lock().unwrap();
+            // Full: by series or by attributes (12 per series here: 5 in, 7 out).
+            assert!(c.len() <= CAPACITY && c.attrs.len() <= MAX_ATTRS);
+            assert!(c.len() == CAPACITY || c.attrs.len() + 12 > MAX_ATTRS);
         }
     }
 

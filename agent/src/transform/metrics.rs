@@ -24,7 +24,7 @@ use std::{
 use opentelemetry_proto::tonic::{common::v1::InstrumentationScope, resource::v1::Resource};
 
 use super::{
-    cache::{Outcome, SeriesCache},
+    cache::{Hit, SeriesCache},
     merge::merge,
     resource_groups, Consumer, Propagated, Run, Transformer,
 };
@@ -175,31 +175,25 @@ impl Transformer {
                 }
                 continue;
             };
-            let h = c.hash(&fam.desc, &point.labels);
-            match c.get(h, &fam.desc, &point.labels) {
-                Some(Outcome::Dropped) => run.dropped += 1,
-                Some(Outcome::Kept { labels, touched: t }) => {
-                    touched |= *t;
+            match c.get(&fam.desc, &point.labels) {
+                Ok(Hit::Dropped) => run.dropped += 1,
+                Ok(Hit::Kept(labels, t)) => {
+                    touched |= t;
                     points.push(Point {
-                        labels: labels.clone(),
+                        labels: labels.to_vec(),
                         value: point.value.clone(),
                         start_time: point.start_time,
                     });
                     describe(run, p, &desc, base, &mut descs)?;
                 }
-                None => {
+                Err(h) => {
                     let errors = run.errors;
                     let mut pt = point.clone();
                     let kept = point_groups(run, p, &desc, &mut descs, base, &mut pt)?;
                     if run.errors == errors {
-                        let outcome = match kept {
-                            None => Outcome::Dropped,
-                            Some(t) => Outcome::Kept {
-                                labels: pt.labels.clone(),
-                                touched: t,
-                            },
-                        };
-                        c.insert(h, &fam.desc, &point.labels, outcome);
+                        let output = kept.map(|_| pt.labels.as_slice());
+                        let t = kept.unwrap_or(false);
+                        c.insert(h, &fam.desc, &point.labels, output, t);
                     }
                     if let Some(t) = kept {
                         points.push(pt);
