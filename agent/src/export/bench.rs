@@ -214,7 +214,7 @@ pub struct TransformReport {
     /// from the per-series cache, `transform/cache.rs`), `transform uncached` (the same with
     /// that cache off: the statements run on every point), `transform+encode`, `copy` (a
     /// statement that never applies: the view's copy alone), each statement alone
-    /// (`s1`..`s5`, cached), and the worst case: `transform cold` and `s4 cold`, a fresh
+    /// (`s1`..`s5`: too few for the cache, `transform::config::CACHE_MIN`), and the worst case: `transform cold` and `s4 cold`, a fresh
     /// pipeline for every export (empty per-series cache and memos) on series whose container
     /// ids are all distinct.
     pub conditions: Vec<(String, Vec<f64>)>,

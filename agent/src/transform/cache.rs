@@ -1,7 +1,7 @@
 //! Per-series outcomes of the data point statements and filters, kept between exports. A
 //! series' attributes, its metric, the resource and the scope are the same every export, so when
-//! every data point statement and condition reads and writes nothing else
-//! (`Pipeline::points_per_series`, decided at config load), the attributes a series ends with
+//! every data point statement and condition reads and writes nothing else, and there are enough
+//! of them to be worth it (`Pipeline::points_per_series`, decided at config load), the attributes a series ends with
 //! (or that a filter dropped it) are computed once and reused while the series lives: each
 //! export then copies the cached attributes and the point's value instead of running the
 //! statements.
@@ -392,10 +392,13 @@ metric_statements:
     fn reload_and_a_changed_resource_empty_the_cache() {
         let set = |v: &str| {
             pipeline(
-                &format!("metric_statements:\n  - context: datapoint\n    statements:\n      - set(attributes[\"v\"], \"{v}\")\n"),
+                &format!("metric_statements:\n  - context: datapoint\n    statements:\n      - set(attributes[\"v\"], \"{v}\")\n      - delete_key(attributes, \"host.cpu\")\n      - delete_key(attributes, \"x\")\n"),
                 "{}",
             )
         };
+        assert!(set("1").points_per_series);
+        // Fewer statements than CACHE_MIN: run every time.
+        assert!(!pipeline("metric_statements:\n  - context: datapoint\n    statements:\n      - delete_key(attributes, \"x\")\n", "{}").points_per_series);
         let v_of = |f: &[Family]| crate::metrics::model::get(&f[0].points[0].labels, "v").cloned();
         let t = Transformer::new(set("1"));
         let b = input(4, 0, None);
@@ -445,11 +448,11 @@ metric_statements:
 
     #[test]
     fn per_point_statements_and_failing_ones_are_not_kept() {
-        let value = "metric_statements:\n  - context: datapoint\n    statements:\n      - set(attributes[\"big\"], true) where value_double > 15.0\n";
+        let value = "metric_statements:\n  - context: datapoint\n    statements:\n      - set(attributes[\"big\"], true) where value_double > 15.0\n      - delete_key(attributes, \"a\")\n      - delete_key(attributes, \"b\")\n";
         assert!(!pipeline(value, "{}").points_per_series);
-        let start = "metric_statements:\n  - context: datapoint\n    statements:\n      - set(start_time_unix_nano, 5)\n";
+        let start = "metric_statements:\n  - context: datapoint\n    statements:\n      - set(start_time_unix_nano, 5)\n      - delete_key(attributes, \"a\")\n      - delete_key(attributes, \"b\")\n";
         assert!(!pipeline(start, "{}").points_per_series);
-        let time = "metrics:\n  datapoint:\n    - time_unix_nano > 0\n";
+        let time = "metrics:\n  datapoint:\n    - time_unix_nano > 0\n    - attributes[\"a\"] == \"b\"\n    - attributes[\"a\"] == \"c\"\n";
         assert!(!pipeline("{}", time).points_per_series);
         let t = Transformer::new(pipeline(value, "{}"));
         let res = resource("prod");
@@ -464,7 +467,7 @@ metric_statements:
         assert_eq!(big(&view(&t, &input(2, 6, None), &res, 2)), 1);
         assert_eq!(cached_len(&t), 0);
         // An error (SHA256 of a missing attribute) is counted every export, never cached.
-        let failing = "metric_statements:\n  - context: datapoint\n    statements:\n      - set(attributes[\"h\"], SHA256(attributes[\"missing\"]))\n";
+        let failing = "metric_statements:\n  - context: datapoint\n    statements:\n      - set(attributes[\"h\"], SHA256(attributes[\"missing\"]))\n      - delete_key(attributes, \"a\")\n      - delete_key(attributes, \"b\")\n";
         let t = Transformer::new(pipeline(failing, "{}"));
         assert!(t.pipeline().points_per_series);
         let b = input(2, 0, None);

@@ -104,8 +104,8 @@ pub struct Pipeline {
     pub log_filters: Vec<Condition>,
     pub filter_mode: ErrorMode,
     /// Every data point statement and condition (groups and filters) depends on the series
-    /// alone (see `ottl::Statement::per_series`): their outcome per series can be kept between
-    /// exports (`cache.rs`). Decided once here.
+    /// alone (see `ottl::Statement::per_series`) and there are at least [`CACHE_MIN`] of
+    /// them: their outcome per series is kept between exports (`cache.rs`). Decided once here.
     pub points_per_series: bool,
 }
 
@@ -121,6 +121,12 @@ impl Pipeline {
         self.log_groups.is_empty() && self.log_filters.is_empty()
     }
 }
+
+/// Fewest data point statements and conditions for which outcomes are kept per series. A kept
+/// outcome is not free (the attributes are compared and the result copied): measured with
+/// `agent export-bench --transform` (CPU 1, medians of 9 rounds), one statement alone ran in
+/// 172-237 ns/point and took 213-267 from the cache, the five of the bench 336-352 and 240-262.
+pub const CACHE_MIN: usize = 3;
 
 /// A statement or condition that does not load: where (the dotted path with indices, e.g.
 /// `transform.metric_statements[0].statements[1]`) and why.
@@ -216,14 +222,17 @@ impl Pipeline {
         )?;
         let datapoint_filters =
             conditions("filter.metrics.datapoint", &f.metrics.datapoint, Datapoint)?;
+        let point_groups = || metric_groups.iter().filter(|g| g.context == Datapoint);
         let points_per_series = datapoint_filters.iter().all(Condition::per_series)
-            && metric_groups
-                .iter()
-                .filter(|g| g.context == Datapoint)
-                .all(|g| {
-                    g.conditions.iter().all(Condition::per_series)
-                        && g.statements.iter().all(Statement::per_series)
-                });
+            && point_groups().all(|g| {
+                g.conditions.iter().all(Condition::per_series)
+                    && g.statements.iter().all(Statement::per_series)
+            })
+            && datapoint_filters.len()
+                + point_groups()
+                    .map(|g| g.conditions.len() + g.statements.len())
+                    .sum::<usize>()
+                >= CACHE_MIN;
         Ok(Pipeline {
             metric_groups,
             log_groups: groups("log_statements", &t.log_statements, &[Resource, Scope, Log])?,
