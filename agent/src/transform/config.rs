@@ -125,7 +125,7 @@ impl Pipeline {
 /// Fewest data point statements and conditions for which outcomes are kept per series. A kept
 /// outcome is not free (the attributes are compared and the result copied): measured with
 /// `agent export-bench --transform` (CPU 1, medians of 9 rounds), one statement alone ran in
-/// 172-237 ns/point and took 213-267 from the cache, the five of the bench 336-352 and 240-262.
+/// 165-248 ns/point and took 194-267 from the cache, the five of the bench 336-352 and 240-262.
 pub const CACHE_MIN: usize = 3;
 
 /// A statement or condition that does not load: where (the dotted path with indices, e.g.
