@@ -210,15 +210,22 @@ pub const TRANSFORM_STATEMENTS: [&str; 5] = [
 #[derive(Debug)]
 pub struct TransformReport {
     /// (condition, ns per point of each round): `encode` (the raw snapshot to OTLP),
-    /// `transform` (the five statements), `transform+encode`, `copy` (a statement that never
-    /// applies: the view's copy and merge check alone), each statement alone (`s1`..`s5`), and
-    /// the memos' worst case: `transform cold` and `s4 cold`, a fresh pipeline for every
-    /// export (nothing memoized yet) on series whose container ids are all distinct.
+    /// `transform` (the five statements; after the first export every series' outcome comes
+    /// from the per-series cache, `transform/cache.rs`), `transform uncached` (the same with
+    /// that cache off: the statements run on every point), `transform+encode`, `copy` (a
+    /// statement that never applies: the view's copy alone), each statement alone
+    /// (`s1`..`s5`: too few for the cache, `transform::config::CACHE_MIN`), and the worst case: `transform cold` and `s4 cold`, a fresh
+    /// pipeline for every export (empty per-series cache and memos) on series whose container
+    /// ids are all distinct.
     pub conditions: Vec<(String, Vec<f64>)>,
     pub points_per_export: usize,
 }
 
 fn transformer_of(statements: &[&str]) -> Result<Arc<crate::transform::Transformer>, String> {
+    Ok(crate::transform::Transformer::new(pipeline_of(statements)?))
+}
+
+fn pipeline_of(statements: &[&str]) -> Result<crate::transform::Pipeline, String> {
     use crate::transform::{config::StatementGroup, FilterConfig, Pipeline, TransformConfig};
     let t = TransformConfig {
         metric_statements: vec![StatementGroup {
@@ -229,8 +236,7 @@ fn transformer_of(statements: &[&str]) -> Result<Arc<crate::transform::Transform
         }],
         ..Default::default()
     };
-    let p = Pipeline::compile(&t, &FilterConfig::default()).map_err(|e| e.problem)?;
-    Ok(crate::transform::Transformer::new(p))
+    Pipeline::compile(&t, &FilterConfig::default()).map_err(|e| e.problem)
 }
 
 /// `rounds` rounds over `exports` exports of `series` histogram series plus as many counters;
@@ -248,6 +254,14 @@ pub fn transform_bench(
     let mut conds: Vec<(String, Tr, bool, Option<&[&str]>)> = vec![
         ("encode".into(), None, true, None),
         ("transform".into(), Some(all.clone()), false, None),
+        (
+            "transform uncached".into(),
+            Some(crate::transform::Transformer::uncached(pipeline_of(
+                &TRANSFORM_STATEMENTS,
+            )?)),
+            false,
+            None,
+        ),
         ("transform+encode".into(), Some(all.clone()), true, None),
         (
             "copy".into(),

@@ -78,10 +78,12 @@ impl Ty {
     }
 }
 
-/// Compilation state: the text (for columns) and the context.
+/// Compilation state: the text (for columns), the context, and every path resolved so far
+/// (read or written: what the item's result can depend on).
 pub struct Cx<'t> {
     pub text: &'t str,
     pub ctx: Context,
+    pub fields: std::cell::RefCell<Vec<Field>>,
 }
 
 impl<'t> Cx<'t> {
@@ -147,6 +149,7 @@ impl<'t> Cx<'t> {
 
     pub fn path(&self, p: &ast::Path, at: usize) -> Result<CPath, OttlError> {
         let field = resolve(self.ctx, &p.segments).map_err(|e| self.err(at, e))?;
+        self.fields.borrow_mut().push(field);
         let keys = self.keys(&p.keys)?;
         if !keys.is_empty() && !matches!(field.name, "attributes" | "body") {
             return Err(self.err(
@@ -440,6 +443,8 @@ pub struct Statement {
     pub context: Context,
     pub editor: Editor,
     pub condition: Option<Cond>,
+    /// Every path the statement reads or writes (with repeats).
+    pub fields: Vec<Field>,
 }
 
 /// A condition, ready to run (filter conditions, transform group conditions).
@@ -448,12 +453,46 @@ pub struct Condition {
     pub text: String,
     pub context: Context,
     pub cond: Cond,
+    /// Every path the condition reads (with repeats).
+    pub fields: Vec<Field>,
+}
+
+/// Whether a data point statement or condition that uses only `fields` gives the same result
+/// for every point of one series: it reads and writes the point's `attributes` alone, besides
+/// the metric's, resource's and scope's paths (all fixed for a series within one export). The
+/// functions are pure (no `Now`, no random), so such a result can be kept per series; a path to
+/// the value, the times, the buckets or the flags makes it per point.
+pub fn per_series(fields: &[Field]) -> bool {
+    fields.iter().all(|f| {
+        matches!(
+            f.owner,
+            Context::Metric | Context::Resource | Context::Scope
+        ) || (f.owner == Context::Datapoint && f.own && f.name == "attributes")
+    })
+}
+
+impl Statement {
+    /// See [`per_series`]; `false` outside the datapoint context.
+    pub fn per_series(&self) -> bool {
+        self.context == Context::Datapoint && per_series(&self.fields)
+    }
+}
+
+impl Condition {
+    /// See [`per_series`]; `false` outside the datapoint context.
+    pub fn per_series(&self) -> bool {
+        self.context == Context::Datapoint && per_series(&self.fields)
+    }
 }
 
 /// Parses and checks a statement for context `ctx`.
 pub fn statement(text: &str, ctx: Context) -> Result<Statement, OttlError> {
     let ast = super::parser::statement(text)?;
-    let cx = Cx { text, ctx };
+    let cx = Cx {
+        text,
+        ctx,
+        fields: Default::default(),
+    };
     let editor = Editor::compile(&cx, &ast.editor)?;
     let condition = ast.condition.as_ref().map(|c| cx.cond(c)).transpose()?;
     Ok(Statement {
@@ -461,17 +500,24 @@ pub fn statement(text: &str, ctx: Context) -> Result<Statement, OttlError> {
         context: ctx,
         editor,
         condition,
+        fields: cx.fields.into_inner(),
     })
 }
 
 /// Parses and checks a condition for context `ctx`.
 pub fn condition(text: &str, ctx: Context) -> Result<Condition, OttlError> {
     let ast = super::parser::condition(text)?;
-    let cx = Cx { text, ctx };
+    let cx = Cx {
+        text,
+        ctx,
+        fields: Default::default(),
+    };
+    let cond = cx.cond(&ast)?;
     Ok(Condition {
         text: text.to_string(),
         context: ctx,
-        cond: cx.cond(&ast)?,
+        cond,
+        fields: cx.fields.into_inner(),
     })
 }
 
@@ -485,5 +531,35 @@ mod tests {
         assert_eq!(enum_value("SEVERITY_NUMBER_ERROR4"), Some(20));
         assert_eq!(enum_value("SEVERITY_NUMBER_ERROR5"), None);
         assert_eq!(enum_value("METRIC_DATA_TYPE_SUM"), Some(2));
+    }
+
+    #[test]
+    fn per_series_reads_attributes_metric_resource_and_scope_only() {
+        let dp = |s: &str| statement(s, Context::Datapoint).unwrap().per_series();
+        assert!(dp(
+            r#"set(attributes["a"], SHA256(attributes["b"])) where metric.name == "m""#
+        ));
+        assert!(dp(
+            r#"set(attributes["a"], resource.attributes["r"]) where scope.name != "s""#
+        ));
+        assert!(dp(r#"keep_keys(attributes, ["a"])"#));
+        assert!(dp(
+            r#"set(attributes["a"], "x") where attributes[attributes["k"]] == "v""#
+        ));
+        assert!(!dp(r#"set(attributes["a"], "x") where value_double > 1.0"#));
+        assert!(!dp(
+            r#"set(attributes["a"], Concat([attributes["b"], String(count)], "-"))"#
+        ));
+        assert!(!dp(r#"set(start_time_unix_nano, 0)"#));
+        assert!(!dp(r#"set(attributes["t"], time_unix_nano)"#));
+        let c = |s: &str| condition(s, Context::Datapoint).unwrap().per_series();
+        assert!(c(
+            r#"attributes["a"] == "b" and metric.type == METRIC_DATA_TYPE_SUM"#
+        ));
+        assert!(!c(r#"IsMatch(String(sum), "^1")"#));
+        // Other contexts run per metric, resource or scope, never per point.
+        assert!(!statement(r#"set(name, "x")"#, Context::Metric)
+            .unwrap()
+            .per_series());
     }
 }

@@ -103,6 +103,10 @@ pub struct Pipeline {
     pub datapoint_filters: Vec<Condition>,
     pub log_filters: Vec<Condition>,
     pub filter_mode: ErrorMode,
+    /// Every data point statement and condition (groups and filters) depends on the series
+    /// alone (see `ottl::Statement::per_series`) and there are at least [`CACHE_MIN`] of
+    /// them: their outcome per series is kept between exports (`cache.rs`). Decided once here.
+    pub points_per_series: bool,
 }
 
 impl Pipeline {
@@ -117,6 +121,12 @@ impl Pipeline {
         self.log_groups.is_empty() && self.log_filters.is_empty()
     }
 }
+
+/// Fewest data point statements and conditions for which outcomes are kept per series. A kept
+/// outcome is not free (the attributes are compared and the result copied): measured with
+/// `agent export-bench --transform` (CPU 1, medians of 9 rounds), one statement alone ran in
+/// 165-248 ns/point and took 194-267 from the cache, the five of the bench 336-352 and 240-262.
+pub const CACHE_MIN: usize = 3;
 
 /// A statement or condition that does not load: where (the dotted path with indices, e.g.
 /// `transform.metric_statements[0].statements[1]`) and why.
@@ -205,22 +215,33 @@ impl Pipeline {
                 .map(|(i, g)| group(&format!("transform.{name}[{i}]"), g, allowed, t.error_mode))
                 .collect::<Result<Vec<_>, _>>()
         };
+        let metric_groups = groups(
+            "metric_statements",
+            &t.metric_statements,
+            &[Resource, Scope, Metric, Datapoint],
+        )?;
+        let datapoint_filters =
+            conditions("filter.metrics.datapoint", &f.metrics.datapoint, Datapoint)?;
+        let point_groups = || metric_groups.iter().filter(|g| g.context == Datapoint);
+        let points_per_series = datapoint_filters.iter().all(Condition::per_series)
+            && point_groups().all(|g| {
+                g.conditions.iter().all(Condition::per_series)
+                    && g.statements.iter().all(Statement::per_series)
+            })
+            && datapoint_filters.len()
+                + point_groups()
+                    .map(|g| g.conditions.len() + g.statements.len())
+                    .sum::<usize>()
+                >= CACHE_MIN;
         Ok(Pipeline {
-            metric_groups: groups(
-                "metric_statements",
-                &t.metric_statements,
-                &[Resource, Scope, Metric, Datapoint],
-            )?,
+            metric_groups,
             log_groups: groups("log_statements", &t.log_statements, &[Resource, Scope, Log])?,
             profile_groups: groups("profile_statements", &t.profile_statements, &[Resource])?,
             metric_filters: conditions("filter.metrics.metric", &f.metrics.metric, Metric)?,
-            datapoint_filters: conditions(
-                "filter.metrics.datapoint",
-                &f.metrics.datapoint,
-                Datapoint,
-            )?,
+            datapoint_filters,
             log_filters: conditions("filter.logs.log_record", &f.logs.log_record, Log)?,
             filter_mode: f.error_mode,
+            points_per_series,
         })
     }
 }

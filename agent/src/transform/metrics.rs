@@ -1,7 +1,10 @@
 //! The transformed view of a metric snapshot: what the exporter encodes (OTLP, JSON lines) and
 //! what `/metrics` prints. Filters first (`filter.metrics.metric`, then `.datapoint`), then the
 //! `metric_statements` groups in config order (resource and scope groups first, on the
-//! export's resource and scope); metrics whose points were all dropped disappear.
+//! export's resource and scope); metrics whose points were all dropped disappear. Each point
+//! passes the data point filters and then every data point group (a group sees the metric as
+//! the metric groups before it left it). When every data point statement and condition depends
+//! on the series alone, a series' outcome is kept between exports (`cache.rs`).
 //!
 //! Merging: points of one metric whose attributes became identical (after `keep_keys`,
 //! `delete_key`, a `set`, ...) are exported as one: counters summed, histograms with equal
@@ -20,9 +23,13 @@ use std::{
 
 use opentelemetry_proto::tonic::{common::v1::InstrumentationScope, resource::v1::Resource};
 
-use super::{merge::merge, resource_groups, Consumer, Propagated, Run, Transformer};
+use super::{
+    cache::{Hit, SeriesCache},
+    merge::merge,
+    resource_groups, Consumer, Propagated, Run, Transformer,
+};
 use crate::{
-    metrics::model::{Batch, Family},
+    metrics::model::{Batch, Desc, Family, Point},
     ottl::{Context, Env, Subject, Tcx},
 };
 
@@ -88,16 +95,28 @@ impl Transformer {
                 };
                 run.group(g, &mut tcx)?;
             }
+            let mut cache = (self.cached && p.points_per_series).then(|| {
+                let mut c = self.cache[consumer as usize]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                c.begin(&p, &res.attributes, &scope);
+                c
+            });
             let mut families = Vec::new();
             let mut touched = Vec::new();
             for batch in batches {
                 for fam in &batch.families {
-                    if let Some((f, t)) = self.family(&mut run, &p, fam, &res, &scope, now_ns)? {
+                    let c = cache.as_deref_mut();
+                    if let Some((f, t)) = self.family(&mut run, &p, fam, &res, &scope, now_ns, c)? {
                         families.push(f);
                         touched.push(t);
                     }
                 }
             }
+            if let Some(c) = &mut cache {
+                c.end();
+            }
+            drop(cache);
             let conflicts = merge(&mut families, &mut touched, &mut st, now);
             run.errors += conflicts;
             Ok(MetricsView {
@@ -114,6 +133,7 @@ impl Transformer {
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn family(
         &self,
         run: &mut Run,
@@ -122,6 +142,7 @@ impl Transformer {
         res: &Resource,
         scope: &InstrumentationScope,
         now: u64,
+        mut cache: Option<&mut SeriesCache>,
     ) -> Result<Option<(Family, bool)>, Propagated> {
         let base = Env {
             resource: &res.attributes,
@@ -142,57 +163,128 @@ impl Transformer {
                 return Ok(None);
             }
         }
+        let mut descs = None;
         let mut points = Vec::with_capacity(fam.points.len());
+        let mut touched = false;
         for point in &fam.points {
-            let mut pt = point.clone();
-            if !p.datapoint_filters.is_empty() {
-                let tcx = Tcx {
-                    touched: false,
-                    subject: Subject::Datapoint(&mut pt),
-                    env: Env {
-                        metric: Some(&desc),
-                        ..base
-                    },
-                };
-                if run.filtered(&p.datapoint_filters, p.filter_mode, &tcx)? {
-                    continue;
+            let Some(c) = cache.as_deref_mut() else {
+                let mut pt = point.clone();
+                if let Some(t) = point_groups(run, p, &desc, &mut descs, base, &mut pt)? {
+                    points.push(pt);
+                    touched |= t;
+                }
+                continue;
+            };
+            match c.get(&fam.desc, &point.labels) {
+                Ok(Hit::Dropped) => run.dropped += 1,
+                Ok(Hit::Kept(labels, t)) => {
+                    touched |= t;
+                    points.push(Point {
+                        labels: labels.to_vec(),
+                        value: point.value.clone(),
+                        start_time: point.start_time,
+                    });
+                    describe(run, p, &desc, base, &mut descs)?;
+                }
+                Err(h) => {
+                    let errors = run.errors;
+                    let mut pt = point.clone();
+                    let kept = point_groups(run, p, &desc, &mut descs, base, &mut pt)?;
+                    if run.errors == errors {
+                        let output = kept.map(|_| pt.labels.as_slice());
+                        let t = kept.unwrap_or(false);
+                        c.insert(h, &fam.desc, &point.labels, output, t);
+                    }
+                    if let Some(t) = kept {
+                        points.push(pt);
+                        touched |= t;
+                    }
                 }
             }
-            points.push(pt);
         }
         if points.is_empty() && !fam.points.is_empty() {
             return Ok(None);
         }
-        let mut touched = false;
+        let desc = describe(run, p, &desc, base, &mut descs)?.0.clone();
+        Ok(Some((Family { desc, points }, touched)))
+    }
+}
+
+/// The metric's description after the metric groups, and the one each data point group sees
+/// (the metric groups before it ran), made once per family: when a first point passed the
+/// filters, or at the end for a family without points.
+fn describe<'d>(
+    run: &mut Run,
+    p: &super::Pipeline,
+    desc: &Desc,
+    base: Env,
+    descs: &'d mut Option<(Desc, Vec<Desc>)>,
+) -> Result<&'d (Desc, Vec<Desc>), Propagated> {
+    if descs.is_none() {
+        let mut d = desc.clone();
+        let mut seen = Vec::new();
         for g in &p.metric_groups {
             match g.context {
                 Context::Metric => {
                     let mut tcx = Tcx {
                         touched: false,
-                        subject: Subject::Metric(&mut desc),
+                        subject: Subject::Metric(&mut d),
                         env: base,
                     };
                     run.group(g, &mut tcx)?;
                 }
-                Context::Datapoint => {
-                    for pt in &mut points {
-                        let mut tcx = Tcx {
-                            touched: false,
-                            subject: Subject::Datapoint(pt),
-                            env: Env {
-                                metric: Some(&desc),
-                                ..base
-                            },
-                        };
-                        run.group(g, &mut tcx)?;
-                        touched |= tcx.touched;
-                    }
-                }
+                Context::Datapoint => seen.push(d.clone()),
                 _ => {}
             }
         }
-        Ok(Some((Family { desc, points }, touched)))
+        *descs = Some((d, seen));
     }
+    Ok(descs.as_ref().expect("set above"))
+}
+
+/// Runs the data point filters, then the data point groups on `pt`: `None` when a filter
+/// dropped it, else whether an editor took its attributes. `desc`: the metric as the filters
+/// see it (before the metric groups).
+fn point_groups(
+    run: &mut Run,
+    p: &super::Pipeline,
+    desc: &Desc,
+    descs: &mut Option<(Desc, Vec<Desc>)>,
+    base: Env,
+    pt: &mut Point,
+) -> Result<Option<bool>, Propagated> {
+    if !p.datapoint_filters.is_empty() {
+        let tcx = Tcx {
+            touched: false,
+            subject: Subject::Datapoint(pt),
+            env: Env {
+                metric: Some(desc),
+                ..base
+            },
+        };
+        if run.filtered(&p.datapoint_filters, p.filter_mode, &tcx)? {
+            return Ok(None);
+        }
+    }
+    let (_, seen) = describe(run, p, desc, base, descs)?;
+    let mut touched = false;
+    let groups = p
+        .metric_groups
+        .iter()
+        .filter(|g| g.context == Context::Datapoint);
+    for (g, d) in groups.zip(seen) {
+        let mut tcx = Tcx {
+            touched: false,
+            subject: Subject::Datapoint(pt),
+            env: Env {
+                metric: Some(d),
+                ..base
+            },
+        };
+        run.group(g, &mut tcx)?;
+        touched |= tcx.touched;
+    }
+    Ok(Some(touched))
 }
 
 #[cfg(test)]

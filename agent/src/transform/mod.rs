@@ -5,7 +5,8 @@
 //!
 //! - `config.rs`: the sections and their compilation into a [`Pipeline`] (checked at load).
 //! - `metrics.rs`: the transformed view of a metric snapshot; `merge.rs`: identical points
-//!   merged.
+//!   merged; `cache.rs`: per-series outcomes of the data point statements, kept between
+//!   exports.
 //! - `logs.rs`: log records in their OTLP requests; `profiles.rs`: profile resources.
 //!
 //! Invariants: one [`Transformer`] per agent, shared by the exporter and the status server and
@@ -13,6 +14,7 @@
 //! statement groups in config order, resource and scope groups before the others); with no
 //! statements and no filters the data passes untouched (no copy).
 
+pub mod cache;
 pub mod config;
 pub mod logs;
 mod merge;
@@ -63,6 +65,10 @@ pub enum Consumer {
 pub struct Transformer {
     pipeline: RwLock<Arc<Pipeline>>,
     merge: [Mutex<merge::MergeState>; 2],
+    /// Per consumer, taken under its `merge` lock.
+    cache: [Mutex<cache::SeriesCache>; 2],
+    /// Whether the per-series cache is used (off only to measure it: [`Transformer::uncached`]).
+    cached: bool,
     /// The exporter's resource, so `/metrics` statements read the same `resource.attributes`.
     resource: RwLock<opentelemetry_proto::tonic::resource::v1::Resource>,
     counts: Mutex<HashMap<&'static str, Counts>>,
@@ -77,10 +83,19 @@ impl Transformer {
         Arc::new(Transformer {
             pipeline: RwLock::new(Arc::new(p)),
             merge: Default::default(),
+            cache: Default::default(),
+            cached: true,
             resource: Default::default(),
             counts: Mutex::new(HashMap::new()),
             logged: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// As [`Transformer::new`] without the per-series cache (the bench's comparison).
+    pub fn uncached(p: Pipeline) -> Arc<Transformer> {
+        let mut t = Self::new(p);
+        Arc::get_mut(&mut t).expect("not shared yet").cached = false;
+        t
     }
 
     /// No statements, no filters.
@@ -88,11 +103,15 @@ impl Transformer {
         Self::new(Pipeline::default())
     }
 
-    /// Replaces the pipeline (config reload); merged-series state starts over.
+    /// Replaces the pipeline (config reload); merged-series state and the per-series cache
+    /// start over (the cache also checks the pipeline it was filled with on every export).
     pub fn set(&self, p: Pipeline) {
         *self.pipeline.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(p);
         for m in &self.merge {
             *m.lock().unwrap_or_else(|e| e.into_inner()) = merge::MergeState::default();
+        }
+        for c in &self.cache {
+            *c.lock().unwrap_or_else(|e| e.into_inner()) = cache::SeriesCache::default();
         }
     }
 

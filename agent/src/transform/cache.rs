@@ -1,0 +1,479 @@
+//! Per-series outcomes of the data point statements and filters, kept between exports. A
+//! series' attributes, its metric, the resource and the scope are the same every export, so when
+//! every data point statement and condition reads and writes nothing else, and there are enough
+//! of them to be worth it (`Pipeline::points_per_series`, decided at config load), the attributes a series ends with
+//! (or that a filter dropped it) are computed once and reused while the series lives: each
+//! export then copies the cached attributes and the point's value instead of running the
+//! statements.
+//!
+//! Invariants: one cache per consumer, under the lock of its merge state; it holds outcomes of
+//! one pipeline, one resource and one scope (after their statements): with any other it starts
+//! empty (a config reload, a resource that changed); an outcome whose run had an error is not
+//! kept, so every export counts and logs its errors as before; series absent from an export are
+//! dropped after it; at most [`CAPACITY`] series and [`MAX_ATTRS`] attributes (full: further series are computed every
+//! export until some leave); keys are hashed with `hashbrown`'s foldhash, seeded per map, and
+//! confirmed by full equality (the metric's description and the input attributes in order).
+
+use std::{hash::BuildHasher, ops::Range, sync::Arc};
+
+use hashbrown::{DefaultHashBuilder, HashTable};
+use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
+
+use super::Pipeline;
+use crate::metrics::model::{AttrValue, Desc, Key};
+
+/// Series kept per consumer.
+pub const CAPACITY: usize = 16384;
+/// Attributes kept per consumer, inputs and outputs together (48 bytes each: at most 7.5 MiB,
+/// shared strings not counted).
+pub const MAX_ATTRS: usize = CAPACITY * 10;
+
+/// What the data point filters and statements made of a series.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Hit<'a> {
+    /// A filter condition held.
+    Dropped,
+    /// The attributes after every statement, and whether an editor took the map (the merge
+    /// then checks the family).
+    Kept(&'a [(Key, AttrValue)], bool),
+}
+
+struct Entry {
+    hash: u64,
+    desc: Desc,
+    /// In `attrs`.
+    input: Range<u32>,
+    /// In `attrs`; `None`: dropped.
+    output: Option<Range<u32>>,
+    touched: bool,
+    /// The export that last used it.
+    seen: u64,
+}
+
+/// The per-series outcomes of one consumer (see the module doc). Entries and their attributes
+/// sit in two vectors in the order series were first seen, which is the order exports visit
+/// them: no allocation per series, and lookups walk memory in order.
+#[derive(Default)]
+pub struct SeriesCache {
+    pipeline: Option<Arc<Pipeline>>,
+    resource: Vec<KeyValue>,
+    scope: InstrumentationScope,
+    /// Indices into `entries`, by hash.
+    table: HashTable<u32>,
+    entries: Vec<Entry>,
+    attrs: Vec<(Key, AttrValue)>,
+    hasher: DefaultHashBuilder,
+    epoch: u64,
+    /// The entry after the last one found.
+    next: usize,
+}
+
+fn range(r: &Range<u32>) -> Range<usize> {
+    r.start as usize..r.end as usize
+}
+
+impl SeriesCache {
+    /// Starts an export with pipeline `p`, the resource's attributes and the scope as the
+    /// resource and scope statements left them: the cache empties when any of them differs from
+    /// the previous export's.
+    pub fn begin(
+        &mut self,
+        p: &Arc<Pipeline>,
+        resource: &[KeyValue],
+        scope: &InstrumentationScope,
+    ) {
+        let same = self.pipeline.as_ref().is_some_and(|q| Arc::ptr_eq(p, q))
+            && self.resource == resource
+            && self.scope == *scope;
+        if !same {
+            self.table = HashTable::new();
+            self.entries = Vec::new();
+            self.attrs = Vec::new();
+            self.pipeline = Some(p.clone());
+            self.resource = resource.to_vec();
+            self.scope = scope.clone();
+        }
+        self.epoch += 1;
+        self.next = 0;
+    }
+
+    /// Ends an export: series it did not see are dropped, the others moved down in place (the
+    /// vectors keep their memory: no fresh pages while series come and go).
+    pub fn end(&mut self) {
+        let epoch = self.epoch;
+        if self.entries.iter().all(|e| e.seen == epoch) {
+            return;
+        }
+        // Ranges are in ascending order, so the write position never passes the read one.
+        let mut w = 0usize;
+        let mut kept = 0usize;
+        for i in 0..self.entries.len() {
+            if self.entries[i].seen != epoch {
+                continue;
+            }
+            let mut moved = |r: &Range<u32>| {
+                let start = w;
+                for j in range(r) {
+                    self.attrs.swap(w, j);
+                    w += 1;
+                }
+                start as u32..w as u32
+            };
+            let input = moved(&self.entries[i].input);
+            let output = self.entries[i].output.clone().map(|o| moved(&o));
+            let e = &mut self.entries[i];
+            e.input = input;
+            e.output = output;
+            self.entries.swap(kept, i);
+            kept += 1;
+        }
+        self.attrs.truncate(w);
+        self.entries.truncate(kept);
+        self.table.clear();
+        for (i, e) in self.entries.iter().enumerate() {
+            let entries = &self.entries;
+            self.table
+                .insert_unique(e.hash, i as u32, |&j| entries[j as usize].hash);
+        }
+    }
+
+    /// The key hash of a series (its metric's name and its attributes in order).
+    pub fn hash(&self, desc: &Desc, labels: &[(Key, AttrValue)]) -> u64 {
+        self.hasher.hash_one((desc.name, labels))
+    }
+
+    /// The outcome of the series if kept, else its key hash (for [`Self::insert`]). The entry
+    /// after the last one found is tried first (exports visit series in the order they were
+    /// kept): an in-order hit costs one comparison and no hash.
+    pub fn get(&mut self, desc: &Desc, labels: &[(Key, AttrValue)]) -> Result<Hit<'_>, u64> {
+        let same = |e: &Entry, attrs: &[(Key, AttrValue)]| {
+            e.desc == *desc && attrs[range(&e.input)] == *labels
+        };
+        let i = match self.entries.get(self.next) {
+            Some(e) if same(e, &self.attrs) => self.next,
+            _ => {
+                let hash = self.hash(desc, labels);
+                let (entries, attrs) = (&self.entries, &self.attrs);
+                match self.table.find(hash, |&i| {
+                    let e = &entries[i as usize];
+                    e.hash == hash && same(e, attrs)
+                }) {
+                    Some(&i) => i as usize,
+                    None => return Err(hash),
+                }
+            }
+        };
+        self.next = i + 1;
+        let e = &mut self.entries[i];
+        e.seen = self.epoch;
+        Ok(match &e.output {
+            None => Hit::Dropped,
+            Some(o) => Hit::Kept(&self.attrs[range(o)], e.touched),
+        })
+    }
+
+    /// Keeps the outcome of a series that [`Self::get`] did not find, unless full: `output`
+    /// `None` when a filter dropped it.
+    pub fn insert(
+        &mut self,
+        hash: u64,
+        desc: &Desc,
+        input: &[(Key, AttrValue)],
+        output: Option<&[(Key, AttrValue)]>,
+        touched: bool,
+    ) {
+        let size = input.len() + output.map_or(0, <[_]>::len);
+        if self.entries.len() >= CAPACITY || self.attrs.len() + size > MAX_ATTRS {
+            return;
+        }
+        self.push(hash, desc.clone(), input, output, touched);
+    }
+
+    fn push(
+        &mut self,
+        hash: u64,
+        desc: Desc,
+        input: &[(Key, AttrValue)],
+        output: Option<&[(Key, AttrValue)]>,
+        touched: bool,
+    ) {
+        let mut put = |a: &[(Key, AttrValue)]| {
+            let start = self.attrs.len() as u32;
+            self.attrs.extend_from_slice(a);
+            start..self.attrs.len() as u32
+        };
+        let input = put(input);
+        let output = output.map(put);
+        let i = self.entries.len() as u32;
+        self.entries.push(Entry {
+            hash,
+            desc,
+            input,
+            output,
+            touched,
+            seen: self.epoch,
+        });
+        let entries = &self.entries;
+        self.table
+            .insert_unique(hash, i, |&j| entries[j as usize].hash);
+    }
+
+    /// Series held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use opentelemetry_proto::tonic::{common::v1::AnyValue, resource::v1::Resource};
+
+    use super::*;
+    use crate::{
+        metrics::model::{attr, Batch, Family, Histogram, Kind, Point, Value},
+        transform::{
+            metrics::MetricsView, Consumer, FilterConfig, Pipeline, TransformConfig, Transformer,
+        },
+    };
+
+    const ERRORS: Desc = Desc {
+        name: "process.syscall.errors",
+        unit: "{error}",
+        help: "h",
+        kind: Kind::Counter,
+    };
+    const DURATION: Desc = Desc {
+        name: "process.syscall.duration",
+        unit: "s",
+        help: "h",
+        kind: Kind::Histogram,
+    };
+
+    fn t0(s: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(s)
+    }
+
+    /// `n` series per family; values grow with `export`; series `gone` is absent.
+    fn input(n: usize, export: u64, gone: Option<usize>) -> Vec<Arc<Batch>> {
+        let labels = |i: usize| {
+            vec![
+                attr("syscall.name", ["read", "write"][i % 2]),
+                attr("process.pid", (100 + i / 2) as i64),
+                attr("process.executable.name", format!("exe-{}", i / 4)),
+                attr("container.id", format!("{:064x}", i / 3)),
+                attr("host.cpu", (i % 2) as i64),
+            ]
+        };
+        let live = |i: &usize| Some(*i) != gone;
+        let counters = (0..n)
+            .filter(live)
+            .map(|i| Point {
+                labels: labels(i),
+                value: Value::Counter((i as u64 * 10 + export) as f64),
+                start_time: t0(1),
+            })
+            .collect();
+        let hists = (0..n)
+            .filter(live)
+            .map(|i| Point {
+                labels: labels(i),
+                value: Value::Histogram(Histogram {
+                    bounds: vec![1.0, 2.0].into(),
+                    bucket_counts: vec![export, i as u64, 1],
+                    sum: 1.5,
+                    count: export + i as u64 + 1,
+                }),
+                start_time: t0(1),
+            })
+            .collect();
+        vec![Arc::new(Batch {
+            source: "t".into(),
+            time: t0(0),
+            families: vec![
+                Family {
+                    desc: ERRORS,
+                    points: counters,
+                },
+                Family {
+                    desc: DURATION,
+                    points: hists,
+                },
+            ],
+        })]
+    }
+
+    fn pipeline(statements: &str, filters: &str) -> Pipeline {
+        let t: TransformConfig = serde_yaml_ng::from_str(statements).unwrap();
+        let f: FilterConfig = serde_yaml_ng::from_str(filters).unwrap();
+        Pipeline::compile(&t, &f).unwrap()
+    }
+
+    /// The bench's five statements, a metric rename read by a later data point group, a
+    /// resource attribute copied onto points, and a data point filter.
+    const STATEMENTS: &str = r#"
+metric_statements:
+  - context: datapoint
+    statements:
+      - set(attributes["process.executable.name"], SHA256(attributes["process.executable.name"])) where attributes["process.executable.name"] == "exe-1"
+      - delete_key(attributes, "host.cpu")
+      - keep_keys(attributes, ["syscall.name", "process.pid", "process.executable.name", "container.id"])
+      - replace_pattern(attributes["container.id"], "^([0-9a-f]{12})[0-9a-f]+$", "$1")
+      - limit(attributes, 4, ["process.pid"])
+  - context: metric
+    statements:
+      - set(name, "renamed.errors") where name == "process.syscall.errors"
+  - context: datapoint
+    statements:
+      - set(attributes["metric"], metric.name)
+      - set(attributes["env"], resource.attributes["deployment.environment"])
+      - delete_key(attributes, "process.pid") where attributes["syscall.name"] == "write"
+"#;
+    const FILTERS: &str = "metrics:\n  datapoint:\n    - attributes[\"process.pid\"] == 101\n";
+
+    fn resource(env: &str) -> Resource {
+        Resource {
+            attributes: vec![KeyValue {
+                key: "deployment.environment".into(),
+                value: Some(AnyValue {
+                    value: Some(
+                        opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(
+                            env.into(),
+                        ),
+                    ),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn view(t: &Transformer, b: &[Arc<Batch>], res: &Resource, at: u64) -> Vec<Family> {
+        let v: MetricsView = t
+            .metrics(Consumer::Export, || b.to_vec(), res, t0(at))
+            .unwrap();
+        v.batches.iter().flat_map(|b| b.families.clone()).collect()
+    }
+
+    fn cached_len(t: &Transformer) -> usize {
+        t.cache[Consumer::Export as usize].lock().unwrap().len()
+    }
+
+    #[test]
+    fn cached_views_equal_uncached_ones_across_exports() {
+        let cached = Transformer::new(pipeline(STATEMENTS, FILTERS));
+        let plain = Transformer::uncached(pipeline(STATEMENTS, FILTERS));
+        assert!(cached.pipeline().points_per_series);
+        let res = resource("prod");
+        for (k, gone) in [None, None, Some(5), None, Some(0)].into_iter().enumerate() {
+            let b = input(40, k as u64, gone);
+            let a = view(&cached, &b, &res, 10 + k as u64);
+            assert_eq!(a, view(&plain, &b, &res, 10 + k as u64), "export {k}");
+            // Merged (pid deleted on writes), filtered, renamed, hashed: the statements ran.
+            assert_eq!(a[0].desc.name, "renamed.errors");
+            assert!(a[0].points.len() < 39, "{}", a[0].points.len());
+            assert!(a[0].points.iter().all(|p| {
+                crate::metrics::model::get(&p.labels, "metric") == Some(&"renamed.errors".into())
+            }));
+        }
+        assert_eq!(cached.counts(), plain.counts());
+        assert!(cached.counts()["metrics"].dropped > 0);
+        // Every live series kept (40 inputs per family, one absent in the last export), the
+        // absent one dropped after it.
+        assert_eq!(cached_len(&cached), 2 * 39);
+    }
+
+    #[test]
+    fn reload_and_a_changed_resource_empty_the_cache() {
+        let set = |v: &str| {
+            pipeline(
+                &format!("metric_statements:\n  - context: datapoint\n    statements:\n      - set(attributes[\"v\"], \"{v}\")\n      - delete_key(attributes, \"host.cpu\")\n      - delete_key(attributes, \"x\")\n"),
+                "{}",
+            )
+        };
+        assert!(set("1").points_per_series);
+        // Fewer statements than CACHE_MIN: run every time.
+        assert!(!pipeline("metric_statements:\n  - context: datapoint\n    statements:\n      - delete_key(attributes, \"x\")\n", "{}").points_per_series);
+        let v_of = |f: &[Family]| crate::metrics::model::get(&f[0].points[0].labels, "v").cloned();
+        let t = Transformer::new(set("1"));
+        let b = input(4, 0, None);
+        let res = resource("prod");
+        assert_eq!(v_of(&view(&t, &b, &res, 1)), Some("1".into()));
+        assert_eq!(v_of(&view(&t, &b, &res, 2)), Some("1".into()));
+        t.set(set("2"));
+        assert_eq!(v_of(&view(&t, &b, &res, 3)), Some("2".into()));
+        // The resource a statement reads changed: recomputed.
+        let t = Transformer::new(pipeline(STATEMENTS, "{}"));
+        let env_of =
+            |f: &[Family]| crate::metrics::model::get(&f[0].points[0].labels, "env").cloned();
+        assert_eq!(env_of(&view(&t, &b, &res, 1)), Some("prod".into()));
+        assert_eq!(
+            env_of(&view(&t, &b, &resource("test"), 2)),
+            Some("test".into())
+        );
+        // A pipeline filled for another one is not used (a reload racing an export).
+        let mut c = SeriesCache::default();
+        let (p1, p2) = (Arc::new(set("1")), Arc::new(set("1")));
+        let scope = InstrumentationScope::default();
+        c.begin(&p1, &[], &scope);
+        let labels = vec![attr("a", "b")];
+        let h = c.hash(&ERRORS, &labels);
+        assert_eq!(c.get(&ERRORS, &labels), Err(h));
+        c.insert(h, &ERRORS, &labels, None, false);
+        assert_eq!(c.get(&ERRORS, &labels), Ok(Hit::Dropped));
+        c.begin(&p2, &[], &scope);
+        assert_eq!(c.get(&ERRORS, &labels), Err(h));
+    }
+
+    #[test]
+    fn the_bound_holds_and_series_beyond_it_are_still_transformed() {
+        let t = Transformer::new(pipeline(STATEMENTS, "{}"));
+        let plain = Transformer::uncached(pipeline(STATEMENTS, "{}"));
+        let n = CAPACITY / 2 + 100;
+        let b = input(n, 0, None);
+        let res = resource("prod");
+        for at in 1..3 {
+            assert_eq!(view(&t, &b, &res, at), view(&plain, &b, &res, at));
+            let c = t.cache[Consumer::Export as usize].lock().unwrap();
+            // Full: by series or by attributes (12 per series here: 5 in, 7 out).
+            assert!(c.len() <= CAPACITY && c.attrs.len() <= MAX_ATTRS);
+            assert!(c.len() == CAPACITY || c.attrs.len() + 12 > MAX_ATTRS);
+        }
+    }
+
+    #[test]
+    fn per_point_statements_and_failing_ones_are_not_kept() {
+        let value = "metric_statements:\n  - context: datapoint\n    statements:\n      - set(attributes[\"big\"], true) where value_double > 15.0\n      - delete_key(attributes, \"a\")\n      - delete_key(attributes, \"b\")\n";
+        assert!(!pipeline(value, "{}").points_per_series);
+        let start = "metric_statements:\n  - context: datapoint\n    statements:\n      - set(start_time_unix_nano, 5)\n      - delete_key(attributes, \"a\")\n      - delete_key(attributes, \"b\")\n";
+        assert!(!pipeline(start, "{}").points_per_series);
+        let time = "metrics:\n  datapoint:\n    - time_unix_nano > 0\n    - attributes[\"a\"] == \"b\"\n    - attributes[\"a\"] == \"c\"\n";
+        assert!(!pipeline("{}", time).points_per_series);
+        let t = Transformer::new(pipeline(value, "{}"));
+        let res = resource("prod");
+        let big = |f: &[Family]| {
+            f[0].points
+                .iter()
+                .filter(|p| crate::metrics::model::get(&p.labels, "big").is_some())
+                .count()
+        };
+        // Values 0 and 10 at export 0, 6 and 16 at export 6: one above 15.
+        assert_eq!(big(&view(&t, &input(2, 0, None), &res, 1)), 0);
+        assert_eq!(big(&view(&t, &input(2, 6, None), &res, 2)), 1);
+        assert_eq!(cached_len(&t), 0);
+        // An error (SHA256 of a missing attribute) is counted every export, never cached.
+        let failing = "metric_statements:\n  - context: datapoint\n    statements:\n      - set(attributes[\"h\"], SHA256(attributes[\"missing\"]))\n      - delete_key(attributes, \"a\")\n      - delete_key(attributes, \"b\")\n";
+        let t = Transformer::new(pipeline(failing, "{}"));
+        assert!(t.pipeline().points_per_series);
+        let b = input(2, 0, None);
+        view(&t, &b, &res, 1);
+        view(&t, &b, &res, 2);
+        assert_eq!(t.counts()["metrics"].errors, 8);
+        assert_eq!(cached_len(&t), 0);
+    }
+}
