@@ -230,34 +230,19 @@ impl SeriesCache {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
     use opentelemetry_proto::tonic::{common::v1::AnyValue, resource::v1::Resource};
 
     use super::*;
     use crate::{
-        metrics::model::{attr, Batch, Family, Histogram, Kind, Point, Value},
+        metrics::model::{attr, Batch, Family, Histogram, Point, Value},
         transform::{
-            metrics::MetricsView, Consumer, FilterConfig, Pipeline, TransformConfig, Transformer,
+            metrics::{
+                tests::{t0, DURATION, ERRORS},
+                MetricsView,
+            },
+            Consumer, FilterConfig, Pipeline, TransformConfig, Transformer,
         },
     };
-
-    const ERRORS: Desc = Desc {
-        name: "process.syscall.errors",
-        unit: "{error}",
-        help: "h",
-        kind: Kind::Counter,
-    };
-    const DURATION: Desc = Desc {
-        name: "process.syscall.duration",
-        unit: "s",
-        help: "h",
-        kind: Kind::Histogram,
-    };
-
-    fn t0(s: u64) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(s)
-    }
 
     /// `n` series per family; values grow with `export`; series `gone` is absent.
     fn input(n: usize, export: u64, gone: Option<usize>) -> Vec<Arc<Batch>> {

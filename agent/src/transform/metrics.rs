@@ -288,7 +288,7 @@ fn point_groups(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::time::Duration;
 
     use super::*;
@@ -298,20 +298,21 @@ mod tests {
         transform::{FilterConfig, Pipeline, TransformConfig},
     };
 
-    const ERRORS: Desc = Desc {
+    // The families and the clock of the transform's tests (also `cache.rs`'s).
+    pub(in crate::transform) const ERRORS: Desc = Desc {
         name: "process.syscall.errors",
         unit: "{error}",
         help: "h",
         kind: Kind::Counter,
     };
-    const DURATION: Desc = Desc {
+    pub(in crate::transform) const DURATION: Desc = Desc {
         name: "process.syscall.duration",
         unit: "s",
         help: "h",
         kind: Kind::Histogram,
     };
 
-    fn t0(s: u64) -> SystemTime {
+    pub(in crate::transform) fn t0(s: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(s)
     }
 

@@ -850,25 +850,9 @@ mod tests {
     #[test]
     fn a_window_larger_than_the_cache_resolves_every_frame() {
         let _own = OWN_EXE.lock().unwrap_or_else(|e| e.into_inner());
-        let pid = std::process::id();
         let addr = marker_function_for_symbolization as *const () as u64;
-        let mut raw = RawProfile::new(0);
         // Eight distinct offsets in one function, leaf first: more than the cache holds.
-        raw.add(
-            RawStack {
-                tgid: pid,
-                tid: pid,
-                cgroup_id: 0,
-                incarnation: 1,
-                comm: [0; 16],
-                user: Arc::from((1..=8).map(|i| addr + i).collect::<Vec<_>>()),
-                kernel: Arc::from(&[][..]),
-                user_lost: false,
-                kernel_lost: false,
-                folded: false,
-            },
-            1,
-        );
+        let raw = window_of((1..=8).map(|i| addr + i).collect());
         let mut s = Symbolizer::new(4, false);
         let p = s.symbolize(&raw, &mut ProcMaps::new(4), None, 1, "h", false);
         let frames = &p.processes[0].samples[0].frames;
@@ -881,8 +865,8 @@ mod tests {
         }
     }
 
-    /// A window of one sample at `addr` (a new address each call misses the symbol cache).
-    fn window_at(addr: u64) -> RawProfile {
+    /// A window of one sample of this process with user stack `user`, leaf first.
+    fn window_of(user: Vec<u64>) -> RawProfile {
         let pid = std::process::id();
         let mut raw = RawProfile::new(0);
         raw.add(
@@ -892,7 +876,7 @@ mod tests {
                 cgroup_id: 0,
                 incarnation: 1,
                 comm: [0; 16],
-                user: Arc::from(vec![addr]),
+                user: Arc::from(user),
                 kernel: Arc::from(&[][..]),
                 user_lost: false,
                 kernel_lost: false,
@@ -939,7 +923,7 @@ mod tests {
         let mut s = Symbolizer::new(1024, false);
         {
             let mut procs = ProcMaps::new(4);
-            let p = s.symbolize(&window_at(addr), &mut procs, None, 1, "h", false);
+            let p = s.symbolize(&window_of(vec![addr]), &mut procs, None, 1, "h", false);
             assert!(p.processes[0].samples[0].frames[0]
                 .name()
                 .contains("marker_function_for_symbolization"));
@@ -953,7 +937,7 @@ mod tests {
         assert_eq!(whole_file_rss_kib(&me), Some(0));
         assert!(s.parsed_bytes() > 0);
         let p = s.symbolize(
-            &window_at(addr + 1),
+            &window_of(vec![addr + 1]),
             &mut ProcMaps::new(4),
             None,
             1,
@@ -967,7 +951,7 @@ mod tests {
         // Over the byte budget: dropped after its window, parsed again when next needed.
         let mut s = s.max_parsed_bytes(0);
         s.symbolize(
-            &window_at(addr + 2),
+            &window_of(vec![addr + 2]),
             &mut ProcMaps::new(4),
             None,
             1,
@@ -976,7 +960,7 @@ mod tests {
         );
         assert_eq!((s.parsed_files(), s.stats.files_evicted), (0, 1));
         s.symbolize(
-            &window_at(addr + 3),
+            &window_of(vec![addr + 3]),
             &mut ProcMaps::new(4),
             None,
             1,
