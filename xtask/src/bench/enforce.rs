@@ -198,17 +198,12 @@ fn print_condition(nice: i32, taken: &[Taken]) {
         print!(" {st:>15}");
     }
     println!();
-    let all = sorted(taken.iter().map(|t| t.latency).collect());
-    for (kind, _) in ACTIONS.iter().map(|(k, a)| (*k, *a)).chain([("all", "")]) {
+    for kind in ACTIONS.iter().map(|(k, _)| *k).chain(["all"]) {
         let of: Vec<&Taken> = taken
             .iter()
             .filter(|t| kind == "all" || t.rule == kind)
             .collect();
-        let l = if kind == "all" {
-            all.clone()
-        } else {
-            sorted(of.iter().map(|t| t.latency).collect())
-        };
+        let l = sorted(of.iter().map(|t| t.latency).collect());
         if l.is_empty() {
             println!("{kind:<12} {:>5} (no action taken)", 0);
             continue;
