@@ -160,6 +160,36 @@ fn systemd_unit_verifies_against_a_root_with_the_binary() {
     let _ = std::fs::remove_dir_all(bad);
 }
 
+/// Fills the image build context `ctx` with `agent`: the test binary without its debug
+/// sections (`objcopy --strip-debug`: ~250 MB of DWARF in a debug build, which the image
+/// layer would store twice and the container never reads), or the binary itself where
+/// binutils is missing.
+fn image_context(ctx: &Path) {
+    let dst = ctx.join("agent");
+    let stripped = Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(agent_bin())
+        .arg(&dst)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !stripped && std::fs::hard_link(agent_bin(), &dst).is_err() {
+        std::fs::copy(agent_bin(), &dst).unwrap();
+    }
+}
+
+/// Free bytes on the filesystem of `path`, for failure messages ("closed pipe" from a full
+/// image store says nothing on its own).
+fn free_space(path: &str) -> String {
+    let c = std::ffi::CString::new(path).unwrap();
+    // SAFETY: statvfs fills the struct we own from a NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return format!("unknown ({})", std::io::Error::last_os_error());
+    }
+    let free = st.f_bavail as u64 * st.f_frsize as u64;
+    format!("{} MiB", free >> 20)
+}
+
 /// The image as CI builds it (the Dockerfile's `prebuilt` stage around the binary this test
 /// run built) runs privileged under rootful podman with the host's pid namespace, cgroup
 /// hierarchy, tracefs and bpffs: `/readyz` answers and every probe is attached, with its
@@ -176,16 +206,23 @@ fn image_runs_privileged_with_probes_attached() {
     let _g = serial();
     let tag = format!("localhost/agent-deploy-test:{}", std::process::id());
     let ctx = tempdir();
-    if std::fs::hard_link(agent_bin(), ctx.join("agent")).is_err() {
-        std::fs::copy(agent_bin(), ctx.join("agent")).unwrap();
+    image_context(&ctx);
+    let build = Command::new("podman")
+        .args(["build", "--pull=never", "--isolation=chroot", "--quiet"])
+        .args(["--target", "prebuilt", "--tag", &tag, "--file"])
+        .arg(repo().join("deploy/Dockerfile"))
+        .arg(&ctx)
+        .output()
+        .expect("podman: cargo xtask setup --test-peers");
+    if !build.status.success() {
+        let _ = std::fs::remove_dir_all(&ctx);
+        panic!(
+            "podman build failed ({}); free space on the image store: {}\n{}",
+            build.status,
+            free_space("/var/lib/containers"),
+            String::from_utf8_lossy(&build.stderr)
+        );
     }
-    run_tool(
-        Command::new("podman")
-            .args(["build", "--pull=never", "--isolation=chroot", "--quiet"])
-            .args(["--target", "prebuilt", "--tag", &tag, "--file"])
-            .arg(repo().join("deploy/Dockerfile"))
-            .arg(&ctx),
-    );
     let name = format!("agent-deploy-test-{}", std::process::id());
     let port = free_port();
     let mut nofile = libc::rlimit {
