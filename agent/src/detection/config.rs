@@ -346,6 +346,15 @@ impl DetectionConfig {
             .collect()
     }
 
+    /// What detection needs from the deriver (`signals::Demand`): the watched signals and the
+    /// syscall numbers the watches name.
+    pub fn need(&self) -> crate::signals::Need {
+        crate::signals::Need {
+            syscalls: self.syscalls(),
+            signals: self.signals.iter().map(|Watch(s)| s.signal).collect(),
+        }
+    }
+
     /// The gate settings for `spec` (its threshold, else the section's).
     pub fn gate(&self, spec: &SignalSpec) -> GateParams {
         GateParams {

@@ -122,7 +122,7 @@ impl Detection {
         self.out.demand.set(
             NAME,
             if cfg.enabled {
-                cfg.syscalls()
+                cfg.need()
             } else {
                 Default::default()
             },

@@ -152,7 +152,7 @@ fn a_held_step_is_one_anomaly_put_out_everywhere() {
     let health = &out.state.components()[NAME];
     assert!(health.healthy && health.status == "running" && health.started.is_some());
     // No per-syscall watch: nothing asked of the deriver.
-    assert!(out.demand.union().is_empty());
+    assert!(out.demand.union().syscalls.is_empty());
 }
 
 #[test]
@@ -194,7 +194,7 @@ fn per_syscall_watches_ask_the_deriver_and_reloads_apply() {
         ),
         out.clone(),
     );
-    assert_eq!(out.demand.union(), [110].into());
+    assert_eq!(out.demand.union().syscalls, [110].into());
     let (all, getppid, read) = (key(9, None), key(9, Some(110)), key(9, Some(0)));
     for i in 0..12 {
         let samples = vec![
@@ -224,7 +224,7 @@ fn per_syscall_watches_ask_the_deriver_and_reloads_apply() {
 
     // Reload: the all-syscalls rate instead; the per-syscall demand goes.
     d.reconfigure(&parse("detection:\n  signals: [process.syscall.rate]\n"));
-    assert!(out.demand.union().is_empty());
+    assert!(out.demand.union().syscalls.is_empty());
     assert_eq!(out.state.detection().status.series, 0);
     // Off: nothing is scored, the gauge batch goes, health says so; the list stays.
     d.reconfigure(&parse("detection:\n  enabled: false\n"));

@@ -191,8 +191,17 @@ impl Engine {
             self.streaks.clear();
         }
         self.safety = Safety::new(&s.cfg.allowlist, &self.env.proc_root);
-        let demand = rules.iter().filter_map(|r| r.condition.syscall()).collect();
-        self.env.demand.set("enforcement", demand);
+        // Threshold rules read the deriver's signals; anomaly rules read detection's output
+        // (detection states its own need).
+        let need = crate::signals::Need {
+            syscalls: rules.iter().filter_map(|r| r.condition.syscall()).collect(),
+            signals: rules
+                .iter()
+                .filter(|r| matches!(r.condition, Condition::Threshold { .. }))
+                .map(|r| r.condition.signal())
+                .collect(),
+        };
+        self.env.demand.set("enforcement", need);
         let (enforcing, monitoring) = rules.iter().fold((0, 0), |(e, m), r| match r.mode {
             Mode::Enforce => (e + 1, m),
             Mode::Monitor => (e, m + 1),

@@ -4,8 +4,9 @@
 //! Invariants: rates divide by the time measured between the two kernel reads that bound the
 //! interval, not the nominal interval; ratios and means are left out when their denominator is
 //! zero (no calls: no error ratio); CPU and memory come from `/proc` for the incarnations active
-//! in the interval, and a CPU rate needs two reads of the same incarnation (a reused pid starts
-//! over); an incarnation that ended is reported in `ended` and sampled no more (an exit is not
+//! in the interval, and only while a consumer needs them (`Need`: the decision path does not
+//! wait for `/proc` reads nobody uses); a CPU rate needs two reads of the same incarnation (a
+//! reused pid starts over); an incarnation that ended is reported in `ended` and sampled no more (an exit is not
 //! an anomaly). Network signals come from the network probe's per-process increments: failures
 //! per measured second, retransmitted / sent segments, mean handshake time; CPU and memory only
 //! with syscall activity (every process that uses the network makes syscalls). Memory: one entry per live incarnation read, dropped when it ends or goes
@@ -20,6 +21,7 @@ use std::{
 use super::{
     activity::{Activity, ActivityBatch, NetworkDelta, ProcessRef},
     names::Signal,
+    Need,
 };
 
 /// What a signal value belongs to.
@@ -63,7 +65,8 @@ pub trait ProcSource {
     fn rss_bytes(&self, pid: u32) -> Option<u64>;
 }
 
-/// `/proc/<pid>/stat` (utime + stime of every thread) and `/proc/<pid>/statm` through procfs.
+/// `/proc/<pid>/stat` (utime + stime of every thread) and `/proc/<pid>/statm` through procfs,
+/// one `open(2)` each (procfs-core's `FromRead`, without a `/proc/<pid>` directory handle).
 pub struct Procfs {
     ticks_per_second: u64,
     page_size: u64,
@@ -79,19 +82,16 @@ impl Default for Procfs {
 }
 
 impl ProcSource for Procfs {
+    // procfs-core's parsers (`FromRead`) on one file each.
     fn cpu_ns(&self, pid: u32) -> Option<u64> {
-        let st = procfs::process::Process::new(pid as i32)
-            .ok()?
-            .stat()
-            .ok()?;
+        use procfs::FromRead;
+        let st = procfs::process::Stat::from_file(format!("/proc/{pid}/stat")).ok()?;
         Some((st.utime + st.stime) * 1_000_000_000 / self.ticks_per_second)
     }
 
     fn rss_bytes(&self, pid: u32) -> Option<u64> {
-        let m = procfs::process::Process::new(pid as i32)
-            .ok()?
-            .statm()
-            .ok()?;
+        use procfs::FromRead;
+        let m = procfs::process::StatM::from_file(format!("/proc/{pid}/statm")).ok()?;
         Some(m.resident * self.page_size)
     }
 }
@@ -108,6 +108,9 @@ struct CpuLast {
 pub struct Deriver<P: ProcSource = Procfs> {
     /// Syscalls for which per-syscall samples are made (watches and rules name them).
     demand: BTreeSet<u32>,
+    /// Whether CPU utilization and memory are read from `/proc`.
+    cpu: bool,
+    memory: bool,
     procs: P,
     cpus: f64,
     cpu_last: HashMap<(u32, u64), CpuLast>,
@@ -130,6 +133,8 @@ impl<P: ProcSource> Deriver<P> {
     pub fn with_source(procs: P) -> Self {
         Deriver {
             demand: BTreeSet::new(),
+            cpu: true,
+            memory: true,
             procs,
             cpus: std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -139,10 +144,18 @@ impl<P: ProcSource> Deriver<P> {
         }
     }
 
-    /// Per-syscall samples are made for these syscall numbers (the union of what detection
-    /// watches and enforcement rules name).
-    pub fn set_demand(&mut self, syscalls: BTreeSet<u32>) {
-        self.demand = syscalls;
+    /// What to make: per-syscall samples for `need.syscalls` (the union of what detection
+    /// watches and enforcement rules name), and CPU and memory only when some consumer reads
+    /// them. Until the first call (a deriver of its own, in tests and tools), everything.
+    pub fn set_demand(&mut self, need: &Need) {
+        if self.demand != need.syscalls {
+            self.demand = need.syscalls.clone();
+        }
+        self.cpu = need.wants(Signal::CpuUtilization);
+        self.memory = need.wants(Signal::MemoryUsage);
+        if !self.cpu {
+            self.cpu_last.clear();
+        }
     }
 
     /// Incarnations whose CPU reading is kept (for `/status`).
@@ -217,7 +230,7 @@ impl<P: ProcSource> Deriver<P> {
     /// CPU utilization (from the second read of an incarnation on) and memory.
     fn proc_signals(&mut self, out: &mut Vec<SignalSample>, key: &Arc<SignalKey>, at: SystemTime) {
         let p = &key.process;
-        if let Some(cpu) = self.procs.cpu_ns(p.pid) {
+        if let Some(cpu) = self.cpu.then(|| self.procs.cpu_ns(p.pid)).flatten() {
             let id = (p.pid, p.gen);
             if let Some(last) = self.cpu_last.get(&id) {
                 let dt = at.duration_since(last.at).unwrap_or_default().as_secs_f64();
@@ -238,7 +251,7 @@ impl<P: ProcSource> Deriver<P> {
                 },
             );
         }
-        if let Some(rss) = self.procs.rss_bytes(p.pid) {
+        if let Some(rss) = self.memory.then(|| self.procs.rss_bytes(p.pid)).flatten() {
             out.push(SignalSample {
                 signal: Signal::MemoryUsage,
                 key: key.clone(),
@@ -405,7 +418,10 @@ mod tests {
         let fake = Fake::default();
         let mut d = Deriver::with_source(&fake);
         d.cpus = 2.0;
-        d.set_demand([110].into());
+        d.set_demand(&Need {
+            syscalls: [110].into(),
+            signals: [Signal::CpuUtilization].into(),
+        });
         fake.cpu.borrow_mut().insert(7, 5_000_000_000);
         let b = d.derive(&batch(10, 1000, vec![act(7, 1, 500, 0, false)]));
         assert_eq!(value(&b, Signal::SyscallRate, Some(110)), Some(500.0));
@@ -417,6 +433,59 @@ mod tests {
         // The pid reused by another incarnation starts over.
         let b = d.derive(&batch(12, 1000, vec![act(7, 2, 500, 0, false)]));
         assert_eq!(value(&b, Signal::CpuUtilization, None), None);
+    }
+
+    /// Counts `/proc` reads by kind.
+    #[derive(Default)]
+    struct Counting {
+        cpu: std::cell::Cell<u32>,
+        rss: std::cell::Cell<u32>,
+    }
+
+    impl ProcSource for &Counting {
+        fn cpu_ns(&self, _: u32) -> Option<u64> {
+            self.cpu.set(self.cpu.get() + 1);
+            Some(1)
+        }
+        fn rss_bytes(&self, _: u32) -> Option<u64> {
+            self.rss.set(self.rss.get() + 1);
+            Some(4096)
+        }
+    }
+
+    #[test]
+    fn proc_is_read_only_for_signals_a_consumer_needs() {
+        let c = Counting::default();
+        let mut d = Deriver::with_source(&c);
+        let three = || {
+            (1..=3)
+                .map(|pid| act(pid, 1, 10, 0, false))
+                .collect::<Vec<_>>()
+        };
+        // No consumer needs CPU or memory: no read, no sample, syscall signals unchanged.
+        d.set_demand(&Need::default());
+        let b = d.derive(&batch(10, 1000, three()));
+        assert_eq!((c.cpu.get(), c.rss.get()), (0, 0));
+        assert_eq!(value(&b, Signal::MemoryUsage, None), None);
+        assert_eq!(value(&b, Signal::SyscallRate, None), Some(10.0));
+        // Memory only: one read per active process.
+        d.set_demand(&Need {
+            signals: [Signal::MemoryUsage].into(),
+            ..Need::default()
+        });
+        let b = d.derive(&batch(11, 1000, three()));
+        assert_eq!((c.cpu.get(), c.rss.get()), (0, 3));
+        assert_eq!(value(&b, Signal::MemoryUsage, None), Some(4096.0));
+        // CPU too; when it is no longer needed its readings are dropped.
+        d.set_demand(&Need {
+            signals: [Signal::CpuUtilization, Signal::MemoryUsage].into(),
+            ..Need::default()
+        });
+        d.derive(&batch(12, 1000, three()));
+        assert_eq!((c.cpu.get(), c.rss.get()), (3, 6));
+        assert_eq!(d.tracked(), 3);
+        d.set_demand(&Need::default());
+        assert_eq!(d.tracked(), 0);
     }
 
     fn net(pid: u32, delta: NetworkDelta, ended: bool) -> NetworkActivity {

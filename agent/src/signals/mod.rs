@@ -82,30 +82,45 @@ impl SignalHub {
     }
 }
 
-/// Which syscalls need per-syscall signals, per consumer (`detection`, `enforcement`): each
-/// engine sets its own set on (re)configuration; the deriver makes samples for the union.
+/// What one consumer needs from the deriver: the syscall numbers that need per-syscall signals,
+/// and the signals it reads (the deriver reads `/proc` only for CPU and memory someone needs).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Need {
+    pub syscalls: BTreeSet<u32>,
+    pub signals: BTreeSet<Signal>,
+}
+
+impl Need {
+    /// Whether some consumer reads `signal`.
+    pub fn wants(&self, signal: Signal) -> bool {
+        self.signals.contains(&signal)
+    }
+}
+
+/// What the deriver must make, per consumer (`detection`, `enforcement`): each engine sets its
+/// own [`Need`] on (re)configuration; the deriver makes samples for the union.
 #[derive(Clone, Default)]
 pub struct Demand {
-    inner: Arc<std::sync::RwLock<std::collections::BTreeMap<&'static str, BTreeSet<u32>>>>,
+    inner: Arc<std::sync::RwLock<std::collections::BTreeMap<&'static str, Need>>>,
 }
 
 impl Demand {
-    pub fn set(&self, consumer: &'static str, syscalls: BTreeSet<u32>) {
+    pub fn set(&self, consumer: &'static str, need: Need) {
         self.inner
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(consumer, syscalls);
+            .insert(consumer, need);
     }
 
-    /// Every syscall some consumer wants.
-    pub fn union(&self) -> BTreeSet<u32> {
-        self.inner
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .flatten()
-            .copied()
-            .collect()
+    /// Every syscall and signal some consumer wants.
+    pub fn union(&self) -> Need {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let mut all = Need::default();
+        for n in inner.values() {
+            all.syscalls.extend(n.syscalls.iter().copied());
+            all.signals.extend(n.signals.iter().copied());
+        }
+        all
     }
 }
 
@@ -118,7 +133,7 @@ pub async fn run_deriver(activity: ActivityHub, signals: SignalHub, demand: Dema
     loop {
         match rx.recv().await {
             Ok(batch) => {
-                d.set_demand(demand.union());
+                d.set_demand(&demand.union());
                 // /proc reads: off the async workers' cooperative budget.
                 let out = tokio::task::block_in_place(|| d.derive(&batch));
                 signals.publish(out);
