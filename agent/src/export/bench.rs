@@ -92,7 +92,7 @@ fn synthetic_ids(series: usize, per_id: usize) -> Arc<Batch> {
             labels: labels.clone(),
             value: Value::Histogram(Histogram {
                 bounds: bounds.clone(),
-                bucket_counts: counts,
+                bucket_counts: counts.into(),
                 sum: count as f64 * 3e-6,
                 count,
             }),
@@ -211,7 +211,8 @@ pub const TRANSFORM_STATEMENTS: [&str; 5] = [
 pub struct TransformReport {
     /// (condition, ns per point of each round): `encode` (the raw snapshot to OTLP),
     /// `transform` (the five statements; after the first export every series' outcome comes
-    /// from the per-series cache, `transform/cache.rs`), `transform uncached` (the same with
+    /// from the per-series cache, `transform/cache.rs`, and each view is handed back as the
+    /// exporter does, `Transformer::recycle`), `transform uncached` (the same with
     /// that cache off: the statements run on every point), `transform+encode`, `copy` (a
     /// statement that never applies: the view's copy alone), each statement alone
     /// (`s1`..`s5`: too few for the cache, `transform::config::CACHE_MIN`), and the worst case: `transform cold` and `s4 cold`, a fresh
@@ -241,11 +242,12 @@ fn pipeline_of(statements: &[&str]) -> Result<crate::transform::Pipeline, String
 
 /// `rounds` rounds over `exports` exports of `series` histogram series plus as many counters;
 /// every round times each condition once, in an order rotated every round. CPU time of this
-/// thread (`CLOCK_THREAD_CPUTIME_ID`).
+/// thread (`CLOCK_THREAD_CPUTIME_ID`). `only`: the conditions to run by name (empty: all).
 pub fn transform_bench(
     series: usize,
     rounds: usize,
     exports: usize,
+    only: &[String],
 ) -> Result<TransformReport, String> {
     let export = crate::transform::Consumer::Export;
     let all = transformer_of(&TRANSFORM_STATEMENTS)?;
@@ -281,6 +283,12 @@ pub fn transform_bench(
     const ALL: &[&str] = &TRANSFORM_STATEMENTS;
     conds.push(("transform cold".into(), None, false, Some(ALL)));
     conds.push(("s4 cold".into(), None, false, Some(&ALL[3..4])));
+    if !only.is_empty() {
+        conds.retain(|c| only.contains(&c.0));
+        if conds.is_empty() {
+            return Err(format!("no transform bench condition named {only:?}"));
+        }
+    }
     let batches = vec![synthetic(series)];
     let distinct = vec![synthetic_ids(series, 1)];
     let points = series * 2;
@@ -338,6 +346,11 @@ pub fn transform_bench(
                             std::hint::black_box(enc.encode(&v.batches, &v.resource, now));
                         }
                         std::hint::black_box(&v.batches);
+                        // As the exporter does once a view is encoded; a cold pipeline is
+                        // not used again (a reload drops its spares with its cache).
+                        if cold.is_none() {
+                            tr.recycle(export, v);
+                        }
                     }
                 }
             }
