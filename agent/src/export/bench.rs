@@ -217,7 +217,9 @@ pub struct TransformReport {
     /// statement that never applies: the view's copy alone), each statement alone
     /// (`s1`..`s5`: too few for the cache, `transform::config::CACHE_MIN`), and the worst case: `transform cold` and `s4 cold`, a fresh
     /// pipeline for every export (empty per-series cache and memos) on series whose container
-    /// ids are all distinct.
+    /// ids are all distinct, and `transform reload`: the same on one transformer whose
+    /// pipeline is replaced before every export (`Transformer::set`, as a config reload: the
+    /// cache starts over in the memory of its previous fill).
     pub conditions: Vec<(String, Vec<f64>)>,
     pub points_per_export: usize,
 }
@@ -283,6 +285,9 @@ pub fn transform_bench(
     const ALL: &[&str] = &TRANSFORM_STATEMENTS;
     conds.push(("transform cold".into(), None, false, Some(ALL)));
     conds.push(("s4 cold".into(), None, false, Some(&ALL[3..4])));
+    // One transformer, a fresh pipeline set before every export (a reload every export).
+    let reloaded = transformer_of(ALL)?;
+    conds.push(("transform reload".into(), Some(reloaded), false, None));
     if !only.is_empty() {
         conds.retain(|c| only.contains(&c.0));
         if conds.is_empty() {
@@ -323,14 +328,25 @@ pub fn transform_bench(
     for round in 0..rounds {
         for k in 0..conds.len() {
             let c = (k + round) % conds.len();
-            let (_, tr, encode, cold) = &conds[c];
+            let (name, tr, encode, cold) = &conds[c];
+            let reload = name == "transform reload";
+            let mut pipelines = Vec::new();
+            if reload {
+                for _ in 0..exports {
+                    pipelines.push(pipeline_of(ALL)?);
+                }
+            }
             let fresh = match cold {
                 Some(st) => (0..exports)
                     .map(|_| transformer_of(st).map(Some))
                     .collect::<Result<Vec<_>, _>>()?,
                 None => vec![tr.clone(); exports],
             };
-            let input = if cold.is_some() { &distinct } else { &batches };
+            let input = if cold.is_some() || reload {
+                &distinct
+            } else {
+                &batches
+            };
             let t0 = cpu();
             for tr in &fresh {
                 let now = SystemTime::now();
@@ -339,6 +355,9 @@ pub fn transform_bench(
                         std::hint::black_box(enc.encode(input, &res, now));
                     }
                     Some(tr) => {
+                        if let Some(p) = pipelines.pop() {
+                            tr.set(p);
+                        }
                         let v = tr
                             .metrics(export, || input.clone(), &res, now)
                             .map_err(|e| e.to_string())?;

@@ -117,16 +117,28 @@ impl SeriesCache {
             && self.resource == resource
             && self.scope == *scope;
         if !same {
+            // Emptied in place: the memory of the previous fill (a reload's) is filled again
+            // instead of fresh pages.
+            self.reset();
             let n = points.min(CAPACITY);
-            self.table = HashTable::with_capacity(n);
-            self.entries = Vec::with_capacity(n);
-            self.attrs = Vec::new();
+            let entries = &self.entries;
+            self.table.reserve(n, |&j| entries[j as usize].hash);
+            self.entries.reserve(n);
             self.pipeline = Some(p.clone());
             self.resource = resource.to_vec();
             self.scope = scope.clone();
         }
         self.epoch += 1;
         self.next = 0;
+    }
+
+    /// Forgets every outcome and spare (a reload), keeping the memory for the next fill.
+    pub fn reset(&mut self) {
+        self.pipeline = None;
+        self.table.clear();
+        self.entries.clear();
+        self.attrs.clear();
+        self.spare.clear();
     }
 
     /// Ends an export: series it did not see are dropped, the others moved down in place (the
@@ -488,8 +500,18 @@ metric_statements:
         let res = resource("prod");
         assert_eq!(v_of(&view(&t, &b, &res, 1)), Some("1".into()));
         assert_eq!(v_of(&view(&t, &b, &res, 2)), Some("1".into()));
+        let capacity = |t: &Transformer| {
+            let c = t.cache[Consumer::Export as usize].lock().unwrap();
+            (c.entries.capacity(), c.attrs.capacity())
+        };
+        let filled = capacity(&t);
         t.set(set("2"));
+        // Emptied, its memory kept for the next fill.
+        assert_eq!(cached_len(&t), 0);
+        assert_eq!(capacity(&t), filled);
         assert_eq!(v_of(&view(&t, &b, &res, 3)), Some("2".into()));
+        assert_eq!(cached_len(&t), 8);
+        assert_eq!(capacity(&t), filled);
         // The resource a statement reads changed: recomputed.
         let t = Transformer::new(pipeline(STATEMENTS, "{}"));
         let env_of =
