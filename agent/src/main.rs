@@ -140,6 +140,10 @@ enum Command {
         /// by side (`--url` is not used).
         #[arg(long)]
         transform: bool,
+        /// With `--transform`: only the conditions named (e.g. `--only "transform cold"`, for a
+        /// profiler); all by default.
+        #[arg(long)]
+        only: Vec<String>,
     },
 }
 
@@ -161,9 +165,9 @@ enum ConfigAction {
 
 /// `agent export-bench --transform`: prints the statements, then the median CPU ns per data
 /// point of each condition with the range over rounds, and transform / encode per round.
-fn transform_bench(series: usize) -> anyhow::Result<ExitCode> {
+fn transform_bench(series: usize, only: &[String]) -> anyhow::Result<ExitCode> {
     let rounds = 9;
-    let r = agent::export::bench::transform_bench(series, rounds, 10)
+    let r = agent::export::bench::transform_bench(series, rounds, 10, only)
         .map_err(|e| anyhow::anyhow!(e))?;
     for (k, s) in agent::export::bench::TRANSFORM_STATEMENTS
         .iter()
@@ -221,9 +225,10 @@ fn real_main() -> Result<ExitCode> {
             series,
             seconds,
             transform,
+            only,
         } => {
             if transform {
-                return transform_bench(series);
+                return transform_bench(series, &only);
             }
             let protocol = agent::config::Protocol::parse(&protocol)
                 .ok_or_else(|| anyhow::anyhow!("unknown protocol {protocol}"))?;

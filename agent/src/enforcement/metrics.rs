@@ -92,7 +92,7 @@ impl Telemetry {
             .entry((rule.clone(), action))
             .or_insert_with(|| Histogram {
                 bounds: Arc::from(&BOUNDS[..]),
-                bucket_counts: vec![0; BOUNDS.len() + 1],
+                bucket_counts: vec![0; BOUNDS.len() + 1].into(),
                 sum: 0.0,
                 count: 0,
             });
@@ -100,7 +100,7 @@ impl Telemetry {
             .iter()
             .position(|b| seconds <= *b)
             .unwrap_or(BOUNDS.len());
-        h.bucket_counts[b] += 1;
+        Arc::make_mut(&mut h.bucket_counts)[b] += 1;
         h.sum += seconds;
         h.count += 1;
     }

@@ -92,7 +92,7 @@ fn synthetic_ids(series: usize, per_id: usize) -> Arc<Batch> {
             labels: labels.clone(),
             value: Value::Histogram(Histogram {
                 bounds: bounds.clone(),
-                bucket_counts: counts,
+                bucket_counts: counts.into(),
                 sum: count as f64 * 3e-6,
                 count,
             }),
@@ -211,12 +211,15 @@ pub const TRANSFORM_STATEMENTS: [&str; 5] = [
 pub struct TransformReport {
     /// (condition, ns per point of each round): `encode` (the raw snapshot to OTLP),
     /// `transform` (the five statements; after the first export every series' outcome comes
-    /// from the per-series cache, `transform/cache.rs`), `transform uncached` (the same with
+    /// from the per-series cache, `transform/cache.rs`, and each view is handed back as the
+    /// exporter does, `Transformer::recycle`), `transform uncached` (the same with
     /// that cache off: the statements run on every point), `transform+encode`, `copy` (a
     /// statement that never applies: the view's copy alone), each statement alone
     /// (`s1`..`s5`: too few for the cache, `transform::config::CACHE_MIN`), and the worst case: `transform cold` and `s4 cold`, a fresh
     /// pipeline for every export (empty per-series cache and memos) on series whose container
-    /// ids are all distinct.
+    /// ids are all distinct, and `transform reload`: the same on one transformer whose
+    /// pipeline is replaced before every export (`Transformer::set`, as a config reload: the
+    /// cache starts over in the memory of its previous fill).
     pub conditions: Vec<(String, Vec<f64>)>,
     pub points_per_export: usize,
 }
@@ -241,11 +244,12 @@ fn pipeline_of(statements: &[&str]) -> Result<crate::transform::Pipeline, String
 
 /// `rounds` rounds over `exports` exports of `series` histogram series plus as many counters;
 /// every round times each condition once, in an order rotated every round. CPU time of this
-/// thread (`CLOCK_THREAD_CPUTIME_ID`).
+/// thread (`CLOCK_THREAD_CPUTIME_ID`). `only`: the conditions to run by name (empty: all).
 pub fn transform_bench(
     series: usize,
     rounds: usize,
     exports: usize,
+    only: &[String],
 ) -> Result<TransformReport, String> {
     let export = crate::transform::Consumer::Export;
     let all = transformer_of(&TRANSFORM_STATEMENTS)?;
@@ -281,6 +285,15 @@ pub fn transform_bench(
     const ALL: &[&str] = &TRANSFORM_STATEMENTS;
     conds.push(("transform cold".into(), None, false, Some(ALL)));
     conds.push(("s4 cold".into(), None, false, Some(&ALL[3..4])));
+    // One transformer, a fresh pipeline set before every export (a reload every export).
+    let reloaded = transformer_of(ALL)?;
+    conds.push(("transform reload".into(), Some(reloaded), false, None));
+    if !only.is_empty() {
+        conds.retain(|c| only.contains(&c.0));
+        if conds.is_empty() {
+            return Err(format!("no transform bench condition named {only:?}"));
+        }
+    }
     let batches = vec![synthetic(series)];
     let distinct = vec![synthetic_ids(series, 1)];
     let points = series * 2;
@@ -315,14 +328,25 @@ pub fn transform_bench(
     for round in 0..rounds {
         for k in 0..conds.len() {
             let c = (k + round) % conds.len();
-            let (_, tr, encode, cold) = &conds[c];
+            let (name, tr, encode, cold) = &conds[c];
+            let reload = name == "transform reload";
+            let mut pipelines = Vec::new();
+            if reload {
+                for _ in 0..exports {
+                    pipelines.push(pipeline_of(ALL)?);
+                }
+            }
             let fresh = match cold {
                 Some(st) => (0..exports)
                     .map(|_| transformer_of(st).map(Some))
                     .collect::<Result<Vec<_>, _>>()?,
                 None => vec![tr.clone(); exports],
             };
-            let input = if cold.is_some() { &distinct } else { &batches };
+            let input = if cold.is_some() || reload {
+                &distinct
+            } else {
+                &batches
+            };
             let t0 = cpu();
             for tr in &fresh {
                 let now = SystemTime::now();
@@ -331,6 +355,9 @@ pub fn transform_bench(
                         std::hint::black_box(enc.encode(input, &res, now));
                     }
                     Some(tr) => {
+                        if let Some(p) = pipelines.pop() {
+                            tr.set(p);
+                        }
                         let v = tr
                             .metrics(export, || input.clone(), &res, now)
                             .map_err(|e| e.to_string())?;
@@ -338,6 +365,11 @@ pub fn transform_bench(
                             std::hint::black_box(enc.encode(&v.batches, &v.resource, now));
                         }
                         std::hint::black_box(&v.batches);
+                        // As the exporter does once a view is encoded; a cold pipeline is
+                        // not used again (a reload drops its spares with its cache).
+                        if cold.is_none() {
+                            tr.recycle(export, v);
+                        }
                     }
                 }
             }

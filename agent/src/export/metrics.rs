@@ -189,7 +189,7 @@ impl MetricsEncoder {
                             time_unix_nano: now,
                             count: h.count,
                             sum: Some(h.sum),
-                            bucket_counts: h.bucket_counts.clone(),
+                            bucket_counts: h.bucket_counts.to_vec(),
                             explicit_bounds: h.bounds.to_vec(),
                             ..Default::default()
                         })
@@ -214,7 +214,7 @@ fn subtract(h: &Histogram, old: &Histogram) -> Histogram {
         bucket_counts: h
             .bucket_counts
             .iter()
-            .zip(&old.bucket_counts)
+            .zip(old.bucket_counts.iter())
             .map(|(a, b)| a.saturating_sub(*b))
             .collect(),
         sum: h.sum - old.sum,
@@ -283,7 +283,7 @@ mod tests {
             labels: vec![attr("process.pid", i as i64)],
             value: Value::Histogram(Histogram {
                 bounds: bounds.clone(),
-                bucket_counts: hist_counts.to_vec(),
+                bucket_counts: hist_counts[..].into(),
                 sum: hist_counts.iter().sum::<u64>() as f64 * 1e-6,
                 count: hist_counts.iter().sum(),
             }),

@@ -333,6 +333,8 @@ impl Producer {
                 }
             }
         }
+        // Its attribute lists serve the next export (the transform's per-series cache).
+        self.transform.recycle(Consumer::Export, view);
         match self.backend.delivery(Signal::Metrics) {
             Some(d) => {
                 for (r, n) in &requests {

@@ -168,8 +168,10 @@ pub fn get<'a>(labels: &'a [(Key, AttrValue)], key: &str) -> Option<&'a AttrValu
 pub struct Histogram {
     /// Upper-inclusive bucket bounds in the family's unit, shared between points.
     pub bounds: Arc<[f64]>,
-    /// `bounds.len() + 1` counts; the last is the `+Inf` bucket. Not cumulative.
-    pub bucket_counts: Vec<u64>,
+    /// `bounds.len() + 1` counts; the last is the `+Inf` bucket. Not cumulative. Shared: a
+    /// copy of a point (the transform's view, a snapshot) counts a reference instead of copying
+    /// the buckets; writers go through `Arc::make_mut` (copy on write).
+    pub bucket_counts: Arc<[u64]>,
     pub sum: f64,
     pub count: u64,
 }

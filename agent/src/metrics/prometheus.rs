@@ -449,7 +449,7 @@ mod tests {
                 &[("syscall.name", "getppid"), ("process.pid", "42")],
                 Value::Histogram(Histogram {
                     bounds: bounds.clone(),
-                    bucket_counts: vec![0, 3, 1, 2],
+                    bucket_counts: vec![0, 3, 1, 2].into(),
                     sum: 0.75,
                     count: 6,
                 }),
@@ -548,7 +548,7 @@ mod bucket_tests {
                     labels: vec![],
                     value: Value::Histogram(Histogram {
                         bounds,
-                        bucket_counts: vec![1; 40],
+                        bucket_counts: vec![1; 40].into(),
                         sum: 1.0,
                         count: 40,
                     }),

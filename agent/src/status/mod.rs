@@ -285,11 +285,13 @@ async fn metrics(State(ctx): State<StatusContext>) -> Response {
         .transform
         .metrics(crate::transform::Consumer::Scrape, snapshot, &resource, now)
     {
-        Ok(view) => (
-            [(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)],
-            prometheus::encode_with(&view.batches, ctx.buckets),
-        )
-            .into_response(),
+        Ok(view) => {
+            let text = prometheus::encode_with(&view.batches, ctx.buckets);
+            // Its attribute lists serve the next scrape (the transform's per-series cache).
+            ctx.transform
+                .recycle(crate::transform::Consumer::Scrape, view);
+            ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], text).into_response()
+        }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }

@@ -4,7 +4,10 @@
 //! of them to be worth it (`Pipeline::points_per_series`, decided at config load), the attributes a series ends with
 //! (or that a filter dropped it) are computed once and reused while the series lives: each
 //! export then copies the cached attributes and the point's value instead of running the
-//! statements.
+//! statements. The attribute lists of the consumer's previous view, once it is done with it
+//! ([`crate::transform::Transformer::recycle`]), are kept as spares: a point whose spare (same
+//! family and position) already holds its cached attributes takes it instead of a copy (no
+//! allocation, no reference counting).
 //!
 //! Invariants: one cache per consumer, under the lock of its merge state; it holds outcomes of
 //! one pipeline, one resource and one scope (after their statements): with any other it starts
@@ -20,7 +23,7 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
 
 use super::Pipeline;
-use crate::metrics::model::{AttrValue, Desc, Key};
+use crate::metrics::model::{AttrValue, Desc, Key, Labels};
 
 /// Series kept per consumer.
 pub const CAPACITY: usize = 16384;
@@ -33,9 +36,9 @@ pub const MAX_ATTRS: usize = CAPACITY * 10;
 pub enum Hit<'a> {
     /// A filter condition held.
     Dropped,
-    /// The attributes after every statement, and whether an editor took the map (the merge
-    /// then checks the family).
-    Kept(&'a [(Key, AttrValue)], bool),
+    /// The attributes after every statement, whether an editor took the map (the merge then
+    /// checks the family) and their merge hash (`merge::labels_hash`).
+    Kept(&'a [(Key, AttrValue)], bool, u64),
 }
 
 struct Entry {
@@ -46,6 +49,8 @@ struct Entry {
     /// In `attrs`; `None`: dropped.
     output: Option<Range<u32>>,
     touched: bool,
+    /// `merge::labels_hash` of the output.
+    merge_hash: u64,
     /// The export that last used it.
     seen: u64,
 }
@@ -66,29 +71,59 @@ pub struct SeriesCache {
     epoch: u64,
     /// The entry after the last one found.
     next: usize,
+    /// Per family of the previous view, its points' attribute lists.
+    spare: Vec<Vec<Labels>>,
 }
 
 fn range(r: &Range<u32>) -> Range<usize> {
     r.start as usize..r.end as usize
 }
 
+/// `a == b`, first by address: the probes' descriptions and attribute keys are static
+/// strings, so equal ones usually are the same string and need no byte comparison.
+fn same_str(a: &str, b: &str) -> bool {
+    std::ptr::eq(a, b) || a == b
+}
+
+fn same_desc(a: &Desc, b: &Desc) -> bool {
+    same_str(a.name, b.name)
+        && same_str(a.unit, b.unit)
+        && same_str(a.help, b.help)
+        && a.kind == b.kind
+}
+
+/// Attribute lists equal in order (`==` on the slices), keys compared by address first;
+/// values compare shared strings by address first already (`Arc`'s `PartialEq` for `Eq` types).
+pub(super) fn same_labels(a: &[(Key, AttrValue)], b: &[(Key, AttrValue)]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((ka, va), (kb, vb))| same_str(ka, kb) && va == vb)
+}
+
 impl SeriesCache {
     /// Starts an export with pipeline `p`, the resource's attributes and the scope as the
     /// resource and scope statements left them: the cache empties when any of them differs from
-    /// the previous export's.
+    /// the previous export's, and then makes room for `points` series at once (no growing
+    /// step by step while the first export fills it).
     pub fn begin(
         &mut self,
         p: &Arc<Pipeline>,
         resource: &[KeyValue],
         scope: &InstrumentationScope,
+        points: usize,
     ) {
         let same = self.pipeline.as_ref().is_some_and(|q| Arc::ptr_eq(p, q))
             && self.resource == resource
             && self.scope == *scope;
         if !same {
-            self.table = HashTable::new();
-            self.entries = Vec::new();
-            self.attrs = Vec::new();
+            // Emptied in place: the memory of the previous fill (a reload's) is filled again
+            // instead of fresh pages.
+            self.reset();
+            let n = points.min(CAPACITY);
+            let entries = &self.entries;
+            self.table.reserve(n, |&j| entries[j as usize].hash);
+            self.entries.reserve(n);
             self.pipeline = Some(p.clone());
             self.resource = resource.to_vec();
             self.scope = scope.clone();
@@ -97,9 +132,21 @@ impl SeriesCache {
         self.next = 0;
     }
 
+    /// Forgets every outcome and spare (a reload), keeping the memory for the next fill.
+    pub fn reset(&mut self) {
+        self.pipeline = None;
+        self.table.clear();
+        self.entries.clear();
+        self.attrs.clear();
+        self.spare.clear();
+    }
+
     /// Ends an export: series it did not see are dropped, the others moved down in place (the
-    /// vectors keep their memory: no fresh pages while series come and go).
+    /// vectors keep their memory: no fresh pages while series come and go); spares left over
+    /// are dropped.
     pub fn end(&mut self) {
+        // Spares of families this export did not reach.
+        self.spare.clear();
         let epoch = self.epoch;
         if self.entries.iter().all(|e| e.seen == epoch) {
             return;
@@ -147,7 +194,7 @@ impl SeriesCache {
     /// kept): an in-order hit costs one comparison and no hash.
     pub fn get(&mut self, desc: &Desc, labels: &[(Key, AttrValue)]) -> Result<Hit<'_>, u64> {
         let same = |e: &Entry, attrs: &[(Key, AttrValue)]| {
-            e.desc == *desc && attrs[range(&e.input)] == *labels
+            same_desc(&e.desc, desc) && same_labels(&attrs[range(&e.input)], labels)
         };
         let i = match self.entries.get(self.next) {
             Some(e) if same(e, &self.attrs) => self.next,
@@ -168,35 +215,26 @@ impl SeriesCache {
         e.seen = self.epoch;
         Ok(match &e.output {
             None => Hit::Dropped,
-            Some(o) => Hit::Kept(&self.attrs[range(o)], e.touched),
+            Some(o) => Hit::Kept(&self.attrs[range(o)], e.touched, e.merge_hash),
         })
     }
 
     /// Keeps the outcome of a series that [`Self::get`] did not find, unless full: `output`
-    /// `None` when a filter dropped it.
+    /// `None` when a filter dropped it, else with its `merge::labels_hash`.
     pub fn insert(
         &mut self,
         hash: u64,
         desc: &Desc,
         input: &[(Key, AttrValue)],
-        output: Option<&[(Key, AttrValue)]>,
+        output: Option<(&[(Key, AttrValue)], u64)>,
         touched: bool,
     ) {
-        let size = input.len() + output.map_or(0, <[_]>::len);
+        let size = input.len() + output.map_or(0, |o| o.0.len());
         if self.entries.len() >= CAPACITY || self.attrs.len() + size > MAX_ATTRS {
             return;
         }
-        self.push(hash, desc.clone(), input, output, touched);
-    }
-
-    fn push(
-        &mut self,
-        hash: u64,
-        desc: Desc,
-        input: &[(Key, AttrValue)],
-        output: Option<&[(Key, AttrValue)]>,
-        touched: bool,
-    ) {
+        let merge_hash = output.map_or(0, |o| o.1);
+        let output = output.map(|o| o.0);
         let mut put = |a: &[(Key, AttrValue)]| {
             let start = self.attrs.len() as u32;
             self.attrs.extend_from_slice(a);
@@ -207,15 +245,30 @@ impl SeriesCache {
         let i = self.entries.len() as u32;
         self.entries.push(Entry {
             hash,
-            desc,
+            desc: desc.clone(),
             input,
             output,
             touched,
+            merge_hash,
             seen: self.epoch,
         });
         let entries = &self.entries;
         self.table
             .insert_unique(hash, i, |&j| entries[j as usize].hash);
+    }
+
+    /// Keeps the attribute lists of a finished view (per family, in point order) as spares for
+    /// the next one.
+    pub fn recycle(&mut self, families: Vec<Vec<Labels>>) {
+        self.spare = families;
+    }
+
+    /// The spare attribute lists of the family at `index` of the view (empty when none).
+    pub fn take_spare(&mut self, index: usize) -> Vec<Labels> {
+        self.spare
+            .get_mut(index)
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Series held.
@@ -270,7 +323,7 @@ mod tests {
                 labels: labels(i),
                 value: Value::Histogram(Histogram {
                     bounds: vec![1.0, 2.0].into(),
-                    bucket_counts: vec![export, i as u64, 1],
+                    bucket_counts: vec![export, i as u64, 1].into(),
                     sum: 1.5,
                     count: export + i as u64 + 1,
                 }),
@@ -374,6 +427,63 @@ metric_statements:
     }
 
     #[test]
+    fn recycled_views_lend_their_attribute_lists_and_change_nothing() {
+        let cached = Transformer::new(pipeline(STATEMENTS, FILTERS));
+        let plain = Transformer::uncached(pipeline(STATEMENTS, FILTERS));
+        let res = resource("prod");
+        let addrs = |v: &MetricsView| -> Vec<usize> {
+            v.batches[0]
+                .families
+                .iter()
+                .flat_map(|f| f.points.iter().map(|p| p.labels.as_ptr() as usize))
+                .collect()
+        };
+        let mut last = Vec::new();
+        let exports = [None, None, Some(5), None, Some(0), None, None];
+        for (k, gone) in exports.into_iter().enumerate() {
+            let b = input(40, k as u64, gone);
+            let at = 10 + k as u64;
+            let v = cached
+                .metrics(Consumer::Export, || b.to_vec(), &res, t0(at))
+                .unwrap();
+            let fams = v.batches[0].families.clone();
+            assert_eq!(fams, view(&plain, &b, &res, at), "export {k}");
+            // Merged (pid deleted on writes) and filtered: the spares' order is not the
+            // input's, and series leave and come back.
+            assert!(fams[0].points.len() < 39, "{}", fams[0].points.len());
+            let now = addrs(&v);
+            let reused = now.iter().filter(|a| last.contains(*a)).count();
+            match k {
+                0 => assert_eq!(reused, 0),
+                // The same series: every list reused.
+                1 | 6 => assert_eq!(reused, now.len(), "export {k}"),
+                // One series per family back: at most those two copied.
+                _ => assert!(
+                    reused + 2 >= now.len(),
+                    "export {k}: {reused} of {}",
+                    now.len()
+                ),
+            }
+            last = now;
+            cached.recycle(Consumer::Export, v);
+        }
+        // A view someone else still holds is not taken; the next one is still right.
+        let b = input(40, 9, None);
+        let v = cached
+            .metrics(Consumer::Export, || b.to_vec(), &res, t0(30))
+            .unwrap();
+        let held = v.batches.clone();
+        cached.recycle(Consumer::Export, v);
+        assert!(cached.cache[Consumer::Export as usize]
+            .lock()
+            .unwrap()
+            .spare
+            .is_empty());
+        assert_eq!(view(&cached, &b, &res, 31), view(&plain, &b, &res, 31));
+        drop(held);
+    }
+
+    #[test]
     fn reload_and_a_changed_resource_empty_the_cache() {
         let set = |v: &str| {
             pipeline(
@@ -390,8 +500,18 @@ metric_statements:
         let res = resource("prod");
         assert_eq!(v_of(&view(&t, &b, &res, 1)), Some("1".into()));
         assert_eq!(v_of(&view(&t, &b, &res, 2)), Some("1".into()));
+        let capacity = |t: &Transformer| {
+            let c = t.cache[Consumer::Export as usize].lock().unwrap();
+            (c.entries.capacity(), c.attrs.capacity())
+        };
+        let filled = capacity(&t);
         t.set(set("2"));
+        // Emptied, its memory kept for the next fill.
+        assert_eq!(cached_len(&t), 0);
+        assert_eq!(capacity(&t), filled);
         assert_eq!(v_of(&view(&t, &b, &res, 3)), Some("2".into()));
+        assert_eq!(cached_len(&t), 8);
+        assert_eq!(capacity(&t), filled);
         // The resource a statement reads changed: recomputed.
         let t = Transformer::new(pipeline(STATEMENTS, "{}"));
         let env_of =
@@ -405,13 +525,25 @@ metric_statements:
         let mut c = SeriesCache::default();
         let (p1, p2) = (Arc::new(set("1")), Arc::new(set("1")));
         let scope = InstrumentationScope::default();
-        c.begin(&p1, &[], &scope);
+        c.begin(&p1, &[], &scope, 1);
         let labels = vec![attr("a", "b")];
         let h = c.hash(&ERRORS, &labels);
         assert_eq!(c.get(&ERRORS, &labels), Err(h));
         c.insert(h, &ERRORS, &labels, None, false);
+        // Equal descriptions and attributes in other strings are found.
+        let owned: Vec<(Key, AttrValue)> = labels
+            .iter()
+            .map(|(k, v)| (Key::Owned(k.to_string()), AttrValue::from(v.to_string())))
+            .collect();
+        assert_eq!(c.get(&ERRORS, &owned), Ok(Hit::Dropped));
+        let other = Desc {
+            name: "process.syscall.errors",
+            ..DURATION
+        };
+        let h2 = c.hash(&other, &owned);
+        assert_eq!(c.get(&other, &owned), Err(h2));
         assert_eq!(c.get(&ERRORS, &labels), Ok(Hit::Dropped));
-        c.begin(&p2, &[], &scope);
+        c.begin(&p2, &[], &scope, 1);
         assert_eq!(c.get(&ERRORS, &labels), Err(h));
     }
 

@@ -5,6 +5,7 @@
 use std::{
     collections::HashMap,
     hash::{BuildHasherDefault, Hasher},
+    sync::Arc,
     time::SystemTime,
 };
 
@@ -39,7 +40,31 @@ struct Track {
 #[derive(Default)]
 pub struct MergeState {
     series: HashMap<u64, Track, BuildHasherDefault<IdHasher>>,
+    /// Per metric (name, kind): the attribute hashes of its points at the last export, in
+    /// order, when no two were equal. The same hashes again cannot merge anything: the sort
+    /// is skipped.
+    pub(super) distinct: HashMap<(&'static str, u8), (Vec<u64>, u64)>,
     epoch: u64,
+}
+
+/// What the merge needs to know of a family of the view.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Check {
+    /// An editor changed attributes of its points (the probes' own attribute sets are unique
+    /// per family: untouched families need no check).
+    pub touched: bool,
+    /// [`labels_hash`] of each point, in order, when known (the per-series cache keeps them);
+    /// `None`: computed here.
+    pub hashes: Option<Vec<u64>>,
+}
+
+impl From<bool> for Check {
+    fn from(touched: bool) -> Self {
+        Check {
+            touched,
+            hashes: None,
+        }
+    }
 }
 
 const K: u64 = 0x517c_c1b7_2722_0a95;
@@ -57,7 +82,7 @@ fn mix(mut h: u64, bytes: &[u8]) -> u64 {
 
 /// An order-independent hash of an attribute set: of its values and their count (keys are left
 /// out for speed; sets that differ only in keys are told apart by the equality check).
-fn labels_hash(labels: &[(Key, AttrValue)]) -> u64 {
+pub(crate) fn labels_hash(labels: &[(Key, AttrValue)]) -> u64 {
     let mut total = labels.len() as u64;
     for (_, v) in labels {
         let h = 0;
@@ -87,7 +112,11 @@ fn add(into: &mut Point, from: Point) -> bool {
             if a.bounds != b.bounds || a.bucket_counts.len() != b.bucket_counts.len() {
                 return false;
             }
-            for (x, y) in a.bucket_counts.iter_mut().zip(&b.bucket_counts) {
+            // Copy on write: the buckets are shared with the store's snapshot.
+            for (x, y) in Arc::make_mut(&mut a.bucket_counts)
+                .iter_mut()
+                .zip(b.bucket_counts.iter())
+            {
                 *x += y;
             }
             a.sum += b.sum;
@@ -99,13 +128,20 @@ fn add(into: &mut Point, from: Point) -> bool {
     true
 }
 
+fn kind_key(desc: &crate::metrics::model::Desc) -> (&'static str, u8) {
+    let kind = match desc.kind {
+        Kind::Counter => 0u8,
+        Kind::Gauge => 1,
+        Kind::Histogram => 2,
+    };
+    (desc.name, kind)
+}
+
 /// Merges families of one name and kind, and points with one attribute set; returns the points
-/// that could not be merged (and were dropped). `touched[i]`: an editor changed attributes of
-/// family `i` (the probes' own attribute sets are unique per family: untouched families need
-/// no check).
+/// that could not be merged (and were dropped). `checks[i]`: what is known of family `i`.
 pub(crate) fn merge(
     families: &mut Vec<Family>,
-    touched: &mut Vec<bool>,
+    checks: &mut Vec<Check>,
     st: &mut MergeState,
     now: SystemTime,
 ) -> u64 {
@@ -114,18 +150,21 @@ pub(crate) fn merge(
     let mut by_name: HashMap<(&'static str, u8), usize> = HashMap::new();
     let mut i = 0;
     while i < families.len() {
-        let kind = match families[i].desc.kind {
-            Kind::Counter => 0u8,
-            Kind::Gauge => 1,
-            Kind::Histogram => 2,
-        };
-        let key = (families[i].desc.name, kind);
+        let key = kind_key(&families[i].desc);
         match by_name.get(&key) {
             Some(&first) => {
                 let f = families.remove(i);
-                touched.remove(i);
+                let c = checks.remove(i);
+                let into = &mut checks[first];
+                into.hashes = match (into.hashes.take(), c.hashes) {
+                    (Some(mut a), Some(b)) => {
+                        a.extend(b);
+                        Some(a)
+                    }
+                    _ => None,
+                };
+                into.touched = true;
                 families[first].points.extend(f.points);
-                touched[first] = true;
             }
             None => {
                 by_name.insert(key, i);
@@ -134,13 +173,28 @@ pub(crate) fn merge(
         }
     }
     st.epoch += 1;
-    for (fam, _) in families.iter_mut().zip(touched.iter()).filter(|(_, t)| **t) {
+    for (fam, check) in families.iter_mut().zip(checks.iter_mut()) {
+        if !check.touched {
+            continue;
+        }
         let name_hash = mix(0, fam.desc.name.as_bytes());
         let n = fam.points.len();
-        let hashes: Vec<u64> = fam.points.iter().map(|p| labels_hash(&p.labels)).collect();
+        let hashes: Vec<u64> = match check.hashes.take() {
+            Some(h) if h.len() == n => h,
+            _ => fam.points.iter().map(|p| labels_hash(&p.labels)).collect(),
+        };
+        let key = kind_key(&fam.desc);
         let mut merged_into: Vec<Option<usize>> = vec![None; n];
         let mut members = vec![1u32; n];
-        if n > 1 {
+        let known = match st.distinct.get_mut(&key) {
+            Some((last, seen)) if *last == hashes => {
+                *seen = st.epoch;
+                true
+            }
+            _ => false,
+        };
+        if n > 1 && !known {
+            let mut equal_hashes = false;
             // (hash, index) pairs sorted in place: no indirection into `hashes` while sorting.
             let mut order: Vec<(u64, u32)> = hashes
                 .iter()
@@ -156,6 +210,7 @@ pub(crate) fn merge(
                     run_end += 1;
                 }
                 if run_end - run_start > 1 {
+                    equal_hashes = true;
                     let run = &order[run_start..run_end];
                     for (a, &(_, i)) in run.iter().enumerate() {
                         let i = i as usize;
@@ -173,6 +228,9 @@ pub(crate) fn merge(
                     }
                 }
                 run_start = run_end;
+            }
+            if !equal_hashes {
+                st.distinct.insert(key, (hashes.clone(), st.epoch));
             }
         }
         if merged_into.iter().any(Option::is_some) {
@@ -205,6 +263,7 @@ pub(crate) fn merge(
     }
     let epoch = st.epoch;
     st.series.retain(|_, t| t.seen == epoch);
+    st.distinct.retain(|_, (_, seen)| *seen == epoch);
     conflicts
 }
 

@@ -24,8 +24,8 @@ use std::{
 use opentelemetry_proto::tonic::{common::v1::InstrumentationScope, resource::v1::Resource};
 
 use super::{
-    cache::{Hit, SeriesCache},
-    merge::merge,
+    cache::{same_labels, Hit, SeriesCache},
+    merge::{labels_hash, merge, Check},
     resource_groups, Consumer, Propagated, Run, Transformer,
 };
 use crate::{
@@ -40,6 +40,12 @@ pub struct MetricsView<'a> {
     /// The scope after `scope` statements (`None`: unchanged, `export::metrics::scope()`).
     pub scope: Option<InstrumentationScope>,
 }
+
+/// Spare attribute lists tried per point (see `family`).
+const SPARE_WINDOW: usize = 4;
+
+/// The source of a transformed view's one batch.
+const VIEW_SOURCE: &str = "transform";
 
 fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -99,17 +105,25 @@ impl Transformer {
                 let mut c = self.cache[consumer as usize]
                     .lock()
                     .unwrap_or_else(|e| e.into_inner());
-                c.begin(&p, &res.attributes, &scope);
+                let points = batches
+                    .iter()
+                    .flat_map(|b| &b.families)
+                    .map(|f| f.points.len())
+                    .sum();
+                c.begin(&p, &res.attributes, &scope, points);
                 c
             });
             let mut families = Vec::new();
-            let mut touched = Vec::new();
+            let mut checks = Vec::new();
             for batch in batches {
                 for fam in &batch.families {
                     let c = cache.as_deref_mut();
-                    if let Some((f, t)) = self.family(&mut run, &p, fam, &res, &scope, now_ns, c)? {
+                    let at = families.len();
+                    if let Some((f, t)) =
+                        self.family(&mut run, &p, fam, &res, &scope, now_ns, (c, at))?
+                    {
                         families.push(f);
-                        touched.push(t);
+                        checks.push(t);
                     }
                 }
             }
@@ -117,11 +131,11 @@ impl Transformer {
                 c.end();
             }
             drop(cache);
-            let conflicts = merge(&mut families, &mut touched, &mut st, now);
+            let conflicts = merge(&mut families, &mut checks, &mut st, now);
             run.errors += conflicts;
             Ok(MetricsView {
                 batches: vec![Arc::new(Batch {
-                    source: "transform".into(),
+                    source: VIEW_SOURCE.into(),
                     time: now,
                     families,
                 })],
@@ -133,6 +147,34 @@ impl Transformer {
         result
     }
 
+    /// Hands a view back once its consumer is done with it (encoded, printed): with the
+    /// per-series cache on, its points' attribute lists become the spares of the consumer's
+    /// next view (`cache.rs`; the rest is dropped here). Otherwise, or while anyone else
+    /// holds the view's batch, it is only dropped.
+    pub fn recycle(&self, consumer: Consumer, view: MetricsView<'_>) {
+        if !(self.cached && self.pipeline().points_per_series) {
+            return;
+        }
+        let Ok([batch]) = <[Arc<Batch>; 1]>::try_from(view.batches) else {
+            return;
+        };
+        let Some(batch) = Arc::into_inner(batch) else {
+            return;
+        };
+        if batch.source != VIEW_SOURCE {
+            return;
+        }
+        let families = batch
+            .families
+            .into_iter()
+            .map(|f| f.points.into_iter().map(|p| p.labels).collect())
+            .collect();
+        self.cache[consumer as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .recycle(families);
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn family(
         &self,
@@ -142,8 +184,8 @@ impl Transformer {
         res: &Resource,
         scope: &InstrumentationScope,
         now: u64,
-        mut cache: Option<&mut SeriesCache>,
-    ) -> Result<Option<(Family, bool)>, Propagated> {
+        (mut cache, at): (Option<&mut SeriesCache>, usize),
+    ) -> Result<Option<(Family, Check)>, Propagated> {
         let base = Env {
             resource: &res.attributes,
             scope: Some(scope),
@@ -166,6 +208,15 @@ impl Transformer {
         let mut descs = None;
         let mut points = Vec::with_capacity(fam.points.len());
         let mut touched = false;
+        // The merge hashes of the points, from the cache (all of them or none).
+        let mut hashes = Vec::new();
+        // The points the previous view had at this family's place (see `cache.rs`).
+        let mut spare = Vec::new();
+        let mut next_spare = 0;
+        if let Some(c) = cache.as_deref_mut() {
+            hashes.reserve(fam.points.len());
+            spare = c.take_spare(at);
+        }
         for point in &fam.points {
             let Some(c) = cache.as_deref_mut() else {
                 let mut pt = point.clone();
@@ -177,10 +228,25 @@ impl Transformer {
             };
             match c.get(&fam.desc, &point.labels) {
                 Ok(Hit::Dropped) => run.dropped += 1,
-                Ok(Hit::Kept(labels, t)) => {
+                Ok(Hit::Kept(labels, t, h)) => {
                     touched |= t;
+                    hashes.push(h);
+                    // The spares are in the previous view's order: the next few are tried (a
+                    // series gone or merged since shifts them).
+                    let found = spare.get(next_spare..).and_then(|s| {
+                        s.iter()
+                            .take(SPARE_WINDOW)
+                            .position(|s| same_labels(s, labels))
+                    });
+                    let labels = match found {
+                        Some(d) => {
+                            next_spare += d + 1;
+                            std::mem::take(&mut spare[next_spare - 1])
+                        }
+                        None => labels.to_vec(),
+                    };
                     points.push(Point {
-                        labels: labels.to_vec(),
+                        labels,
                         value: point.value.clone(),
                         start_time: point.start_time,
                     });
@@ -190,12 +256,14 @@ impl Transformer {
                     let errors = run.errors;
                     let mut pt = point.clone();
                     let kept = point_groups(run, p, &desc, &mut descs, base, &mut pt)?;
+                    let merge_hash = kept.map(|_| labels_hash(&pt.labels));
                     if run.errors == errors {
-                        let output = kept.map(|_| pt.labels.as_slice());
+                        let output = merge_hash.map(|m| (pt.labels.as_slice(), m));
                         let t = kept.unwrap_or(false);
                         c.insert(h, &fam.desc, &point.labels, output, t);
                     }
-                    if let Some(t) = kept {
+                    if let (Some(t), Some(m)) = (kept, merge_hash) {
+                        hashes.push(m);
                         points.push(pt);
                         touched |= t;
                     }
@@ -206,7 +274,8 @@ impl Transformer {
             return Ok(None);
         }
         let desc = describe(run, p, &desc, base, &mut descs)?.0.clone();
-        Ok(Some((Family { desc, points }, touched)))
+        let hashes = cache.is_some().then_some(hashes);
+        Ok(Some((Family { desc, points }, Check { touched, hashes })))
     }
 }
 
@@ -333,7 +402,7 @@ pub(super) mod tests {
             labels: vec![attr("process.pid", pid), attr("syscall.name", "read")],
             value: Value::Histogram(Histogram {
                 bounds: vec![1.0, 2.0].into(),
-                bucket_counts: counts.to_vec(),
+                bucket_counts: counts[..].into(),
                 sum: counts.iter().sum::<u64>() as f64,
                 count: counts.iter().sum(),
             }),
@@ -389,7 +458,7 @@ pub(super) mod tests {
             panic!()
         };
         assert_eq!(
-            (h.bucket_counts.clone(), h.count, h.sum),
+            (h.bucket_counts.to_vec(), h.count, h.sum),
             (vec![11, 2, 4], 17, 17.0)
         );
         assert_eq!(fams[1].points[0].start_time, t0(90));
@@ -440,7 +509,7 @@ pub(super) mod tests {
             ],
         }];
         let mut st = MergeState::default();
-        assert_eq!(merge(&mut fams, &mut vec![true], &mut st, t0(5)), 0);
+        assert_eq!(merge(&mut fams, &mut vec![true.into()], &mut st, t0(5)), 0);
         assert_eq!(fams[0].points.len(), 1);
         assert_eq!(fams[0].points[0].value, Value::Gauge(2.0));
         let mut other = hist(1, [1, 1, 1], 1);
@@ -451,7 +520,7 @@ pub(super) mod tests {
             desc: DURATION,
             points: vec![hist(1, [1, 1, 1], 1), other],
         }];
-        assert_eq!(merge(&mut fams, &mut vec![true], &mut st, t0(5)), 1);
+        assert_eq!(merge(&mut fams, &mut vec![true.into()], &mut st, t0(5)), 1);
         assert_eq!(fams[0].points.len(), 1);
         // Attribute order does not matter.
         let mut a = counter(1, "a", 1.0, 1);
@@ -462,22 +531,78 @@ pub(super) mod tests {
             desc: ERRORS,
             points: vec![a, b],
         }];
-        merge(&mut fams, &mut vec![true], &mut st, t0(5));
+        merge(&mut fams, &mut vec![true.into()], &mut st, t0(5));
         assert_eq!(fams[0].points.len(), 1);
         // Untouched families are not checked.
         let mut fams = vec![Family {
             desc: ERRORS,
             points: vec![counter(1, "a", 1.0, 1), counter(1, "a", 2.0, 1)],
         }];
-        merge(&mut fams, &mut vec![false], &mut st, t0(5));
+        merge(&mut fams, &mut vec![false.into()], &mut st, t0(5));
         assert_eq!(fams[0].points.len(), 2);
         let mut fams = vec![Family {
             desc: ERRORS,
             points: vec![counter(1, "a", 1.0, 1), counter(1, "a", 2.0, 1)],
         }];
-        merge(&mut fams, &mut vec![true], &mut st, t0(5));
+        merge(&mut fams, &mut vec![true.into()], &mut st, t0(5));
         assert_eq!(fams[0].points.len(), 1);
         assert_eq!(fams[0].points[0].value, Value::Counter(3.0));
+    }
+
+    #[test]
+    fn hashes_seen_distinct_before_skip_the_sort_and_only_those() {
+        let mut st = MergeState::default();
+        let fams = |b_pid: i64, c_pid: i64| {
+            vec![Family {
+                desc: ERRORS,
+                points: vec![
+                    counter(1, "a", 1.0, 1),
+                    counter(b_pid, "a", 2.0, 1),
+                    counter(c_pid, "a", 4.0, 1),
+                ],
+            }]
+        };
+        let hashes = |f: &[Family]| -> Vec<u64> {
+            f[0].points.iter().map(|p| labels_hash(&p.labels)).collect()
+        };
+        let run = |f: &mut Vec<Family>, st: &mut MergeState, known: Option<Vec<u64>>| {
+            let mut c = vec![Check {
+                touched: true,
+                hashes: known,
+            }];
+            merge(f, &mut c, st, t0(5));
+            f[0].points
+                .iter()
+                .map(|p| p.value.clone())
+                .collect::<Vec<_>>()
+        };
+        let counters = |v: &[f64]| v.iter().map(|x| Value::Counter(*x)).collect::<Vec<_>>();
+        // Distinct: kept as they are, twice (the second time from the remembered hashes).
+        for _ in 0..2 {
+            let mut f = fams(2, 3);
+            let h = hashes(&f);
+            assert_eq!(run(&mut f, &mut st, Some(h)), counters(&[1.0, 2.0, 4.0]));
+        }
+        assert_eq!(st.distinct.len(), 1);
+        // One point's attributes became another's: other hashes, sorted and merged.
+        let mut f = fams(1, 3);
+        assert_eq!(run(&mut f, &mut st, None), counters(&[3.0, 4.0]));
+        // A family with equal hashes is not remembered; a family gone is forgotten.
+        assert!(st.distinct.is_empty());
+        let mut f = fams(1, 1);
+        assert_eq!(run(&mut f, &mut st, None), counters(&[7.0]));
+        assert!(st.distinct.is_empty());
+        let mut f = fams(2, 3);
+        run(&mut f, &mut st, None);
+        assert_eq!(st.distinct.len(), 1);
+        merge(&mut Vec::new(), &mut Vec::new(), &mut st, t0(6));
+        assert!(st.distinct.is_empty());
+        // Hashes that do not fit the points are not used.
+        let mut f = fams(1, 3);
+        assert_eq!(
+            run(&mut f, &mut st, Some(vec![1, 2])),
+            counters(&[3.0, 4.0])
+        );
     }
 
     #[test]

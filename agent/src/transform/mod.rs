@@ -104,14 +104,15 @@ impl Transformer {
     }
 
     /// Replaces the pipeline (config reload); merged-series state and the per-series cache
-    /// start over (the cache also checks the pipeline it was filled with on every export).
+    /// start over (the cache keeps its memory for the next fill, and also checks the pipeline
+    /// it was filled with on every export).
     pub fn set(&self, p: Pipeline) {
         *self.pipeline.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(p);
         for m in &self.merge {
             *m.lock().unwrap_or_else(|e| e.into_inner()) = merge::MergeState::default();
         }
         for c in &self.cache {
-            *c.lock().unwrap_or_else(|e| e.into_inner()) = cache::SeriesCache::default();
+            c.lock().unwrap_or_else(|e| e.into_inner()).reset();
         }
     }
 

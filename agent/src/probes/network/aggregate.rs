@@ -148,7 +148,7 @@ pub fn bucket_bounds_seconds() -> Arc<[f64]> {
 fn histogram(h: &Hist, bounds: &Arc<[f64]>) -> Histogram {
     Histogram {
         bounds: bounds.clone(),
-        bucket_counts: h.buckets.to_vec(),
+        bucket_counts: h.buckets[..].into(),
         sum: h.sum_us as f64 * 1e-6,
         count: h.count(),
     }

@@ -444,7 +444,7 @@ impl Series {
             labels,
             value: Value::Histogram(Histogram {
                 bounds: self.bounds.clone(),
-                bucket_counts: a.dense(),
+                bucket_counts: a.dense().into(),
                 sum: a.sum_ns as f64 * 1e-9,
                 count: a.count,
             }),
