@@ -74,7 +74,9 @@ enum Command {
         /// file's probes.profiler.unwinder, auto without one).
         #[arg(long)]
         unwinder: Option<String>,
-        /// Config file whose probes.profiler section is used (the usual places without it).
+        /// Config file whose probes.profiler section and output.dir (the unwind table cache
+        /// in <output.dir>/unwind-cache, when that directory exists) are used (the usual
+        /// places without it).
         #[arg(long)]
         config: Option<PathBuf>,
     },

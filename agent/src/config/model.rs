@@ -396,7 +396,7 @@ impl Default for ProfilerConfig {
             symbol_cache: 16_384,
             debug_info: true,
             debug_info_max_bytes: 8 << 20,
-            symbolizer_files: 8,
+            symbolizer_files: 32,
             unwinder: ProfilerUnwinder::Auto,
             unwind_table_rows: 1 << 21,
         }

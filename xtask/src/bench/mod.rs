@@ -65,8 +65,11 @@ pub enum Which {
     /// start without the unwind table cache); then each condition's kernel cost per sample
     /// (bpf_stats) and the truncated share on /status.
     Profiler {
-        /// Seconds per run (the first quarter, at most 5 s, is the agent's warm-up).
-        #[arg(long, default_value_t = 20)]
+        /// Seconds per run. The agent's warm-up (excluded from its steady state) runs up to
+        /// the end of its first export (12 s: a fresh agent parses every binary it sampled
+        /// then), so the steady state holds whole export intervals from 22 s on; shorter runs
+        /// count the first quarter (at most 5 s) as warm-up.
+        #[arg(long, default_value_t = 32)]
         seconds: u64,
         /// Rounds of (bare and every condition); medians and spreads are reported.
         #[arg(long, default_value_t = 5)]

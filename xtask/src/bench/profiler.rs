@@ -1,8 +1,9 @@
 //! `bench profiler`: every CPU busy (`hotspots`, built without frame pointers), bare and under
 //! the profiler with the DWARF and the frame-pointer unwinder, in an order rotated each round;
 //! slowdowns computed per round against that round's bare run; the agent's CPU split into its
-//! warm-up (the first seconds of a fresh agent: BPF load, unwind tables, first snapshots; with
-//! and without the unwind table cache on disk) and its steady state (the rest of the run);
+//! warm-up (a fresh agent up to the end of its first export: BPF load, unwind tables, first
+//! snapshots, every sampled binary parsed; with and without the unwind table cache on disk) and
+//! its steady state (the rest of the run);
 //! then each condition's kernel cost per sample and the truncated share on /status.
 
 use std::{
@@ -40,9 +41,21 @@ const PROFILER_CONDITIONS: [Condition; 6] = [
     ("99 Hz stream", 99, "stream", "frame_pointers", false),
 ];
 
-/// Seconds of a run counted as the agent's warm-up (the rest is its steady state).
+/// The agent's profile export interval (the default `probes.profiler.interval`).
+const EXPORT_INTERVAL: u64 = 10;
+
+/// Seconds of a run counted as the agent's warm-up (the rest is its steady state): up to the
+/// end of the first export (its interval after the start, plus 2 s to symbolize: a fresh agent
+/// parses every binary it has sampled then, which later exports do not repeat), when the run
+/// leaves at least one whole export interval after it; else the first quarter, at most 5 s
+/// (the steady part then includes the first export, an overestimate).
 fn warmup_seconds(seconds: u64) -> u64 {
-    (seconds / 4).clamp(1, 5)
+    let first_export = EXPORT_INTERVAL + 2;
+    if seconds >= first_export + EXPORT_INTERVAL {
+        first_export
+    } else {
+        (seconds / 4).clamp(1, 5)
+    }
 }
 
 /// Compiles `tests/workloads/hotspots.c` into `dir` without frame pointers (the code most
@@ -367,9 +380,9 @@ pub(super) fn profiler_in(dir: &Path, seconds: u64, rounds: usize) -> Result<()>
          (which a neighbour's CPU use does not move), `~` = within noise (the rounds' middle \
          half includes 0 or is wider than the median effect); agent CPU: the agent process's \
          CPU seconds over wall seconds x {cpus} CPUs in the first {w} s of the workload (warm-up: \
-         a fresh agent loads its programs, snapshots every process it samples and loads their \
-         unwind tables; `cold`: without the table cache on disk) and in the rest of the run \
-         (steady state); its kernel programs are excluded: they run in the sampled task's \
+         a fresh agent loads its programs, snapshots every process it samples, loads their \
+         unwind tables and, in its first export, parses every binary it sampled; `cold`: \
+         without the table cache on disk) and in the rest of the run (steady state); its kernel programs are excluded: they run in the sampled task's \
          context, so their cost is in the slowdown; tables: unwind_load_ms (CFI: the part spent \
          evaluating .eh_frame) at the end of the run; a profile is exported every 10 s, so a \
          shorter run may hold no export)"

@@ -111,6 +111,128 @@ pub fn read_maps(pid: u32) -> std::io::Result<MemoryMaps> {
     parse_maps(&text)
 }
 
+/// `struct procmap_query` of `linux/fs.h` (Linux 6.11+): one VMA of `/proc/<pid>/maps` by
+/// address.
+#[repr(C)]
+#[derive(Default)]
+struct ProcmapQuery {
+    size: u64,
+    query_flags: u64,
+    query_addr: u64,
+    vma_start: u64,
+    vma_end: u64,
+    vma_flags: u64,
+    vma_page_size: u64,
+    vma_offset: u64,
+    inode: u64,
+    dev_major: u32,
+    dev_minor: u32,
+    vma_name_size: u32,
+    build_id_size: u32,
+    vma_name_addr: u64,
+    build_id_addr: u64,
+}
+
+/// `PROCMAP_QUERY`: `_IOWR('f', 17, struct procmap_query)`.
+const PROCMAP_QUERY: libc::c_ulong = (3 << 30)
+    | ((std::mem::size_of::<ProcmapQuery>() as libc::c_ulong) << 16)
+    | ((b'f' as libc::c_ulong) << 8)
+    | 17;
+/// `PROCMAP_QUERY_VMA_{READABLE,WRITABLE,EXECUTABLE,SHARED}`, `_COVERING_OR_NEXT_VMA`.
+const Q_READ: u64 = 0x01;
+const Q_WRITE: u64 = 0x02;
+const Q_EXEC: u64 = 0x04;
+const Q_SHARED: u64 = 0x08;
+const Q_COVERING_OR_NEXT: u64 = 0x10;
+
+/// The gate VMA's line (`[vsyscall]`), if this kernel maps one: the same in every 64-bit
+/// process, and not a VMA `PROCMAP_QUERY` finds (it is outside the process's VMA tree).
+fn vsyscall_line() -> Option<&'static str> {
+    static LINE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    LINE.get_or_init(|| {
+        let text = std::fs::read_to_string("/proc/self/maps").ok()?;
+        text.lines()
+            .find(|l| l.ends_with("[vsyscall]"))
+            .map(|l| format!("{l}\n"))
+    })
+    .as_deref()
+}
+
+/// Reads only the executable mappings of `pid`, in the text form of `/proc/<pid>/maps` (one
+/// line each, newlines in names escaped as the kernel does), through `PROCMAP_QUERY`: the
+/// kernel formats no line (no path lookup) for the other mappings, which are most of a large
+/// process's (rustc: hundreds of data and anonymous mappings, a dozen executable ones).
+/// `Ok(None)` where the kernel has no `PROCMAP_QUERY` (before 6.11).
+fn query_exec_maps(pid: u32) -> std::io::Result<Option<String>> {
+    let f = File::open(format!("/proc/{pid}/maps"))?;
+    let mut out = String::new();
+    let mut name = vec![0u8; 4096];
+    let mut addr = 0u64;
+    loop {
+        let mut q = ProcmapQuery {
+            size: std::mem::size_of::<ProcmapQuery>() as u64,
+            query_flags: Q_COVERING_OR_NEXT | Q_EXEC,
+            query_addr: addr,
+            vma_name_size: name.len() as u32,
+            vma_name_addr: name.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        // SAFETY: PROCMAP_QUERY reads and writes `q` (its size given) and writes at most
+        // `vma_name_size` bytes at `vma_name_addr`, which `name` holds.
+        let r = unsafe { libc::ioctl(f.as_raw_fd(), PROCMAP_QUERY as _, &mut q) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENOENT) => break,
+                Some(libc::ENOTTY) | Some(libc::EINVAL) if addr == 0 => Ok(None),
+                _ => Err(e),
+            };
+        }
+        let n = (q.vma_name_size as usize).min(name.len());
+        // The size counts the terminating NUL; no name: an anonymous mapping.
+        let raw = &name[..n.saturating_sub(1)];
+        let shown = String::from_utf8_lossy(raw).replace('\n', "\\012");
+        let perm = |bit: u64, c: char| if q.vma_flags & bit != 0 { c } else { '-' };
+        use std::fmt::Write;
+        let _ = writeln!(
+            out,
+            "{:x}-{:x} {}{}{}{} {:08x} {:02x}:{:02x} {} {}",
+            q.vma_start,
+            q.vma_end,
+            perm(Q_READ, 'r'),
+            perm(Q_WRITE, 'w'),
+            perm(Q_EXEC, 'x'),
+            if q.vma_flags & Q_SHARED != 0 {
+                's'
+            } else {
+                'p'
+            },
+            q.vma_offset,
+            q.dev_major,
+            q.dev_minor,
+            q.inode,
+            shown
+        );
+        if q.vma_end <= addr {
+            break;
+        }
+        addr = q.vma_end;
+    }
+    if let Some(l) = vsyscall_line() {
+        out.push_str(l);
+    }
+    Ok(Some(out))
+}
+
+/// The executable mappings of `pid` (see [`query_exec_maps`]), else all of its maps (older
+/// kernels: the caller filters).
+pub fn read_exec_maps(pid: u32) -> std::io::Result<MemoryMaps> {
+    match query_exec_maps(pid)? {
+        Some(text) => parse_maps(&text),
+        None => read_maps(pid),
+    }
+}
+
 /// Parses the text of a maps file (see [`read_maps`]).
 pub fn parse_maps(text: &str) -> std::io::Result<MemoryMaps> {
     MemoryMaps::from_buf_read(text.as_bytes()).map_err(|e| std::io::Error::other(e.to_string()))
@@ -315,7 +437,7 @@ impl ProcMaps {
 
     fn read(&mut self, key: ProcKey) -> Option<ProcEntry> {
         let pid = key.pid;
-        let maps = read_maps(pid).ok()?;
+        let maps = read_exec_maps(pid).ok()?;
         let exe_path = std::fs::read_link(format!("/proc/{pid}/exe"))
             .ok()
             .map(|p| {
@@ -588,6 +710,46 @@ mod tests {
             maps[0].pathname,
             MMapPath::Path("/tmp/\u{fffd}\u{fffd}".into())
         );
+    }
+
+    #[test]
+    fn exec_maps_by_query_are_the_executable_lines_of_the_maps_file() {
+        let key = |m: &procfs::process::MemoryMap| {
+            (
+                m.address,
+                m.perms.bits(),
+                m.offset,
+                m.dev,
+                m.inode,
+                m.pathname.clone(),
+            )
+        };
+        // Kernels before 6.11 have no PROCMAP_QUERY: the whole file is read instead.
+        let Some(text) = query_exec_maps(std::process::id()).unwrap() else {
+            return;
+        };
+        let queried: Vec<_> = parse_maps(&text).unwrap().iter().map(key).collect();
+        let all: Vec<_> = read_maps(std::process::id())
+            .unwrap()
+            .iter()
+            .filter(|m| m.perms.contains(MMPermissions::EXECUTE))
+            .map(key)
+            .collect();
+        assert!(
+            all.len() >= 3,
+            "the test binary, libc and the vDSO: {all:?}"
+        );
+        assert_eq!(queried, all);
+        // Another process's, by pid; a gone one is an error, not an empty list.
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let text = query_exec_maps(child.id()).unwrap().unwrap();
+        assert!(text.lines().any(|l| l.contains("/sleep")), "{text}");
+        let _ = (child.kill(), child.wait());
+        assert!(query_exec_maps(child.id()).is_err());
     }
 
     #[test]

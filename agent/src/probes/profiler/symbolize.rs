@@ -1,6 +1,7 @@
 //! Symbolization on the host (blazesym): user addresses through the process's cached mappings
 //! into ELF symbols and DWARF lines (inlined functions included, Rust and C++ demangled),
-//! kernel addresses through `/proc/kallsyms`.
+//! kernel addresses through `/proc/kallsyms` (parsed once and kept while kernel addresses keep
+//! missing the cache, let go after [`KERNEL_KEEP_WINDOWS`] windows without a miss).
 //!
 //! Invariants: every lookup goes through a bounded cache (two generations: a full young
 //! generation becomes the old one, the old one is dropped); files stay parsed in blazesym
@@ -131,6 +132,9 @@ pub struct SymStats {
 /// window and dropped.
 pub const KEEP_PARSED_BYTES: u64 = 16 << 20;
 
+/// Windows without a kernel address missing the cache after which kallsyms is let go.
+const KERNEL_KEEP_WINDOWS: u64 = 6;
+
 /// Files with more symbol-table bytes than this have their mapped pages released after each
 /// use (see [`release_pages`]).
 const RELEASE_PAGES_MIN: u64 = 1 << 20;
@@ -177,6 +181,8 @@ pub struct Symbolizer {
     window: u64,
     user: BoundedCache<UserKey, Lines>,
     kernel: BoundedCache<u64, Lines>,
+    /// The kernel symbolizer and the window it last resolved a miss in.
+    kernel_blaze: Option<(blazesym::symbolize::Symbolizer, u64)>,
     /// Function and file names shared by every cached line that has them.
     names: HashSet<Arc<str>>,
     pub stats: SymStats,
@@ -234,6 +240,7 @@ impl Symbolizer {
             window: 0,
             user: BoundedCache::new(cache_entries / 2),
             kernel: BoundedCache::new(cache_entries / 4),
+            kernel_blaze: None,
             names: HashSet::new(),
             stats: SymStats::default(),
         }
@@ -261,6 +268,11 @@ impl Symbolizer {
     /// Files held parsed now.
     pub fn parsed_files(&self) -> usize {
         self.parsed.len()
+    }
+
+    /// Whether the kernel symbolizer (all of kallsyms parsed) is held now.
+    pub fn kernel_symbols_held(&self) -> bool {
+        self.kernel_blaze.is_some()
     }
 
     /// Bytes of the files held parsed now (see [`KEEP_PARSED_BYTES`]).
@@ -299,6 +311,13 @@ impl Symbolizer {
                 n -= 1;
                 total -= cost;
             }
+        }
+        if self
+            .kernel_blaze
+            .as_ref()
+            .is_some_and(|(_, last)| self.window - last > KERNEL_KEEP_WINDOWS)
+        {
+            self.kernel_blaze = None;
         }
         self.names.retain(|a| Arc::strong_count(a) > 1);
     }
@@ -430,12 +449,21 @@ impl Symbolizer {
             debug_syms: false,
             ..Default::default()
         });
-        // A symbolizer of its own, dropped after this batch: blazesym keeps all of kallsyms
-        // parsed (~6 MB) for as long as it lives, and the cache above holds what is needed.
-        let blaze = blazesym::symbolize::Symbolizer::builder()
-            .enable_code_info(false)
-            .enable_demangling(false)
-            .build();
+        // A symbolizer of its own: blazesym keeps all of kallsyms parsed (~7 MB) for as long
+        // as it lives. Kept while kernel addresses keep missing the cache (reading and parsing
+        // /proc/kallsyms again was a quarter of the agent's CPU, at every window), dropped
+        // after [`KERNEL_KEEP_WINDOWS`] windows without a miss.
+        let window = self.window;
+        let (blaze, last) = self.kernel_blaze.get_or_insert_with(|| {
+            (
+                blazesym::symbolize::Symbolizer::builder()
+                    .enable_code_info(false)
+                    .enable_demangling(false)
+                    .build(),
+                window,
+            )
+        });
+        *last = window;
         let syms = blaze
             .symbolize(&src, Input::AbsAddr(addrs))
             .unwrap_or_default();
@@ -885,6 +913,67 @@ mod tests {
             1,
         );
         raw
+    }
+
+    /// A window of one sample of this process with kernel stack `kernel` only.
+    fn kernel_window(kernel: Vec<u64>) -> RawProfile {
+        let pid = std::process::id();
+        let mut raw = RawProfile::new(0);
+        raw.add(
+            RawStack {
+                tgid: pid,
+                tid: pid,
+                cgroup_id: 0,
+                incarnation: 1,
+                comm: [0; 16],
+                user: Arc::from(&[][..]),
+                kernel: Arc::from(kernel),
+                user_lost: false,
+                kernel_lost: false,
+                folded: false,
+            },
+            1,
+        );
+        raw
+    }
+
+    #[test]
+    fn kernel_symbols_are_kept_while_kernel_addresses_keep_missing() {
+        let mut s = Symbolizer::new(1024, false);
+        let mut procs = ProcMaps::new(4);
+        let base = 0xffff_ffff_8100_0000u64;
+        assert!(!s.kernel_symbols_held());
+        // A new kernel address in every window: kallsyms is read once and kept.
+        for i in 0..=KERNEL_KEEP_WINDOWS + 2 {
+            s.symbolize(
+                &kernel_window(vec![base + i]),
+                &mut procs,
+                None,
+                1,
+                "h",
+                false,
+            );
+            assert!(s.kernel_symbols_held(), "window {i}");
+        }
+        // Only cached addresses from now on: let go after KERNEL_KEEP_WINDOWS windows.
+        let hits = s.stats.cache_hits;
+        for i in 1..KERNEL_KEEP_WINDOWS {
+            s.symbolize(&kernel_window(vec![base]), &mut procs, None, 1, "h", false);
+            assert!(s.kernel_symbols_held(), "quiet window {i}");
+        }
+        s.symbolize(&kernel_window(vec![base]), &mut procs, None, 1, "h", false);
+        assert!(!s.kernel_symbols_held());
+        assert_eq!(s.stats.cache_hits - hits, KERNEL_KEEP_WINDOWS);
+        // A miss later reads kallsyms again.
+        s.symbolize(
+            &kernel_window(vec![base + 100]),
+            &mut procs,
+            None,
+            1,
+            "h",
+            false,
+        );
+        assert!(s.kernel_symbols_held());
     }
 
     /// Resident KiB of this process's whole-file read-only shared mapping of `path`
