@@ -895,6 +895,15 @@ mod tests {
 
     /// A window of one sample of this process with user stack `user`, leaf first.
     fn window_of(user: Vec<u64>) -> RawProfile {
+        window_with(user, Vec::new())
+    }
+
+    /// A window of one sample of this process with kernel stack `kernel` only.
+    fn kernel_window(kernel: Vec<u64>) -> RawProfile {
+        window_with(Vec::new(), kernel)
+    }
+
+    fn window_with(user: Vec<u64>, kernel: Vec<u64>) -> RawProfile {
         let pid = std::process::id();
         let mut raw = RawProfile::new(0);
         raw.add(
@@ -905,28 +914,6 @@ mod tests {
                 incarnation: 1,
                 comm: [0; 16],
                 user: Arc::from(user),
-                kernel: Arc::from(&[][..]),
-                user_lost: false,
-                kernel_lost: false,
-                folded: false,
-            },
-            1,
-        );
-        raw
-    }
-
-    /// A window of one sample of this process with kernel stack `kernel` only.
-    fn kernel_window(kernel: Vec<u64>) -> RawProfile {
-        let pid = std::process::id();
-        let mut raw = RawProfile::new(0);
-        raw.add(
-            RawStack {
-                tgid: pid,
-                tid: pid,
-                cgroup_id: 0,
-                incarnation: 1,
-                comm: [0; 16],
-                user: Arc::from(&[][..]),
                 kernel: Arc::from(kernel),
                 user_lost: false,
                 kernel_lost: false,
