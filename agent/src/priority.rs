@@ -77,14 +77,9 @@ pub fn set_thread_nice(tid: i32, nice: i32) -> Result<(), PriorityError> {
 
 /// The nice value of thread `tid` of this process, from `/proc/self/task/<tid>/stat` (field 19).
 pub fn thread_nice(tid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
-    // Fields after the command's closing parenthesis start at field 3: nice is index 16.
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(16)?
-        .parse()
-        .ok()
+    use procfs::FromRead;
+    let stat = procfs::process::Stat::from_file(format!("/proc/self/task/{tid}/stat")).ok()?;
+    i32::try_from(stat.nice).ok()
 }
 
 fn apply(p: &mut Path, tid: i32) {

@@ -24,20 +24,18 @@ const PROG: &str = "signal_sys_enter";
 
 /// The start time (clock ticks after boot) of `pid`, or `None` if it is gone.
 pub fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    rest.split_whitespace().nth(19)?.parse().ok()
+    Some(stat(pid)?.starttime)
 }
 
 /// The process state letter (`R`, `S`, `T`, ...) of `pid`.
 pub fn state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .next()?
-        .chars()
-        .next()
+    Some(stat(pid)?.state)
+}
+
+/// `/proc/<pid>/stat`, parsed by procfs from one `open(2)`.
+fn stat(pid: u32) -> Option<procfs::process::Stat> {
+    use procfs::FromRead;
+    procfs::process::Stat::from_file(format!("/proc/{pid}/stat")).ok()
 }
 
 /// Sends `sig` to `pid` if it is still the process that started at `start_ticks`.
