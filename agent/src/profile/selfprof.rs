@@ -114,7 +114,12 @@ fn convert(report: &::pprof::Report, hz: i32) -> Profile {
                     })
                     .collect()
             })
-            .collect();
+            .collect::<Vec<_>>();
+        // Only the sampler's own frames: unwinding from the signal handler did not reach the
+        // interrupted code, so the sample says nothing about where the time went.
+        if stack.is_empty() {
+            continue;
+        }
         let key = (frames.thread_id, frames.thread_name.clone(), stack);
         let c = counts.entry(key).or_default();
         *c = c.saturating_add(count);
@@ -208,6 +213,55 @@ mod tests {
         x
     }
 
+    fn symbol(name: &str) -> ::pprof::Symbol {
+        ::pprof::Symbol {
+            name: Some(name.as_bytes().to_vec()),
+            addr: None,
+            lineno: Some(7),
+            filename: None,
+        }
+    }
+
+    fn frames(names: &[&str], thread_id: u64, at: u64) -> ::pprof::Frames {
+        ::pprof::Frames {
+            frames: names.iter().map(|n| vec![symbol(n)]).collect(),
+            thread_name: "worker".into(),
+            thread_id,
+            sample_timestamp: UNIX_EPOCH + Duration::from_secs(at),
+        }
+    }
+
+    #[test]
+    fn unwinder_frames_are_cut_and_stacks_of_only_them_are_dropped() {
+        let unwinder = "backtrace::backtrace::libunwind::trace";
+        let mut data = HashMap::new();
+        // Two timestamps of one stack merge; the sampler's leaf frame is cut off.
+        data.insert(frames(&[unwinder, "app::work", "main"], 1, 1), 2);
+        data.insert(frames(&["app::work", "main"], 1, 2), 3);
+        // Unwinding never left the signal handler: nothing to attribute, dropped.
+        data.insert(
+            frames(&[unwinder, "pprof::profiler::perf_signal_handler"], 1, 3),
+            4,
+        );
+        data.insert(frames(&[], 2, 4), 1);
+        let report = ::pprof::Report {
+            data,
+            // `ReportTiming` is not exported: its default (zero duration) stands in.
+            timing: Default::default(),
+        };
+        let profile = convert(&report, 99);
+        let samples = &profile.processes[0].samples;
+        assert_eq!(samples.len(), 1, "{samples:#?}");
+        assert_eq!(samples[0].count, 5);
+        let names: Vec<&str> = samples[0]
+            .frames
+            .iter()
+            .map(|f| &*f.lines[0].function)
+            .collect();
+        assert_eq!(names, ["app::work", "main"]);
+        assert_eq!(profile.period_nanos, 1_000_000_000 / 99);
+    }
+
     #[tokio::test]
     async fn captures_a_busy_function_and_refuses_a_second_capture() {
         assert!(matches!(
@@ -257,6 +311,10 @@ mod tests {
             .sum();
         assert!(spinning > 0, "spin function not sampled: {:#?}", p.samples);
         assert!(p.samples.iter().any(|s| &*s.thread_name == "spinner"));
+        assert!(p
+            .samples
+            .iter()
+            .all(|s| s.count >= 1 && !s.frames.is_empty()));
         // The sampler's own frames are cut off the leaf end.
         for s in &p.samples {
             let leaf = &s.frames[0];
@@ -265,10 +323,6 @@ mod tests {
                 "{leaf:?}"
             );
         }
-        assert!(p
-            .samples
-            .iter()
-            .all(|s| s.count >= 1 && !s.frames.is_empty()));
 
         // Free again once done.
         let again = capture(Duration::from_millis(10), 99).await.unwrap();
