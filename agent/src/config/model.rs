@@ -355,7 +355,8 @@ pub struct ProfilerConfig {
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
     pub mode: ProfilerMode,
-    /// Kernel map size: distinct (thread, stacks) counted between two drains (one second).
+    /// Kernel map size: distinct (thread, stacks) counted between two drains (1–5 s: drains
+    /// are spaced so that the sample rate fills at most 1/32 of the smaller map between two).
     pub max_entries: u32,
     /// Kernel stack map size (distinct stacks between two drains); collisions are counted.
     pub stack_entries: u32,

@@ -18,11 +18,13 @@
 //!   and a retune to a shorter period takes effect at once.
 
 use std::{
+    os::fd::BorrowedFd,
     sync::{mpsc, Arc},
     thread,
     time::{Duration, Instant},
 };
 
+use super::waker::{poll_readable, Waker};
 use crate::{
     ebpf::LoadError,
     metrics::Store,
@@ -40,6 +42,9 @@ pub struct ProbeEnv {
     /// The agent's async runtime, entered on each drain thread (kernel log forwarding spawns
     /// tasks on it); `None` where no runtime exists (unit tests).
     pub runtime: Option<tokio::runtime::Handle>,
+    /// Wakes this probe's drain thread (set by the lifecycle on the worker's own copy; `None`
+    /// elsewhere, and when no eventfd could be made: the loop then looks every 200 ms).
+    pub waker: Option<Waker>,
 }
 
 /// A started probe's hooks, or why it could not start (and which hooks were tried).
@@ -49,13 +54,15 @@ pub type StartResult<W> = Result<(W, Vec<HookStatus>), (LoadError, Vec<HookStatu
 pub trait ProbeWorker {
     type Config;
 
-    /// How often `tick` runs (the drain interval).
+    /// How often `tick` runs (the drain interval). Read after every `poll`: a shorter period
+    /// (the profiler's while a capture runs) brings the next tick forward.
     fn period(&self) -> Duration;
 
-    /// Sleeps at most `timeout`; returns early when the kernel has events for the probe (ring
-    /// buffers). The default sleeps.
-    fn wait(&mut self, timeout: Duration) {
-        thread::sleep(timeout);
+    /// Sleeps at most `timeout`; returns early when `wake` is readable (a control message or
+    /// a request is queued) or the kernel has events for the probe (ring buffers, polled
+    /// beside `wake`). The default waits for `wake` alone.
+    fn wait(&mut self, timeout: Duration, wake: BorrowedFd<'_>) {
+        poll_readable(&[wake], timeout);
     }
 
     /// Work between ticks: read ring buffers, take requests. Runs after every `wait`.
@@ -104,7 +111,7 @@ pub trait ProbeSpec: 'static {
     }
 }
 
-/// Longest sleep between checks for control messages.
+/// Longest sleep between checks for control messages when the thread has no [`Waker`].
 const CONTROL_SLICE: Duration = Duration::from_millis(200);
 
 enum Ctl<C> {
@@ -115,7 +122,17 @@ enum Ctl<C> {
 struct Running<C> {
     cfg: C,
     ctl: mpsc::Sender<Ctl<C>>,
+    waker: Option<Waker>,
     thread: thread::JoinHandle<()>,
+}
+
+impl<C> Running<C> {
+    fn send(&self, m: Ctl<C>) {
+        let _ = self.ctl.send(m);
+        if let Some(w) = &self.waker {
+            w.wake();
+        }
+    }
 }
 
 /// Records probe `name`'s state for `/status` and `/readyz`, with cause and fix from `err`.
@@ -175,7 +192,7 @@ impl<S: ProbeSpec> ProbeHandle<S> {
         }
         if let Some(r) = &mut self.running {
             if !S::needs_reload(&r.cfg, cfg) {
-                let _ = r.ctl.send(Ctl::Config(cfg.clone()));
+                r.send(Ctl::Config(cfg.clone()));
                 r.cfg = cfg.clone();
                 return;
             }
@@ -190,7 +207,12 @@ impl<S: ProbeSpec> ProbeHandle<S> {
         report(state, S::NAME, ProbeState::Starting, None, vec![]);
         let (ctl_tx, ctl_rx) = mpsc::channel();
         let (started_tx, started_rx) = mpsc::channel();
-        let (c, env) = (cfg.clone(), self.env.clone());
+        let (c, mut env) = (cfg.clone(), self.env.clone());
+        // Without an eventfd (descriptors exhausted) the loop looks for messages every 200 ms.
+        let waker = Waker::new()
+            .map_err(|e| tracing::warn!(probe = S::NAME, "no eventfd for the drain thread: {e}"))
+            .ok();
+        env.waker = waker.clone();
         let spawned = thread::Builder::new()
             .name(format!("{}-drain", S::NAME))
             .spawn(move || {
@@ -206,7 +228,7 @@ impl<S: ProbeSpec> ProbeHandle<S> {
                         return;
                     }
                 };
-                run(worker, ctl_rx);
+                run(worker, ctl_rx, env.waker);
             });
         let thread = match spawned {
             Ok(t) => t,
@@ -251,6 +273,7 @@ impl<S: ProbeSpec> ProbeHandle<S> {
         self.running = Some(Running {
             cfg: cfg.clone(),
             ctl: ctl_tx,
+            waker,
             thread,
         });
     }
@@ -260,7 +283,7 @@ impl<S: ProbeSpec> ProbeHandle<S> {
         let Some(r) = self.running.take() else {
             return;
         };
-        let _ = r.ctl.send(Ctl::Stop);
+        r.send(Ctl::Stop);
         let _ = r.thread.join();
         report(
             &self.env.state,
@@ -280,14 +303,30 @@ impl<S: ProbeSpec> Drop for ProbeHandle<S> {
 }
 
 /// The drain loop: wait (for events or the next tick), poll, take control messages, tick.
-fn run<W: ProbeWorker>(mut worker: W, ctl: mpsc::Receiver<Ctl<W::Config>>) {
-    let mut next = Instant::now() + worker.period();
+fn run<W: ProbeWorker>(mut worker: W, ctl: mpsc::Receiver<Ctl<W::Config>>, waker: Option<Waker>) {
+    // Without a waker, waits are cut to CONTROL_SLICE; a descriptor nobody writes stands in
+    // for it in the worker's poll set.
+    let fallback = waker.is_none().then(Waker::new).and_then(Result::ok);
+    let slice = if waker.is_some() {
+        Duration::MAX
+    } else {
+        CONTROL_SLICE
+    };
+    let wake = waker.as_ref().or(fallback.as_ref()).map(Waker::fd);
+    // When the last tick was due (or the start), and when the next one is.
+    let mut last = Instant::now();
+    let mut next = last + worker.period();
     loop {
-        let wait = next
-            .saturating_duration_since(Instant::now())
-            .min(CONTROL_SLICE);
-        worker.wait(wait);
+        let wait = next.saturating_duration_since(Instant::now()).min(slice);
+        match wake {
+            Some(fd) => worker.wait(wait, fd),
+            None => thread::sleep(wait),
+        }
+        if let Some(w) = &waker {
+            w.reset();
+        }
         worker.poll();
+        next = next.min(last + worker.period());
         loop {
             match ctl.try_recv() {
                 Ok(Ctl::Config(c)) => {
@@ -306,7 +345,9 @@ fn run<W: ProbeWorker>(mut worker: W, ctl: mpsc::Receiver<Ctl<W::Config>>) {
             worker.tick();
             // Kept in time: the next tick is one period after this one was due, unless the
             // tick ran late by more than a period (then from now).
-            next = (next + worker.period()).max(now);
+            let period = worker.period();
+            last = if next + period >= now { next } else { now };
+            next = last + period;
         }
     }
 }
@@ -378,6 +419,81 @@ mod tests {
         }
     }
 
+    /// Ticks every 10 s until its first `poll`, then every 20 ms.
+    struct Shrinking {
+        polled: bool,
+        ticks: Arc<Mutex<Vec<Instant>>>,
+    }
+
+    impl ProbeWorker for Shrinking {
+        type Config = ();
+        fn period(&self) -> Duration {
+            if self.polled {
+                Duration::from_millis(20)
+            } else {
+                Duration::from_secs(10)
+            }
+        }
+        fn poll(&mut self) {
+            self.polled = true;
+        }
+        fn tick(&mut self) {
+            self.ticks.lock().unwrap().push(Instant::now());
+        }
+        fn retune(&mut self, _: &()) {}
+        fn finish(self) {}
+    }
+
+    #[test]
+    fn a_period_shortened_between_ticks_brings_the_next_tick_forward() {
+        let ticks = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let worker = Shrinking {
+            polled: false,
+            ticks: ticks.clone(),
+        };
+        let started = Instant::now();
+        let t = thread::spawn(move || run(worker, rx, None));
+        // The first poll comes after at most one control slice (200 ms); ticks follow every
+        // 20 ms. 3 s is a generous functional deadline, far below the old 10 s period.
+        while ticks.lock().unwrap().len() < 3 && started.elapsed() < Duration::from_secs(3) {
+            thread::sleep(Duration::from_millis(10));
+        }
+        tx.send(Ctl::Stop).unwrap();
+        t.join().unwrap();
+        let ticks = ticks.lock().unwrap();
+        assert!(ticks.len() >= 3, "{} ticks in 3 s", ticks.len());
+        assert!(ticks[0].duration_since(started) < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn a_waker_delivers_control_messages_without_waiting_for_the_tick() {
+        let ticks = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let waker = Waker::new().unwrap();
+        // Polled once it wakes, the worker would tick every 20 ms: it must not have woken
+        // before the message.
+        let worker = Shrinking {
+            polled: false,
+            ticks: ticks.clone(),
+        };
+        let w = waker.clone();
+        let t = thread::spawn(move || run(worker, rx, Some(w)));
+        thread::sleep(Duration::from_millis(600));
+        // No control slice with a waker: nothing woke the loop in 600 ms (3 slices).
+        assert!(ticks.lock().unwrap().is_empty());
+        let sent = Instant::now();
+        tx.send(Ctl::Stop).unwrap();
+        waker.wake();
+        t.join().unwrap();
+        // Generous functional bound; the period is 10 s.
+        assert!(
+            sent.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            sent.elapsed()
+        );
+    }
+
     fn state_of(env: &ProbeEnv) -> ProbeState {
         env.state.probes()["fake"].state
     }
@@ -390,6 +506,7 @@ mod tests {
             state: Arc::new(AgentState::new("h".into())),
             activity: ActivityHub::new(),
             runtime: None,
+            waker: None,
         };
         let mut h = ProbeHandle::<Fake>::new(env.clone());
         let mut cfg = Cfg {

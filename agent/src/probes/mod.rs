@@ -8,6 +8,7 @@ pub mod lifecycle;
 pub mod network;
 pub mod profiler;
 pub mod syscalls;
+pub mod waker;
 
 use std::sync::Arc;
 
@@ -28,6 +29,7 @@ impl Probes {
             state,
             activity,
             runtime: tokio::runtime::Handle::try_current().ok(),
+            waker: None,
         };
         Probes {
             syscalls: ProbeHandle::new(env.clone()),

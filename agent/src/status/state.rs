@@ -115,8 +115,35 @@ pub struct CaptureRequest {
     pub reply: tokio::sync::oneshot::Sender<crate::profile::Profile>,
 }
 
-/// Where capture requests go.
-pub type ProfilerHandle = std::sync::mpsc::Sender<CaptureRequest>;
+/// Where capture requests go: the profiler's queue, and what wakes its drain thread.
+#[derive(Clone)]
+pub struct ProfilerHandle {
+    tx: std::sync::mpsc::Sender<CaptureRequest>,
+    wake: std::sync::Arc<dyn Fn() + Send + Sync>,
+}
+
+impl ProfilerHandle {
+    pub fn new(
+        tx: std::sync::mpsc::Sender<CaptureRequest>,
+        wake: impl Fn() + Send + Sync + 'static,
+    ) -> Self {
+        ProfilerHandle {
+            tx,
+            wake: std::sync::Arc::new(wake),
+        }
+    }
+
+    /// Queues `req` and wakes the profiler. Errors: the profiler stopped (the request comes
+    /// back).
+    pub fn send(
+        &self,
+        req: CaptureRequest,
+    ) -> Result<(), std::sync::mpsc::SendError<CaptureRequest>> {
+        self.tx.send(req)?;
+        (self.wake)();
+        Ok(())
+    }
+}
 
 /// One connection event of the network probe, as `/status` shows it.
 #[derive(Clone, Debug, PartialEq, Serialize)]

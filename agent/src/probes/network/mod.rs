@@ -16,7 +16,7 @@ pub mod listeners;
 pub mod reader;
 
 use std::{
-    os::fd::{AsFd, AsRawFd},
+    os::fd::{AsFd, BorrowedFd},
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -40,6 +40,7 @@ use self::{
     reader::Maps,
 };
 use super::lifecycle::{ProbeEnv, ProbeSpec, ProbeWorker, StartResult};
+use super::waker::poll_readable;
 use crate::{
     config::{Aggregation, NetworkConfig},
     ebpf::{self, tracefs, LoadError},
@@ -286,8 +287,8 @@ impl ProbeWorker for Drainer {
         self.cfg.interval
     }
 
-    fn wait(&mut self, timeout: Duration) {
-        self.wait_for_events(timeout);
+    fn wait(&mut self, timeout: Duration, wake: BorrowedFd<'_>) {
+        poll_readable(&[self.events.as_fd(), wake], timeout);
     }
 
     fn poll(&mut self) {
@@ -311,16 +312,6 @@ impl ProbeWorker for Drainer {
 
 impl Drainer {
     /// Sleeps until the ring buffer has data or `wait` passes.
-    fn wait_for_events(&self, wait: Duration) {
-        let mut fds = [libc::pollfd {
-            fd: self.events.as_fd().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        // SAFETY: one valid pollfd for the duration of the call.
-        unsafe { libc::poll(fds.as_mut_ptr(), 1, wait.as_millis() as i32) };
-    }
-
     fn read_events(&mut self) {
         let mut records = Vec::new();
         while let Some(item) = self.events.next() {

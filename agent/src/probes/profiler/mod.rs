@@ -18,6 +18,7 @@ pub mod unwind;
 
 use std::{
     collections::BTreeMap,
+    os::fd::BorrowedFd,
     sync::{mpsc, Arc},
     time::{Duration, Instant},
 };
@@ -27,14 +28,47 @@ use super::lifecycle::{ProbeEnv, ProbeSpec, ProbeWorker, StartResult};
 use crate::{
     config::ProfilerConfig,
     ebpf::LoadError,
-    status::state::{AgentState, CaptureRequest, MapStats},
+    status::state::{AgentState, CaptureRequest, HookStatus, MapStats, ProfilerHandle},
 };
 
 pub use crate::export::resource::host_name;
 pub use session::NAME;
 
-/// How often the kernel maps are drained.
+/// The shortest drain period: used while a capture (`/debug/flamegraph.svg`) runs, by
+/// `agent profile`, and when the sample rate would fill the kernel maps faster.
 pub const DRAIN_EVERY: Duration = Duration::from_secs(1);
+/// The longest drain period. A drain costs the agent milliseconds of CPU whatever it reads
+/// (map iteration, `/status` counters, cold caches after a sleep): at 19 Hz on 2 CPUs the drain
+/// thread took ~20 ms/s draining every second and ~7 ms/s every 5 s (thread CPU time, see
+/// ARCHITECTURE.md), so a host whose rate allows it drains rarely.
+pub const DRAIN_AT_MOST_EVERY: Duration = Duration::from_secs(5);
+/// Share of the smaller kernel map (counts, stacks) that one drain period may fill in the worst
+/// case (every sample a new stack). Kept small because a stack-trace map collides before it is
+/// full: a new stack is lost (`kernel_stack_collisions`) with the probability of the map's fill.
+const DRAIN_FILL_DIVISOR: u64 = 32;
+
+/// How often the kernel maps are drained in aggregate mode (stream mode reads its ring in
+/// `wait`; the period only paces exports and `/status` then).
+///
+/// Between two drains at most `frequency × cpus × period` samples arrive, each at most one new
+/// entry in the counts map and the stack maps. The period keeps that within
+/// 1/[`DRAIN_FILL_DIVISOR`] of the smaller map, between [`DRAIN_EVERY`] and
+/// [`DRAIN_AT_MOST_EVERY`], and divides the export `interval` evenly so exports fall on drains.
+/// Examples (default maps, 16,384 entries): 19 Hz on 2 CPUs → 5 s; 99 Hz on 2 CPUs → 2.5 s;
+/// 99 Hz on 64 CPUs → 1 s.
+pub fn drain_period(cfg: &ProfilerConfig, cpus: usize) -> Duration {
+    if cfg.interval <= DRAIN_EVERY {
+        return DRAIN_EVERY;
+    }
+    let per_second = u64::from(cfg.frequency.max(1)) * (cpus.max(1) as u64);
+    let room = u64::from(cfg.max_entries.min(cfg.stack_entries)) / DRAIN_FILL_DIVISOR;
+    let fits = Duration::from_secs_f64(room as f64 / per_second as f64);
+    let longest = fits.clamp(DRAIN_EVERY, DRAIN_AT_MOST_EVERY);
+    let drains = (cfg.interval.as_secs_f64() / longest.as_secs_f64())
+        .ceil()
+        .clamp(1.0, f64::from(u32::MAX)) as u32;
+    (cfg.interval / drains).max(DRAIN_EVERY)
+}
 
 /// The profiler for the shared lifecycle.
 pub struct Profiler;
@@ -77,13 +111,17 @@ impl ProbeSpec for Profiler {
             frequency = cfg.frequency,
             mode = cfg.mode.as_str(),
             "sampling cpu-clock on {} CPUs",
-            hooks
-                .iter()
-                .filter(|h| h.attached && h.hook.starts_with("perf_event"))
-                .count()
+            hooks_cpus(&hooks)
         );
         let (cap_tx, cap_rx) = mpsc::channel();
-        env.state.set_profiler(Some(cap_tx));
+        // A request wakes the drain thread, which then drains every second until it is done.
+        let waker = env.waker.clone();
+        env.state
+            .set_profiler(Some(ProfilerHandle::new(cap_tx, move || {
+                if let Some(w) = &waker {
+                    w.wake();
+                }
+            })));
         let now = Instant::now();
         let worker = Worker {
             window: session.take_window(),
@@ -94,6 +132,7 @@ impl ProbeSpec for Profiler {
             captures: Vec::new(),
             requests: cap_rx,
             next_export: now + cfg.interval,
+            drain_period: drain_period(cfg, hooks_cpus(&hooks)),
         };
         Ok((worker, hooks))
     }
@@ -116,17 +155,31 @@ pub struct Worker {
     state: Arc<AgentState>,
     host: String,
     captures: Vec<Capture>,
+    /// [`drain_period`] of the config and the CPUs sampled.
+    drain_period: Duration,
+}
+
+/// The CPUs with an attached cpu-clock event.
+fn hooks_cpus(hooks: &[HookStatus]) -> usize {
+    hooks
+        .iter()
+        .filter(|h| h.attached && h.hook.starts_with("perf_event"))
+        .count()
 }
 
 impl ProbeWorker for Worker {
     type Config = ProfilerConfig;
 
     fn period(&self) -> Duration {
-        DRAIN_EVERY
+        if self.captures.is_empty() {
+            self.drain_period
+        } else {
+            DRAIN_EVERY
+        }
     }
 
-    fn wait(&mut self, timeout: Duration) {
-        self.session.wait(timeout);
+    fn wait(&mut self, timeout: Duration, wake: BorrowedFd<'_>) {
+        self.session.wait(timeout, Some(wake));
     }
 
     /// Takes capture requests (`/debug/flamegraph.svg`): they see samples from now on.
@@ -173,6 +226,7 @@ impl ProbeWorker for Worker {
             }
         }
         self.next_export = self.next_export.min(Instant::now() + cfg.interval);
+        self.drain_period = drain_period(cfg, hooks_cpus(&self.session.hooks));
         self.cfg = cfg.clone();
     }
 
@@ -197,8 +251,13 @@ impl Worker {
             c.raw.merge(&tick, c.pid);
         }
         self.finish_captures(last);
-        if now >= self.next_export || last {
-            self.next_export = now + self.cfg.interval;
+        // Exports fall on drains: half a period early is on time (ticks jitter by
+        // milliseconds; waiting for the next drain would make the window a period longer).
+        if now + self.drain_period / 2 >= self.next_export || last {
+            self.next_export += self.cfg.interval;
+            if self.next_export <= now {
+                self.next_export = now + self.cfg.interval;
+            }
             let next = self.window.next(tick.end_unix_nanos);
             let raw = std::mem::replace(&mut self.window, next);
             self.session.stats.window_folded += raw.folded;
@@ -346,7 +405,7 @@ pub fn record(
     let mut window = session.take_window();
     loop {
         let left = end.saturating_duration_since(Instant::now());
-        session.wait(left.min(DRAIN_EVERY));
+        session.wait(left.min(DRAIN_EVERY), None);
         let done = left.is_zero() || stop.load(std::sync::atomic::Ordering::Relaxed);
         session
             .drain()
@@ -365,4 +424,43 @@ pub fn record(
         "profile recorded"
     );
     Ok(session.symbolize(&window, pid, &host_name(), true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(frequency: u32, interval_ms: u64) -> ProfilerConfig {
+        ProfilerConfig {
+            frequency,
+            interval: Duration::from_millis(interval_ms),
+            ..ProfilerConfig::default()
+        }
+    }
+
+    #[test]
+    fn drains_are_as_rare_as_the_maps_allow_and_divide_the_export_interval() {
+        let s = Duration::from_secs;
+        // 16,384 entries / 32 = 512 samples per period.
+        assert_eq!(drain_period(&cfg(19, 10_000), 2), s(5)); // 38/s: 13.5 s fits
+        assert_eq!(
+            drain_period(&cfg(99, 10_000), 2),
+            Duration::from_millis(2500)
+        ); // 2.6 s fits
+        assert_eq!(drain_period(&cfg(99, 10_000), 64), s(1)); // 0.08 s fits: floor
+        assert_eq!(drain_period(&cfg(19, 15_000), 2), s(5));
+        assert_eq!(
+            drain_period(&cfg(19, 7_000), 2),
+            Duration::from_millis(3500)
+        );
+        assert_eq!(drain_period(&cfg(19, 3_000), 2), s(3));
+        assert_eq!(drain_period(&cfg(19, 1_000), 2), s(1));
+        assert_eq!(drain_period(&cfg(19, 200), 2), s(1));
+        // Smaller maps drain more often: 1,024 / 32 = 32 samples, under a second at 38/s.
+        let small = ProfilerConfig {
+            stack_entries: 1024,
+            ..cfg(19, 10_000)
+        };
+        assert_eq!(drain_period(&small, 2), s(1));
+    }
 }

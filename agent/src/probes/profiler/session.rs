@@ -9,7 +9,7 @@
 
 use std::{
     collections::BTreeMap,
-    os::fd::{AsFd, AsRawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -381,8 +381,9 @@ impl Session {
     }
 
     /// Waits up to `timeout` for ring buffer records and handles them: new processes get their
-    /// mappings snapshotted, streamed samples are counted.
-    pub fn wait(&mut self, timeout: Duration) {
+    /// mappings snapshotted, streamed samples are counted. Returns early once `wake` (the drain
+    /// thread's [`Waker`](crate::probes::waker::Waker)) is readable.
+    pub fn wait(&mut self, timeout: Duration, wake: Option<BorrowedFd<'_>>) {
         let deadline = Instant::now() + timeout;
         loop {
             self.read_rings();
@@ -398,11 +399,24 @@ impl Session {
             if let Some(s) = &self.maps.samples {
                 fds.push(PollFd::new(s.as_fd().as_raw_fd(), PollFlags::POLLIN));
             }
+            if let Some(w) = wake {
+                fds.push(PollFd::new(w.as_raw_fd(), PollFlags::POLLIN));
+            }
             let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
-            if let Err(e) = poll(&mut fds, ms) {
-                if e != nix::errno::Errno::EINTR {
-                    std::thread::sleep(left.min(Duration::from_millis(100)));
+            match poll(&mut fds, ms) {
+                Ok(_) => {
+                    let woken = wake.is_some()
+                        && fds
+                            .last()
+                            .and_then(|f| f.revents())
+                            .is_some_and(|r| r.contains(PollFlags::POLLIN));
+                    if woken {
+                        self.read_rings();
+                        return;
+                    }
                 }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => std::thread::sleep(left.min(Duration::from_millis(100))),
             }
         }
     }

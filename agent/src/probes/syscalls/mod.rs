@@ -21,7 +21,7 @@ pub mod series;
 
 use std::{
     collections::HashMap,
-    os::fd::{AsFd, AsRawFd},
+    os::fd::{AsFd, BorrowedFd},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -45,6 +45,7 @@ use self::{
     series::{Identity, Limits, Series},
 };
 use super::lifecycle::{ProbeEnv, ProbeSpec, ProbeWorker, StartResult};
+use super::waker::poll_readable;
 use crate::{
     config::SyscallsConfig,
     ebpf::{self, tracefs, LoadError},
@@ -302,14 +303,8 @@ impl ProbeWorker for Drainer {
     }
 
     /// Wakes for exec events, so the new incarnation is named while it still runs.
-    fn wait(&mut self, timeout: Duration) {
-        let mut fds = [libc::pollfd {
-            fd: self.events.as_fd().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        // SAFETY: one valid pollfd for the duration of the call.
-        unsafe { libc::poll(fds.as_mut_ptr(), 1, timeout.as_millis() as i32) };
+    fn wait(&mut self, timeout: Duration, wake: BorrowedFd<'_>) {
+        poll_readable(&[self.events.as_fd(), wake], timeout);
     }
 
     fn poll(&mut self) {
