@@ -108,6 +108,11 @@ struct Pending {
 const ARM_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often metrics and `/status` are refreshed without decisions.
 const PUBLISH_EVERY: Duration = Duration::from_secs(2);
+/// The same with no rule, no limit in effect and no signal armed: nothing changes between
+/// decisions then (a decision publishes at once), and each wake of the engine's task costs CPU
+/// for nothing (measured with the profiler alone: the idle engine took ~15 % of the agent's
+/// CPU at a 2 s refresh).
+const IDLE_PUBLISH_EVERY: Duration = Duration::from_secs(30);
 
 pub struct Engine {
     env: Env,
@@ -621,15 +626,26 @@ impl Engine {
                 self.emit(p.record);
             }
         }
-        if self.dirty || self.last_publish.elapsed() >= PUBLISH_EVERY {
+        if self.dirty || self.last_publish.elapsed() >= self.publish_every() {
             self.publish();
+        }
+    }
+
+    /// [`PUBLISH_EVERY`], or [`IDLE_PUBLISH_EVERY`] while nothing can change on its own.
+    fn publish_every(&self) -> Duration {
+        if self.rules.is_empty() && self.active.is_empty() && self.pending.is_empty() {
+            IDLE_PUBLISH_EVERY
+        } else {
+            PUBLISH_EVERY
         }
     }
 
     /// When `tick` should run next.
     pub fn next_wake(&self) -> Duration {
         let now = SystemTime::now();
-        let mut wake = PUBLISH_EVERY.saturating_sub(self.last_publish.elapsed());
+        let mut wake = self
+            .publish_every()
+            .saturating_sub(self.last_publish.elapsed());
         for a in &self.active {
             wake = wake.min(a.entry.expires().duration_since(now).unwrap_or_default());
         }
