@@ -472,7 +472,7 @@ fn configmap_update_reloads_the_running_agent() {
     let link = dir.join("agent.yaml.tmp");
     std::os::unix::fs::symlink("..data/agent.yaml", &link).unwrap();
     std::fs::rename(&link, &agent.config).unwrap();
-    thread::sleep(Duration::from_secs(5)); // 2 watch intervals and more
+    thread::sleep(Duration::from_secs(11)); // 2 watch intervals (5 s) and more
     assert!(
         !agent.stderr().contains("config file changed"),
         "{}",
