@@ -525,13 +525,18 @@ fn block_refuses_connects_on_both_families_until_the_ttl() {
     let l_other = TcpListener::bind("127.0.0.1:0").unwrap();
     let other_port = l_other.local_addr().unwrap().port();
     assert_eq!(connect_from(&cg, "127.0.0.1", other_port, false), 0);
-    // The program counts its refusals (kernel counters on /status).
-    let refused = agent.status()["enforcement"]["kernel"]["block"].clone();
-    assert!(
-        refused
-            .as_object()
-            .is_some_and(|o| o.values().any(|v| v.as_u64() >= Some(3))),
-        "block counters {refused}"
+    // The program counts its refusals (kernel counters on /status, refreshed every 2 s while a
+    // rule exists: the three refusals above show at the next refresh).
+    let refused = |a: &Agent| a.status()["enforcement"]["kernel"]["block"]["refused"].as_u64();
+    agent.wait_for(
+        |a| refused(a) >= Some(3),
+        "the block program's refusal counter at 3",
+    );
+    assert_eq!(
+        refused(&agent),
+        Some(3),
+        "{}",
+        agent.status()["enforcement"]["kernel"]["block"]
     );
     // No new trigger after the TTL (the cooldown, = TTL, would allow one at once).
     drop(storm);

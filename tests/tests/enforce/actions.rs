@@ -151,11 +151,14 @@ fn cpu_limit_holds_the_quota_then_restores_it() {
     let used = (cpu_ticks(storm.pid()) - c0) as f64 / 100.0 / t0.elapsed().as_secs_f64();
     eprintln!("storm CPU under a 0.2 CPU quota: {used:.3}");
     assert!(used <= 0.2 * 1.25 && used > 0.02, "{used} CPU: {taken}");
+    // The storm ends before the TTL: still running, it would trigger the rule again at the
+    // first drain after the undo (the cooldown, = TTL, allows it at once), and the quota read
+    // below would race that new limit.
+    drop(storm);
     let undone = wait_undone(&agent, &taken);
     assert_undone_at_ttl(&taken, &undone, 10);
     let after = std::fs::read_to_string(v1_dir.join("cpu.cfs_quota_us")).unwrap();
     assert_eq!(after.trim(), before.trim(), "restored: {undone}");
-    drop(storm);
 }
 
 /// A one-shot HTTP listener: the first request's body, answered 200.
