@@ -60,9 +60,10 @@ pub trait ProbeWorker {
 
     /// Sleeps at most `timeout`; returns early when `wake` is readable (a control message or
     /// a request is queued) or the kernel has events for the probe (ring buffers, polled
-    /// beside `wake`). The default waits for `wake` alone.
-    fn wait(&mut self, timeout: Duration, wake: BorrowedFd<'_>) {
-        poll_readable(&[wake], timeout);
+    /// beside `wake`). `wake` is `None` when no eventfd could be made (the loop then cuts waits
+    /// to 200 ms). The default waits for `wake` alone.
+    fn wait(&mut self, timeout: Duration, wake: Option<BorrowedFd<'_>>) {
+        let _ = poll_readable(wake.as_slice(), timeout);
     }
 
     /// Work between ticks: read ring buffers, take requests. Runs after every `wait`.
@@ -304,24 +305,18 @@ impl<S: ProbeSpec> Drop for ProbeHandle<S> {
 
 /// The drain loop: wait (for events or the next tick), poll, take control messages, tick.
 fn run<W: ProbeWorker>(mut worker: W, ctl: mpsc::Receiver<Ctl<W::Config>>, waker: Option<Waker>) {
-    // Without a waker, waits are cut to CONTROL_SLICE; a descriptor nobody writes stands in
-    // for it in the worker's poll set.
-    let fallback = waker.is_none().then(Waker::new).and_then(Result::ok);
+    // Without a waker, waits are cut to CONTROL_SLICE.
     let slice = if waker.is_some() {
         Duration::MAX
     } else {
         CONTROL_SLICE
     };
-    let wake = waker.as_ref().or(fallback.as_ref()).map(Waker::fd);
     // When the last tick was due (or the start), and when the next one is.
     let mut last = Instant::now();
     let mut next = last + worker.period();
     loop {
         let wait = next.saturating_duration_since(Instant::now()).min(slice);
-        match wake {
-            Some(fd) => worker.wait(wait, fd),
-            None => thread::sleep(wait),
-        }
+        worker.wait(wait, waker.as_ref().map(Waker::fd));
         if let Some(w) = &waker {
             w.reset();
         }

@@ -6,10 +6,14 @@
 //! sleep), several times the work it found, so idle wakes were most of the profiler's CPU.
 
 use std::{
-    io,
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     sync::Arc,
     time::Duration,
+};
+
+use nix::{
+    poll::{poll, PollFd, PollFlags},
+    sys::eventfd::{eventfd, EfdFlags},
 };
 
 /// A shared eventfd (`EFD_NONBLOCK | EFD_CLOEXEC`); clones wake the same thread.
@@ -18,41 +22,21 @@ pub struct Waker(Arc<OwnedFd>);
 
 impl Waker {
     /// Errors: `eventfd(2)`'s (`EMFILE`/`ENFILE` when out of descriptors).
-    pub fn new() -> io::Result<Waker> {
-        // SAFETY: eventfd takes no pointers; the result is checked before it is owned.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
+    pub fn new() -> nix::Result<Waker> {
+        let fd = eventfd(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?;
         // SAFETY: `fd` is a fresh descriptor nothing else owns.
         Ok(Waker(Arc::new(unsafe { OwnedFd::from_raw_fd(fd) })))
     }
 
-    /// Makes the descriptor readable until [`Waker::reset`]; never blocks.
+    /// Makes the descriptor readable until [`Waker::reset`]; never blocks. EAGAIN (counter
+    /// saturated) still leaves it readable, which is all a wake needs.
     pub fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64. EAGAIN (counter saturated) still leaves the
-        // descriptor readable, which is all a wake needs.
-        unsafe {
-            libc::write(
-                self.0.as_raw_fd(),
-                std::ptr::from_ref(&one).cast(),
-                std::mem::size_of::<u64>(),
-            )
-        };
+        let _ = nix::unistd::write(self.0.as_raw_fd(), &1u64.to_ne_bytes());
     }
 
-    /// Clears pending wakes (a non-blocking read of the counter).
+    /// Clears pending wakes (a non-blocking read of the counter; EAGAIN when none is pending).
     pub fn reset(&self) {
-        let mut n: u64 = 0;
-        // SAFETY: reads at most 8 bytes into a live u64; EAGAIN when nothing is pending.
-        unsafe {
-            libc::read(
-                self.0.as_raw_fd(),
-                std::ptr::from_mut(&mut n).cast(),
-                std::mem::size_of::<u64>(),
-            )
-        };
+        let _ = nix::unistd::read(self.0.as_raw_fd(), &mut [0u8; 8]);
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -60,19 +44,20 @@ impl Waker {
     }
 }
 
-/// Sleeps up to `timeout` or until one of `fds` is readable (`POLLIN`); EINTR ends it early.
-pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Duration) {
-    let mut pfds: Vec<libc::pollfd> = fds
+/// Sleeps up to `timeout` (whole milliseconds) or until one of `fds` is readable (`POLLIN`);
+/// with no `fds` it only sleeps. Returns, per descriptor, whether it is readable. Errors:
+/// `poll(2)`'s (`EINTR` when a signal ends the wait early).
+pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Duration) -> nix::Result<Vec<bool>> {
+    let mut pfds: Vec<PollFd> = fds
         .iter()
-        .map(|fd| libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
+        .map(|fd| PollFd::new(fd.as_raw_fd(), PollFlags::POLLIN))
         .collect();
-    let ms = timeout.as_millis().clamp(0, i32::MAX as u128) as i32;
-    // SAFETY: `pfds` is a valid array of `pfds.len()` pollfds for the duration of the call.
-    unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    poll(&mut pfds, ms)?;
+    Ok(pfds
+        .iter()
+        .map(|p| p.revents().is_some_and(|r| r.contains(PollFlags::POLLIN)))
+        .collect())
 }
 
 #[cfg(test)]
@@ -90,16 +75,25 @@ mod tests {
             other.wake();
         });
         let started = Instant::now();
-        poll_readable(&[w.fd()], Duration::from_secs(30));
+        assert_eq!(
+            poll_readable(&[w.fd()], Duration::from_secs(30)),
+            Ok(vec![true])
+        );
         // Woken by the write, not the 30 s timeout (generous bound for a loaded host).
         assert!(started.elapsed() < Duration::from_secs(20));
         t.join().unwrap();
         // Still pending until reset: a second wait returns at once.
-        poll_readable(&[w.fd()], Duration::from_secs(30));
+        assert_eq!(
+            poll_readable(&[w.fd()], Duration::from_secs(30)),
+            Ok(vec![true])
+        );
         assert!(started.elapsed() < Duration::from_secs(20));
         w.reset();
         let quiet = Instant::now();
-        poll_readable(&[w.fd()], Duration::from_millis(100));
+        assert_eq!(
+            poll_readable(&[w.fd()], Duration::from_millis(100)),
+            Ok(vec![false])
+        );
         assert!(
             quiet.elapsed() >= Duration::from_millis(90),
             "{:?}",

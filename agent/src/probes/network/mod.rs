@@ -287,8 +287,10 @@ impl ProbeWorker for Drainer {
         self.cfg.interval
     }
 
-    fn wait(&mut self, timeout: Duration, wake: BorrowedFd<'_>) {
-        poll_readable(&[self.events.as_fd(), wake], timeout);
+    fn wait(&mut self, timeout: Duration, wake: Option<BorrowedFd<'_>>) {
+        let mut fds = vec![self.events.as_fd()];
+        fds.extend(wake);
+        let _ = poll_readable(&fds, timeout);
     }
 
     fn poll(&mut self) {
@@ -311,7 +313,6 @@ impl ProbeWorker for Drainer {
 }
 
 impl Drainer {
-    /// Sleeps until the ring buffer has data or `wait` passes.
     fn read_events(&mut self) {
         let mut records = Vec::new();
         while let Some(item) = self.events.next() {

@@ -178,8 +178,8 @@ impl ProbeWorker for Worker {
         }
     }
 
-    fn wait(&mut self, timeout: Duration, wake: BorrowedFd<'_>) {
-        self.session.wait(timeout, Some(wake));
+    fn wait(&mut self, timeout: Duration, wake: Option<BorrowedFd<'_>>) {
+        self.session.wait(timeout, wake);
     }
 
     /// Takes capture requests (`/debug/flamegraph.svg`): they see samples from now on.

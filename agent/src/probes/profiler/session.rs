@@ -9,7 +9,7 @@
 
 use std::{
     collections::BTreeMap,
-    os::fd::{AsFd, AsRawFd, BorrowedFd},
+    os::fd::{AsFd, BorrowedFd},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -38,6 +38,7 @@ use crate::{
     config::{ProfilerConfig, ProfilerMode, ProfilerUnwinder},
     ebpf::{self, LoadError, ReadError},
     export::metrics::unix_nanos,
+    probes::waker::poll_readable,
     profile::Profile,
     status::state::HookStatus,
 };
@@ -391,26 +392,13 @@ impl Session {
             if left.is_zero() {
                 return;
             }
-            use nix::poll::{poll, PollFd, PollFlags};
-            let mut fds = vec![PollFd::new(
-                self.maps.pid_events.as_fd().as_raw_fd(),
-                PollFlags::POLLIN,
-            )];
-            if let Some(s) = &self.maps.samples {
-                fds.push(PollFd::new(s.as_fd().as_raw_fd(), PollFlags::POLLIN));
-            }
-            if let Some(w) = wake {
-                fds.push(PollFd::new(w.as_raw_fd(), PollFlags::POLLIN));
-            }
-            let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
-            match poll(&mut fds, ms) {
-                Ok(_) => {
-                    let woken = wake.is_some()
-                        && fds
-                            .last()
-                            .and_then(|f| f.revents())
-                            .is_some_and(|r| r.contains(PollFlags::POLLIN));
-                    if woken {
+            let mut fds = vec![self.maps.pid_events.as_fd()];
+            fds.extend(self.maps.samples.as_ref().map(AsFd::as_fd));
+            fds.extend(wake);
+            // At least 1 ms: poll counts whole milliseconds, and 0 would spin to the deadline.
+            match poll_readable(&fds, left.max(Duration::from_millis(1))) {
+                Ok(ready) => {
+                    if wake.is_some() && ready.last() == Some(&true) {
                         self.read_rings();
                         return;
                     }

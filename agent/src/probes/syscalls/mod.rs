@@ -303,8 +303,10 @@ impl ProbeWorker for Drainer {
     }
 
     /// Wakes for exec events, so the new incarnation is named while it still runs.
-    fn wait(&mut self, timeout: Duration, wake: BorrowedFd<'_>) {
-        poll_readable(&[self.events.as_fd(), wake], timeout);
+    fn wait(&mut self, timeout: Duration, wake: Option<BorrowedFd<'_>>) {
+        let mut fds = vec![self.events.as_fd()];
+        fds.extend(wake);
+        let _ = poll_readable(&fds, timeout);
     }
 
     fn poll(&mut self) {
